@@ -1,0 +1,29 @@
+//! The `kmemcg` command line: one module per subcommand.
+mod agent;
+mod stat;
+
+use clap::{Parser, Subcommand};
+
+/// kmemcg: per-cgroup kernel memory (slab and percpu), traced with eBPF.
+#[derive(Debug, Parser)]
+#[command(name = "kmemcg", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: load the eBPF programs and serve the JSON API (needs root or CAP_BPF
+    /// and CAP_PERFMON).
+    Agent(agent::AgentArgs),
+    /// Show per-cgroup kernel memory from a running agent.
+    Stat(stat::StatArgs),
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Agent(args) => agent::run(args).await,
+        Command::Stat(args) => stat::run(args).await,
+    }
+}

@@ -1,0 +1,174 @@
+//! What the programs need to know about this kernel's types, read from its BTF at load time:
+//! `struct kmem_cache` field offsets, the `__GFP_ACCOUNT` and `SLAB_ACCOUNT` bits, and the
+//! argument lists of the six tracepoints.
+use std::path::Path;
+
+use btf_rs::{Btf, Type};
+use fallible_iterator::FallibleIterator;
+use kmemcg_common::HOOKS;
+
+use crate::error::StartError;
+
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// Layout facts passed to the programs as globals.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelLayout {
+    pub gfp_account: u64,
+    pub slab_account: u32,
+    pub kmem_cache_flags_offset: u32,
+    pub kmem_cache_size_offset: u32,
+    pub kmem_cache_name_offset: u32,
+}
+
+/// Number of arguments each hook's program reads, counted as in the tracepoint's TP_PROTO.
+const HOOK_ARITY: [(&str, usize); 6] = [
+    ("kmem_cache_alloc", 5),
+    ("kmalloc", 6),
+    ("kmem_cache_free", 3),
+    ("kfree", 2),
+    ("percpu_alloc_percpu", 10),
+    ("percpu_free_percpu", 3),
+];
+
+impl KernelLayout {
+    /// Reads the layout from the running kernel's BTF.
+    pub fn from_running_kernel() -> Result<Self, StartError> {
+        Self::from_btf_file(Path::new(VMLINUX_BTF))
+    }
+
+    pub fn from_btf_file(path: &Path) -> Result<Self, StartError> {
+        if !path.exists() {
+            return Err(StartError::NoBtf {
+                path: path.display().to_string(),
+            });
+        }
+        let btf = Btf::from_file(path).map_err(|e| StartError::BadBtf {
+            what: format!("cannot parse {}", path.display()),
+            reason: e.to_string(),
+        })?;
+        for (hook, _) in HOOKS {
+            check_hook(&btf, hook)?;
+        }
+        let kmem_cache = find_struct(&btf, "kmem_cache")?;
+        let offset = |field: &str| member_offset(&btf, &kmem_cache, "kmem_cache", field);
+        Ok(Self {
+            gfp_account: 1u64 << enum_value(&btf, "___GFP_ACCOUNT_BIT")?,
+            slab_account: 1u32 << enum_value(&btf, "_SLAB_ACCOUNT")?,
+            kmem_cache_flags_offset: offset("flags")?,
+            kmem_cache_size_offset: offset("size")?,
+            kmem_cache_name_offset: offset("name")?,
+        })
+    }
+}
+
+/// The tracepoint exists (`btf_trace_<hook>`) and passes the arguments the program reads.
+fn check_hook(btf: &Btf, hook: &str) -> Result<(), StartError> {
+    let missing = || StartError::HookMissing {
+        hook: hook.to_string(),
+    };
+    let typedef = btf
+        .resolve_types_by_name(&format!("btf_trace_{hook}"))
+        .map_err(|_| missing())?
+        .into_iter()
+        .find_map(|t| match t {
+            Type::Typedef(t) => Some(t),
+            _ => None,
+        })
+        .ok_or_else(missing)?;
+    let proto = btf
+        .chained_type_iter(&typedef)
+        .find_map(|t| match t {
+            Type::FuncProto(p) => Some(p),
+            _ => None,
+        })
+        .ok_or_else(missing)?;
+    // The first parameter is the tracepoint's private `void *__data`, not passed to programs.
+    let arity = proto.parameters.len().saturating_sub(1);
+    let expected = HOOK_ARITY
+        .iter()
+        .find(|(name, _)| *name == hook)
+        .map_or(0, |(_, n)| *n);
+    if arity != expected {
+        return Err(StartError::BadBtf {
+            what: format!("tracepoint {hook}"),
+            reason: format!("it passes {arity} arguments where kmemcg expects {expected}"),
+        });
+    }
+    Ok(())
+}
+
+fn find_struct(btf: &Btf, name: &str) -> Result<btf_rs::Struct, StartError> {
+    btf.resolve_types_by_name(name)
+        .ok()
+        .into_iter()
+        .flatten()
+        .find_map(|t| match t {
+            Type::Struct(s) if !s.members.is_empty() => Some(s),
+            _ => None,
+        })
+        .ok_or_else(|| StartError::BadBtf {
+            what: format!("struct {name}"),
+            reason: "not found in the kernel's BTF".into(),
+        })
+}
+
+fn member_offset(
+    btf: &Btf,
+    st: &btf_rs::Struct,
+    struct_name: &str,
+    field: &str,
+) -> Result<u32, StartError> {
+    st.members
+        .iter()
+        .find(|m| btf.resolve_name(*m).is_ok_and(|n| n == field))
+        .map(|m| m.bit_offset() / 8)
+        .ok_or_else(|| StartError::BadBtf {
+            what: format!("struct {struct_name}"),
+            reason: format!("it has no field `{field}`"),
+        })
+}
+
+/// Value of an enumerator, searched in every enum (`___GFP_*_BIT` live in an anonymous one).
+fn enum_value(btf: &Btf, enumerator: &str) -> Result<u32, StartError> {
+    let not_found = || StartError::BadBtf {
+        what: format!("enumerator {enumerator}"),
+        reason: "not found in the kernel's BTF".into(),
+    };
+    let mut types = btf.type_iter();
+    while let Some(ty) = types.next().map_err(|_| not_found())? {
+        if let Type::Enum(e) = ty {
+            for member in &e.members {
+                if btf.resolve_name(member).is_ok_and(|n| n == enumerator) {
+                    return Ok(member.val());
+                }
+            }
+        }
+    }
+    Err(not_found())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_btf_is_a_clear_error() {
+        let err = KernelLayout::from_btf_file(Path::new("/nonexistent/vmlinux")).unwrap_err();
+        assert!(matches!(err, StartError::NoBtf { .. }), "{err}");
+        assert!(err.to_string().contains("/nonexistent/vmlinux"));
+    }
+
+    #[test]
+    fn reads_the_running_kernels_layout() {
+        // Needs only a readable /sys/kernel/btf/vmlinux, no privileges.
+        if !Path::new(VMLINUX_BTF).exists() {
+            return;
+        }
+        let layout = KernelLayout::from_running_kernel().expect("layout");
+        assert_eq!(layout.gfp_account.count_ones(), 1);
+        assert_eq!(layout.slab_account.count_ones(), 1);
+        assert!(layout.kmem_cache_size_offset > layout.kmem_cache_flags_offset);
+        assert!(layout.kmem_cache_name_offset > 0);
+    }
+}

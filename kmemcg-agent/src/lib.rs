@@ -1,0 +1,17 @@
+//! kmemcg's agent library: the data path from the kernel to the user, one module per step.
+//!
+//! kernel (facts) -> tracer (load, attach) -> collector (read, sum maps) -> cgroups (id ->
+//! path) -> report (per-cgroup usage) -> sampler (snapshots) -> server (HTTP API) -> cli.
+pub mod agent;
+pub mod api;
+pub mod cgroups;
+pub mod cli;
+pub mod client;
+pub mod collector;
+pub mod error;
+pub mod kernel;
+pub mod report;
+pub mod sampler;
+pub mod server;
+pub mod tracer;
+pub mod units;

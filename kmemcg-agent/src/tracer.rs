@@ -1,0 +1,146 @@
+//! Loads kmemcg's eBPF programs with this kernel's layout and attaches them to the six hooks.
+use std::{os::unix::fs::MetadataExt, path::PathBuf};
+
+use aya::{Btf, Ebpf, EbpfLoader, programs::BtfTracePoint};
+use kmemcg_common::{CGROUP_CACHE_STATS, HOOKS, LIVE_OBJECTS, RootCgroupMode, globals};
+
+use crate::{
+    collector::{self, RawSnapshot},
+    error::{ReadError, StartError},
+    kernel::{btf::KernelLayout, caps, cgroupfs},
+};
+
+/// The eBPF object, built by build.rs and embedded so that one binary is all there is to ship.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/kmemcg"));
+
+/// Default capacity of the live-object map: about 45 MiB of kernel memory, preallocated.
+pub const DEFAULT_MAX_OBJECTS: u32 = 1 << 19;
+/// Default capacity of the per-(cgroup, cache) counter map.
+pub const DEFAULT_MAX_STATS: u32 = 1 << 16;
+
+#[derive(Clone, Debug)]
+pub struct TracerConfig {
+    /// Capacity of the live-object map.
+    pub max_objects: u32,
+    /// Capacity of the (cgroup, cache) counter map.
+    pub max_stats: u32,
+    pub root_mode: RootCgroupMode,
+}
+
+impl Default for TracerConfig {
+    fn default() -> Self {
+        Self {
+            max_objects: DEFAULT_MAX_OBJECTS,
+            max_stats: DEFAULT_MAX_STATS,
+            root_mode: RootCgroupMode::Count,
+        }
+    }
+}
+
+/// Loaded and attached programs; detached when dropped.
+pub struct Tracer {
+    ebpf: Ebpf,
+    config: TracerConfig,
+    hooks: Vec<String>,
+    cgroup2_mount: PathBuf,
+}
+
+impl Tracer {
+    /// Checks privileges and the kernel, then loads and attaches every program.
+    pub fn start(config: TracerConfig) -> Result<Self, StartError> {
+        caps::check_can_trace()?;
+        let layout = KernelLayout::from_running_kernel()?;
+        let cgroup2_mount = cgroupfs::find_cgroup2_mount()?;
+        // On cgroup v2 a cgroup's id is the inode number of its directory.
+        let root_cgroup_id = std::fs::metadata(&cgroup2_mount)
+            .map(|m| m.ino())
+            .unwrap_or(1);
+        if EBPF_OBJECT.is_empty() {
+            return Err(StartError::NoProgramsEmbedded);
+        }
+        let root_mode = config.root_mode as u32;
+        let mut ebpf = EbpfLoader::new()
+            .override_global(globals::ROOT_CGROUP_MODE, &root_mode, true)
+            .override_global(globals::ROOT_CGROUP_ID, &root_cgroup_id, true)
+            .override_global(globals::GFP_ACCOUNT, &layout.gfp_account, true)
+            .override_global(globals::SLAB_ACCOUNT, &layout.slab_account, true)
+            .override_global(
+                globals::KMEM_CACHE_FLAGS_OFFSET,
+                &layout.kmem_cache_flags_offset,
+                true,
+            )
+            .override_global(
+                globals::KMEM_CACHE_SIZE_OFFSET,
+                &layout.kmem_cache_size_offset,
+                true,
+            )
+            .override_global(
+                globals::KMEM_CACHE_NAME_OFFSET,
+                &layout.kmem_cache_name_offset,
+                true,
+            )
+            .map_max_entries(LIVE_OBJECTS, config.max_objects)
+            .map_max_entries(CGROUP_CACHE_STATS, config.max_stats)
+            .load(EBPF_OBJECT)
+            .map_err(|e| StartError::Load(Box::new(e)))?;
+        let btf = Btf::from_sys_fs().map_err(|e| StartError::BadBtf {
+            what: "aya's BTF parser".into(),
+            reason: e.to_string(),
+        })?;
+        let mut hooks = Vec::new();
+        // Frees first: an object allocated while the alloc hooks attach must not miss its free.
+        for (program, tracepoint) in HOOKS.iter().rev() {
+            attach(&mut ebpf, program, tracepoint, &btf)?;
+            hooks.push(tracepoint.to_string());
+        }
+        hooks.sort();
+        tracing::info!(hooks = ?hooks, root_mode = ?config.root_mode, "eBPF programs attached");
+        Ok(Self {
+            ebpf,
+            config,
+            hooks,
+            cgroup2_mount,
+        })
+    }
+
+    /// Reads and sums the maps.
+    pub fn read(&self) -> Result<RawSnapshot, ReadError> {
+        collector::read(&self.ebpf)
+    }
+
+    pub fn config(&self) -> &TracerConfig {
+        &self.config
+    }
+
+    /// Tracepoints the programs are attached to.
+    pub fn hooks(&self) -> &[String] {
+        &self.hooks
+    }
+
+    /// Where the cgroup v2 hierarchy whose ids the programs record is mounted.
+    pub fn cgroup2_mount(&self) -> &std::path::Path {
+        &self.cgroup2_mount
+    }
+}
+
+fn attach(ebpf: &mut Ebpf, program: &str, tracepoint: &str, btf: &Btf) -> Result<(), StartError> {
+    let hook = || tracepoint.to_string();
+    let prog: &mut BtfTracePoint = ebpf
+        .program_mut(program)
+        .ok_or_else(|| StartError::HookMissing { hook: hook() })?
+        .try_into()
+        .map_err(|e| StartError::LoadProgram {
+            hook: hook(),
+            source: Box::new(e),
+        })?;
+    prog.load(tracepoint, btf)
+        .map_err(|e| StartError::LoadProgram {
+            hook: hook(),
+            source: Box::new(e),
+        })?;
+    prog.attach().map_err(|e| StartError::Attach {
+        hook: hook(),
+        source: Box::new(e),
+    })?;
+    Ok(())
+}

@@ -1,0 +1,289 @@
+//! The contract between kmemcg's eBPF programs and its agent: map names, map key and value
+//! layouts, and the load-time configuration the agent writes into the programs.
+//!
+//! Every type is `#[repr(C)]`, `Copy`, without implicit padding, and its size is asserted at
+//! compile time, because both sides read the same bytes.
+#![no_std]
+
+/// Live objects, keyed by the object's address (slab) or `__percpu` pointer (percpu).
+pub const LIVE_OBJECTS: &str = "LIVE_OBJECTS";
+/// Per-CPU counters per (cgroup, cache), [`StatsKey`] -> [`CacheStats`].
+pub const CGROUP_CACHE_STATS: &str = "CGROUP_CACHE_STATS";
+/// `struct kmem_cache` address -> cache name, filled the first time a cache is seen.
+pub const CACHE_NAMES: &str = "CACHE_NAMES";
+/// One per-CPU [`GlobalCounters`] entry.
+pub const GLOBAL_COUNTERS: &str = "GLOBAL_COUNTERS";
+
+/// Names of the load-time globals (`EbpfLoader::set_global`).
+pub mod globals {
+    /// [`super::RootCgroupMode`] as u32.
+    pub const ROOT_CGROUP_MODE: &str = "ROOT_CGROUP_MODE";
+    /// cgroup v2 id of the root cgroup (1 on every kernel seen, but read at load time).
+    pub const ROOT_CGROUP_ID: &str = "ROOT_CGROUP_ID";
+    /// `__GFP_ACCOUNT` as a mask, from BTF (`___GFP_ACCOUNT_BIT`).
+    pub const GFP_ACCOUNT: &str = "GFP_ACCOUNT";
+    /// `SLAB_ACCOUNT` as a mask, from BTF (`_SLAB_ACCOUNT`).
+    pub const SLAB_ACCOUNT: &str = "SLAB_ACCOUNT";
+    /// Byte offset of `struct kmem_cache::flags`, from BTF.
+    pub const KMEM_CACHE_FLAGS_OFFSET: &str = "KMEM_CACHE_FLAGS_OFFSET";
+    /// Byte offset of `struct kmem_cache::size`, from BTF.
+    pub const KMEM_CACHE_SIZE_OFFSET: &str = "KMEM_CACHE_SIZE_OFFSET";
+    /// Byte offset of `struct kmem_cache::name`, from BTF.
+    pub const KMEM_CACHE_NAME_OFFSET: &str = "KMEM_CACHE_NAME_OFFSET";
+}
+
+/// The six hooks, as (program name in the object, tracepoint name).
+pub const HOOKS: [(&str, &str); 6] = [
+    ("kmem_cache_alloc", "kmem_cache_alloc"),
+    ("kmalloc", "kmalloc"),
+    ("kmem_cache_free", "kmem_cache_free"),
+    ("kfree", "kfree"),
+    ("percpu_alloc_percpu", "percpu_alloc_percpu"),
+    ("percpu_free_percpu", "percpu_free_percpu"),
+];
+
+/// What the programs do with allocations made by tasks in the root cgroup (kernel threads and,
+/// on many hosts, most system services).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RootCgroupMode {
+    /// Not looked at: no counter, no map entry. Cheapest.
+    Ignore = 0,
+    /// Allocations counted (`allocs`), objects not remembered, so live figures stay zero and
+    /// their frees count as untracked. Cannot fill the live-object map.
+    Count = 1,
+    /// Tracked like any other cgroup: uses live-object map entries for every root object.
+    Track = 2,
+}
+
+impl RootCgroupMode {
+    pub const fn from_u32(value: u32) -> Option<Self> {
+        match value {
+            0 => Some(Self::Ignore),
+            1 => Some(Self::Count),
+            2 => Some(Self::Track),
+            _ => None,
+        }
+    }
+}
+
+/// Cache ids: a slab cache is named by its `struct kmem_cache` address (a kernel address, so the
+/// top bits are set); kmalloc() and percpu allocations, which do not pass a cache to their
+/// tracepoints, get ids below [`KERNEL_ADDRESS_MIN`].
+pub const KERNEL_ADDRESS_MIN: u64 = 0xffff_0000_0000_0000;
+/// All percpu allocations.
+pub const CACHE_ID_PERCPU: u64 = 1;
+/// kmalloc() allocations: `CACHE_ID_KMALLOC_BASE + 2 * bytes_alloc + accounted`.
+pub const CACHE_ID_KMALLOC_BASE: u64 = 1 << 32;
+
+/// Cache id of a kmalloc() of `bytes_alloc` bytes (the kmalloc-N bucket size); accounted
+/// kmallocs come from the separate `kmalloc-cg-N` caches.
+pub const fn kmalloc_cache_id(bytes_alloc: u64, accounted: bool) -> u64 {
+    CACHE_ID_KMALLOC_BASE + 2 * bytes_alloc + accounted as u64
+}
+
+/// What a cache id stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheKind {
+    /// A `struct kmem_cache` at this address; its name is in [`CACHE_NAMES`].
+    Slab(u64),
+    /// A kmalloc bucket.
+    Kmalloc {
+        bytes: u64,
+        accounted: bool,
+    },
+    Percpu,
+    Unknown(u64),
+}
+
+impl CacheKind {
+    pub const fn of(cache_id: u64) -> Self {
+        if cache_id >= KERNEL_ADDRESS_MIN {
+            Self::Slab(cache_id)
+        } else if cache_id == CACHE_ID_PERCPU {
+            Self::Percpu
+        } else if cache_id >= CACHE_ID_KMALLOC_BASE {
+            let rest = cache_id - CACHE_ID_KMALLOC_BASE;
+            Self::Kmalloc {
+                bytes: rest / 2,
+                accounted: rest % 2 == 1,
+            }
+        } else {
+            Self::Unknown(cache_id)
+        }
+    }
+}
+
+/// Flags of a [`LiveObject`].
+pub const OBJECT_ACCOUNTED: u32 = 1;
+
+/// Key of [`CGROUP_CACHE_STATS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StatsKey {
+    /// cgroup v2 id of the allocating task.
+    pub cgroup_id: u64,
+    /// See [`CacheKind`].
+    pub cache_id: u64,
+}
+
+/// One live object's owner, value of [`LIVE_OBJECTS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LiveObject {
+    pub cgroup_id: u64,
+    pub cache_id: u64,
+    /// Bytes the allocation really takes (`bytes_alloc`; percpu: size x possible CPUs).
+    pub bytes: u32,
+    /// [`OBJECT_ACCOUNTED`].
+    pub flags: u32,
+}
+
+/// Per-CPU counters of one (cgroup, cache). Live figures are signed: an object allocated on one
+/// CPU and freed on another makes one CPU's value negative; the sum over CPUs is what counts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    pub live_bytes: i64,
+    pub live_objects: i64,
+    /// The part of the live figures that the kernel's memcg also charges (`__GFP_ACCOUNT` or
+    /// `SLAB_ACCOUNT`).
+    pub accounted_bytes: i64,
+    pub accounted_objects: i64,
+    /// Allocations seen (tracked or, for the root cgroup in `Count` mode, only counted).
+    pub allocs: u64,
+    /// Frees of tracked objects.
+    pub frees: u64,
+}
+
+impl CacheStats {
+    /// Adds another CPU's counters.
+    pub fn add(&mut self, other: &Self) {
+        self.live_bytes += other.live_bytes;
+        self.live_objects += other.live_objects;
+        self.accounted_bytes += other.accounted_bytes;
+        self.accounted_objects += other.accounted_objects;
+        self.allocs += other.allocs;
+        self.frees += other.frees;
+    }
+}
+
+/// Host-wide per-CPU counters, value of [`GLOBAL_COUNTERS`] at index 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GlobalCounters {
+    /// Allocations not tracked because [`LIVE_OBJECTS`] was full.
+    pub dropped_live_full: u64,
+    /// Allocations not tracked because [`CGROUP_CACHE_STATS`] was full.
+    pub dropped_stats_full: u64,
+    /// Frees of objects kmemcg never saw allocated (allocated before it started, by an ignored
+    /// cgroup, or dropped).
+    pub untracked_frees: u64,
+    /// Allocations at an address still held by a tracked object whose free was never traced
+    /// (bulk frees have no tracepoint); the stale owner was uncharged.
+    pub stale_objects: u64,
+}
+
+impl GlobalCounters {
+    pub fn add(&mut self, other: &Self) {
+        self.dropped_live_full += other.dropped_live_full;
+        self.dropped_stats_full += other.dropped_stats_full;
+        self.untracked_frees += other.untracked_frees;
+        self.stale_objects += other.stale_objects;
+    }
+}
+
+/// Length of a cache name in [`CACHE_NAMES`], NUL padded.
+pub const CACHE_NAME_LEN: usize = 64;
+
+/// Value of [`CACHE_NAMES`].
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CacheName {
+    pub bytes: [u8; CACHE_NAME_LEN],
+}
+
+impl CacheName {
+    /// The name up to its first NUL, lossily as UTF-8 is done by the caller.
+    pub fn as_bytes(&self) -> &[u8] {
+        let end = self
+            .bytes
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(CACHE_NAME_LEN);
+        &self.bytes[..end]
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<StatsKey>() == 16);
+const _: () = assert!(core::mem::size_of::<LiveObject>() == 24);
+const _: () = assert!(core::mem::size_of::<CacheStats>() == 48);
+const _: () = assert!(core::mem::size_of::<GlobalCounters>() == 32);
+const _: () = assert!(core::mem::size_of::<CacheName>() == CACHE_NAME_LEN);
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+
+    // SAFETY: plain #[repr(C)] integers without padding (sizes asserted above).
+    unsafe impl aya::Pod for StatsKey {}
+    unsafe impl aya::Pod for LiveObject {}
+    unsafe impl aya::Pod for CacheStats {}
+    unsafe impl aya::Pod for GlobalCounters {}
+    unsafe impl aya::Pod for CacheName {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kmalloc_ids_round_trip() {
+        for bytes in [8u64, 64, 192, 8192, 1 << 20] {
+            for accounted in [false, true] {
+                assert_eq!(
+                    CacheKind::of(kmalloc_cache_id(bytes, accounted)),
+                    CacheKind::Kmalloc { bytes, accounted }
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn cache_kinds_do_not_overlap() {
+        assert_eq!(CacheKind::of(CACHE_ID_PERCPU), CacheKind::Percpu);
+        assert_eq!(
+            CacheKind::of(0xffff_8880_0123_4500),
+            CacheKind::Slab(0xffff_8880_0123_4500)
+        );
+        assert_eq!(CacheKind::of(7), CacheKind::Unknown(7));
+    }
+
+    #[test]
+    fn cache_name_stops_at_nul() {
+        let mut name = CacheName {
+            bytes: [0; CACHE_NAME_LEN],
+        };
+        name.bytes[..6].copy_from_slice(b"dentry");
+        assert_eq!(name.as_bytes(), b"dentry");
+    }
+
+    #[test]
+    fn stats_sum_over_cpus() {
+        let mut total = CacheStats::default();
+        total.add(&CacheStats {
+            live_bytes: 192,
+            live_objects: 1,
+            allocs: 1,
+            ..Default::default()
+        });
+        total.add(&CacheStats {
+            live_bytes: -192,
+            live_objects: -1,
+            frees: 1,
+            ..Default::default()
+        });
+        assert_eq!(total.live_bytes, 0);
+        assert_eq!((total.allocs, total.frees), (1, 1));
+    }
+}

@@ -1,0 +1,311 @@
+//! kmemcg's eBPF programs: BTF-typed raw tracepoints on the six kmem/percpu hooks.
+//!
+//! On allocation the allocating task's cgroup is charged in per-CPU counters, and the object's
+//! owner is remembered by address; on free, whichever task or context frees it, the owner found
+//! by address is uncharged. Names, paths, sums over CPUs and the hierarchy are the agent's job.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    helpers::{bpf_get_current_cgroup_id, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes},
+    macros::{btf_tracepoint, map},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap},
+    programs::BtfTracePointContext,
+};
+use kmemcg_common::{
+    CACHE_ID_PERCPU, CacheName, CacheStats, GlobalCounters, LiveObject, OBJECT_ACCOUNTED,
+    RootCgroupMode, StatsKey, kmalloc_cache_id,
+};
+
+// Load-time configuration, written by the agent (EbpfLoader::set_global). Read-only and frozen,
+// so the verifier treats them as constants.
+#[unsafe(no_mangle)]
+static ROOT_CGROUP_MODE: u32 = RootCgroupMode::Count as u32;
+#[unsafe(no_mangle)]
+static ROOT_CGROUP_ID: u64 = 1;
+#[unsafe(no_mangle)]
+static GFP_ACCOUNT: u64 = 0;
+#[unsafe(no_mangle)]
+static SLAB_ACCOUNT: u32 = 0;
+#[unsafe(no_mangle)]
+static KMEM_CACHE_FLAGS_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static KMEM_CACHE_SIZE_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static KMEM_CACHE_NAME_OFFSET: u32 = 0;
+
+// Sizes here are defaults; the agent sets the capacities it is configured with.
+#[map]
+static LIVE_OBJECTS: HashMap<u64, LiveObject> = HashMap::with_max_entries(1 << 19, 0);
+#[map]
+static CGROUP_CACHE_STATS: PerCpuHashMap<StatsKey, CacheStats> =
+    PerCpuHashMap::with_max_entries(1 << 16, 0);
+#[map]
+static CACHE_NAMES: HashMap<u64, CacheName> = HashMap::with_max_entries(4096, 0);
+#[map]
+static GLOBAL_COUNTERS: PerCpuArray<GlobalCounters> = PerCpuArray::with_max_entries(1, 0);
+
+const EEXIST: i32 = 17;
+/// kmalloc(0) returns ZERO_SIZE_PTR, never a real object.
+const ZERO_SIZE_PTR: u64 = 16;
+
+#[inline(always)]
+fn global<T: Copy>(value: &T) -> T {
+    // SAFETY: a static of the program; volatile so that the compiler does not fold the default.
+    unsafe { core::ptr::read_volatile(value) }
+}
+
+#[inline(always)]
+fn with_global_counters(update: impl FnOnce(&mut GlobalCounters)) {
+    if let Some(counters) = GLOBAL_COUNTERS.get_ptr_mut(0) {
+        // SAFETY: per-CPU value, and these programs do not nest on one CPU.
+        update(unsafe { &mut *counters });
+    }
+}
+
+/// An allocation as the hooks see it.
+struct Allocation {
+    ptr: u64,
+    cache_id: u64,
+    bytes: u64,
+    accounted: bool,
+    /// `struct kmem_cache *`, to record the cache's name the first time it is charged.
+    cache: *const u8,
+}
+
+#[btf_tracepoint(function = "kmem_cache_alloc")]
+pub fn kmem_cache_alloc(ctx: BtfTracePointContext) -> i32 {
+    // TP_PROTO(unsigned long call_site, const void *ptr, struct kmem_cache *s, gfp_t gfp_flags, int node)
+    let ptr: u64 = ctx.arg(1);
+    let cache: *const u8 = ctx.arg(2);
+    let gfp: u64 = ctx.arg(3);
+    if ptr == 0 || cache.is_null() {
+        return 0;
+    }
+    // SAFETY: reads of kernel memory through the fault-safe helper.
+    let (size, flags) = unsafe {
+        (
+            bpf_probe_read_kernel(cache.add(global(&KMEM_CACHE_SIZE_OFFSET) as usize) as *const u32)
+                .unwrap_or(0),
+            bpf_probe_read_kernel(cache.add(global(&KMEM_CACHE_FLAGS_OFFSET) as usize) as *const u32)
+                .unwrap_or(0),
+        )
+    };
+    on_alloc(Allocation {
+        ptr,
+        cache_id: cache as u64,
+        bytes: size as u64,
+        accounted: gfp & global(&GFP_ACCOUNT) != 0 || flags & global(&SLAB_ACCOUNT) != 0,
+        cache,
+    });
+    0
+}
+
+#[btf_tracepoint(function = "kmalloc")]
+pub fn kmalloc(ctx: BtfTracePointContext) -> i32 {
+    // TP_PROTO(unsigned long call_site, const void *ptr, size_t bytes_req, size_t bytes_alloc,
+    //          gfp_t gfp_flags, int node)
+    let ptr: u64 = ctx.arg(1);
+    let bytes: u64 = ctx.arg(3);
+    let gfp: u64 = ctx.arg(4);
+    if ptr <= ZERO_SIZE_PTR {
+        return 0;
+    }
+    let accounted = gfp & global(&GFP_ACCOUNT) != 0;
+    on_alloc(Allocation {
+        ptr,
+        cache_id: kmalloc_cache_id(bytes, accounted),
+        bytes,
+        accounted,
+        cache: core::ptr::null(),
+    });
+    0
+}
+
+#[btf_tracepoint(function = "percpu_alloc_percpu")]
+pub fn percpu_alloc_percpu(ctx: BtfTracePointContext) -> i32 {
+    // TP_PROTO(unsigned long call_site, bool reserved, bool is_atomic, size_t size, size_t align,
+    //          void *base_addr, int off, void __percpu *ptr, size_t bytes_alloc, gfp_t gfp_flags)
+    let ptr: u64 = ctx.arg(7);
+    let bytes: u64 = ctx.arg(8);
+    let gfp: u64 = ctx.arg(9);
+    if ptr == 0 {
+        return 0;
+    }
+    on_alloc(Allocation {
+        ptr,
+        cache_id: CACHE_ID_PERCPU,
+        bytes,
+        accounted: gfp & global(&GFP_ACCOUNT) != 0,
+        cache: core::ptr::null(),
+    });
+    0
+}
+
+#[btf_tracepoint(function = "kmem_cache_free")]
+pub fn kmem_cache_free(ctx: BtfTracePointContext) -> i32 {
+    // TP_PROTO(unsigned long call_site, const void *ptr, const struct kmem_cache *s)
+    on_free(ctx.arg(1));
+    0
+}
+
+#[btf_tracepoint(function = "kfree")]
+pub fn kfree(ctx: BtfTracePointContext) -> i32 {
+    // TP_PROTO(unsigned long call_site, const void *ptr)
+    on_free(ctx.arg(1));
+    0
+}
+
+#[btf_tracepoint(function = "percpu_free_percpu")]
+pub fn percpu_free_percpu(ctx: BtfTracePointContext) -> i32 {
+    // TP_PROTO(void *base_addr, int off, void __percpu *ptr)
+    on_free(ctx.arg(2));
+    0
+}
+
+#[inline(always)]
+fn on_alloc(alloc: Allocation) {
+    // SAFETY: a helper without preconditions.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    let count_only = if cgroup_id == global(&ROOT_CGROUP_ID) {
+        match RootCgroupMode::from_u32(global(&ROOT_CGROUP_MODE)) {
+            Some(RootCgroupMode::Track) => false,
+            Some(RootCgroupMode::Count) => true,
+            _ => return,
+        }
+    } else {
+        false
+    };
+    let key = StatsKey {
+        cgroup_id,
+        cache_id: alloc.cache_id,
+    };
+    let Some(stats) = stats_entry(&key, alloc.cache) else {
+        with_global_counters(|c| c.dropped_stats_full += 1);
+        return;
+    };
+    // SAFETY: per-CPU value of this CPU.
+    let stats = unsafe { &mut *stats };
+    stats.allocs += 1;
+    if count_only {
+        return;
+    }
+    let object = LiveObject {
+        cgroup_id,
+        cache_id: alloc.cache_id,
+        bytes: alloc.bytes as u32,
+        flags: if alloc.accounted { OBJECT_ACCOUNTED } else { 0 },
+    };
+    match LIVE_OBJECTS.insert(alloc.ptr, object, BPF_NOEXIST as u64) {
+        Ok(()) => {}
+        Err(err) if -err == EEXIST => {
+            // The address is still held by an object whose free no tracepoint reported (bulk
+            // frees): that object is gone, so uncharge it before charging the new one.
+            uncharge(alloc.ptr);
+            with_global_counters(|c| c.stale_objects += 1);
+            if LIVE_OBJECTS
+                .insert(alloc.ptr, object, BPF_ANY as u64)
+                .is_err()
+            {
+                with_global_counters(|c| c.dropped_live_full += 1);
+                return;
+            }
+        }
+        Err(_) => {
+            with_global_counters(|c| c.dropped_live_full += 1);
+            return;
+        }
+    }
+    charge(stats, &object, 1);
+}
+
+#[inline(always)]
+fn on_free(ptr: u64) {
+    if ptr <= ZERO_SIZE_PTR {
+        return;
+    }
+    if uncharge(ptr) {
+        let _ = LIVE_OBJECTS.remove(ptr);
+    } else {
+        with_global_counters(|c| c.untracked_frees += 1);
+    }
+}
+
+/// Uncharges the owner of the object at `ptr`; false if it is not tracked.
+#[inline(always)]
+fn uncharge(ptr: u64) -> bool {
+    let Some(object) = LIVE_OBJECTS.get_ptr(ptr) else {
+        return false;
+    };
+    // SAFETY: a value of the map; copied out at once.
+    let object = unsafe { *object };
+    let key = StatsKey {
+        cgroup_id: object.cgroup_id,
+        cache_id: object.cache_id,
+    };
+    if let Some(stats) = stats_entry(&key, core::ptr::null()) {
+        // SAFETY: per-CPU value of this CPU.
+        let stats = unsafe { &mut *stats };
+        stats.frees += 1;
+        charge(stats, &object, -1);
+    }
+    true
+}
+
+#[inline(always)]
+fn charge(stats: &mut CacheStats, object: &LiveObject, sign: i64) {
+    let bytes = object.bytes as i64 * sign;
+    stats.live_bytes += bytes;
+    stats.live_objects += sign;
+    if object.flags & OBJECT_ACCOUNTED != 0 {
+        stats.accounted_bytes += bytes;
+        stats.accounted_objects += sign;
+    }
+}
+
+/// This CPU's counters of `key`, created when missing. The first time a slab cache is charged
+/// its name is recorded for the agent.
+#[inline(always)]
+fn stats_entry(key: &StatsKey, cache: *const u8) -> Option<*mut CacheStats> {
+    if let Some(stats) = CGROUP_CACHE_STATS.get_ptr_mut(key) {
+        return Some(stats);
+    }
+    if !cache.is_null() {
+        record_cache_name(key.cache_id, cache);
+    }
+    let _ = CGROUP_CACHE_STATS.insert(key, CacheStats::default(), BPF_NOEXIST as u64);
+    CGROUP_CACHE_STATS.get_ptr_mut(key)
+}
+
+#[inline(never)]
+fn record_cache_name(cache_id: u64, cache: *const u8) {
+    if CACHE_NAMES.get_ptr(cache_id).is_some() {
+        return;
+    }
+    let mut name = CacheName {
+        bytes: [0; kmemcg_common::CACHE_NAME_LEN],
+    };
+    // SAFETY: reads of kernel memory through the fault-safe helpers.
+    unsafe {
+        let Ok(name_ptr) = bpf_probe_read_kernel(
+            cache.add(global(&KMEM_CACHE_NAME_OFFSET) as usize) as *const *const u8,
+        ) else {
+            return;
+        };
+        if bpf_probe_read_kernel_str_bytes(name_ptr, &mut name.bytes).is_err() {
+            return;
+        }
+    }
+    let _ = CACHE_NAMES.insert(cache_id, name, BPF_NOEXIST as u64);
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
