@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod api;
 pub mod baseline;
+pub mod batch;
 pub mod cgroups;
 pub mod cli;
 pub mod client;

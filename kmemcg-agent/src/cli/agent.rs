@@ -7,7 +7,7 @@ use kmemcg_common::RootCgroupMode;
 use crate::{
     agent::{self, AgentConfig},
     api::DEFAULT_LISTEN,
-    tracer::{DEFAULT_MAX_OBJECTS, DEFAULT_MAX_STATS, TracerConfig},
+    tracer::{DEFAULT_MAX_OBJECTS, TracerConfig, default_max_stats},
 };
 
 #[derive(Debug, Args)]
@@ -20,10 +20,10 @@ pub struct AgentArgs {
     #[arg(long, default_value_t = DEFAULT_MAX_OBJECTS,
           value_parser = clap::value_parser!(u32).range(1024..=1 << 26))]
     pub max_objects: u32,
-    /// Capacity of the (cgroup, cache) counter map.
-    #[arg(long, default_value_t = DEFAULT_MAX_STATS,
-          value_parser = clap::value_parser!(u32).range(64..=1 << 22))]
-    pub max_stats: u32,
+    /// Capacity of the (cgroup, cache) counter map, preallocated at 96 + 48 x CPUs bytes an
+    /// entry [default: 32 MiB worth, at least 8192].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(64..=1 << 22))]
+    pub max_stats: Option<u32>,
     /// What to do with allocations of tasks in the root cgroup (kernel threads and unconfined
     /// services): count them without tracking objects, track them like any cgroup (fills the
     /// map on busy hosts), or ignore them.
@@ -68,7 +68,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         interval: Duration::from_secs_f64(args.interval),
         tracer: TracerConfig {
             max_objects: args.max_objects,
-            max_stats: args.max_stats,
+            max_stats: args.max_stats.unwrap_or_else(default_max_stats),
             root_mode: args.root_cgroup.into(),
         },
     };
