@@ -4,6 +4,7 @@
 //! path) -> report (per-cgroup usage) -> sampler (snapshots) -> server (HTTP API) -> cli.
 pub mod agent;
 pub mod api;
+pub mod baseline;
 pub mod cgroups;
 pub mod cli;
 pub mod client;
