@@ -663,12 +663,14 @@ impl App {
         if !c.is_control() {
             self.filter_input.push(c);
             self.rebuild();
+            self.select_first_match();
         }
     }
 
     pub fn filter_pop(&mut self) {
         self.filter_input.pop();
         self.rebuild();
+        self.select_first_match();
     }
 
     pub fn apply_filter(&mut self) {
@@ -676,6 +678,23 @@ impl App {
         self.filter_input.clear();
         self.mode = Mode::Table;
         self.rebuild();
+        self.select_first_match();
+    }
+
+    /// Selects the first line that matches the filter itself, not an ancestor shown for
+    /// context in the tree view.
+    fn select_first_match(&mut self) {
+        let needle = self.active_filter();
+        if needle.is_empty() {
+            return;
+        }
+        if let Some(i) = self.rows.iter().position(|r| {
+            self.entries
+                .get(r.entry)
+                .is_some_and(|e| self.matches(e, &needle))
+        }) {
+            self.selected = i;
+        }
     }
 
     pub fn clear_filter(&mut self) {
@@ -940,9 +959,11 @@ pub(crate) mod tests {
             paths(&app),
             ["/", "/system.slice", "/system.slice/foo.service"]
         );
+        assert_eq!(app.selected, 2);
         app.apply_filter();
         assert_eq!(app.mode, Mode::Table);
         assert_eq!(app.filter, "FOO");
+        assert_eq!(app.selected, 2);
         app.toggle_view();
         assert_eq!(paths(&app), ["/system.slice/foo.service"]);
         app.start_filter();

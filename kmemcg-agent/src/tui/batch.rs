@@ -48,7 +48,9 @@ pub async fn run(
         } else {
             table(&app, options.limit)
         };
-        match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        // Tables are separated by a blank line, like `top -b`.
+        let gap = if done > 0 && !options.json { "\n" } else { "" };
+        match writeln!(out, "{gap}{text}").and_then(|()| out.flush()) {
             Ok(()) => {}
             // `kmemcg top --once | head` is not an error.
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
@@ -134,8 +136,7 @@ pub fn table(app: &App, limit: Option<usize>) -> String {
             Cell::new(fmt::size(u.total_bytes(), exact)),
             Cell::new(fmt::byte_rate(e.change, exact)),
             Cell::new(fmt::count_rate(e.alloc_rate, exact)),
-            Cell::new(u.top_cache().map_or("-", |c| c.name.as_str()))
-                .set_alignment(CellAlignment::Left),
+            Cell::new(super::render::top_cache(u)).set_alignment(CellAlignment::Left),
         ]);
     }
     format!("{summary}\n{table}")

@@ -196,7 +196,7 @@ fn render_table(frame: &mut Frame, area: Rect, app: &mut App) {
                 fmt::size(u.total_bytes(), exact),
                 fmt::byte_rate(e.change, exact),
                 fmt::count_rate(e.alloc_rate, exact),
-                u.top_cache().map_or("-".to_string(), |c| c.name.clone()),
+                top_cache(u).to_string(),
             ]
         })
         .collect();
@@ -322,6 +322,14 @@ fn sort_mark(app: &App, col: Col) -> &'static str {
     }
 }
 
+/// The cache holding the most bytes, `-` when none holds any.
+pub fn top_cache(usage: &crate::api::CgroupUsage) -> &str {
+    usage
+        .top_cache()
+        .filter(|c| c.bytes > 0)
+        .map_or("-", |c| c.name.as_str())
+}
+
 fn right(text: &str) -> Cell<'static> {
     Cell::from(Line::from(text.to_string()).right_aligned())
 }
@@ -405,7 +413,7 @@ fn render_detail(frame: &mut Frame, area: Rect, app: &mut App) {
                 .unwrap_or(0)
                 .max(titles[i].chars().count()) as u16;
             if i == 0 {
-                Constraint::Min(w.min(24))
+                Constraint::Length(w.min(40))
             } else {
                 Constraint::Length(w)
             }
