@@ -196,8 +196,9 @@ pub struct App {
     /// The last failure to read data; cleared by the next success.
     pub error: Option<String>,
     pub delay: Duration,
-    /// A snapshot with the same `updated_at` as the current one is the same reading (the
-    /// agent serves its latest sample until the next one); skip it rather than show zero rates.
+    /// A snapshot with the same `updated_at` (seconds) and the same data as the current one is
+    /// the same reading (the agent serves its latest sample until the next one); skip it rather
+    /// than show zero rates.
     pub dedupe_by_timestamp: bool,
     /// Where [`Mode::Help`] returns to.
     help_back: Mode,
@@ -295,6 +296,12 @@ impl App {
             && self.received
             && snapshot.status.updated_at != 0
             && snapshot.status.updated_at == self.status.updated_at
+            && snapshot.cgroups.len() == self.entries.len()
+            && snapshot
+                .cgroups
+                .iter()
+                .zip(&self.entries)
+                .all(|(new, old)| *new == old.usage)
         {
             // The same reading again: keep the rates computed from the last change.
             self.status = snapshot.status;
@@ -1035,6 +1042,12 @@ pub(crate) mod tests {
         assert_eq!(app.entries()[0].change, Some(2000.0));
         assert_eq!(app.entries()[0].alloc_rate, Some(10.0));
         assert_eq!(app.totals().change, Some(2000.0));
+        // Within the same second, new data is a new reading (agents sampling faster than 1 s).
+        app.update(
+            snapshot(vec![cg(7, "/a", 6000, 0, 40)], 102),
+            t0 + Duration::from_millis(2500),
+        );
+        assert_eq!(app.entries()[0].change, Some(2000.0));
         app.drill_in();
         assert_eq!(app.detail_rows()[0].change, Some(2000.0));
     }
