@@ -707,3 +707,90 @@ mod tests {
         assert!(find(&screen(&mut app3, 80, 8), "foo.service").is_some());
     }
 }
+
+/// A measurement, not an assertion: `cargo test --release -p kmemcg-agent --lib -- --ignored
+/// --nocapture ten_thousand` prints what one refresh with 10,000 cgroups costs.
+#[cfg(test)]
+mod measure {
+    use std::time::{Duration, Instant};
+
+    use ratatui::{Terminal, backend::TestBackend};
+
+    use super::*;
+    use crate::{
+        api::{CacheUsage, CgroupUsage},
+        tui::app::tests::snapshot,
+    };
+
+    fn cgroups(n: u64, round: u64) -> Vec<CgroupUsage> {
+        (0..n)
+            .map(|i| {
+                let path = if i % 100 == 0 {
+                    format!("/kubepods.slice/pod{:03}.slice", i / 100)
+                } else {
+                    format!(
+                        "/kubepods.slice/pod{:03}.slice/cri-{:04}.scope",
+                        i / 100,
+                        i % 100
+                    )
+                };
+                let caches: Vec<CacheUsage> = (0..5)
+                    .map(|c| CacheUsage {
+                        name: format!("kmalloc-{}", 8 << c),
+                        bytes: (i * 7919 + c * 104_729 + round * 64) % (1 << 22),
+                        objects: i + c,
+                        ..Default::default()
+                    })
+                    .collect();
+                CgroupUsage {
+                    id: i + 2,
+                    path,
+                    alive: i % 97 != 0,
+                    slab_bytes: caches.iter().map(|c| c.bytes).sum(),
+                    allocs: i * round,
+                    caches,
+                    ..Default::default()
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    #[ignore = "a measurement to run by hand, in release"]
+    fn ten_thousand_cgroups() {
+        let mut terminal = Terminal::new(TestBackend::new(120, 40)).expect("terminal");
+        let mut app = App::default();
+        let rounds = 20u64;
+        let (mut parse, mut update, mut draw_time) =
+            (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+        let start = Instant::now();
+        for round in 0..rounds {
+            let json = serde_json::to_vec(&cgroups(10_000, round)).expect("json");
+            let t = Instant::now();
+            let list: Vec<CgroupUsage> = serde_json::from_slice(&json).expect("parse");
+            parse += t.elapsed();
+            let t = Instant::now();
+            app.update(
+                snapshot(list, round + 1),
+                start + Duration::from_secs(round + 1),
+            );
+            update += t.elapsed();
+            let t = Instant::now();
+            draw(&mut terminal, &mut app).expect("draw");
+            draw_time += t.elapsed();
+        }
+        let per = |d: Duration| d.as_secs_f64() * 1000.0 / rounds as f64;
+        println!(
+            "10,000 cgroups, per refresh: JSON parse {:.1} ms, update {:.1} ms, draw {:.2} ms",
+            per(parse),
+            per(update),
+            per(draw_time)
+        );
+        // Keys re-sort and re-filter without new data.
+        let t = Instant::now();
+        for _ in 0..rounds {
+            app.sort_next();
+        }
+        println!("re-sort: {:.1} ms", per(t.elapsed()));
+    }
+}
