@@ -68,7 +68,7 @@ fn main() -> anyhow::Result<()> {
             // One test at a time: the tests share the kernel (cgroups, tracepoints).
             let mut args = vec!["test", "--release", "--", "--test-threads=1"];
             args.extend(test_args.iter().map(String::as_str));
-            cargo(&args)
+            cargo_test(&args)
         }
         Task::Bench { args } => {
             setup::run()?;
@@ -102,6 +102,52 @@ pub(crate) fn cargo(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs `cargo test`, passing its output through, and ends with one line that sums the test
+/// binaries' results.
+fn cargo_test(args: &[&str]) -> anyhow::Result<()> {
+    use std::io::BufRead as _;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut child = Command::new(&cargo)
+        .args(args)
+        .env("PATH", setup::path_with_cargo_bin())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {cargo} {}", args.join(" ")))?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    let stdout = child.stdout.take().context("cargo test's output")?;
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some((p, f)) = parse_test_result(&line) {
+            passed += p;
+            failed += f;
+        }
+    }
+    let status = child.wait()?;
+    println!("all tests: {passed} passed, {failed} failed");
+    if !status.success() {
+        bail!("`cargo {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// (passed, failed) of a libtest summary line:
+/// `test result: ok. 6 passed; 0 failed; 0 ignored; ...`.
+fn parse_test_result(line: &str) -> Option<(u64, u64)> {
+    let rest = line.strip_prefix("test result: ")?;
+    let count = |word: &str| {
+        rest.split(';').find_map(|part| {
+            part.trim()
+                .strip_suffix(word)?
+                .split_whitespace()
+                .last()?
+                .parse()
+                .ok()
+        })
+    };
+    Some((count(" passed")?, count(" failed")?))
+}
+
 fn run_binary(name: &str, args: &[String]) -> anyhow::Result<()> {
     let path = setup::workspace_root().join("target/release").join(name);
     let status = Command::new(&path)
@@ -112,4 +158,16 @@ fn run_binary(name: &str, args: &[String]) -> anyhow::Result<()> {
         bail!("{name} failed ({status})");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_libtest_summaries() {
+        let line = "test result: ok. 6 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out";
+        assert_eq!(parse_test_result(line), Some((6, 1)));
+        assert_eq!(parse_test_result("running 6 tests"), None);
+    }
 }
