@@ -78,6 +78,32 @@ impl SortKey {
     }
 }
 
+/// Columns of the per-cache view, in screen order; bytes (and so share) largest first by
+/// default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CacheSort {
+    Name,
+    Objects,
+    #[default]
+    Bytes,
+    Change,
+}
+
+impl CacheSort {
+    const ALL: [CacheSort; 4] = [
+        CacheSort::Name,
+        CacheSort::Objects,
+        CacheSort::Bytes,
+        CacheSort::Change,
+    ];
+
+    fn shift(self, by: isize) -> Self {
+        let n = Self::ALL.len() as isize;
+        let i = Self::ALL.iter().position(|k| *k == self).unwrap_or(0) as isize;
+        Self::ALL[(i + by).rem_euclid(n) as usize]
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum View {
     /// Children indented under their parent, collapsible.
@@ -189,6 +215,8 @@ pub struct App {
     /// Lines the table had at the last draw (for PgUp/PgDn).
     pub page: usize,
     pub detail: Option<Detail>,
+    /// Sort of the per-cache view.
+    pub cache_sort: CacheSort,
     /// Where the data comes from, for the header (`agent 127.0.0.1:9847`, `standalone`).
     pub source: String,
     /// A standing notice, e.g. that standalone mode only sees allocations since it started.
@@ -235,6 +263,7 @@ impl App {
             offset: 0,
             page: 10,
             detail: None,
+            cache_sort: CacheSort::Bytes,
             source,
             notice: None,
             error: None,
@@ -777,13 +806,26 @@ impl App {
                 }
             })
             .collect();
-        rows.sort_by(|a, b| {
-            b.cache
-                .bytes
-                .cmp(&a.cache.bytes)
-                .then_with(|| a.cache.name.cmp(&b.cache.name))
-        });
+        let by_name = |a: &CacheRow<'_>, b: &CacheRow<'_>| a.cache.name.cmp(&b.cache.name);
+        match self.cache_sort {
+            CacheSort::Name => rows.sort_by(by_name),
+            CacheSort::Objects => rows.sort_by(|a, b| {
+                (b.cache.objects.cmp(&a.cache.objects)).then_with(|| by_name(a, b))
+            }),
+            CacheSort::Bytes => {
+                rows.sort_by(|a, b| (b.cache.bytes.cmp(&a.cache.bytes)).then_with(|| by_name(a, b)))
+            }
+            CacheSort::Change => rows.sort_by(|a, b| {
+                let (x, y) = (a.change.unwrap_or(0.0), b.change.unwrap_or(0.0));
+                y.total_cmp(&x).then_with(|| by_name(a, b))
+            }),
+        }
         rows
+    }
+
+    /// Sorts the per-cache view by the next column to the right (`by` 1) or left (-1).
+    pub fn cache_sort_shift(&mut self, by: isize) {
+        self.cache_sort = self.cache_sort.shift(by);
     }
 
     /// Keeps the selected line within `height` lines from `offset`.
@@ -1014,6 +1056,11 @@ pub(crate) mod tests {
         let rows = app.detail_rows();
         assert_eq!(rows[0].cache.name, "dentry");
         assert!((rows[0].share - 50_000.0 / 50_200.0).abs() < 1e-9);
+        app.cache_sort_shift(-2);
+        assert_eq!(app.cache_sort, CacheSort::Name);
+        assert_eq!(app.detail_rows()[1].cache.name, "percpu");
+        app.cache_sort_shift(-1);
+        assert_eq!(app.cache_sort, CacheSort::Change);
         app.show_help();
         assert_eq!(app.mode, Mode::Help);
         app.back();

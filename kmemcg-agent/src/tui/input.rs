@@ -17,7 +17,10 @@ pub const HELP: &[(&str, &str)] = &[
         "PgUp/PgDn Home/End",
         "move by a page, to the first or last line",
     ),
-    ("< >", "sort by the column to the left or right"),
+    (
+        "< >",
+        "sort by the column to the left or right (also in the caches)",
+    ),
     (
         "P S C M G A",
         "sort by path, slab, percpu, total, change/s, allocs/s",
@@ -67,6 +70,8 @@ pub fn handle_key(app: &mut App, key: KeyEvent) -> Outcome {
             KeyCode::Char('?') | KeyCode::F(1) => app.show_help(),
             KeyCode::Char('p') => app.toggle_pause(),
             KeyCode::Char('b') => app.toggle_exact(),
+            KeyCode::Char('<') | KeyCode::Char(',') => app.cache_sort_shift(-1),
+            KeyCode::Char('>') | KeyCode::Char('.') => app.cache_sort_shift(1),
             _ => navigate(app, key.code),
         },
         Mode::Table => match key.code {

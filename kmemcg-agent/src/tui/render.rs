@@ -11,7 +11,7 @@ use ratatui::{
 };
 
 use super::{
-    app::{App, Mode, SortKey, View},
+    app::{App, CacheSort, Mode, SortKey, View},
     fmt,
     input::HELP,
 };
@@ -403,7 +403,21 @@ fn render_detail(frame: &mut Frame, area: Rect, app: &mut App) {
             ]
         })
         .collect();
-    let titles = ["CACHE", "OBJECTS", "BYTES▼", "SHARE", "CHANGE/s"];
+    let mark = |sort: CacheSort, title: &str| {
+        let ordered = app.cache_sort == sort;
+        match (ordered, sort) {
+            (false, _) => title.to_string(),
+            (true, CacheSort::Name) => format!("{title}▲"),
+            (true, _) => format!("{title}▼"),
+        }
+    };
+    let titles = [
+        mark(CacheSort::Name, "CACHE"),
+        mark(CacheSort::Objects, "OBJECTS"),
+        mark(CacheSort::Bytes, "BYTES"),
+        "SHARE".to_string(),
+        mark(CacheSort::Change, "CHANGE/s"),
+    ];
     let widths: Vec<Constraint> = (0..5)
         .map(|i| {
             let w = shown
@@ -419,12 +433,13 @@ fn render_detail(frame: &mut Frame, area: Rect, app: &mut App) {
             }
         })
         .collect();
-    let header = TableRow::new(
-        titles
-            .iter()
-            .enumerate()
-            .map(|(i, t)| if i == 0 { Cell::from(*t) } else { right(t) }),
-    )
+    let header = TableRow::new(titles.iter().enumerate().map(|(i, t)| {
+        if i == 0 {
+            Cell::from(t.clone())
+        } else {
+            right(t)
+        }
+    }))
     .style(Style::new().add_modifier(Modifier::BOLD | Modifier::REVERSED));
     let lines = shown.iter().enumerate().map(|(i, r)| {
         let style = if offset + i == selected {
@@ -487,6 +502,7 @@ fn render_footer(frame: &mut Frame, area: Rect, app: &App) {
         Mode::Detail => &[
             ("Esc", "back"),
             ("↑↓", "move"),
+            ("<>", "sort"),
             ("p", "pause"),
             ("b", "bytes"),
             ("?", "help"),
@@ -629,6 +645,18 @@ mod tests {
         assert!(s[6].contains("dentry") && s[6].contains("99.6%"), "{text}");
         assert!(s[7].contains("percpu"), "{text}");
         assert!(s[11].contains("Esc") && s[11].contains("back"), "{text}");
+        // `<` sorts the caches by objects, then by name.
+        app.cache_sort_shift(-1);
+        let s = screen(&mut app, 80, 12);
+        assert!(s[5].contains("OBJECTS▼"), "{}", s.join("\n"));
+        app.cache_sort_shift(-1);
+        let s = screen(&mut app, 80, 12);
+        assert!(s[5].contains("CACHE▲"), "{}", s.join("\n"));
+        assert!(
+            s[6].contains("dentry") && s[7].contains("percpu"),
+            "{}",
+            s.join("\n")
+        );
     }
 
     #[test]
