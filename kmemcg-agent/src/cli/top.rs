@@ -121,16 +121,18 @@ impl TopArgs {
 
 pub async fn run(args: TopArgs) -> anyhow::Result<()> {
     let batch = args.batch_mode();
+    let mut first = None;
     let mut source = if args.standalone {
         Source::standalone()?
     } else {
         let mut source = Source::agent(&args.addr);
-        if let Err(e) = source.fetch().await {
-            source = no_agent(e, &args, batch)?;
+        match source.fetch().await {
+            Ok(snapshot) => first = Some(snapshot),
+            Err(e) => source = no_agent(e, &args, batch)?,
         }
         source
     };
-    let app = args.app(&source, batch);
+    let mut app = args.app(&source, batch);
     if batch {
         if source.is_standalone() {
             eprintln!("kmemcg top: {STANDALONE_NOTICE}");
@@ -142,6 +144,10 @@ pub async fn run(args: TopArgs) -> anyhow::Result<()> {
         };
         batch::run(&mut source, app, &options, &mut std::io::stdout().lock()).await
     } else {
+        // The screen starts with data rather than "waiting".
+        if let Some(snapshot) = first {
+            app.update(snapshot, std::time::Instant::now());
+        }
         tui::run_live(source, app).await
     }
 }

@@ -42,7 +42,13 @@ pub async fn run_live(mut source: Source, mut app: App) -> anyhow::Result<()> {
     // Readings on their own task, so a slow agent never blocks the keys.
     let (data_tx, mut data_rx) = mpsc::channel::<anyhow::Result<_>>(1);
     let fetch_paused = paused.clone();
+    // With a first snapshot already on screen, the next reading is one delay away, so that
+    // rates are not taken over a few milliseconds.
+    let seeded = app.received();
     let fetcher = tokio::spawn(async move {
+        if seeded {
+            tokio::time::sleep(delay).await;
+        }
         loop {
             if !fetch_paused.load(Ordering::Relaxed) {
                 let reading = source.fetch().await;

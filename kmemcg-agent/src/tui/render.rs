@@ -241,15 +241,11 @@ fn render_table(frame: &mut Frame, area: Rect, app: &mut App) {
     let path_w = path_width(&cols).max(1) as usize;
 
     let header = TableRow::new(cols.iter().map(|c| {
-        let mut title = c.title().to_string();
-        if c.sort_key() == Some(app.sort) {
-            title.push(if app.descending { '▼' } else { '▲' });
-        }
-        let cell = Cell::from(title);
+        let title = format!("{}{}", c.title(), sort_mark(app, *c));
         if *c == Col::Path || *c == Col::TopCache {
-            cell
+            Cell::from(title)
         } else {
-            Cell::from(Line::from(c.title().to_string() + sort_mark(app, *c)).right_aligned())
+            right(&title)
         }
     }))
     .style(Style::new().add_modifier(Modifier::BOLD | Modifier::REVERSED));
