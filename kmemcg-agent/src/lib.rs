@@ -16,4 +16,5 @@ pub mod report;
 pub mod sampler;
 pub mod server;
 pub mod tracer;
+pub mod tui;
 pub mod units;
