@@ -112,6 +112,34 @@ pub enum View {
     Flat,
 }
 
+/// Adds the snapshot's removed cgroups as rows of their own (`alive: false`), under the
+/// ancestor now charged with what they hold, so that they can be marked and listed.
+fn with_dying_rows(mut snapshot: Snapshot) -> Snapshot {
+    for d in std::mem::take(&mut snapshot.dying) {
+        let percpu = d.caches.iter().filter(|c| c.name == "percpu");
+        let (percpu_bytes, percpu_objects) =
+            percpu.fold((0, 0), |(b, o), c| (b + c.bytes, o + c.objects));
+        let slab_bytes = d.residual_bytes.saturating_sub(percpu_bytes);
+        let slab_objects = d.residual_objects.saturating_sub(percpu_objects);
+        snapshot.cgroups.push(CgroupUsage {
+            id: d.id,
+            path: d.path,
+            alive: false,
+            parent: Some(d.charged_ancestor_id),
+            slab_bytes,
+            slab_objects,
+            percpu_bytes,
+            percpu_objects,
+            total_slab_bytes: slab_bytes,
+            total_percpu_bytes: percpu_bytes,
+            total_objects: d.residual_objects,
+            caches: d.caches,
+            ..Default::default()
+        });
+    }
+    snapshot
+}
+
 /// One cgroup of the latest snapshot, with rates against the previous one.
 #[derive(Clone, Debug)]
 pub struct Entry {
@@ -317,6 +345,7 @@ impl App {
 
     /// Takes a new snapshot (ignored while paused).
     pub fn update(&mut self, snapshot: Snapshot, now: Instant) {
+        let snapshot = with_dying_rows(snapshot);
         self.error = None;
         if self.paused {
             return;
@@ -395,15 +424,22 @@ impl App {
     fn compute_totals(&self, previous: Option<&Previous>) -> Totals {
         let mut t = Totals::default();
         for e in &self.entries {
-            t.slab += e.usage.slab_bytes;
-            t.percpu += e.usage.percpu_bytes;
             if e.dying() {
+                // What a removed cgroup holds is already in its live ancestor's own figures.
                 t.dying += 1;
                 t.dying_bytes += e.usage.total_bytes();
+            } else {
+                t.slab += e.usage.slab_bytes;
+                t.percpu += e.usage.percpu_bytes;
             }
         }
         if let Some(p) = previous {
-            let before: u64 = p.cgroups.iter().map(CgroupUsage::total_bytes).sum();
+            let before: u64 = p
+                .cgroups
+                .iter()
+                .filter(|c| c.alive)
+                .map(CgroupUsage::total_bytes)
+                .sum();
             t.change = Some(((t.slab + t.percpu) as f64 - before as f64) / p.dt);
             t.alloc_rate = Some(self.entries.iter().filter_map(|e| e.alloc_rate).sum());
         }
@@ -918,6 +954,7 @@ pub(crate) mod tests {
 
     pub fn snapshot(cgroups: Vec<CgroupUsage>, updated_at: u64) -> Snapshot {
         Snapshot {
+            dying: Vec::new(),
             status: Status {
                 updated_at,
                 uptime_seconds: 3725,
@@ -1131,6 +1168,35 @@ pub(crate) mod tests {
         app.toggle_view();
         app.toggle_dying_only();
         assert_eq!(paths(&app), ["/system.slice/bar.service"]);
+    }
+
+    #[test]
+    fn the_agents_dying_list_becomes_marked_rows_not_counted_twice() {
+        let mut snap = snapshot(sample(), 1);
+        let live_total: u64 = snap.cgroups.iter().map(|c| c.total_bytes()).sum();
+        snap.dying.push(crate::api::DyingCgroup {
+            id: 999,
+            path: "/system.slice/gone.service".into(),
+            residual_bytes: 4096,
+            residual_objects: 3,
+            caches: vec![CacheUsage {
+                name: "percpu".into(),
+                bytes: 1024,
+                objects: 1,
+                ..Default::default()
+            }],
+            removed_at: Some(1),
+            charged_ancestor_id: 2,
+            charged_ancestor_path: "/system.slice".into(),
+        });
+        let mut app = App::default();
+        app.update(snap, Instant::now());
+        let t = app.totals();
+        assert_eq!((t.dying, t.dying_bytes), (1, 4096));
+        assert_eq!(t.slab + t.percpu, live_total);
+        let gone = app.entry_by_id(999).expect("dying row");
+        assert!(gone.dying());
+        assert_eq!((gone.usage.slab_bytes, gone.usage.percpu_bytes), (3072, 1024));
     }
 
     #[test]

@@ -51,9 +51,11 @@ impl Source {
     pub async fn fetch(&mut self) -> anyhow::Result<Snapshot> {
         match self {
             Self::Agent { client, .. } => {
-                let (cgroups, status) = tokio::join!(client.cgroups(), client.status());
+                let (cgroups, dying, status) =
+                    tokio::join!(client.cgroups(), client.dying(), client.status());
                 Ok(Snapshot {
                     cgroups: cgroups?,
+                    dying: dying?,
                     status: status?,
                 })
             }
