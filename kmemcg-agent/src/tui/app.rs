@@ -1196,7 +1196,10 @@ pub(crate) mod tests {
         assert_eq!(t.slab + t.percpu, live_total);
         let gone = app.entry_by_id(999).expect("dying row");
         assert!(gone.dying());
-        assert_eq!((gone.usage.slab_bytes, gone.usage.percpu_bytes), (3072, 1024));
+        assert_eq!(
+            (gone.usage.slab_bytes, gone.usage.percpu_bytes),
+            (3072, 1024)
+        );
     }
 
     #[test]
