@@ -15,8 +15,9 @@ pub struct AgentArgs {
     /// Address the HTTP API listens on.
     #[arg(long, default_value = DEFAULT_LISTEN, env = "KMEMCG_LISTEN")]
     pub listen: SocketAddr,
-    /// Capacity of the live-object map (objects whose owner is remembered); allocations beyond
-    /// it are counted as dropped. About 96 bytes of kernel memory each, preallocated (the default takes 48 MiB).
+    /// Slots of the live-object table (objects whose owner is remembered), rounded up to a
+    /// power of two; 32 bytes of kernel memory each. An allocation whose 8 candidate slots are
+    /// all taken is counted as dropped.
     #[arg(long, default_value_t = DEFAULT_MAX_OBJECTS,
           value_parser = clap::value_parser!(u32).range(1024..=1 << 26))]
     pub max_objects: u32,
