@@ -1,7 +1,7 @@
 //! Reads the programs' maps and sums the per-CPU values.
 use std::{
     collections::HashMap,
-    os::fd::{AsFd as _, AsRawFd as _},
+    os::fd::{AsFd as _, AsRawFd as _, RawFd},
 };
 
 use aya::{
@@ -10,7 +10,7 @@ use aya::{
 };
 use kmemcg_common::{
     CACHE_NAMES, CGROUP_CACHE_STATS, CacheName, CacheStats, GLOBAL_COUNTERS, GlobalCounters,
-    StatsKey,
+    STATS_KEYS, StatsKey,
 };
 
 use crate::{batch, error::ReadError, kernel};
@@ -18,15 +18,20 @@ use crate::{batch, error::ReadError, kernel};
 /// The maps' content at one moment, summed over CPUs.
 #[derive(Clone, Debug, Default)]
 pub struct RawSnapshot {
+    /// Counters per (cgroup, cache), summed over CPUs.
     pub stats: Vec<(StatsKey, CacheStats)>,
+    /// Used slots of the counter table.
+    pub stats_slots: Vec<(u32, StatsKey)>,
     pub counters: GlobalCounters,
     /// `struct kmem_cache` address -> name.
     pub cache_names: HashMap<u64, String>,
 }
 
 pub fn read(ebpf: &Ebpf) -> Result<RawSnapshot, ReadError> {
+    let (stats, stats_slots) = read_stats(ebpf)?;
     Ok(RawSnapshot {
-        stats: read_stats(ebpf)?,
+        stats,
+        stats_slots,
         counters: read_counters(ebpf)?,
         cache_names: read_cache_names(ebpf)?,
     })
@@ -43,33 +48,78 @@ fn map_error(map: &'static str) -> impl Fn(aya::maps::MapError) -> ReadError {
     }
 }
 
-fn read_stats(ebpf: &Ebpf) -> Result<Vec<(StatsKey, CacheStats)>, ReadError> {
-    let aya::maps::Map::PerCpuHashMap(data) = map(ebpf, CGROUP_CACHE_STATS)? else {
-        return Err(ReadError::MissingMap(CGROUP_CACHE_STATS));
+fn map_fd(ebpf: &Ebpf, name: &'static str) -> Result<RawFd, ReadError> {
+    let data = match map(ebpf, name)? {
+        aya::maps::Map::Array(data) | aya::maps::Map::PerCpuArray(data) => data,
+        _ => return Err(ReadError::MissingMap(name)),
     };
-    let fd = data.fd().as_fd().as_raw_fd();
-    batch::lookup_all_per_cpu::<StatsKey, CacheStats>(fd, kernel::possible_cpus(), CacheStats::add)
-        .map_err(|e| ReadError::Map {
-            map: CGROUP_CACHE_STATS,
-            source: Box::new(aya::maps::MapError::SyscallError(aya::sys::SyscallError {
-                call: "bpf_map_lookup_batch",
-                io_error: e,
-            })),
-        })
+    Ok(data.fd().as_fd().as_raw_fd())
 }
 
-/// Deletes counter entries (of removed cgroups that hold nothing any more).
-pub fn remove_stats(ebpf: &Ebpf, keys: &[StatsKey]) -> Result<(), ReadError> {
-    let aya::maps::Map::PerCpuHashMap(data) = map(ebpf, CGROUP_CACHE_STATS)? else {
-        return Err(ReadError::MissingMap(CGROUP_CACHE_STATS));
-    };
-    batch::delete_all(data.fd().as_fd().as_raw_fd(), keys).map_err(|e| ReadError::Map {
-        map: CGROUP_CACHE_STATS,
+fn batch_error(map: &'static str, call: &'static str) -> impl Fn(std::io::Error) -> ReadError {
+    move |io_error| ReadError::Map {
+        map,
         source: Box::new(aya::maps::MapError::SyscallError(aya::sys::SyscallError {
-            call: "bpf_map_delete_batch",
-            io_error: e,
+            call,
+            io_error,
         })),
-    })
+    }
+}
+
+/// The used slots of the counter table, and the counters summed over CPUs and over the slots
+/// of one key (two CPUs may claim two slots for one new key at once).
+type Stats = (Vec<(StatsKey, CacheStats)>, Vec<(u32, StatsKey)>);
+
+fn read_stats(ebpf: &Ebpf) -> Result<Stats, ReadError> {
+    let slots: Vec<(u32, StatsKey)> = batch::lookup_all(
+        map_fd(ebpf, STATS_KEYS)?,
+        1,
+        |_: &u32, key: &StatsKey| key.cgroup_id != 0 && key.cache_id != 0,
+        |key: &mut StatsKey, value: &StatsKey| *key = *value,
+    )
+    .map_err(batch_error(STATS_KEYS, "bpf_map_lookup_batch"))?;
+    // Both reads come in slot order: match them up without a lookup table.
+    let counters = batch::lookup_all(
+        map_fd(ebpf, CGROUP_CACHE_STATS)?,
+        kernel::possible_cpus(),
+        |index: &u32, _: &CacheStats| slots.binary_search_by_key(index, |(i, _)| *i).is_ok(),
+        CacheStats::add,
+    )
+    .map_err(batch_error(CGROUP_CACHE_STATS, "bpf_map_lookup_batch"))?;
+    let mut stats: Vec<(StatsKey, CacheStats)> = counters
+        .into_iter()
+        .filter_map(|(index, counters)| {
+            let at = slots.binary_search_by_key(&index, |(i, _)| *i).ok()?;
+            Some((slots[at].1, counters))
+        })
+        .collect();
+    stats.sort_unstable_by_key(|(key, _)| *key);
+    stats.dedup_by(|(key, later), (first_key, first)| {
+        let same = key == first_key;
+        if same {
+            first.add(later);
+        }
+        same
+    });
+    Ok((stats, slots))
+}
+
+/// Frees counter slots (of removed cgroups that hold nothing any more): counters first, then
+/// the key, so that a new key claiming the slot starts from zero.
+pub fn clear_stats_slots(ebpf: &Ebpf, slots: &[u32]) -> Result<(), ReadError> {
+    batch::update_all(
+        map_fd(ebpf, CGROUP_CACHE_STATS)?,
+        slots,
+        &CacheStats::default(),
+        kernel::possible_cpus(),
+    )
+    .map_err(batch_error(CGROUP_CACHE_STATS, "bpf_map_update_batch"))?;
+    let free = StatsKey {
+        cgroup_id: 0,
+        cache_id: 0,
+    };
+    batch::update_all(map_fd(ebpf, STATS_KEYS)?, slots, &free, 1)
+        .map_err(batch_error(STATS_KEYS, "bpf_map_update_batch"))
 }
 
 fn read_counters(ebpf: &Ebpf) -> Result<GlobalCounters, ReadError> {

@@ -4,6 +4,10 @@ use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    // Few malloc arenas: the HTTP workers and the sampler would otherwise each grow their own,
+    // and resident memory would follow the sum of their bursts.
+    // SAFETY: mallopt has no preconditions.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -6,7 +6,7 @@ use std::{
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
-use kmemcg_common::{RootCgroupMode, StatsKey};
+use kmemcg_common::RootCgroupMode;
 
 use crate::{
     api::{CgroupUsage, DyingCgroup, Status},
@@ -118,13 +118,13 @@ impl Sampler {
             .collect();
         self.unknown_last_time = unknown;
         if !released.is_empty() {
-            let keys: Vec<StatsKey> = raw
-                .stats
+            let slots: Vec<u32> = raw
+                .stats_slots
                 .iter()
-                .map(|(k, _)| *k)
-                .filter(|k| released.contains(&k.cgroup_id))
+                .filter(|(_, key)| released.contains(&key.cgroup_id))
+                .map(|(slot, _)| *slot)
                 .collect();
-            self.tracer.remove_stats(&keys)?;
+            self.tracer.clear_stats_slots(&slots)?;
         }
         let holding: HashSet<u64> = live
             .iter()
@@ -153,14 +153,14 @@ impl Sampler {
                 .iter()
                 .map(|(_, s)| s.live_objects.max(0) as u64)
                 .sum(),
-            map_capacity: config.max_objects.into(),
+            map_capacity: config.max_objects.next_power_of_two().into(),
             dropped: c.dropped_live_full + c.dropped_stats_full,
             dropped_live_map_full: c.dropped_live_full,
             dropped_stats_map_full: c.dropped_stats_full,
             untracked_frees: c.untracked_frees,
             stale_objects: c.stale_objects,
-            stats_entries: raw.stats.len() as u64,
-            stats_capacity: config.max_stats.into(),
+            stats_entries: raw.stats_slots.len() as u64,
+            stats_capacity: config.max_stats.next_power_of_two().into(),
             attached_hooks: self.tracer.hooks().to_vec(),
             root_cgroup_mode: root_mode_name(config.root_mode).into(),
             cgroup2_mount: self.tracer.cgroup2_mount().display().to_string(),

@@ -8,7 +8,7 @@ use aya::{
 };
 use kmemcg_common::{
     CGROUP_CACHE_STATS, CGROUP_EVENTS, CGROUP_HOOKS, CgroupEvent, HOOKS, LIVE_OBJECTS,
-    RootCgroupMode, globals,
+    RootCgroupMode, STATS_KEYS, globals,
 };
 
 use crate::{
@@ -24,16 +24,18 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 /// An object takes one of the 8 slots its address hashes to, so the table holds about 80% of
 /// its slots before allocations start being dropped.
 pub const DEFAULT_MAX_OBJECTS: u32 = 1 << 20;
-/// Kernel memory the per-(cgroup, cache) counter map gets by default. An entry is
-/// preallocated and costs about 96 + 48 x CPUs bytes; a cgroup uses one entry per cache it
-/// allocates from (typically 10 to 40).
-pub const STATS_MEMORY_BUDGET: usize = 32 << 20;
+/// Kernel memory the (cgroup, cache) counter table gets by default. A slot costs 16 + 48 x
+/// CPUs bytes (key and per-CPU counters); a cgroup uses one slot per cache it allocates from
+/// (typically 10 to 40).
+pub const STATS_MEMORY_BUDGET: usize = 16 << 20;
 
-/// Default capacity of the counter map on this machine: [`STATS_MEMORY_BUDGET`] worth of
-/// entries, between 8,192 and 262,144 (174,000 with 2 CPUs, 10,600 with 64).
+/// Default slots of the counter table on this machine: the largest power of two within
+/// [`STATS_MEMORY_BUDGET`], between 8,192 and 262,144 (131,072 with 2 CPUs, 8,192 with 64).
 pub fn default_max_stats() -> u32 {
-    let per_entry = 96 + 48 * kernel::possible_cpus();
-    (STATS_MEMORY_BUDGET / per_entry).clamp(8192, 1 << 18) as u32
+    let per_slot = 16 + 48 * kernel::possible_cpus();
+    let fits = (STATS_MEMORY_BUDGET / per_slot).max(1);
+    let power_of_two = 1usize << (usize::BITS - 1 - fits.leading_zeros());
+    power_of_two.clamp(8192, 1 << 18) as u32
 }
 
 #[derive(Clone, Debug)]
@@ -81,6 +83,8 @@ impl Tracer {
         let possible_cpus = kernel::possible_cpus() as u64;
         let live_slots = config.max_objects.next_power_of_two();
         let live_slot_mask = live_slots - 1;
+        let stats_slots = config.max_stats.next_power_of_two();
+        let stats_slot_mask = stats_slots - 1;
         let mut ebpf = EbpfLoader::new()
             .override_global(globals::ROOT_CGROUP_MODE, &root_mode, true)
             .override_global(globals::ROOT_CGROUP_ID, &root_cgroup_id, true)
@@ -119,8 +123,10 @@ impl Tracer {
                 true,
             )
             .override_global(globals::LIVE_SLOT_MASK, &live_slot_mask, true)
+            .override_global(globals::STATS_SLOT_MASK, &stats_slot_mask, true)
+            .map_max_entries(STATS_KEYS, stats_slots)
             .map_max_entries(LIVE_OBJECTS, live_slots)
-            .map_max_entries(CGROUP_CACHE_STATS, config.max_stats)
+            .map_max_entries(CGROUP_CACHE_STATS, stats_slots)
             .load(EBPF_OBJECT)
             .map_err(|e| StartError::Load(Box::new(e)))?;
         let hooks = attach_hooks(&mut ebpf)?;
@@ -166,9 +172,9 @@ impl Tracer {
         collector::read(&self.ebpf)
     }
 
-    /// Deletes counter entries of removed cgroups that hold nothing.
-    pub fn remove_stats(&mut self, keys: &[kmemcg_common::StatsKey]) -> Result<(), ReadError> {
-        collector::remove_stats(&self.ebpf, keys)
+    /// Frees the counter slots of removed cgroups that hold nothing.
+    pub fn clear_stats_slots(&mut self, slots: &[u32]) -> Result<(), ReadError> {
+        collector::clear_stats_slots(&self.ebpf, slots)
     }
 
     pub fn config(&self) -> &TracerConfig {

@@ -18,8 +18,25 @@ pub const fn live_slot_hash(ptr: u64) -> u32 {
     // Slab objects are at least 8-byte aligned; Fibonacci hashing spreads the rest.
     ((ptr >> 3).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as u32
 }
-/// Per-CPU counters per (cgroup, cache), [`StatsKey`] -> [`CacheStats`].
+/// (cgroup, cache) keys: an open-addressing table of [`StatsKey`] slots (an array map; a free
+/// slot has cgroup id 0), found through [`stats_slot_hash`].
+pub const STATS_KEYS: &str = "STATS_KEYS";
+/// Per-CPU [`CacheStats`] of the key at the same index of [`STATS_KEYS`] (a per-CPU array).
 pub const CGROUP_CACHE_STATS: &str = "CGROUP_CACHE_STATS";
+
+/// Slots a key may occupy in [`STATS_KEYS`], from its hash on.
+pub const STATS_PROBES: u32 = 32;
+
+/// First slot of a key in [`STATS_KEYS`] (before masking to the table's size).
+#[inline(always)]
+pub const fn stats_slot_hash(key: &StatsKey) -> u32 {
+    // splitmix64's finalizer over both halves: cgroup ids are consecutive, cache ids are
+    // addresses with common high bits.
+    let mut x = key.cgroup_id ^ key.cache_id.rotate_left(32);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (x ^ (x >> 31)) as u32
+}
 /// `struct kmem_cache` address -> cache name, filled the first time a cache is seen.
 pub const CACHE_NAMES: &str = "CACHE_NAMES";
 /// One per-CPU [`GlobalCounters`] entry.
@@ -47,6 +64,8 @@ pub mod globals {
     pub const POSSIBLE_CPUS: &str = "POSSIBLE_CPUS";
     /// Slots of LIVE_OBJECTS minus one (u32); the table's size is a power of two.
     pub const LIVE_SLOT_MASK: &str = "LIVE_SLOT_MASK";
+    /// Slots of STATS_KEYS (and CGROUP_CACHE_STATS) minus one (u32).
+    pub const STATS_SLOT_MASK: &str = "STATS_SLOT_MASK";
     /// Byte offsets of `struct cgroup::kn`, `struct cgroup::root`, `struct kernfs_node::id`
     /// and `struct cgroup_root::hierarchy_id`, from BTF.
     pub const CGROUP_KN_OFFSET: &str = "CGROUP_KN_OFFSET";
@@ -145,12 +164,12 @@ impl CacheKind {
     }
 }
 
-/// Flags of a [`LiveObject`].
-pub const OBJECT_ACCOUNTED: u32 = 1;
+/// Top bit of [`LiveObject::size_and_flags`]: the kernel's memcg charges the object too.
+pub const OBJECT_ACCOUNTED: u32 = 1 << 31;
 
-/// Key of [`CGROUP_CACHE_STATS`].
+/// A slot of [`STATS_KEYS`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StatsKey {
     /// cgroup v2 id of the allocating task.
     pub cgroup_id: u64,
@@ -164,13 +183,23 @@ pub struct StatsKey {
 pub struct LiveObject {
     /// The object's address; claimed and released with compare-and-swap.
     pub ptr: u64,
-    pub cgroup_id: u64,
-    pub cache_id: u64,
-    /// Bytes the allocation really takes (slab: the cache's object size; kmalloc: the bucket
-    /// size; percpu: size x possible CPUs).
-    pub bytes: u32,
-    /// [`OBJECT_ACCOUNTED`].
-    pub flags: u32,
+    /// Index of the owner's (cgroup, cache) counters in [`CGROUP_CACHE_STATS`].
+    pub stats_slot: u32,
+    /// Bytes the allocation takes (slab: the cache's object size; kmalloc: the bucket size;
+    /// percpu: size x possible CPUs), with [`OBJECT_ACCOUNTED`] in the top bit.
+    pub size_and_flags: u32,
+}
+
+impl LiveObject {
+    #[inline(always)]
+    pub const fn bytes(&self) -> u32 {
+        self.size_and_flags & !OBJECT_ACCOUNTED
+    }
+
+    #[inline(always)]
+    pub const fn accounted(&self) -> bool {
+        self.size_and_flags & OBJECT_ACCOUNTED != 0
+    }
 }
 
 /// Per-CPU counters of one (cgroup, cache). Live figures are signed: an object allocated on one
@@ -281,7 +310,7 @@ impl CacheName {
 }
 
 const _: () = assert!(core::mem::size_of::<StatsKey>() == 16);
-const _: () = assert!(core::mem::size_of::<LiveObject>() == 32);
+const _: () = assert!(core::mem::size_of::<LiveObject>() == 16);
 const _: () = assert!(core::mem::size_of::<CacheStats>() == 48);
 const _: () = assert!(core::mem::size_of::<GlobalCounters>() == 40);
 const _: () = assert!(core::mem::size_of::<CgroupEvent>() == 16 + CGROUP_PATH_LEN);
@@ -336,6 +365,21 @@ mod tests {
         slots.sort_unstable();
         let distinct = 1 + slots.windows(2).filter(|w| w[0] != w[1]).count();
         assert!(distinct >= 56, "{distinct} distinct slots of 64");
+    }
+
+    #[test]
+    fn stats_slots_spread_consecutive_cgroups() {
+        let mut slots = [0u32; 256];
+        for (i, slot) in slots.iter_mut().enumerate() {
+            let key = StatsKey {
+                cgroup_id: 5000 + i as u64 / 8,
+                cache_id: 0xffff_8880_0100_0000 + 0x100 * (i as u64 % 8),
+            };
+            *slot = stats_slot_hash(&key) & 4095;
+        }
+        slots.sort_unstable();
+        let distinct = 1 + slots.windows(2).filter(|w| w[0] != w[1]).count();
+        assert!(distinct >= 240, "{distinct} distinct slots of 256");
     }
 
     #[test]

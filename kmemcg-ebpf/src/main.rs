@@ -4,9 +4,11 @@
 //! owner is remembered by address; on free, whichever task or context frees it, the owner found
 //! by address is uncharged. Names, paths, sums over CPUs and the hierarchy are the agent's job.
 //!
-//! Owners live in a lock-free open-addressing table (an array map, slots claimed with
-//! compare-and-swap): hash-map updates take a bucket lock with interrupts disabled and a
-//! freelist lock, which costs several times the rest of the programs.
+//! Both tables are lock-free open-addressing arrays with slots claimed by compare-and-swap:
+//! live objects by address, and (cgroup, cache) keys whose per-CPU counters sit at the same
+//! index of a per-CPU array. A live object remembers its counters' index, so a free needs no
+//! key lookup. Hash-map updates take a bucket lock with interrupts disabled and a freelist
+//! lock, which cost several times the rest of the programs.
 #![no_std]
 #![no_main]
 // Atomic compare-and-swap and add on map values (BPF_ATOMIC): the bpf target's `core` has no
@@ -15,16 +17,17 @@
 #![allow(internal_features)]
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
+    EbpfContext as _,
+    bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_cgroup_id, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes},
     macros::{btf_tracepoint, map},
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::BtfTracePointContext,
 };
 use kmemcg_common::{
     CACHE_ID_PERCPU, CGROUP_EVENT_MKDIR, CGROUP_EVENT_RENAME, CGROUP_EVENT_RMDIR, CacheName,
     CacheStats, CgroupEvent, GlobalCounters, LIVE_PROBES, LiveObject, OBJECT_ACCOUNTED,
-    RootCgroupMode, StatsKey, kmalloc_cache_id, live_slot_hash,
+    RootCgroupMode, STATS_PROBES, StatsKey, kmalloc_cache_id, live_slot_hash, stats_slot_hash,
 };
 
 // Load-time configuration, written by the agent (EbpfLoader::set_global). Read-only and frozen,
@@ -48,6 +51,9 @@ static POSSIBLE_CPUS: u64 = 1;
 /// Slots of LIVE_OBJECTS minus one (a power of two minus one).
 #[unsafe(no_mangle)]
 static LIVE_SLOT_MASK: u32 = (1 << 20) - 1;
+/// Slots of STATS_KEYS and CGROUP_CACHE_STATS minus one.
+#[unsafe(no_mangle)]
+static STATS_SLOT_MASK: u32 = (1 << 16) - 1;
 #[unsafe(no_mangle)]
 static CGROUP_KN_OFFSET: u32 = 0;
 #[unsafe(no_mangle)]
@@ -60,13 +66,13 @@ static CGROUP_ROOT_HIERARCHY_ID_OFFSET: u32 = 0;
 // Sizes here are defaults; the agent sets the capacities it is configured with.
 #[map]
 static LIVE_OBJECTS: Array<LiveObject> = Array::with_max_entries(1 << 20, 0);
-// Preallocated: entries allocated on demand (BPF_F_NO_PREALLOC) fail under bursts of new
-// (cgroup, cache) pairs in this allocation-tracing context. The agent sizes it to the CPUs.
+// (cgroup, cache) keys and, at the same index, their per-CPU counters. Sized by the agent.
 #[map]
-static CGROUP_CACHE_STATS: PerCpuHashMap<StatsKey, CacheStats> =
-    PerCpuHashMap::with_max_entries(1 << 16, 0);
+static STATS_KEYS: Array<StatsKey> = Array::with_max_entries(1 << 16, 0);
 #[map]
-static CACHE_NAMES: HashMap<u64, CacheName> = HashMap::with_max_entries(4096, BPF_F_NO_PREALLOC);
+static CGROUP_CACHE_STATS: PerCpuArray<CacheStats> = PerCpuArray::with_max_entries(1 << 16, 0);
+#[map]
+static CACHE_NAMES: HashMap<u64, CacheName> = HashMap::with_max_entries(4096, 0);
 #[map]
 static GLOBAL_COUNTERS: PerCpuArray<GlobalCounters> = PerCpuArray::with_max_entries(1, 0);
 #[map]
@@ -95,8 +101,8 @@ struct Allocation {
     cache_id: u64,
     bytes: u64,
     accounted: bool,
-    /// `struct kmem_cache *`, to record the cache's name the first time it is charged.
-    cache: *const u8,
+    /// From a `struct kmem_cache`, whose name is recorded the first time it is charged.
+    slab: bool,
 }
 
 #[btf_tracepoint(function = "kmem_cache_alloc")]
@@ -108,21 +114,33 @@ pub fn kmem_cache_alloc(ctx: BtfTracePointContext) -> i32 {
     if ptr == 0 || cache.is_null() {
         return 0;
     }
-    // SAFETY: reads of kernel memory through the fault-safe helper.
+    // Direct loads from the BTF-typed `struct kmem_cache *`: the verifier checks each offset
+    // (constants from BTF, in the frozen .rodata) against the struct's fields and turns the
+    // loads into fault-safe ones, several times cheaper than bpf_probe_read_kernel.
+    // SAFETY: see above; the verifier rejects the program rather than letting a load fault.
     let (size, flags) = unsafe {
         (
-            bpf_probe_read_kernel(cache.add(global(&KMEM_CACHE_SIZE_OFFSET) as usize) as *const u32)
-                .unwrap_or(0),
-            bpf_probe_read_kernel(cache.add(global(&KMEM_CACHE_FLAGS_OFFSET) as usize) as *const u32)
-                .unwrap_or(0),
+            core::ptr::read_volatile(
+                cache.add(global(&KMEM_CACHE_SIZE_OFFSET) as usize) as *const u32
+            ),
+            core::ptr::read_volatile(
+                cache.add(global(&KMEM_CACHE_FLAGS_OFFSET) as usize) as *const u32
+            ),
         )
     };
+    // The cache's address as a plain number: the verifier lets no program hash a typed pointer.
+    // SAFETY: the tracepoint's argument array, read through the fault-safe helper.
+    let cache_id =
+        unsafe { bpf_probe_read_kernel((ctx.as_ptr() as *const u64).add(2)) }.unwrap_or(0);
+    if cache_id == 0 {
+        return 0;
+    }
     on_alloc(Allocation {
         ptr,
-        cache_id: cache as u64,
+        cache_id,
         bytes: size as u64,
         accounted: gfp & global(&GFP_ACCOUNT) != 0 || flags & global(&SLAB_ACCOUNT) != 0,
-        cache,
+        slab: true,
     });
     0
 }
@@ -143,7 +161,7 @@ pub fn kmalloc(ctx: BtfTracePointContext) -> i32 {
         cache_id: kmalloc_cache_id(bytes, accounted),
         bytes,
         accounted,
-        cache: core::ptr::null(),
+        slab: false,
     });
     0
 }
@@ -167,7 +185,7 @@ pub fn percpu_alloc_percpu(ctx: BtfTracePointContext) -> i32 {
         cache_id: CACHE_ID_PERCPU,
         bytes,
         accounted: gfp & global(&GFP_ACCOUNT) != 0,
-        cache: core::ptr::null(),
+        slab: false,
     });
     0
 }
@@ -287,7 +305,7 @@ fn on_alloc(alloc: Allocation) {
         cgroup_id,
         cache_id: alloc.cache_id,
     };
-    let Some(stats) = stats_entry(&key, alloc.cache) else {
+    let Some((slot, stats)) = stats_slot(&key, alloc.slab) else {
         with_global_counters(|c| c.dropped_stats_full += 1);
         return;
     };
@@ -299,10 +317,9 @@ fn on_alloc(alloc: Allocation) {
     }
     let object = LiveObject {
         ptr: alloc.ptr,
-        cgroup_id,
-        cache_id: alloc.cache_id,
-        bytes: alloc.bytes as u32,
-        flags: if alloc.accounted { OBJECT_ACCOUNTED } else { 0 },
+        stats_slot: slot,
+        size_and_flags: alloc.bytes as u32 & !OBJECT_ACCOUNTED
+            | if alloc.accounted { OBJECT_ACCOUNTED } else { 0 },
     };
     match remember(&object) {
         Remembered::New => charge(stats, &object, 1),
@@ -385,10 +402,8 @@ fn remember(object: &LiveObject) -> Remembered {
 unsafe fn write_owner(slot: *mut LiveObject, object: &LiveObject) {
     // SAFETY: the caller owns the slot.
     unsafe {
-        (*slot).cgroup_id = object.cgroup_id;
-        (*slot).cache_id = object.cache_id;
-        (*slot).bytes = object.bytes;
-        (*slot).flags = object.flags;
+        (*slot).stats_slot = object.stats_slot;
+        (*slot).size_and_flags = object.size_and_flags;
     }
 }
 
@@ -420,11 +435,7 @@ fn uncharge(ptr: u64) -> bool {
 
 #[inline(always)]
 fn uncharge_owner(object: &LiveObject) {
-    let key = StatsKey {
-        cgroup_id: object.cgroup_id,
-        cache_id: object.cache_id,
-    };
-    if let Some(stats) = stats_entry(&key, core::ptr::null()) {
+    if let Some(stats) = CGROUP_CACHE_STATS.get_ptr_mut(object.stats_slot) {
         // SAFETY: per-CPU value of this CPU.
         let stats = unsafe { &mut *stats };
         stats.frees += 1;
@@ -454,37 +465,68 @@ fn atomic_add(target: &mut i64, delta: i64) {
 
 #[inline(always)]
 fn charge(stats: &mut CacheStats, object: &LiveObject, sign: i64) {
-    let bytes = object.bytes as i64 * sign;
+    let bytes = object.bytes() as i64 * sign;
     atomic_add(&mut stats.live_bytes, bytes);
     atomic_add(&mut stats.live_objects, sign);
-    if object.flags & OBJECT_ACCOUNTED != 0 {
+    if object.accounted() {
         atomic_add(&mut stats.accounted_bytes, bytes);
         atomic_add(&mut stats.accounted_objects, sign);
     }
 }
 
-/// This CPU's counters of `key`, created when missing. The first time a slab cache is charged
-/// its name is recorded for the agent.
+/// The slot of `key` and this CPU's counters there; the slot is claimed when the key is new
+/// (and, for a slab cache seen for the first time, its name recorded for the agent).
 #[inline(always)]
-fn stats_entry(key: &StatsKey, cache: *const u8) -> Option<*mut CacheStats> {
-    if let Some(stats) = CGROUP_CACHE_STATS.get_ptr_mut(key) {
-        return Some(stats);
+fn stats_slot(key: &StatsKey, is_slab: bool) -> Option<(u32, *mut CacheStats)> {
+    let mask = global(&STATS_SLOT_MASK);
+    let first = stats_slot_hash(key);
+    let mut free = STATS_PROBES;
+    for probe in 0..STATS_PROBES {
+        let index = first.wrapping_add(probe) & mask;
+        let slot = STATS_KEYS.get_ptr_mut(index)?;
+        // SAFETY: a slot of the array map. A claim writes the cgroup first (atomically) and
+        // the cache next; cache ids are never 0, so a half-written slot matches nothing.
+        let (cgroup_id, cache_id) = unsafe {
+            (
+                core::ptr::read_volatile(&raw const (*slot).cgroup_id),
+                core::ptr::read_volatile(&raw const (*slot).cache_id),
+            )
+        };
+        if cgroup_id == key.cgroup_id && cache_id == key.cache_id {
+            return Some((index, CGROUP_CACHE_STATS.get_ptr_mut(index)?));
+        }
+        if cgroup_id == 0 && free == STATS_PROBES {
+            free = probe;
+        }
     }
-    if !cache.is_null() {
-        record_cache_name(key.cache_id, cache);
+    // New key. Two CPUs may claim two slots for one key at once: the agent sums them.
+    for probe in free..STATS_PROBES {
+        let index = first.wrapping_add(probe) & mask;
+        let slot = STATS_KEYS.get_ptr_mut(index)?;
+        // SAFETY: as above; the claim is atomic.
+        unsafe {
+            let claim = &raw mut (*slot).cgroup_id;
+            if core::ptr::read_volatile(claim) == 0 && compare_and_swap(claim, 0, key.cgroup_id) {
+                core::ptr::write_volatile(&raw mut (*slot).cache_id, key.cache_id);
+                if is_slab {
+                    record_cache_name(key.cache_id);
+                }
+                return Some((index, CGROUP_CACHE_STATS.get_ptr_mut(index)?));
+            }
+        }
     }
-    let _ = CGROUP_CACHE_STATS.insert(key, CacheStats::default(), BPF_NOEXIST as u64);
-    CGROUP_CACHE_STATS.get_ptr_mut(key)
+    None
 }
 
 #[inline(never)]
-fn record_cache_name(cache_id: u64, cache: *const u8) {
+fn record_cache_name(cache_id: u64) {
     if CACHE_NAMES.get_ptr(cache_id).is_some() {
         return;
     }
     let mut name = CacheName {
         bytes: [0; kmemcg_common::CACHE_NAME_LEN],
     };
+    let cache = cache_id as *const u8;
     // SAFETY: reads of kernel memory through the fault-safe helpers.
     unsafe {
         let Ok(name_ptr) = bpf_probe_read_kernel(

@@ -21,8 +21,8 @@ pub struct AgentArgs {
     #[arg(long, default_value_t = DEFAULT_MAX_OBJECTS,
           value_parser = clap::value_parser!(u32).range(1024..=1 << 26))]
     pub max_objects: u32,
-    /// Capacity of the (cgroup, cache) counter map, preallocated at 96 + 48 x CPUs bytes an
-    /// entry [default: 32 MiB worth, at least 8192].
+    /// Slots of the (cgroup, cache) counter table, rounded up to a power of two; 16 + 48 x
+    /// CPUs bytes each [default: 16 MiB worth, at least 8192].
     #[arg(long, value_parser = clap::value_parser!(u32).range(64..=1 << 22))]
     pub max_stats: Option<u32>,
     /// What to do with allocations of tasks in the root cgroup (kernel threads and unconfined
