@@ -1,7 +1,9 @@
 //! kmemcg's agent library: the data path from the kernel to the user, one module per step.
 //!
 //! kernel (facts) -> tracer (load, attach) -> collector (read, sum maps) -> cgroups (id ->
-//! path) -> report (per-cgroup usage) -> sampler (snapshots) -> server (HTTP API) -> cli.
+//! path) -> report (per-cgroup usage) -> sampler (snapshots) -> server (HTTP API, metrics) -> cli.
+//! Beside the path: metadata (pod and container from a cgroup path), metrics (Prometheus
+//! exposition).
 pub mod agent;
 pub mod api;
 pub mod cgroups;
@@ -10,6 +12,8 @@ pub mod client;
 pub mod collector;
 pub mod error;
 pub mod kernel;
+pub mod metadata;
+pub mod metrics;
 pub mod report;
 pub mod sampler;
 pub mod server;
