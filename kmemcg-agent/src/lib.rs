@@ -2,18 +2,20 @@
 //!
 //! kernel (facts) -> tracer (load, attach) -> collector (read, sum maps) -> cgroups (id ->
 //! path) -> report (per-cgroup usage) -> sampler (snapshots) -> server (HTTP API, metrics) -> cli.
-//! Beside the path: metadata (pod and container from a cgroup path), metrics (Prometheus
-//! exposition).
+//! Daemon concerns beside the path: config (file, env, flags), pin (bpffs), metadata (pod and
+//! container from a cgroup path), metrics (Prometheus exposition).
 pub mod agent;
 pub mod api;
 pub mod cgroups;
 pub mod cli;
 pub mod client;
 pub mod collector;
+pub mod config;
 pub mod error;
 pub mod kernel;
 pub mod metadata;
 pub mod metrics;
+pub mod pin;
 pub mod report;
 pub mod sampler;
 pub mod server;

@@ -8,6 +8,7 @@ use crate::{
     collector::{self, RawSnapshot},
     error::{ReadError, StartError},
     kernel::{btf::KernelLayout, caps, cgroupfs},
+    pin::{self, PinnedMaps},
 };
 
 /// The eBPF object, built by build.rs and embedded so that one binary is all there is to ship.
@@ -18,13 +19,16 @@ pub const DEFAULT_MAX_OBJECTS: u32 = 1 << 19;
 /// Default capacity of the per-(cgroup, cache) counter map.
 pub const DEFAULT_MAX_STATS: u32 = 1 << 16;
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TracerConfig {
     /// Capacity of the live-object map.
     pub max_objects: u32,
     /// Capacity of the (cgroup, cache) counter map.
     pub max_stats: u32,
     pub root_mode: RootCgroupMode,
+    /// Pin the live-object and counter maps under this bpffs directory and reuse what a
+    /// previous agent pinned there (see [`crate::pin`]); `None`: maps die with the agent.
+    pub pin_dir: Option<PathBuf>,
 }
 
 impl Default for TracerConfig {
@@ -33,6 +37,7 @@ impl Default for TracerConfig {
             max_objects: DEFAULT_MAX_OBJECTS,
             max_stats: DEFAULT_MAX_STATS,
             root_mode: RootCgroupMode::Count,
+            pin_dir: None,
         }
     }
 }
@@ -43,6 +48,7 @@ pub struct Tracer {
     config: TracerConfig,
     hooks: Vec<String>,
     cgroup2_mount: PathBuf,
+    pinned: Option<PinnedMaps>,
 }
 
 impl Tracer {
@@ -58,8 +64,24 @@ impl Tracer {
         if EBPF_OBJECT.is_empty() {
             return Err(StartError::NoProgramsEmbedded);
         }
+        let pinned = match &config.pin_dir {
+            Some(dir) => Some(pin::open(
+                dir,
+                pin::Capacities {
+                    max_objects: config.max_objects,
+                    max_stats: config.max_stats,
+                },
+            )?),
+            None => None,
+        };
         let root_mode = config.root_mode as u32;
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        if let Some(pinned) = &pinned {
+            for map in pin::PINNED_MAPS {
+                loader.map_pin_path(map.name, pinned.map_path(map.name));
+            }
+        }
+        let mut ebpf = loader
             .override_global(globals::ROOT_CGROUP_MODE, &root_mode, true)
             .override_global(globals::ROOT_CGROUP_ID, &root_cgroup_id, true)
             .override_global(globals::GFP_ACCOUNT, &layout.gfp_account, true)
@@ -95,11 +117,15 @@ impl Tracer {
         }
         hooks.sort();
         tracing::info!(hooks = ?hooks, root_mode = ?config.root_mode, "eBPF programs attached");
+        if let Some(p) = &pinned {
+            tracing::info!(dir = %p.dir().display(), reused = ?p.reused(), "maps pinned");
+        }
         Ok(Self {
             ebpf,
             config,
             hooks,
             cgroup2_mount,
+            pinned,
         })
     }
 
@@ -115,6 +141,11 @@ impl Tracer {
     /// Tracepoints the programs are attached to.
     pub fn hooks(&self) -> &[String] {
         &self.hooks
+    }
+
+    /// The pinned maps' directory, when pinning.
+    pub fn pinned(&self) -> Option<&PinnedMaps> {
+        self.pinned.as_ref()
     }
 
     /// Where the cgroup v2 hierarchy whose ids the programs record is mounted.
