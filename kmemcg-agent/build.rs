@@ -17,10 +17,12 @@ fn main() -> anyhow::Result<()> {
         }],
         aya_build::Toolchain::Custom(&toolchain),
     )?;
-    // With AYA_BUILD_SKIP nothing was built: embed an empty object, which the loader reports.
-    let object = Path::new(&std::env::var("OUT_DIR")?).join("kmemcg");
-    if !object.exists() {
-        std::fs::write(&object, [])?;
+    // With AYA_BUILD_SKIP nothing was built: embed empty objects, which the loader reports.
+    for name in ["kmemcg-ebpf", "kmemcg-ebpf-empty"] {
+        let object = Path::new(&std::env::var("OUT_DIR")?).join(name);
+        if !object.exists() {
+            std::fs::write(&object, [])?;
+        }
     }
     Ok(())
 }

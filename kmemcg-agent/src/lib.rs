@@ -6,6 +6,7 @@
 //! container from a cgroup path), metrics (Prometheus exposition).
 pub mod agent;
 pub mod api;
+pub mod baseline;
 pub mod cgroups;
 pub mod cli;
 pub mod client;

@@ -27,7 +27,7 @@ fn kmalloc_name(bytes: u64, accounted: bool) -> String {
     let cg = if accounted { "cg-" } else { "" };
     if bytes > KMALLOC_MAX_CACHE_SIZE {
         format!("kmalloc-{cg}large")
-    } else if bytes >= 1024 && bytes % 1024 == 0 {
+    } else if bytes >= 1024 && bytes.is_multiple_of(1024) {
         format!("kmalloc-{cg}{}k", bytes / 1024)
     } else {
         format!("kmalloc-{cg}{bytes}")

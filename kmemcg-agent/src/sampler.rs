@@ -41,6 +41,10 @@ impl Sampler {
         }
     }
 
+    pub fn tracer(&self) -> &Tracer {
+        &self.tracer
+    }
+
     pub fn sample(&mut self) -> Result<Snapshot, ReadError> {
         let raw = self.tracer.read()?;
         let ids: HashSet<u64> = raw.stats.iter().map(|(k, _)| k.cgroup_id).collect();

@@ -7,14 +7,14 @@ use kmemcg_common::{CGROUP_CACHE_STATS, HOOKS, LIVE_OBJECTS, RootCgroupMode, glo
 use crate::{
     collector::{self, RawSnapshot},
     error::{ReadError, StartError},
-    kernel::{btf::KernelLayout, caps, cgroupfs},
+    kernel::{self, btf::KernelLayout, caps, cgroupfs},
     pin::{self, PinnedMaps},
 };
 
 /// The eBPF object, built by build.rs and embedded so that one binary is all there is to ship.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/kmemcg"));
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/kmemcg-ebpf"));
 
-/// Default capacity of the live-object map: about 45 MiB of kernel memory, preallocated.
+/// Default capacity of the live-object map: 48 MiB of kernel memory (96 B an entry), preallocated.
 pub const DEFAULT_MAX_OBJECTS: u32 = 1 << 19;
 /// Default capacity of the per-(cgroup, cache) counter map.
 pub const DEFAULT_MAX_STATS: u32 = 1 << 16;
@@ -75,6 +75,7 @@ impl Tracer {
             None => None,
         };
         let root_mode = config.root_mode as u32;
+        let possible_cpus = kernel::possible_cpus() as u64;
         let mut loader = EbpfLoader::new();
         if let Some(pinned) = &pinned {
             for map in pin::PINNED_MAPS {
@@ -101,21 +102,12 @@ impl Tracer {
                 &layout.kmem_cache_name_offset,
                 true,
             )
+            .override_global(globals::POSSIBLE_CPUS, &possible_cpus, true)
             .map_max_entries(LIVE_OBJECTS, config.max_objects)
             .map_max_entries(CGROUP_CACHE_STATS, config.max_stats)
             .load(EBPF_OBJECT)
             .map_err(|e| StartError::Load(Box::new(e)))?;
-        let btf = Btf::from_sys_fs().map_err(|e| StartError::BadBtf {
-            what: "aya's BTF parser".into(),
-            reason: e.to_string(),
-        })?;
-        let mut hooks = Vec::new();
-        // Frees first: an object allocated while the alloc hooks attach must not miss its free.
-        for (program, tracepoint) in HOOKS.iter().rev() {
-            attach(&mut ebpf, program, tracepoint, &btf)?;
-            hooks.push(tracepoint.to_string());
-        }
-        hooks.sort();
+        let hooks = attach_hooks(&mut ebpf)?;
         tracing::info!(hooks = ?hooks, root_mode = ?config.root_mode, "eBPF programs attached");
         if let Some(p) = &pinned {
             tracing::info!(dir = %p.dir().display(), reused = ?p.reused(), "maps pinned");
@@ -127,6 +119,11 @@ impl Tracer {
             cgroup2_mount,
             pinned,
         })
+    }
+
+    /// Kernel BPF statistics of the programs: (run time in ns, runs).
+    pub fn program_stats(&self) -> (u64, u64) {
+        program_stats(&self.ebpf)
     }
 
     /// Reads and sums the maps.
@@ -152,6 +149,35 @@ impl Tracer {
     pub fn cgroup2_mount(&self) -> &std::path::Path {
         &self.cgroup2_mount
     }
+}
+
+/// Attaches the programs named in [`HOOKS`] to their tracepoints, frees first: an object
+/// allocated while the alloc hooks attach must not miss its free. Returns the tracepoints.
+pub(crate) fn attach_hooks(ebpf: &mut Ebpf) -> Result<Vec<String>, StartError> {
+    let btf = Btf::from_sys_fs().map_err(|e| StartError::BadBtf {
+        what: "aya's BTF parser".into(),
+        reason: e.to_string(),
+    })?;
+    let mut hooks = Vec::new();
+    for (program, tracepoint) in HOOKS.iter().rev() {
+        attach(ebpf, program, tracepoint, &btf)?;
+        hooks.push(tracepoint.to_string());
+    }
+    hooks.sort();
+    Ok(hooks)
+}
+
+/// Kernel BPF statistics of the attached programs, summed: (run time in ns, runs). They only
+/// count while BPF_ENABLE_STATS is on.
+pub fn program_stats(ebpf: &Ebpf) -> (u64, u64) {
+    ebpf.programs()
+        .filter_map(|(_, p)| p.info().ok())
+        .fold((0, 0), |(ns, runs), info| {
+            (
+                ns + info.run_time().as_nanos() as u64,
+                runs + info.run_count(),
+            )
+        })
 }
 
 fn attach(ebpf: &mut Ebpf, program: &str, tracepoint: &str, btf: &Btf) -> Result<(), StartError> {

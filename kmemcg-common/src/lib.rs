@@ -30,6 +30,8 @@ pub mod globals {
     pub const KMEM_CACHE_SIZE_OFFSET: &str = "KMEM_CACHE_SIZE_OFFSET";
     /// Byte offset of `struct kmem_cache::name`, from BTF.
     pub const KMEM_CACHE_NAME_OFFSET: &str = "KMEM_CACHE_NAME_OFFSET";
+    /// Number of possible CPUs (u64): a percpu allocation of `size` takes `size` on each.
+    pub const POSSIBLE_CPUS: &str = "POSSIBLE_CPUS";
 }
 
 /// The six hooks, as (program name in the object, tracepoint name).
@@ -133,7 +135,8 @@ pub struct StatsKey {
 pub struct LiveObject {
     pub cgroup_id: u64,
     pub cache_id: u64,
-    /// Bytes the allocation really takes (`bytes_alloc`; percpu: size x possible CPUs).
+    /// Bytes the allocation really takes (slab: the cache's object size; kmalloc: the bucket
+    /// size; percpu: size x possible CPUs).
     pub bytes: u32,
     /// [`OBJECT_ACCOUNTED`].
     pub flags: u32,

@@ -34,6 +34,8 @@ static KMEM_CACHE_FLAGS_OFFSET: u32 = 0;
 static KMEM_CACHE_SIZE_OFFSET: u32 = 0;
 #[unsafe(no_mangle)]
 static KMEM_CACHE_NAME_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static POSSIBLE_CPUS: u64 = 1;
 
 // Sizes here are defaults; the agent sets the capacities it is configured with.
 #[map]
@@ -127,12 +129,16 @@ pub fn kmalloc(ctx: BtfTracePointContext) -> i32 {
 pub fn percpu_alloc_percpu(ctx: BtfTracePointContext) -> i32 {
     // TP_PROTO(unsigned long call_site, bool reserved, bool is_atomic, size_t size, size_t align,
     //          void *base_addr, int off, void __percpu *ptr, size_t bytes_alloc, gfp_t gfp_flags)
+    let size: u64 = ctx.arg(3);
     let ptr: u64 = ctx.arg(7);
-    let bytes: u64 = ctx.arg(8);
     let gfp: u64 = ctx.arg(9);
     if ptr == 0 {
         return 0;
     }
+    // The memory taken in the percpu chunks. The tracepoint's bytes_alloc also counts memcg's
+    // notional share of the chunk's obj_cgroup vector (8 bytes per 4-byte unit), which was
+    // allocated with the chunk, not by this allocation.
+    let bytes = size * global(&POSSIBLE_CPUS);
     on_alloc(Allocation {
         ptr,
         cache_id: CACHE_ID_PERCPU,

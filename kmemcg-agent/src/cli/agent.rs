@@ -27,8 +27,8 @@ pub struct AgentArgs {
     #[arg(long, env = "KMEMCG_LISTEN")]
     pub listen: Option<SocketAddr>,
     /// Capacity of the live-object map (objects whose owner is remembered); allocations beyond
-    /// it are counted as dropped. About 88 bytes of kernel memory each, preallocated
-    /// [default: 524288].
+    /// it are counted as dropped. About 96 bytes of kernel memory each, preallocated
+    /// [default: 524288, 48 MiB].
     #[arg(long, env = "KMEMCG_MAX_OBJECTS",
           value_parser = clap::value_parser!(u32).range(1024..=1 << 26))]
     pub max_objects: Option<u32>,

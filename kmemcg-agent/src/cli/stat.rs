@@ -35,7 +35,7 @@ pub async fn run(args: StatArgs) -> anyhow::Result<()> {
             );
         }
     }
-    cgroups.sort_by(|a, b| b.total_bytes().cmp(&a.total_bytes()));
+    cgroups.sort_by_key(|c| std::cmp::Reverse(c.total_bytes()));
     if args.json {
         let out = if args.cgroup.is_some() {
             serde_json::to_string_pretty(&cgroups[0])?

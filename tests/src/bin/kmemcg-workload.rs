@@ -1,0 +1,174 @@
+//! Allocates known kernel objects from inside given cgroups, for kmemcg's tests and benchmark.
+//!
+//! `--join DIR` (repeatable) moves this process into each cgroup directory before it starts
+//! (a v2 cgroup for attribution, a v1 memory cgroup of the same name as ground truth).
+//! Workloads that hold objects print `ready` once allocated and keep them until standard input
+//! closes.
+use std::{
+    io::{BufRead as _, Write as _},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use aya::maps::{MapData, PerCpuArray};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+struct Args {
+    /// cgroup directories to join first.
+    #[arg(long)]
+    join: Vec<PathBuf>,
+    #[command(subcommand)]
+    work: Work,
+}
+
+#[derive(Subcommand)]
+enum Work {
+    /// Create COUNT empty files in DIR (a dentry and an inode each), then exit.
+    CreateFiles { dir: PathBuf, count: u32 },
+    /// Remove every file in DIR, then exit.
+    DeleteFiles { dir: PathBuf },
+    /// Create COUNT percpu array maps of ENTRIES values of VALUE_SIZE bytes (one percpu
+    /// allocation per value), print `ready`, hold them until stdin closes.
+    PercpuMaps {
+        count: u32,
+        entries: u32,
+        #[arg(value_parser = ["8", "64", "512", "4096"])]
+        value_size: String,
+    },
+    /// Print `ready` and wait until stdin closes, allocating nothing.
+    Idle,
+    /// Print `ready`; for each line read on stdin, create COUNT more files in DIR and print
+    /// `done`. For moving a process between cgroups between two steps.
+    FileSteps { dir: PathBuf, count: u32 },
+    /// Allocation-heavy mix for the benchmark for SECONDS: open/close, create/unlink,
+    /// sockets, pipes and percpu maps in DIR. Prints operations per second.
+    Mix { dir: PathBuf, seconds: f64 },
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    for cgroup in &args.join {
+        join(cgroup)?;
+    }
+    match args.work {
+        Work::CreateFiles { dir, count } => create_files(&dir, count),
+        Work::DeleteFiles { dir } => delete_files(&dir),
+        Work::PercpuMaps {
+            count,
+            entries,
+            value_size,
+        } => percpu_maps(count, entries, &value_size),
+        Work::Idle => hold(|| Ok(())),
+        Work::FileSteps { dir, count } => file_steps(&dir, count),
+        Work::Mix { dir, seconds } => mix(&dir, Duration::from_secs_f64(seconds)),
+    }
+}
+
+fn join(cgroup: &Path) -> anyhow::Result<()> {
+    let procs = cgroup.join("cgroup.procs");
+    std::fs::write(&procs, std::process::id().to_string())
+        .with_context(|| format!("joining cgroup {}", cgroup.display()))
+}
+
+fn create_files(dir: &Path, count: u32) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for i in 0..count {
+        let path = dir.join(format!("f{i}"));
+        std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn file_steps(dir: &Path, count: u32) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    println!("ready");
+    std::io::stdout().flush()?;
+    for (step, line) in std::io::stdin().lock().lines().enumerate() {
+        line?;
+        for i in 0..count {
+            std::fs::File::create(dir.join(format!("s{step}-{i}")))?;
+        }
+        println!("done");
+        std::io::stdout().flush()?;
+    }
+    Ok(())
+}
+
+fn delete_files(dir: &Path) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        std::fs::remove_file(entry?.path())?;
+    }
+    Ok(())
+}
+
+fn percpu_maps(count: u32, entries: u32, value_size: &str) -> anyhow::Result<()> {
+    fn create<const N: usize>(
+        count: u32,
+        entries: u32,
+    ) -> anyhow::Result<Vec<PerCpuArray<MapData, [u8; N]>>> {
+        (0..count)
+            .map(|_| PerCpuArray::create(entries, 0).context("creating a percpu array map"))
+            .collect()
+    }
+    match value_size {
+        "8" => hold_maps(create::<8>(count, entries)?),
+        "64" => hold_maps(create::<64>(count, entries)?),
+        "512" => hold_maps(create::<512>(count, entries)?),
+        "4096" => hold_maps(create::<4096>(count, entries)?),
+        other => bail!("unsupported value size {other}"),
+    }
+}
+
+fn hold_maps<T>(maps: Vec<T>) -> anyhow::Result<()> {
+    hold(|| Ok(()))?;
+    drop(maps);
+    Ok(())
+}
+
+/// Prints `ready`, then waits for stdin to close.
+fn hold(prepare: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
+    prepare()?;
+    println!("ready");
+    std::io::stdout().flush()?;
+    for line in std::io::stdin().lock().lines() {
+        line?;
+    }
+    Ok(())
+}
+
+fn mix(dir: &Path, duration: Duration) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let start = Instant::now();
+    let mut ops: u64 = 0;
+    let mut round: u64 = 0;
+    while start.elapsed() < duration {
+        for i in 0..64 {
+            // create + unlink: dentry, inode, filp
+            let path = dir.join(format!("m{i}"));
+            std::fs::File::create(&path)?;
+            std::fs::remove_file(&path)?;
+            // open + close of an existing file
+            drop(std::fs::File::open(dir)?);
+            // a socket and a pipe
+            drop(std::net::UdpSocket::bind("127.0.0.1:0")?);
+            let mut fds = [0i32; 2];
+            // SAFETY: pipe(2) fills two fds, closed right away.
+            unsafe {
+                if libc::pipe(fds.as_mut_ptr()) == 0 {
+                    libc::close(fds[0]);
+                    libc::close(fds[1]);
+                }
+            }
+            ops += 4;
+        }
+        // a percpu allocation (and its free) every round
+        drop(PerCpuArray::<MapData, u64>::create(1, 0)?);
+        ops += 1;
+        round += 1;
+    }
+    let rate = ops as f64 / start.elapsed().as_secs_f64();
+    println!("{rate:.0} ops/s ({round} rounds)");
+    Ok(())
+}

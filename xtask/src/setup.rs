@@ -1,0 +1,165 @@
+//! Installs what the build and the tests need, each step only when missing.
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+
+/// The toolchain that builds the eBPF programs (it needs `-Z build-std`), named once in
+/// .cargo/config.toml.
+fn ebpf_toolchain() -> String {
+    std::env::var("KMEMCG_EBPF_TOOLCHAIN").unwrap_or_else(|_| "nightly".into())
+}
+
+/// Debian packages the tests use: tmux drives `kmemcg top` in a real terminal, Prometheus
+/// scrapes the agent.
+const APT_PACKAGES: &[(&str, &str)] = &[("tmux", "tmux"), ("prometheus", "prometheus")];
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn cargo_home() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
+}
+
+/// PATH with $CARGO_HOME/bin first, where bpf-linker is installed.
+pub fn path_with_cargo_bin() -> String {
+    let bin = cargo_home().join("bin");
+    match std::env::var("PATH") {
+        Ok(path) => format!("{}:{path}", bin.display()),
+        Err(_) => bin.display().to_string(),
+    }
+}
+
+pub fn run() -> anyhow::Result<()> {
+    let toolchain = ebpf_toolchain();
+    ensure_rust_src(&toolchain)?;
+    ensure_bpf_linker(&toolchain)?;
+    ensure_apt_packages()?;
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn run_checked(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
+    eprintln!("xtask setup: {what}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("{what}: could not start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+fn ensure_rust_src(toolchain: &str) -> anyhow::Result<()> {
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        toolchain,
+    ]))
+    .with_context(|| {
+        format!(
+            "the {toolchain} toolchain is not installed; install it with \
+             `rustup toolchain install {toolchain}`"
+        )
+    })?;
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        return Ok(());
+    }
+    run_checked(
+        Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", toolchain]),
+        &format!("adding rust-src to {toolchain}"),
+    )
+}
+
+/// bpf-linker built against the eBPF toolchain's own shared LLVM, so no system LLVM is needed.
+fn ensure_bpf_linker(toolchain: &str) -> anyhow::Result<()> {
+    let bin = cargo_home().join("bin/bpf-linker");
+    if output(Command::new(&bin).arg("--version")).is_some() {
+        return Ok(());
+    }
+    let sysroot =
+        output(Command::new("rustc").args([&format!("+{toolchain}"), "--print", "sysroot"]))
+            .context("finding the eBPF toolchain's sysroot")?;
+    let lib_dir = PathBuf::from(sysroot.trim()).join("lib");
+    let llvm = std::fs::read_dir(&lib_dir)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("libLLVM.so."))
+        })
+        .with_context(|| format!("no libLLVM.so.* in {}", lib_dir.display()))?;
+    let llvm_major = llvm
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.trim_start_matches("libLLVM.so.").split('.').next())
+        .and_then(|v| v.split('-').next())
+        .context("reading the LLVM version")?
+        .to_string();
+    // Both links matter: libLLVM.so for linking, the soname for running (rpath).
+    let prefix = cargo_home().join("kmemcg-llvm");
+    let prefix_lib = prefix.join("lib");
+    std::fs::create_dir_all(&prefix_lib)?;
+    for link in [
+        prefix_lib.join("libLLVM.so"),
+        prefix_lib.join(llvm.file_name().expect("file name")),
+    ] {
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&llvm, &link)
+            .with_context(|| format!("linking {}", link.display()))?;
+    }
+    run_checked(
+        Command::new("cargo")
+            .args([
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{llvm_major}"),
+                "--root",
+            ])
+            .arg(cargo_home())
+            .env("LLVM_PREFIX", &prefix),
+        &format!("installing bpf-linker against {}", llvm.display()),
+    )
+}
+
+fn ensure_apt_packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .filter(|(command, _)| output(Command::new("which").arg(command)).is_none())
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    run_checked(
+        Command::new("apt-get").arg("update").arg("-qq"),
+        "apt-get update",
+    )?;
+    run_checked(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+        &format!("installing {}", missing.join(" ")),
+    )
+}
