@@ -123,7 +123,10 @@ pub enum PinError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot read pinned map {path}: {reason}")]
+    #[error(
+        "cannot open pinned map {path}: {reason} (pinned maps can only be opened by the user \
+         that pinned them, usually root, or with CAP_DAC_OVERRIDE)"
+    )]
     Inspect { path: PathBuf, reason: String },
 }
 
@@ -134,6 +137,17 @@ fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> PinEr
         path,
         source,
     }
+}
+
+/// `error: source: source...`, since aya's syscall errors keep the errno in their source.
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
 }
 
 /// The pinned maps' directory, locked for this agent as long as it is held.
@@ -264,7 +278,7 @@ fn lock(dir: &Path) -> Result<File, PinError> {
 fn check_map(path: &Path, layout: &MapLayout, max_entries: u32) -> Result<(), PinError> {
     let info = aya::maps::MapInfo::from_pin(path).map_err(|e| PinError::Inspect {
         path: path.to_path_buf(),
-        reason: e.to_string(),
+        reason: with_sources(&e),
     })?;
     let mismatch = |what, pinned, expected, hint| PinError::MapMismatch {
         path: path.to_path_buf(),
