@@ -394,6 +394,11 @@ impl AgentProcess {
         self.addr
     }
 
+    /// Process id, to send the agent signals (SIGHUP).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
