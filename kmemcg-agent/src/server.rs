@@ -16,6 +16,7 @@ use axum::{
 };
 use serde_json::json;
 use tokio::sync::watch;
+use tower_http::compression::CompressionLayer;
 
 use crate::{
     api::{CgroupUsage, Status},
@@ -86,7 +87,11 @@ pub fn router_with(snapshots: Snapshots, shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/api/v1/cgroups", get(cgroups))
         .route("/api/v1/status", get(status))
-        .route("/metrics", get(prometheus))
+        .route(
+            "/metrics",
+            // Prometheus asks for gzip; big expositions shrink about tenfold.
+            get(prometheus).layer(CompressionLayer::new().gzip(true)),
+        )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)

@@ -277,11 +277,14 @@ fn prometheus_scrapes_the_test_cgroups_series_with_the_right_values() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+    // A dentry is 192 bytes.
     let dentries = prometheus.query(&format!(
-        "kmemcg_cgroup_cache_objects{{cgroup=\"{path}\",cache=\"dentry\"}}"
+        "kmemcg_cgroup_cache_bytes{{cgroup=\"{path}\",cache=\"dentry\"}}"
     ));
     assert!(
-        dentries.first().is_some_and(|(_, v)| *v >= FILES as f64),
+        dentries
+            .first()
+            .is_some_and(|(_, v)| *v >= (FILES * 192) as f64),
         "{dentries:?}"
     );
     let build = prometheus.query("kmemcg_build_info");
