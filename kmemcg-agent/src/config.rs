@@ -352,6 +352,16 @@ mod tests {
     }
 
     #[test]
+    fn whole_seconds_are_numbers_too() {
+        let file =
+            parse(Path::new(FILE), "interval_seconds = 2\n").expect("an integer is a number");
+        let c = resolve(Some((Path::new(FILE), &file)), &Overrides::default()).expect("valid");
+        assert_eq!(c.interval, Duration::from_secs(2));
+        let e = parse_err("max_objects = 4096.5\n");
+        assert!(e.contains("expected an integer"), "{e}");
+    }
+
+    #[test]
     fn defaults_without_a_file() {
         let c = resolve(None, &Overrides::default()).expect("defaults are valid");
         assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);

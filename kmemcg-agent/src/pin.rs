@@ -112,6 +112,11 @@ pub enum PinError {
         hint: &'static str,
     },
     #[error(
+        "{dir} holds only part of kmemcg's pinned maps ({missing} missing), so live objects and \
+         counters no longer match: run `kmemcg agent --reset` to start fresh"
+    )]
+    Partial { dir: PathBuf, missing: String },
+    #[error(
         "the maps pinned in {dir} are in use by another kmemcg agent: stop it first (two agents \
          on the same maps would count every allocation twice)"
     )]
@@ -214,6 +219,18 @@ pub fn open(base: &Path, capacities: Capacities) -> Result<PinnedMaps, PinError>
         });
         check_map(&path, &layout, want)?;
         reused.push(layout.name);
+    }
+    // Owners without counters (or the reverse) would charge or uncharge the wrong figures.
+    if !reused.is_empty() && reused.len() < PINNED_MAPS.len() {
+        let missing: Vec<&str> = PINNED_MAPS
+            .iter()
+            .map(|m| m.name)
+            .filter(|name| !reused.contains(name))
+            .collect();
+        return Err(PinError::Partial {
+            dir,
+            missing: missing.join(", "),
+        });
     }
     Ok(PinnedMaps {
         dir,

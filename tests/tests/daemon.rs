@@ -429,6 +429,41 @@ fn an_incompatible_pinned_layout_is_reported_and_reset_starts_fresh() {
     assert!(!old.exists());
     assert!(agent.status().attached_hooks.len() == 6);
     assert!(agent.stop().success());
+
+    // Owners without their counters: refused too.
+    let layout = std::fs::read_dir(&pin_dir)
+        .expect("pin directory")
+        .flatten()
+        .next()
+        .expect("the layout directory")
+        .path();
+    std::fs::remove_file(layout.join("CGROUP_CACHE_STATS")).expect("unpinning one map");
+    let output = kmemcg(&["agent", "--listen", &listen, "--pin-dir", &pin_dir]);
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("CGROUP_CACHE_STATS missing") && err.contains("--reset"),
+        "{err}"
+    );
+
+    // Capacities cannot change under pinned maps.
+    let fresh = AgentProcess::start(&["--pin-dir", &pin_dir, "--reset"]);
+    assert!(fresh.stop().success());
+    let output = kmemcg(&[
+        "agent",
+        "--listen",
+        &listen,
+        "--pin-dir",
+        &pin_dir,
+        "--max-objects",
+        "4096",
+    ]);
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("capacity") && err.contains("max_objects"),
+        "{err}"
+    );
 }
 
 #[test]
