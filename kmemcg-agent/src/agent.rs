@@ -58,6 +58,11 @@ pub async fn run_with_reload(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     reload: Option<Reload>,
 ) -> anyhow::Result<()> {
+    // Before loading (which takes a while): a SIGHUP must not kill a starting agent.
+    let hup = match reload {
+        Some(reload) => Some((sighup().context("handling SIGHUP")?, reload)),
+        None => None,
+    };
     // Bind first: a taken port is reported before anything is loaded into the kernel.
     let listener = bind(config.listen).await?;
     let tracer = Tracer::start(config.tracer.clone())?;
@@ -67,8 +72,14 @@ pub async fn run_with_reload(
     let stop = Arc::new(AtomicBool::new(false));
     let shared = Arc::new(Shared::new(config.metrics.clone(), config.interval));
     let sampling = spawn_sampling(sampler, tx, shared.clone(), stop.clone());
-    let reloading =
-        reload.map(|reload| tokio::spawn(reload_on_sighup(config.clone(), reload, shared.clone())));
+    let reloading = hup.map(|(hup, reload)| {
+        tokio::spawn(reload_on_sighup(
+            hup,
+            config.clone(),
+            reload,
+            shared.clone(),
+        ))
+    });
 
     tracing::info!(listen = %config.listen, "kmemcg agent serving");
     let served = axum::serve(listener, server::router_with(rx, shared))
@@ -87,15 +98,12 @@ pub async fn run_with_reload(
 }
 
 /// Applies a new configuration on every SIGHUP; a bad one is reported and the running one kept.
-async fn reload_on_sighup(mut current: AgentConfig, reload: Reload, shared: Arc<Shared>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hup = match signal(SignalKind::hangup()) {
-        Ok(hup) => hup,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot handle SIGHUP; configuration reload disabled");
-            return;
-        }
-    };
+async fn reload_on_sighup(
+    mut hup: tokio::signal::unix::Signal,
+    mut current: AgentConfig,
+    reload: Reload,
+    shared: Arc<Shared>,
+) {
     while hup.recv().await.is_some() {
         let new = match reload() {
             Ok(new) => new,
@@ -117,6 +125,10 @@ async fn reload_on_sighup(mut current: AgentConfig, reload: Reload, shared: Arc<
             ..new
         };
     }
+}
+
+fn sighup() -> std::io::Result<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
 }
 
 /// Keys whose change needs a restart: the listening address and everything loaded into the
@@ -173,4 +185,25 @@ pub async fn shutdown_signal() {
         _ = term.recv() => {}
     }
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_kernel_and_listen_settings_need_a_restart() {
+        let running =
+            crate::config::resolve(None, &Default::default()).expect("defaults are valid");
+        let mut new = running.clone();
+        new.interval = Duration::from_secs(9);
+        new.metrics.top_caches = 1;
+        assert!(restart_only_changes(&running, &new).is_empty());
+        new.tracer.max_objects *= 2;
+        new.tracer.pin_dir = Some("/sys/fs/bpf/x".into());
+        assert_eq!(
+            restart_only_changes(&running, &new),
+            ["max_objects", "pin_dir"]
+        );
+    }
 }
