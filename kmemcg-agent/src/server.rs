@@ -110,9 +110,20 @@ async fn status(State(state): State<AppState>) -> Json<Status> {
 
 async fn prometheus(State(state): State<AppState>) -> Response {
     let snapshot = state.snapshots.borrow().clone();
-    let config = state.shared.metrics_config();
-    let body = state.shared.exporter.render(&snapshot, &config);
-    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response()
+    let shared = state.shared.clone();
+    // Thousands of cgroups take a few hundred milliseconds: off the async workers.
+    let rendered = tokio::task::spawn_blocking(move || {
+        shared.exporter.render(&snapshot, &shared.metrics_config())
+    })
+    .await;
+    match rendered {
+        Ok(body) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("rendering metrics failed: {e}\n"),
+        )
+            .into_response(),
+    }
 }
 
 /// Liveness: the server answers.
@@ -145,4 +156,69 @@ async fn not_found() -> Response {
         Json(json!({"error": "no such endpoint; see /api/v1/cgroups, /api/v1/status, /metrics, /healthz and /readyz"})),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn serve(snapshot: Snapshot) -> std::net::SocketAddr {
+        let (_tx, rx) = watch::channel(Arc::new(snapshot));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a loopback port");
+        let addr = listener.local_addr().expect("its address");
+        // `_tx` lives in the router's receiver; the server runs until the test ends.
+        tokio::spawn(async move { axum::serve(listener, router(rx)).await });
+        addr
+    }
+
+    fn now() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    }
+
+    #[tokio::test]
+    async fn probes_and_metrics_answer() {
+        let mut fresh = Snapshot::default();
+        fresh.status.updated_at = now();
+        let addr = serve(fresh).await;
+        let client = reqwest::Client::new();
+        let get = |path: &str| client.get(format!("http://{addr}{path}")).send();
+        assert_eq!(get("/healthz").await.expect("healthz").status(), 200);
+        assert_eq!(get("/readyz").await.expect("readyz").status(), 200);
+        let metrics = get("/metrics").await.expect("metrics");
+        assert_eq!(metrics.status(), 200);
+        assert_eq!(
+            metrics.headers()[header::CONTENT_TYPE],
+            metrics::CONTENT_TYPE
+        );
+        assert!(
+            metrics
+                .text()
+                .await
+                .expect("body")
+                .contains("kmemcg_build_info")
+        );
+        let gzipped = client
+            .get(format!("http://{addr}/metrics"))
+            .header(header::ACCEPT_ENCODING, "gzip")
+            .send()
+            .await
+            .expect("metrics");
+        assert_eq!(gzipped.headers()[header::CONTENT_ENCODING], "gzip");
+    }
+
+    #[tokio::test]
+    async fn stale_data_is_not_ready() {
+        let mut stale = Snapshot::default();
+        stale.status.updated_at = now() - 600;
+        let addr = serve(stale).await;
+        let response = reqwest::get(format!("http://{addr}/readyz"))
+            .await
+            .expect("readyz");
+        assert_eq!(response.status(), 503);
+        assert!(response.text().await.expect("body").contains("last read"));
+    }
 }
