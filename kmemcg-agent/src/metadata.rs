@@ -50,12 +50,13 @@ impl Runtime {
     }
 }
 
-/// Systemd scope prefixes of container runtimes, longest first.
-const SCOPE_PREFIXES: [(&str, Runtime); 5] = [
+/// Container cgroup name prefixes of runtimes, monitors (`conmon`) before their containers.
+const SCOPE_PREFIXES: [(&str, Runtime); 6] = [
     ("cri-containerd-", Runtime::Containerd),
     ("crio-conmon-", Runtime::CriO),
     ("crio-", Runtime::CriO),
     ("docker-", Runtime::Docker),
+    ("libpod-conmon-", Runtime::Podman),
     ("libpod-", Runtime::Podman),
 ];
 
@@ -89,7 +90,7 @@ pub fn parse(path: &str) -> ContainerMeta {
         }
         if let Some((id, runtime)) = scope_container(segment) {
             // A conmon scope is the runtime's monitor process, not the container.
-            if !segment.starts_with("crio-conmon-") {
+            if !segment.contains("-conmon-") {
                 meta.container_id = Some(id.to_string());
             }
             meta.runtime = Some(runtime);
@@ -158,9 +159,10 @@ fn set_pod(meta: &mut ContainerMeta, uid: &str) {
     }
 }
 
-/// `cri-containerd-<id>.scope`, `crio-<id>.scope`, `docker-<id>.scope`, `libpod-<id>.scope`.
+/// `cri-containerd-<id>.scope`, `crio-<id>.scope`, `docker-<id>.scope`, `libpod-<id>.scope`,
+/// and CRI-O's `crio-<id>` with the cgroupfs driver.
 fn scope_container(segment: &str) -> Option<(&str, Runtime)> {
-    let name = segment.strip_suffix(".scope")?;
+    let name = segment.strip_suffix(".scope").unwrap_or(segment);
     SCOPE_PREFIXES.iter().find_map(|(prefix, runtime)| {
         name.strip_prefix(prefix)
             .filter(|id| is_container_id(id))
@@ -274,6 +276,23 @@ mod tests {
     }
 
     #[test]
+    fn cgroupfs_driver_crio_names_its_containers() {
+        assert_eq!(
+            parse(&format!("/kubepods/besteffort/pod{UID}/crio-{ID}")),
+            meta(
+                Some(UID),
+                Some(ID),
+                Some(QosClass::BestEffort),
+                Some(Runtime::CriO)
+            )
+        );
+        assert_eq!(
+            parse(&format!("/kubepods/besteffort/pod{UID}/crio-conmon-{ID}")).container_id,
+            None
+        );
+    }
+
+    #[test]
     fn qos_level_and_kubepods_alone_have_no_pod() {
         let m = parse("/kubepods.slice/kubepods-burstable.slice");
         assert_eq!((m.pod_uid, m.container_id), (None, None));
@@ -328,6 +347,10 @@ mod tests {
                 "/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{ID}.scope"
             )),
             meta(None, Some(ID), None, Some(Runtime::Podman))
+        );
+        assert_eq!(
+            parse(&format!("/machine.slice/libpod-conmon-{ID}.scope")).container_id,
+            None
         );
     }
 
