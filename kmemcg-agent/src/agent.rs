@@ -156,7 +156,7 @@ fn spawn_sampling(
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         while !stop.load(Ordering::Relaxed) {
-            sleep_unless_stopped(shared.interval(), &stop);
+            sleep_unless_stopped(shared.interval(), &stop, &mut sampler);
             match sampler.sample() {
                 Ok(snapshot) => {
                     tx.send_replace(Arc::new(snapshot));
@@ -167,12 +167,14 @@ fn spawn_sampling(
     })
 }
 
-fn sleep_unless_stopped(interval: Duration, stop: &AtomicBool) {
+/// Sleeps for `interval`, following cgroup events every 50 ms meanwhile.
+fn sleep_unless_stopped(interval: Duration, stop: &AtomicBool, sampler: &mut Sampler) {
     let step = Duration::from_millis(50);
     let mut slept = Duration::ZERO;
     while slept < interval && !stop.load(Ordering::Relaxed) {
         std::thread::sleep(step.min(interval - slept));
         slept += step;
+        sampler.poll_cgroup_events();
     }
 }
 

@@ -12,8 +12,14 @@ pub struct CgroupUsage {
     pub id: u64,
     /// Path from the cgroup root, e.g. `/system.slice/foo.service`; `/` is the root cgroup.
     pub path: String,
-    /// False once the cgroup has been removed (its objects may still be alive).
+    /// Always true here: removed cgroups are listed by `GET /api/v1/dying`, and what they
+    /// still hold is charged to their nearest live ancestor.
     pub alive: bool,
+    /// Id of the parent cgroup; None for the root.
+    #[serde(default)]
+    pub parent: Option<u64>,
+    /// Own figures: charged to this cgroup directly, including what was reparented to it from
+    /// removed descendants.
     pub slab_bytes: u64,
     pub slab_objects: u64,
     pub percpu_bytes: u64,
@@ -29,12 +35,28 @@ pub struct CgroupUsage {
     pub frees: u64,
     /// Per cache, largest first; percpu memory is the cache `percpu`.
     pub caches: Vec<CacheUsage>,
+    /// The part of the own bytes that removed descendants still hold.
+    #[serde(default)]
+    pub reparented_bytes: u64,
+    /// Recursive totals: this cgroup and all its descendants.
+    #[serde(default)]
+    pub total_slab_bytes: u64,
+    #[serde(default)]
+    pub total_percpu_bytes: u64,
+    /// Slab and percpu objects.
+    #[serde(default)]
+    pub total_objects: u64,
 }
 
 impl CgroupUsage {
     /// Slab plus percpu bytes.
     pub fn total_bytes(&self) -> u64 {
         self.slab_bytes + self.percpu_bytes
+    }
+
+    /// Recursive slab plus percpu bytes.
+    pub fn total_recursive_bytes(&self) -> u64 {
+        self.total_slab_bytes + self.total_percpu_bytes
     }
 
     /// The cache holding the most bytes.
@@ -54,8 +76,26 @@ pub struct CacheUsage {
     pub frees: u64,
 }
 
-/// The agent's own state: `GET /api/v1/status`.
+/// A removed cgroup whose objects are still alive: `GET /api/v1/dying`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DyingCgroup {
+    pub id: u64,
+    pub path: String,
+    /// Slab and percpu bytes its objects still hold.
+    pub residual_bytes: u64,
+    pub residual_objects: u64,
+    /// Its largest caches (at most five).
+    pub caches: Vec<CacheUsage>,
+    /// When kmemcg saw it removed, seconds since the Unix epoch (None if it was removed
+    /// unseen, e.g. before the agent started).
+    pub removed_at: Option<u64>,
+    /// The nearest live ancestor, now charged with what it holds.
+    pub charged_ancestor_id: u64,
+    pub charged_ancestor_path: String,
+}
+
+/// The agent's own state: `GET /api/v1/status`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Status {
     pub version: String,
     pub kernel_version: String,
@@ -81,7 +121,27 @@ pub struct Status {
     /// `ignore`, `count` or `track`.
     pub root_cgroup_mode: String,
     pub cgroup2_mount: String,
+    /// Cgroups listed by /api/v1/cgroups.
     pub cgroups: u64,
+    /// Removed cgroups still holding objects, and the bytes they hold.
+    #[serde(default)]
+    pub dying_cgroups: u64,
+    #[serde(default)]
+    pub dying_bytes: u64,
+    /// cgroup tree events lost because their ring buffer was full (the tree was rescanned).
+    #[serde(default)]
+    pub lost_cgroup_events: u64,
+    /// Times the cgroup tree was rebuilt from a scan of the hierarchy.
+    #[serde(default)]
+    pub cgroup_rescans: u64,
+    /// Cgroups the agent's tree knows (live, and removed ones still holding objects).
+    #[serde(default)]
+    pub known_cgroups: u64,
+    /// How long the last and the slowest reading of the maps took, in milliseconds.
+    #[serde(default)]
+    pub last_sample_ms: f64,
+    #[serde(default)]
+    pub max_sample_ms: f64,
     /// When the data was read, seconds since the Unix epoch.
     pub updated_at: u64,
 }

@@ -1,128 +1,338 @@
-//! cgroup v2 id -> path, by walking the unified hierarchy (a cgroup's id is its directory's
-//! inode number). Paths of removed cgroups are remembered, so that what they still hold keeps
-//! a name.
+//! The cgroup v2 tree: ids, paths and parent links, kept current from the kernel's cgroup
+//! tracepoints (mkdir, rmdir, rename; see kmemcg-ebpf) rather than by rescanning every tick, so
+//! that even a cgroup living for a few milliseconds has a path and a parent. A cgroup's id is
+//! its directory's inode number. Removed cgroups stay in the tree, marked dead, while
+//! what they allocated is still alive, so that it can be charged to their nearest live
+//! ancestor.
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
-    time::{Duration, Instant},
+    time::SystemTime,
 };
 
-/// Do not rescan more often than this when ids are unknown.
-const MIN_RESCAN_INTERVAL: Duration = Duration::from_millis(500);
+use kmemcg_common::{CGROUP_EVENT_MKDIR, CGROUP_EVENT_RENAME, CGROUP_EVENT_RMDIR, CgroupEvent};
 
-pub struct CgroupPaths {
+/// One cgroup as the tree knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    pub id: u64,
+    /// Path from the cgroup root; `/` is the root.
+    pub path: String,
+    /// None for the root.
+    pub parent: Option<u64>,
+    pub alive: bool,
+    /// When kmemcg saw the cgroup removed.
+    pub removed_at: Option<SystemTime>,
+}
+
+/// The tree's nodes by id, what reports are built from.
+pub type Nodes = HashMap<u64, Node>;
+
+pub struct CgroupTree {
     mount: PathBuf,
-    paths: HashMap<u64, Known>,
-    last_scan: Option<Instant>,
+    root_id: u64,
+    nodes: Nodes,
+    by_path: HashMap<String, u64>,
+    /// Times the tree was rebuilt from a scan (start, lost or unusable events).
+    pub rescans: u64,
 }
 
-struct Known {
-    path: String,
-    alive: bool,
-}
-
-impl CgroupPaths {
+impl CgroupTree {
+    /// Scans the hierarchy at `mount`; events keep it current from then on.
     pub fn new(mount: impl Into<PathBuf>) -> Self {
-        Self {
-            mount: mount.into(),
-            paths: HashMap::new(),
-            last_scan: None,
-        }
+        let mount = mount.into();
+        let root_id = std::fs::metadata(&mount).map_or(1, |m| m.ino());
+        let mut tree = Self {
+            mount,
+            root_id,
+            nodes: HashMap::new(),
+            by_path: HashMap::new(),
+            rescans: 0,
+        };
+        tree.rescan();
+        tree
     }
 
-    /// Path (from the cgroup root, "/" for the root) and liveness of each id, rescanning the
-    /// hierarchy if any id is unknown.
-    pub fn resolve_all(
-        &mut self,
-        ids: impl IntoIterator<Item = u64>,
-    ) -> HashMap<u64, (String, bool)> {
-        let ids: Vec<u64> = ids.into_iter().collect();
-        let due = self
-            .last_scan
-            .is_none_or(|t| t.elapsed() >= MIN_RESCAN_INTERVAL);
-        if due
-            && ids
-                .iter()
-                .any(|id| !self.paths.get(id).is_some_and(|k| k.alive))
-        {
+    pub fn root_id(&self) -> u64 {
+        self.root_id
+    }
+
+    pub fn nodes(&self) -> &Nodes {
+        &self.nodes
+    }
+
+    /// Applies tree changes in the order the kernel made them. An event the tree cannot place
+    /// (a path cut short, an unknown parent) makes it rescan instead.
+    pub fn apply(&mut self, events: &[CgroupEvent]) {
+        let mut rescan = false;
+        for event in events {
+            let Some(path) = event
+                .path()
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+            else {
+                rescan = true;
+                continue;
+            };
+            match event.kind {
+                CGROUP_EVENT_MKDIR => match self.by_path.get(parent_path(&path)).copied() {
+                    Some(parent) => self.insert(event.id, path, Some(parent)),
+                    None => rescan = true,
+                },
+                CGROUP_EVENT_RMDIR => self.mark_removed(event.id),
+                CGROUP_EVENT_RENAME => self.rename(event.id, path),
+                _ => {}
+            }
+        }
+        if rescan {
             self.rescan();
         }
-        ids.into_iter()
-            .map(|id| {
-                let resolved = match self.paths.get(&id) {
-                    Some(k) => (k.path.clone(), k.alive),
-                    None => (format!("<unknown cgroup {id}>"), false),
-                };
-                (id, resolved)
-            })
-            .collect()
     }
 
-    /// Walks the hierarchy; cgroups no longer found are kept as not alive.
+    /// Rebuilds liveness and paths from a full scan (start-up, event queue overflow).
     pub fn rescan(&mut self) {
-        self.last_scan = Some(Instant::now());
-        let mut found = HashMap::new();
-        walk(&self.mount, "/", &mut found);
-        for known in self.paths.values_mut() {
-            known.alive = false;
+        self.rescans += 1;
+        let mut found = Vec::new();
+        scan(&self.mount, "/", None, &mut found);
+        let alive: HashSet<u64> = found.iter().map(|(id, ..)| *id).collect();
+        let gone: Vec<u64> = self
+            .nodes
+            .values()
+            .filter(|n| n.alive && !alive.contains(&n.id))
+            .map(|n| n.id)
+            .collect();
+        for id in gone {
+            self.mark_removed(id);
         }
-        for (id, path) in found {
-            self.paths.insert(id, Known { path, alive: true });
+        for (id, path, parent) in found {
+            if !self
+                .nodes
+                .get(&id)
+                .is_some_and(|n| n.alive && n.path == path)
+            {
+                self.insert(id, path, parent);
+            }
         }
     }
 
-    /// Forgets ids that are neither alive nor in `keep`.
-    pub fn retain_dead(&mut self, keep: impl Fn(u64) -> bool) {
-        self.paths.retain(|id, k| k.alive || keep(*id));
+    /// Forgets removed cgroups that hold nothing (`holding` has the ids that still have live
+    /// objects) and have no remembered descendants. Returns how many were forgotten.
+    pub fn forget_released(&mut self, holding: &HashSet<u64>) -> usize {
+        let mut forgotten = 0;
+        loop {
+            let parents: HashSet<u64> = self.nodes.values().filter_map(|n| n.parent).collect();
+            let released: Vec<u64> = self
+                .nodes
+                .values()
+                .filter(|n| !n.alive && !holding.contains(&n.id) && !parents.contains(&n.id))
+                .map(|n| n.id)
+                .collect();
+            if released.is_empty() {
+                return forgotten;
+            }
+            for id in released {
+                if let Some(node) = self.nodes.remove(&id)
+                    && self.by_path.get(&node.path) == Some(&id)
+                {
+                    self.by_path.remove(&node.path);
+                }
+                forgotten += 1;
+            }
+        }
+    }
+
+    fn insert(&mut self, id: u64, path: String, parent: Option<u64>) {
+        if let Some(old) = self.by_path.insert(path.clone(), id)
+            && old != id
+        {
+            self.mark_removed(old);
+            self.by_path.insert(path.clone(), id);
+        }
+        self.nodes.insert(
+            id,
+            Node {
+                id,
+                path,
+                parent: parent.or((id != self.root_id).then_some(self.root_id)),
+                alive: true,
+                removed_at: None,
+            },
+        );
+    }
+
+    fn mark_removed(&mut self, id: u64) {
+        let Some(node) = self.nodes.get_mut(&id).filter(|n| n.alive) else {
+            return;
+        };
+        node.alive = false;
+        node.removed_at = Some(SystemTime::now());
+        if self.by_path.get(&node.path) == Some(&id) {
+            self.by_path.remove(&node.path);
+        }
+    }
+
+    /// A renamed cgroup keeps its id; its live descendants' paths change with it.
+    fn rename(&mut self, id: u64, new_path: String) {
+        let Some(old_path) = self
+            .nodes
+            .get(&id)
+            .filter(|n| n.alive)
+            .map(|n| n.path.clone())
+        else {
+            return;
+        };
+        let old_prefix = format!("{old_path}/");
+        let renamed: Vec<(u64, String)> = self
+            .nodes
+            .values()
+            .filter(|n| n.alive && (n.id == id || n.path.starts_with(&old_prefix)))
+            .map(|n| (n.id, format!("{new_path}{}", &n.path[old_path.len()..])))
+            .collect();
+        for (node_id, path) in renamed {
+            if let Some(node) = self.nodes.get_mut(&node_id) {
+                self.by_path.remove(&node.path);
+                node.path = path.clone();
+                self.by_path.insert(path, node_id);
+            }
+        }
     }
 }
 
-fn walk(dir: &Path, path: &str, found: &mut HashMap<u64, String>) {
+/// `/a/b` -> `/a`, `/a` -> `/`.
+fn parent_path(path: &str) -> &str {
+    match path.rfind('/') {
+        Some(0) | None => "/",
+        Some(i) => &path[..i],
+    }
+}
+
+fn child_path(parent: &str, name: &str) -> String {
+    if parent == "/" {
+        format!("/{name}")
+    } else {
+        format!("{parent}/{name}")
+    }
+}
+
+/// (id, path, parent id) of `dir` and every cgroup below it.
+fn scan(dir: &Path, path: &str, parent: Option<u64>, found: &mut Vec<(u64, String, Option<u64>)>) {
     let Ok(meta) = std::fs::metadata(dir) else {
         return;
     };
-    found.insert(meta.ino(), path.to_string());
+    let id = meta.ino();
+    found.push((id, path.to_string(), parent));
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for entry in entries.flatten() {
         if entry.file_type().is_ok_and(|t| t.is_dir()) {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let child = if path == "/" {
-                format!("/{name}")
-            } else {
-                format!("{path}/{name}")
-            };
-            walk(&entry.path(), &child, found);
+            scan(&entry.path(), &child_path(path, &name), Some(id), found);
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use kmemcg_common::CGROUP_PATH_LEN;
+
     use super::*;
 
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> Self {
+            let dir =
+                std::env::temp_dir().join(format!("kmemcg-tree-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Self(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn ino(p: &Path) -> u64 {
+        std::fs::metadata(p).unwrap().ino()
+    }
+
+    fn event(kind: u32, id: u64, path: &str) -> CgroupEvent {
+        let mut e = CgroupEvent {
+            kind,
+            path_len: path.len() as u32 + 1,
+            id,
+            path: [0; CGROUP_PATH_LEN],
+        };
+        e.path[..path.len()].copy_from_slice(path.as_bytes());
+        e
+    }
+
+    // An ordinary directory tree stands in for cgroupfs in the scans: same inode numbers.
     #[test]
-    fn resolves_directories_by_inode_and_remembers_removed_ones() {
-        let root = std::env::temp_dir().join(format!("kmemcg-paths-{}", std::process::id()));
-        std::fs::create_dir_all(root.join("a/b")).expect("mkdir");
-        let ino = |p: &Path| std::fs::metadata(p).expect("stat").ino();
-        let (root_id, b_id) = (ino(&root), ino(&root.join("a/b")));
+    fn scans_then_follows_mkdir_rmdir_and_rename_events() {
+        let root = TempDir::new("events");
+        std::fs::create_dir_all(root.0.join("a/b")).unwrap();
+        let mut tree = CgroupTree::new(&root.0);
+        let (a, b) = (ino(&root.0.join("a")), ino(&root.0.join("a/b")));
+        assert_eq!(tree.nodes()[&b].path, "/a/b");
+        assert_eq!(tree.nodes()[&b].parent, Some(a));
+        assert_eq!(tree.nodes()[&a].parent, Some(tree.root_id()));
+        let rescans = tree.rescans;
 
-        let mut paths = CgroupPaths::new(&root);
-        let resolved = paths.resolve_all([root_id, b_id]);
-        assert_eq!(resolved[&root_id], ("/".to_string(), true));
-        assert_eq!(resolved[&b_id], ("/a/b".to_string(), true));
+        // c and d live and die between two samples: only the events know them.
+        tree.apply(&[
+            event(CGROUP_EVENT_MKDIR, 100, "/a/b/c"),
+            event(CGROUP_EVENT_MKDIR, 101, "/a/b/c/d"),
+            event(CGROUP_EVENT_RMDIR, 101, "/a/b/c/d"),
+            event(CGROUP_EVENT_RMDIR, 100, "/a/b/c"),
+            event(CGROUP_EVENT_RENAME, b, "/a/renamed"),
+        ]);
+        assert_eq!(tree.rescans, rescans, "events, not rescans");
+        assert_eq!(tree.nodes()[&101].path, "/a/b/c/d");
+        assert_eq!(tree.nodes()[&101].parent, Some(100));
+        assert_eq!(tree.nodes()[&100].parent, Some(b));
+        assert!(!tree.nodes()[&100].alive && tree.nodes()[&100].removed_at.is_some());
+        assert_eq!(tree.nodes()[&b].path, "/a/renamed");
+        assert!(tree.nodes()[&b].alive);
 
-        std::fs::remove_dir(root.join("a/b")).expect("rmdir");
-        paths.rescan();
-        let resolved = paths.resolve_all([b_id, 12345678]);
-        assert_eq!(resolved[&b_id], ("/a/b".to_string(), false));
-        assert!(!resolved[&12345678].1);
+        // d holds nothing: forgotten; c is kept while it holds objects.
+        assert_eq!(tree.forget_released(&HashSet::from([100])), 1);
+        assert!(tree.nodes().contains_key(&100) && !tree.nodes().contains_key(&101));
+        assert_eq!(tree.forget_released(&HashSet::new()), 1);
+        assert!(!tree.nodes().contains_key(&100));
+    }
 
-        paths.retain_dead(|_| false);
-        assert!(paths.resolve_all([b_id])[&b_id].0.starts_with("<unknown"));
-        std::fs::remove_dir_all(&root).expect("cleanup");
+    #[test]
+    fn rename_moves_descendants_and_unplaceable_events_rescan() {
+        let root = TempDir::new("rename");
+        std::fs::create_dir_all(root.0.join("x/y")).unwrap();
+        let mut tree = CgroupTree::new(&root.0);
+        let (x, y) = (ino(&root.0.join("x")), ino(&root.0.join("x/y")));
+        tree.apply(&[event(CGROUP_EVENT_RENAME, x, "/z")]);
+        assert_eq!(tree.nodes()[&y].path, "/z/y");
+
+        let rescans = tree.rescans;
+        tree.apply(&[event(CGROUP_EVENT_MKDIR, 200, "/unknown-parent/child")]);
+        assert_eq!(tree.rescans, rescans + 1);
+        // The scan sees the real directories again.
+        assert_eq!(tree.nodes()[&y].path, "/x/y");
+        assert_eq!(parent_path("/a/b"), "/a");
+        assert_eq!(parent_path("/a"), "/");
+    }
+
+    #[test]
+    fn rescan_marks_vanished_cgroups_dead() {
+        let root = TempDir::new("rescan");
+        std::fs::create_dir_all(root.0.join("x")).unwrap();
+        let mut tree = CgroupTree::new(&root.0);
+        let x = ino(&root.0.join("x"));
+        std::fs::remove_dir(root.0.join("x")).unwrap();
+        tree.rescan();
+        assert!(!tree.nodes()[&x].alive);
+        assert!(tree.nodes()[&tree.root_id()].alive);
     }
 }

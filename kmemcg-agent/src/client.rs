@@ -2,7 +2,7 @@
 use anyhow::{Context as _, anyhow};
 use serde::de::DeserializeOwned;
 
-use crate::api::{CgroupUsage, Status};
+use crate::api::{CgroupUsage, DyingCgroup, Status};
 
 pub struct Client {
     base: String,
@@ -26,6 +26,10 @@ impl Client {
 
     pub async fn cgroups(&self) -> anyhow::Result<Vec<CgroupUsage>> {
         self.get("/api/v1/cgroups").await
+    }
+
+    pub async fn dying(&self) -> anyhow::Result<Vec<DyingCgroup>> {
+        self.get("/api/v1/dying").await
     }
 
     pub async fn status(&self) -> anyhow::Result<Status> {

@@ -1,16 +1,19 @@
 //! Reads the programs' maps and sums the per-CPU values.
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    os::fd::{AsFd as _, AsRawFd as _},
+};
 
 use aya::{
     Ebpf,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap},
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
 };
 use kmemcg_common::{
     CACHE_NAMES, CGROUP_CACHE_STATS, CacheName, CacheStats, GLOBAL_COUNTERS, GlobalCounters,
     StatsKey,
 };
 
-use crate::error::ReadError;
+use crate::{batch, error::ReadError, kernel};
 
 /// The maps' content at one moment, summed over CPUs.
 #[derive(Clone, Debug, Default)]
@@ -41,19 +44,32 @@ fn map_error(map: &'static str) -> impl Fn(aya::maps::MapError) -> ReadError {
 }
 
 fn read_stats(ebpf: &Ebpf) -> Result<Vec<(StatsKey, CacheStats)>, ReadError> {
-    let stats: PerCpuHashMap<&MapData, StatsKey, CacheStats> =
-        PerCpuHashMap::try_from(map(ebpf, CGROUP_CACHE_STATS)?)
-            .map_err(map_error(CGROUP_CACHE_STATS))?;
-    // An entry can vanish between listing its key and reading it: skip such entries.
-    Ok(stats
-        .iter()
-        .filter_map(Result::ok)
-        .map(|(key, per_cpu)| {
-            let mut sum = CacheStats::default();
-            per_cpu.iter().for_each(|cpu| sum.add(cpu));
-            (key, sum)
+    let aya::maps::Map::PerCpuHashMap(data) = map(ebpf, CGROUP_CACHE_STATS)? else {
+        return Err(ReadError::MissingMap(CGROUP_CACHE_STATS));
+    };
+    let fd = data.fd().as_fd().as_raw_fd();
+    batch::lookup_all_per_cpu::<StatsKey, CacheStats>(fd, kernel::possible_cpus(), CacheStats::add)
+        .map_err(|e| ReadError::Map {
+            map: CGROUP_CACHE_STATS,
+            source: Box::new(aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_map_lookup_batch",
+                io_error: e,
+            })),
         })
-        .collect())
+}
+
+/// Deletes counter entries (of removed cgroups that hold nothing any more).
+pub fn remove_stats(ebpf: &Ebpf, keys: &[StatsKey]) -> Result<(), ReadError> {
+    let aya::maps::Map::PerCpuHashMap(data) = map(ebpf, CGROUP_CACHE_STATS)? else {
+        return Err(ReadError::MissingMap(CGROUP_CACHE_STATS));
+    };
+    batch::delete_all(data.fd().as_fd().as_raw_fd(), keys).map_err(|e| ReadError::Map {
+        map: CGROUP_CACHE_STATS,
+        source: Box::new(aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+            call: "bpf_map_delete_batch",
+            io_error: e,
+        })),
+    })
 }
 
 fn read_counters(ebpf: &Ebpf) -> Result<GlobalCounters, ReadError> {

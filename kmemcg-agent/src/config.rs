@@ -15,7 +15,7 @@ use crate::{
     agent::AgentConfig,
     api::DEFAULT_LISTEN,
     metrics::MetricsConfig,
-    tracer::{DEFAULT_MAX_OBJECTS, DEFAULT_MAX_STATS, TracerConfig},
+    tracer::{DEFAULT_MAX_OBJECTS, TracerConfig, default_max_stats},
 };
 
 /// Accepted ranges, shared by the flags and the file.
@@ -201,7 +201,7 @@ pub fn resolve(
     let max_stats = pick_int(
         over.max_stats.map(i64::from),
         f.max_stats,
-        DEFAULT_MAX_STATS.into(),
+        default_max_stats().into(),
         MAX_STATS_RANGE,
     )
     .map_err(|r| bad("max_stats", r))?;

@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod api;
 pub mod baseline;
+pub mod batch;
 pub mod cgroups;
 pub mod cli;
 pub mod client;
@@ -21,4 +22,5 @@ pub mod report;
 pub mod sampler;
 pub mod server;
 pub mod tracer;
+pub mod tui;
 pub mod units;

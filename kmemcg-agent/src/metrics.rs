@@ -209,6 +209,19 @@ fn per_cgroup(snapshot: &Snapshot, config: &MetricsConfig) -> Vec<MetricFamily> 
         "kmemcg_cgroup_frees_total",
         "Frees of tracked objects allocated by the cgroup's tasks.",
     );
+    let mut reparented = Family::gauge(
+        "kmemcg_cgroup_reparented_bytes",
+        "The part of the cgroup's slab and percpu bytes held by objects of its removed \
+         descendants, charged to it as their nearest live ancestor.",
+    );
+    let mut recursive_slab = Family::gauge(
+        "kmemcg_cgroup_recursive_slab_bytes",
+        "Slab bytes of the cgroup and all its descendants.",
+    );
+    let mut recursive_percpu = Family::gauge(
+        "kmemcg_cgroup_recursive_percpu_bytes",
+        "Percpu bytes of the cgroup and all its descendants.",
+    );
     let mut cache_bytes = Family::gauge(
         "kmemcg_cgroup_cache_bytes",
         "Bytes of the cgroup's live objects per slab cache (percpu: cache=\"percpu\"); only the \
@@ -216,8 +229,9 @@ fn per_cgroup(snapshot: &Snapshot, config: &MetricsConfig) -> Vec<MetricFamily> 
     );
     let mut omitted = 0u64;
     let mut seen = HashSet::new();
-    // Removed cgroups are summed in kmemcg_dying_cgroup_bytes: a recreated cgroup has the same
-    // path, and two series with one label set would fail the whole scrape.
+    // Only live cgroups: what removed ones hold is charged to their nearest live ancestor and
+    // summed in kmemcg_dying_cgroup_bytes. A recreated cgroup has the same path, and two series
+    // with one label set would fail the whole scrape.
     for usage in snapshot.cgroups.iter().filter(|u| u.alive) {
         if !seen.insert(usage.path.as_str()) {
             continue;
@@ -232,6 +246,9 @@ fn per_cgroup(snapshot: &Snapshot, config: &MetricsConfig) -> Vec<MetricFamily> 
         unaccounted.add(&l, usage.unaccounted_bytes as f64);
         allocs.add(&l, usage.allocs as f64);
         frees.add(&l, usage.frees as f64);
+        reparented.add(&l, usage.reparented_bytes as f64);
+        recursive_slab.add(&l, usage.total_slab_bytes as f64);
+        recursive_percpu.add(&l, usage.total_percpu_bytes as f64);
         // `caches` is sorted largest first.
         let exported = usage
             .caches
@@ -263,6 +280,9 @@ fn per_cgroup(snapshot: &Snapshot, config: &MetricsConfig) -> Vec<MetricFamily> 
         unaccounted,
         allocs,
         frees,
+        reparented,
+        recursive_slab,
+        recursive_percpu,
         cache_bytes,
         omitted_family,
     ]
@@ -279,12 +299,11 @@ fn single(family: Family, value: f64) -> MetricFamily {
 
 fn agent_families(snapshot: &Snapshot) -> Vec<MetricFamily> {
     let s = &snapshot.status;
-    let (dying, dying_bytes) = dying(snapshot);
     let mut out = vec![
         single(
             Family::gauge(
                 "kmemcg_cgroups",
-                "cgroups that hold tracked kernel memory (alive and dying).",
+                "Live cgroups with kmemcg_cgroup_* series.",
             ),
             s.cgroups as f64,
         ),
@@ -293,14 +312,44 @@ fn agent_families(snapshot: &Snapshot) -> Vec<MetricFamily> {
                 "kmemcg_dying_cgroups",
                 "Removed cgroups whose kernel memory is still allocated.",
             ),
-            dying as f64,
+            s.dying_cgroups as f64,
         ),
         single(
             Family::gauge(
                 "kmemcg_dying_cgroup_bytes",
-                "Slab and percpu bytes still held by removed cgroups.",
+                "Slab and percpu bytes still held by removed cgroups (charged to their nearest \
+                 live ancestors).",
             ),
-            dying_bytes as f64,
+            s.dying_bytes as f64,
+        ),
+        single(
+            Family::gauge(
+                "kmemcg_known_cgroups",
+                "cgroups in the agent's tree: live ones, and removed ones still holding objects.",
+            ),
+            s.known_cgroups as f64,
+        ),
+        single(
+            Family::counter(
+                "kmemcg_lost_cgroup_events_total",
+                "cgroup creation and removal events lost because their ring buffer was full \
+                 (the tree was rescanned).",
+            ),
+            s.lost_cgroup_events as f64,
+        ),
+        single(
+            Family::counter(
+                "kmemcg_cgroup_rescans_total",
+                "Times the cgroup tree was rebuilt from a scan of the hierarchy.",
+            ),
+            s.cgroup_rescans as f64,
+        ),
+        single(
+            Family::gauge(
+                "kmemcg_sample_duration_seconds",
+                "How long the last reading of the eBPF maps took.",
+            ),
+            s.last_sample_ms / 1000.0,
         ),
         single(
             Family::gauge(
@@ -335,7 +384,8 @@ fn agent_families(snapshot: &Snapshot) -> Vec<MetricFamily> {
         single(
             Family::gauge(
                 "kmemcg_attached_hooks",
-                "Tracepoints kmemcg's programs are attached to (6 when healthy).",
+                "Tracepoints kmemcg's programs are attached to (all of its hooks: it does not start \
+                 otherwise).",
             ),
             s.attached_hooks.len() as f64,
         ),
@@ -392,15 +442,6 @@ fn agent_families(snapshot: &Snapshot) -> Vec<MetricFamily> {
     out
 }
 
-/// Count and bytes of removed cgroups that still hold memory.
-fn dying(snapshot: &Snapshot) -> (u64, u64) {
-    snapshot
-        .cgroups
-        .iter()
-        .filter(|u| !u.alive)
-        .fold((0, 0), |(n, b), u| (n + 1, b + u.total_bytes()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -438,6 +479,7 @@ mod tests {
     fn snapshot(cgroups: Vec<CgroupUsage>) -> Snapshot {
         Snapshot {
             cgroups,
+            dying: vec![],
             status: Status {
                 version: "0.1.0".into(),
                 kernel_version: "6.18.0".into(),
@@ -585,8 +627,8 @@ mod tests {
         let started = std::time::Instant::now();
         let text = render(&s, &MetricsConfig::default());
         let elapsed = started.elapsed();
-        // 8 per-cgroup series and at most 5 per-cache series per cgroup.
-        assert!(series(&text) <= 3000 * (8 + 5) + 20, "{}", series(&text));
+        // 11 per-cgroup series and at most 5 per-cache series per cgroup.
+        assert!(series(&text) <= 3000 * (11 + 5) + 30, "{}", series(&text));
         let unlimited = render(
             &s,
             &MetricsConfig {
@@ -606,29 +648,43 @@ mod tests {
     }
 
     #[test]
-    fn a_gone_cgroup_loses_its_series_and_counts_as_dying() {
+    fn a_gone_cgroup_loses_its_series_and_dying_totals_are_exported() {
         let alive = cgroup(5, "/kmemcg-test-x", true, vec![cache("dentry", 1 << 20)]);
-        let mut gone = alive.clone();
-        gone.alive = false;
         let text = render(&snapshot(vec![alive.clone()]), &MetricsConfig::default());
         assert!(text.contains("cgroup=\"/kmemcg-test-x\""));
         assert!(text.contains("kmemcg_dying_cgroups 0"));
 
-        let text = render(&snapshot(vec![gone.clone()]), &MetricsConfig::default());
+        // Removed: listed as dying, no longer among the cgroups.
+        let mut gone = snapshot(vec![]);
+        gone.status.dying_cgroups = 1;
+        gone.status.dying_bytes = 1 << 20;
+        let text = render(&gone, &MetricsConfig::default());
         assert!(!text.contains("cgroup=\"/kmemcg-test-x\""));
         assert!(text.contains("kmemcg_dying_cgroups 1"));
         assert!(text.contains("kmemcg_dying_cgroup_bytes 1048576"));
 
-        // Recreated with the same path while the old one is dying: one series, no duplicate.
-        let mut again = alive;
+        // Two entries with one path (never both live, but a scrape must not fail): one series.
+        let mut again = alive.clone();
         again.id = 6;
-        let text = render(&snapshot(vec![gone, again]), &MetricsConfig::default());
+        let text = render(&snapshot(vec![alive, again]), &MetricsConfig::default());
         assert_eq!(
             text.lines()
                 .filter(|l| l.starts_with("kmemcg_cgroup_slab_bytes{cgroup=\"/kmemcg-test-x\"}"))
                 .count(),
             1
         );
+    }
+
+    #[test]
+    fn hierarchy_figures_are_exported() {
+        let mut parent = cgroup(5, "/a", true, vec![cache("dentry", 4096)]);
+        parent.reparented_bytes = 1024;
+        parent.total_slab_bytes = 8192;
+        parent.total_percpu_bytes = 512;
+        let text = render(&snapshot(vec![parent]), &MetricsConfig::default());
+        assert!(text.contains("kmemcg_cgroup_reparented_bytes{cgroup=\"/a\"} 1024"));
+        assert!(text.contains("kmemcg_cgroup_recursive_slab_bytes{cgroup=\"/a\"} 8192"));
+        assert!(text.contains("kmemcg_cgroup_recursive_percpu_bytes{cgroup=\"/a\"} 512"));
     }
 
     #[test]

@@ -1,18 +1,20 @@
 //! Reads the tracer's maps periodically and turns them into a [`Snapshot`]: per-cgroup usage
-//! with paths, and the agent's status.
+//! with the hierarchy applied, dying cgroups, and the agent's status. Also forgets what removed
+//! cgroups no longer hold, so that memory stays bounded under cgroup churn.
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
-use kmemcg_common::RootCgroupMode;
+use kmemcg_common::{RootCgroupMode, StatsKey};
 
 use crate::{
-    api::{CgroupUsage, Status},
-    cgroups::CgroupPaths,
+    api::{CgroupUsage, DyingCgroup, Status},
+    cgroups::CgroupTree,
     collector::RawSnapshot,
     error::ReadError,
-    kernel, report,
+    kernel,
+    report::{self, Report},
     tracer::Tracer,
 };
 
@@ -20,24 +22,32 @@ use crate::{
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     pub cgroups: Vec<CgroupUsage>,
+    pub dying: Vec<DyingCgroup>,
     pub status: Status,
 }
 
 pub struct Sampler {
     tracer: Tracer,
-    paths: CgroupPaths,
+    tree: CgroupTree,
     started: Instant,
     kernel_version: String,
+    /// Ids absent from the tree at the last sample: their entries are released at the next.
+    unknown_last_time: HashSet<u64>,
+    max_sample_ms: f64,
+    lost_cgroup_events: u64,
 }
 
 impl Sampler {
     pub fn new(tracer: Tracer) -> Self {
-        let paths = CgroupPaths::new(tracer.cgroup2_mount());
+        let tree = CgroupTree::new(tracer.cgroup2_mount());
         Self {
             tracer,
-            paths,
+            tree,
             started: Instant::now(),
             kernel_version: kernel::release(),
+            unknown_last_time: HashSet::new(),
+            max_sample_ms: 0.0,
+            lost_cgroup_events: 0,
         }
     }
 
@@ -45,27 +55,103 @@ impl Sampler {
         &self.tracer
     }
 
-    pub fn sample(&mut self) -> Result<Snapshot, ReadError> {
-        let raw = self.tracer.read()?;
-        let ids: HashSet<u64> = raw.stats.iter().map(|(k, _)| k.cgroup_id).collect();
-        let paths = self.paths.resolve_all(ids.iter().copied());
-        // Removed cgroups that no longer appear in the maps need no name any more.
-        self.paths.retain_dead(|id| ids.contains(&id));
-        let cgroups = report::build(&raw.stats, &raw.cache_names, &paths);
-        let status = self.status(&raw, &cgroups);
-        Ok(Snapshot { cgroups, status })
+    /// Applies the cgroup tree changes reported since the last call. Called often (every 50
+    /// ms by the agent) so that the ring buffer never fills.
+    pub fn poll_cgroup_events(&mut self) {
+        let events = self.tracer.take_cgroup_events();
+        self.tree.apply(&events);
     }
 
-    fn status(&self, raw: &RawSnapshot, cgroups: &[CgroupUsage]) -> Status {
+    pub fn sample(&mut self) -> Result<Snapshot, ReadError> {
+        let started = Instant::now();
+        self.poll_cgroup_events();
+        let raw = self.tracer.read()?;
+        if raw.counters.lost_cgroup_events > self.lost_cgroup_events {
+            self.lost_cgroup_events = raw.counters.lost_cgroup_events;
+            self.tree.rescan();
+        }
+        let Report { cgroups, dying } = report::build(
+            &raw.stats,
+            &raw.cache_names,
+            self.tree.nodes(),
+            self.tree.root_id(),
+        );
+        self.release_removed(&raw)?;
+        // Hand the reading's transient buffers back to the OS, so that the agent's resident
+        // memory follows the current state rather than its largest burst.
+        // SAFETY: malloc_trim has no preconditions.
+        unsafe { libc::malloc_trim(0) };
+        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+        self.max_sample_ms = self.max_sample_ms.max(elapsed_ms);
+        let status = self.status(&raw, &cgroups, &dying, elapsed_ms);
+        Ok(Snapshot {
+            cgroups,
+            dying,
+            status,
+        })
+    }
+
+    /// Deletes the counter entries of removed cgroups whose objects are all freed, and forgets
+    /// those cgroups.
+    fn release_removed(&mut self, raw: &RawSnapshot) -> Result<(), ReadError> {
+        let mut live: HashMap<u64, i64> = HashMap::new();
+        for (key, s) in &raw.stats {
+            *live.entry(key.cgroup_id).or_default() += s.live_objects;
+        }
+        let nodes = self.tree.nodes();
+        let unknown: HashSet<u64> = live
+            .keys()
+            .filter(|id| !nodes.contains_key(id))
+            .copied()
+            .collect();
+        let released: HashSet<u64> = live
+            .iter()
+            .filter(|(id, objects)| {
+                **objects <= 0
+                    && match nodes.get(id) {
+                        Some(node) => !node.alive,
+                        // Not seen created: give the events a sample's time to arrive.
+                        None => self.unknown_last_time.contains(id),
+                    }
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        self.unknown_last_time = unknown;
+        if !released.is_empty() {
+            let keys: Vec<StatsKey> = raw
+                .stats
+                .iter()
+                .map(|(k, _)| *k)
+                .filter(|k| released.contains(&k.cgroup_id))
+                .collect();
+            self.tracer.remove_stats(&keys)?;
+        }
+        let holding: HashSet<u64> = live
+            .iter()
+            .filter(|(_, objects)| **objects > 0)
+            .map(|(id, _)| *id)
+            .collect();
+        self.tree.forget_released(&holding);
+        Ok(())
+    }
+
+    fn status(
+        &self,
+        raw: &RawSnapshot,
+        cgroups: &[CgroupUsage],
+        dying: &[DyingCgroup],
+        elapsed_ms: f64,
+    ) -> Status {
         let config = self.tracer.config();
         let c = &raw.counters;
         Status {
             version: env!("CARGO_PKG_VERSION").into(),
             kernel_version: self.kernel_version.clone(),
             uptime_seconds: self.started.elapsed().as_secs(),
-            tracked_objects: cgroups
+            tracked_objects: raw
+                .stats
                 .iter()
-                .map(|u| u.slab_objects + u.percpu_objects)
+                .map(|(_, s)| s.live_objects.max(0) as u64)
                 .sum(),
             map_capacity: config.max_objects.into(),
             dropped: c.dropped_live_full + c.dropped_stats_full,
@@ -79,6 +165,13 @@ impl Sampler {
             root_cgroup_mode: root_mode_name(config.root_mode).into(),
             cgroup2_mount: self.tracer.cgroup2_mount().display().to_string(),
             cgroups: cgroups.len() as u64,
+            dying_cgroups: dying.len() as u64,
+            dying_bytes: dying.iter().map(|d| d.residual_bytes).sum(),
+            known_cgroups: self.tree.nodes().len() as u64,
+            lost_cgroup_events: c.lost_cgroup_events,
+            cgroup_rescans: self.tree.rescans,
+            last_sample_ms: elapsed_ms,
+            max_sample_ms: self.max_sample_ms,
             updated_at: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),

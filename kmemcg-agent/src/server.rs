@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tower_http::compression::CompressionLayer;
 
 use crate::{
-    api::{CgroupUsage, Status},
+    api::Status,
     metrics::{self, Exporter, MetricsConfig},
     sampler::Snapshot,
 };
@@ -87,6 +87,7 @@ pub fn router_with(snapshots: Snapshots, shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/api/v1/cgroups", get(cgroups))
         .route("/api/v1/status", get(status))
+        .route("/api/v1/dying", get(dying))
         .route(
             "/metrics",
             // Prometheus asks for gzip; big expositions shrink about tenfold.
@@ -98,9 +99,14 @@ pub fn router_with(snapshots: Snapshots, shared: Arc<Shared>) -> Router {
         .with_state(AppState { snapshots, shared })
 }
 
-async fn cgroups(State(state): State<AppState>) -> Json<Vec<CgroupUsage>> {
+async fn cgroups(State(state): State<AppState>) -> Response {
     let snapshot = state.snapshots.borrow().clone();
-    Json(snapshot.cgroups.clone())
+    json(&snapshot.cgroups)
+}
+
+async fn dying(State(state): State<AppState>) -> Response {
+    let snapshot = state.snapshots.borrow().clone();
+    json(&snapshot.dying)
 }
 
 async fn status(State(state): State<AppState>) -> Json<Status> {
@@ -150,10 +156,18 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
+/// Serializes straight from the shared snapshot, without copying it.
+fn json<T: serde::Serialize>(value: &T) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
 async fn not_found() -> Response {
     (
         StatusCode::NOT_FOUND,
-        Json(json!({"error": "no such endpoint; see /api/v1/cgroups, /api/v1/status, /metrics, /healthz and /readyz"})),
+        Json(json!({"error": "no such endpoint; see /api/v1/cgroups, /api/v1/dying, /api/v1/status, /metrics, /healthz and /readyz"})),
     )
         .into_response()
 }

@@ -1,8 +1,15 @@
 //! Loads kmemcg's eBPF programs with this kernel's layout and attaches them to the six hooks.
 use std::{os::unix::fs::MetadataExt, path::PathBuf};
 
-use aya::{Btf, Ebpf, EbpfLoader, programs::BtfTracePoint};
-use kmemcg_common::{CGROUP_CACHE_STATS, HOOKS, LIVE_OBJECTS, RootCgroupMode, globals};
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    maps::{MapData, RingBuf},
+    programs::BtfTracePoint,
+};
+use kmemcg_common::{
+    CGROUP_CACHE_STATS, CGROUP_EVENTS, CGROUP_HOOKS, CgroupEvent, HOOKS, LIVE_OBJECTS,
+    RootCgroupMode, globals,
+};
 
 use crate::{
     collector::{self, RawSnapshot},
@@ -16,8 +23,17 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 
 /// Default capacity of the live-object map: 48 MiB of kernel memory (96 B an entry), preallocated.
 pub const DEFAULT_MAX_OBJECTS: u32 = 1 << 19;
-/// Default capacity of the per-(cgroup, cache) counter map.
-pub const DEFAULT_MAX_STATS: u32 = 1 << 16;
+/// Kernel memory the per-(cgroup, cache) counter map gets by default. An entry is
+/// preallocated and costs about 96 + 48 x CPUs bytes; a cgroup uses one entry per cache it
+/// allocates from (typically 10 to 40).
+pub const STATS_MEMORY_BUDGET: usize = 32 << 20;
+
+/// Default capacity of the counter map on this machine: [`STATS_MEMORY_BUDGET`] worth of
+/// entries, between 8,192 and 262,144 (174,000 with 2 CPUs, 10,600 with 64).
+pub fn default_max_stats() -> u32 {
+    let per_entry = 96 + 48 * kernel::possible_cpus();
+    (STATS_MEMORY_BUDGET / per_entry).clamp(8192, 1 << 18) as u32
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TracerConfig {
@@ -35,7 +51,7 @@ impl Default for TracerConfig {
     fn default() -> Self {
         Self {
             max_objects: DEFAULT_MAX_OBJECTS,
-            max_stats: DEFAULT_MAX_STATS,
+            max_stats: default_max_stats(),
             root_mode: RootCgroupMode::Count,
             pin_dir: None,
         }
@@ -48,6 +64,8 @@ pub struct Tracer {
     config: TracerConfig,
     hooks: Vec<String>,
     cgroup2_mount: PathBuf,
+    cgroup_events: RingBuf<MapData>,
+    /// Dropped after `ebpf` (field order): the lock outlives the attached programs.
     pinned: Option<PinnedMaps>,
 }
 
@@ -103,11 +121,36 @@ impl Tracer {
                 true,
             )
             .override_global(globals::POSSIBLE_CPUS, &possible_cpus, true)
+            .override_global(globals::CGROUP_KN_OFFSET, &layout.cgroup_kn_offset, true)
+            .override_global(
+                globals::CGROUP_ROOT_OFFSET,
+                &layout.cgroup_root_offset,
+                true,
+            )
+            .override_global(
+                globals::KERNFS_NODE_ID_OFFSET,
+                &layout.kernfs_node_id_offset,
+                true,
+            )
+            .override_global(
+                globals::CGROUP_ROOT_HIERARCHY_ID_OFFSET,
+                &layout.cgroup_root_hierarchy_id_offset,
+                true,
+            )
             .map_max_entries(LIVE_OBJECTS, config.max_objects)
             .map_max_entries(CGROUP_CACHE_STATS, config.max_stats)
             .load(EBPF_OBJECT)
             .map_err(|e| StartError::Load(Box::new(e)))?;
         let hooks = attach_hooks(&mut ebpf)?;
+        let cgroup_events = ebpf
+            .take_map(CGROUP_EVENTS)
+            .map(RingBuf::try_from)
+            .transpose()
+            .map_err(|e| StartError::Load(Box::new(aya::EbpfError::MapError(e))))?
+            .ok_or_else(|| StartError::BadBtf {
+                what: "the eBPF object".into(),
+                reason: format!("it has no {CGROUP_EVENTS} map"),
+            })?;
         tracing::info!(hooks = ?hooks, root_mode = ?config.root_mode, "eBPF programs attached");
         if let Some(p) = &pinned {
             tracing::info!(dir = %p.dir().display(), reused = ?p.reused(), "maps pinned");
@@ -117,6 +160,7 @@ impl Tracer {
             config,
             hooks,
             cgroup2_mount,
+            cgroup_events,
             pinned,
         })
     }
@@ -126,9 +170,27 @@ impl Tracer {
         program_stats(&self.ebpf)
     }
 
+    /// cgroup tree changes reported since the last call, in order.
+    pub fn take_cgroup_events(&mut self) -> Vec<CgroupEvent> {
+        let mut events = Vec::new();
+        while let Some(item) = self.cgroup_events.next() {
+            if item.len() >= std::mem::size_of::<CgroupEvent>() {
+                // SAFETY: the programs submit whole CgroupEvents; read unaligned from the ring.
+                events
+                    .push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<CgroupEvent>()) });
+            }
+        }
+        events
+    }
+
     /// Reads and sums the maps.
     pub fn read(&self) -> Result<RawSnapshot, ReadError> {
         collector::read(&self.ebpf)
+    }
+
+    /// Deletes counter entries of removed cgroups that hold nothing.
+    pub fn remove_stats(&mut self, keys: &[kmemcg_common::StatsKey]) -> Result<(), ReadError> {
+        collector::remove_stats(&self.ebpf, keys)
     }
 
     pub fn config(&self) -> &TracerConfig {
@@ -162,6 +224,13 @@ pub(crate) fn attach_hooks(ebpf: &mut Ebpf) -> Result<Vec<String>, StartError> {
     for (program, tracepoint) in HOOKS.iter().rev() {
         attach(ebpf, program, tracepoint, &btf)?;
         hooks.push(tracepoint.to_string());
+    }
+    for (program, tracepoint) in CGROUP_HOOKS {
+        // Not in the benchmark's empty programs.
+        if ebpf.program(program).is_some() {
+            attach(ebpf, program, tracepoint, &btf)?;
+            hooks.push(tracepoint.to_string());
+        }
     }
     hooks.sort();
     Ok(hooks)

@@ -13,6 +13,8 @@ pub const CGROUP_CACHE_STATS: &str = "CGROUP_CACHE_STATS";
 pub const CACHE_NAMES: &str = "CACHE_NAMES";
 /// One per-CPU [`GlobalCounters`] entry.
 pub const GLOBAL_COUNTERS: &str = "GLOBAL_COUNTERS";
+/// Ring buffer of [`CgroupEvent`]s.
+pub const CGROUP_EVENTS: &str = "CGROUP_EVENTS";
 
 /// Names of the load-time globals (`EbpfLoader::set_global`).
 pub mod globals {
@@ -32,6 +34,12 @@ pub mod globals {
     pub const KMEM_CACHE_NAME_OFFSET: &str = "KMEM_CACHE_NAME_OFFSET";
     /// Number of possible CPUs (u64): a percpu allocation of `size` takes `size` on each.
     pub const POSSIBLE_CPUS: &str = "POSSIBLE_CPUS";
+    /// Byte offsets of `struct cgroup::kn`, `struct cgroup::root`, `struct kernfs_node::id`
+    /// and `struct cgroup_root::hierarchy_id`, from BTF.
+    pub const CGROUP_KN_OFFSET: &str = "CGROUP_KN_OFFSET";
+    pub const CGROUP_ROOT_OFFSET: &str = "CGROUP_ROOT_OFFSET";
+    pub const KERNFS_NODE_ID_OFFSET: &str = "KERNFS_NODE_ID_OFFSET";
+    pub const CGROUP_ROOT_HIERARCHY_ID_OFFSET: &str = "CGROUP_ROOT_HIERARCHY_ID_OFFSET";
 }
 
 /// The six hooks, as (program name in the object, tracepoint name).
@@ -42,6 +50,14 @@ pub const HOOKS: [(&str, &str); 6] = [
     ("kfree", "kfree"),
     ("percpu_alloc_percpu", "percpu_alloc_percpu"),
     ("percpu_free_percpu", "percpu_free_percpu"),
+];
+
+/// cgroup v2 tree changes as (program name, tracepoint). The benchmark's empty programs do
+/// not have them.
+pub const CGROUP_HOOKS: [(&str, &str); 3] = [
+    ("cgroup_mkdir", "cgroup_mkdir"),
+    ("cgroup_rmdir", "cgroup_rmdir"),
+    ("cgroup_rename", "cgroup_rename"),
 ];
 
 /// What the programs do with allocations made by tasks in the root cgroup (kernel threads and,
@@ -185,6 +201,8 @@ pub struct GlobalCounters {
     /// Allocations at an address still held by a tracked object whose free was never traced
     /// (bulk frees have no tracepoint); the stale owner was uncharged.
     pub stale_objects: u64,
+    /// cgroup events lost because the ring buffer was full (the agent then rescans).
+    pub lost_cgroup_events: u64,
 }
 
 impl GlobalCounters {
@@ -193,6 +211,35 @@ impl GlobalCounters {
         self.dropped_stats_full += other.dropped_stats_full;
         self.untracked_frees += other.untracked_frees;
         self.stale_objects += other.stale_objects;
+        self.lost_cgroup_events += other.lost_cgroup_events;
+    }
+}
+
+pub const CGROUP_EVENT_MKDIR: u32 = 1;
+pub const CGROUP_EVENT_RMDIR: u32 = 2;
+pub const CGROUP_EVENT_RENAME: u32 = 3;
+/// Longest cgroup path an event carries (Kubernetes container paths are about 150 bytes).
+pub const CGROUP_PATH_LEN: usize = 240;
+
+/// A cgroup v2 tree change, from the cgroup tracepoints.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CgroupEvent {
+    /// `CGROUP_EVENT_*`.
+    pub kind: u32,
+    /// Bytes of `path` used, including its NUL; `CGROUP_PATH_LEN` when it was cut.
+    pub path_len: u32,
+    /// cgroup v2 id.
+    pub id: u64,
+    /// Path from the cgroup root, NUL terminated.
+    pub path: [u8; CGROUP_PATH_LEN],
+}
+
+impl CgroupEvent {
+    /// The path, or None when it was cut or unreadable.
+    pub fn path(&self) -> Option<&[u8]> {
+        let end = self.path.iter().position(|&b| b == 0)?;
+        (end > 0).then(|| &self.path[..end])
     }
 }
 
@@ -221,7 +268,8 @@ impl CacheName {
 const _: () = assert!(core::mem::size_of::<StatsKey>() == 16);
 const _: () = assert!(core::mem::size_of::<LiveObject>() == 24);
 const _: () = assert!(core::mem::size_of::<CacheStats>() == 48);
-const _: () = assert!(core::mem::size_of::<GlobalCounters>() == 32);
+const _: () = assert!(core::mem::size_of::<GlobalCounters>() == 40);
+const _: () = assert!(core::mem::size_of::<CgroupEvent>() == 16 + CGROUP_PATH_LEN);
 const _: () = assert!(core::mem::size_of::<CacheName>() == CACHE_NAME_LEN);
 
 #[cfg(feature = "user")]
@@ -234,6 +282,7 @@ mod user {
     unsafe impl aya::Pod for CacheStats {}
     unsafe impl aya::Pod for GlobalCounters {}
     unsafe impl aya::Pod for CacheName {}
+    unsafe impl aya::Pod for CgroupEvent {}
 }
 
 #[cfg(test)]

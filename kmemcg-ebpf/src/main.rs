@@ -7,15 +7,16 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_NOEXIST},
+    bindings::{BPF_ANY, BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::{bpf_get_current_cgroup_id, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes},
     macros::{btf_tracepoint, map},
-    maps::{HashMap, PerCpuArray, PerCpuHashMap},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::BtfTracePointContext,
 };
 use kmemcg_common::{
-    CACHE_ID_PERCPU, CacheName, CacheStats, GlobalCounters, LiveObject, OBJECT_ACCOUNTED,
-    RootCgroupMode, StatsKey, kmalloc_cache_id,
+    CACHE_ID_PERCPU, CGROUP_EVENT_MKDIR, CGROUP_EVENT_RENAME, CGROUP_EVENT_RMDIR, CacheName,
+    CacheStats, CgroupEvent, GlobalCounters, LiveObject, OBJECT_ACCOUNTED, RootCgroupMode,
+    StatsKey, kmalloc_cache_id,
 };
 
 // Load-time configuration, written by the agent (EbpfLoader::set_global). Read-only and frozen,
@@ -36,17 +37,29 @@ static KMEM_CACHE_SIZE_OFFSET: u32 = 0;
 static KMEM_CACHE_NAME_OFFSET: u32 = 0;
 #[unsafe(no_mangle)]
 static POSSIBLE_CPUS: u64 = 1;
+#[unsafe(no_mangle)]
+static CGROUP_KN_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static CGROUP_ROOT_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static KERNFS_NODE_ID_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static CGROUP_ROOT_HIERARCHY_ID_OFFSET: u32 = 0;
 
 // Sizes here are defaults; the agent sets the capacities it is configured with.
 #[map]
 static LIVE_OBJECTS: HashMap<u64, LiveObject> = HashMap::with_max_entries(1 << 19, 0);
+// Preallocated: entries allocated on demand (BPF_F_NO_PREALLOC) fail under bursts of new
+// (cgroup, cache) pairs in this allocation-tracing context. The agent sizes it to the CPUs.
 #[map]
 static CGROUP_CACHE_STATS: PerCpuHashMap<StatsKey, CacheStats> =
     PerCpuHashMap::with_max_entries(1 << 16, 0);
 #[map]
-static CACHE_NAMES: HashMap<u64, CacheName> = HashMap::with_max_entries(4096, 0);
+static CACHE_NAMES: HashMap<u64, CacheName> = HashMap::with_max_entries(4096, BPF_F_NO_PREALLOC);
 #[map]
 static GLOBAL_COUNTERS: PerCpuArray<GlobalCounters> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static CGROUP_EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 
 const EEXIST: i32 = 17;
 /// kmalloc(0) returns ZERO_SIZE_PTR, never a real object.
@@ -170,6 +183,76 @@ pub fn percpu_free_percpu(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
+// cgroup v2 tree changes, for the agent's cgroup model: a cgroup's id and path as it is
+// created, removed or renamed, even when it lives for less than one sampling interval.
+
+#[btf_tracepoint(function = "cgroup_mkdir")]
+pub fn cgroup_mkdir(ctx: BtfTracePointContext) -> i32 {
+    // TP_PROTO(struct cgroup *cgrp, const char *path)
+    cgroup_event(&ctx, CGROUP_EVENT_MKDIR);
+    0
+}
+
+#[btf_tracepoint(function = "cgroup_rmdir")]
+pub fn cgroup_rmdir(ctx: BtfTracePointContext) -> i32 {
+    cgroup_event(&ctx, CGROUP_EVENT_RMDIR);
+    0
+}
+
+#[btf_tracepoint(function = "cgroup_rename")]
+pub fn cgroup_rename(ctx: BtfTracePointContext) -> i32 {
+    cgroup_event(&ctx, CGROUP_EVENT_RENAME);
+    0
+}
+
+/// The unified (v2) hierarchy's id: `0::` in /proc/<pid>/cgroup.
+const CGROUP2_HIERARCHY_ID: i32 = 0;
+
+#[inline(always)]
+fn cgroup_event(ctx: &BtfTracePointContext, kind: u32) {
+    let cgrp: *const u8 = ctx.arg(0);
+    let path: *const u8 = ctx.arg(1);
+    // SAFETY: reads of kernel memory through the fault-safe helpers.
+    let (id, hierarchy_id) = unsafe {
+        let kn =
+            bpf_probe_read_kernel(cgrp.add(global(&CGROUP_KN_OFFSET) as usize) as *const *const u8);
+        let root = bpf_probe_read_kernel(
+            cgrp.add(global(&CGROUP_ROOT_OFFSET) as usize) as *const *const u8
+        );
+        let (Ok(kn), Ok(root)) = (kn, root) else {
+            return;
+        };
+        let id =
+            bpf_probe_read_kernel(kn.add(global(&KERNFS_NODE_ID_OFFSET) as usize) as *const u64);
+        let hierarchy_id = bpf_probe_read_kernel(
+            root.add(global(&CGROUP_ROOT_HIERARCHY_ID_OFFSET) as usize) as *const i32,
+        );
+        let (Ok(id), Ok(hierarchy_id)) = (id, hierarchy_id) else {
+            return;
+        };
+        (id, hierarchy_id)
+    };
+    if hierarchy_id != CGROUP2_HIERARCHY_ID {
+        return;
+    }
+    let Some(mut entry) = CGROUP_EVENTS.reserve::<CgroupEvent>(0) else {
+        with_global_counters(|c| c.lost_cgroup_events += 1);
+        return;
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: the reserved entry is ours until submitted; every field is written.
+    unsafe {
+        (*event).kind = kind;
+        (*event).id = id;
+        let len = match bpf_probe_read_kernel_str_bytes(path, &mut (*event).path) {
+            Ok(bytes) => bytes.len() as u32,
+            Err(_) => 0,
+        };
+        (*event).path_len = len;
+    }
+    entry.submit(0);
+}
+
 #[inline(always)]
 fn on_alloc(alloc: Allocation) {
     // SAFETY: a helper without preconditions.
@@ -177,7 +260,14 @@ fn on_alloc(alloc: Allocation) {
     let count_only = if cgroup_id == global(&ROOT_CGROUP_ID) {
         match RootCgroupMode::from_u32(global(&ROOT_CGROUP_MODE)) {
             Some(RootCgroupMode::Track) => false,
-            Some(RootCgroupMode::Count) => true,
+            Some(RootCgroupMode::Count) => {
+                // The address may still be held by a tracked object whose free no hook saw.
+                if uncharge(alloc.ptr) {
+                    let _ = LIVE_OBJECTS.remove(alloc.ptr);
+                    with_global_counters(|c| c.stale_objects += 1);
+                }
+                true
+            }
             _ => return,
         }
     } else {

@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub use kmemcg_agent::api::{CacheUsage, CgroupUsage, Status};
+pub use kmemcg_agent::api::{CacheUsage, CgroupUsage, DyingCgroup, Status};
 
 /// Every cgroup the tests make starts with this, so that leftovers are recognisable.
 pub const CGROUP_PREFIX: &str = "kmemcg-test-";
@@ -72,13 +72,12 @@ pub fn cgroup2_root() -> PathBuf {
 
 /// A throwaway cgroup: v2 for attribution and, where the v1 memory controller is mounted, a
 /// v1 memory cgroup of the same name as ground truth. Dropping it kills its processes and
-/// removes both (children first).
+/// removes both.
 pub struct TestCgroup {
     /// Path from the cgroup root, e.g. `/kmemcg-test-files-123-0`.
     path: String,
     v2_dir: PathBuf,
     memory_dir: Option<PathBuf>,
-    children: Vec<TestCgroup>,
 }
 
 impl TestCgroup {
@@ -100,15 +99,13 @@ impl TestCgroup {
             path: path.to_string(),
             v2_dir,
             memory_dir,
-            children: Vec::new(),
         }
     }
 
-    /// A child cgroup, removed with this one.
-    pub fn child(&mut self, name: &str) -> &mut TestCgroup {
-        let child = Self::create(&format!("{}/{name}", self.path));
-        self.children.push(child);
-        self.children.last_mut().expect("just pushed")
+    /// A child cgroup with a guard of its own. Declare it after its parent, so that it is
+    /// dropped (removed) first.
+    pub fn under(parent: &TestCgroup, name: &str) -> Self {
+        Self::create(&format!("{}/{name}", parent.path))
     }
 
     pub fn path(&self) -> &str {
@@ -156,15 +153,12 @@ impl TestCgroup {
         HeldWorkload::start(workload_command(self, work), work)
     }
 
-    /// Removes the cgroup (and its children) now, as `Drop` would.
+    /// Removes the cgroup now, as `Drop` would.
     pub fn remove(mut self) {
         self.teardown();
     }
 
     fn teardown(&mut self) {
-        for mut child in self.children.drain(..).rev() {
-            child.teardown();
-        }
         kill_all(&self.v2_dir);
         remove_dir_retrying(&self.v2_dir);
         if let Some(dir) = self.memory_dir.take() {
@@ -397,6 +391,10 @@ impl AgentProcess {
     /// Process id, to send the agent signals (SIGHUP).
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    pub fn dying(&self) -> Vec<DyingCgroup> {
+        get_json(self.addr, "/api/v1/dying").expect("GET /api/v1/dying")
     }
 
     pub fn log_text(&self) -> String {

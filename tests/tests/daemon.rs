@@ -294,7 +294,6 @@ fn prometheus_scrapes_the_test_cgroups_series_with_the_right_values() {
 }
 
 #[test]
-#[ignore = "needs the agent to notice removed cgroups (dying cgroups, issue 3)"]
 fn a_removed_cgroups_series_disappear_and_its_memory_counts_as_dying() {
     require_root();
     let agent = AgentProcess::start(&[]);
@@ -318,12 +317,19 @@ fn a_removed_cgroups_series_disappear_and_its_memory_counts_as_dying() {
             .find_map(|l| l.strip_prefix("kmemcg_dying_cgroup_bytes "))
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(0.0);
-        if gone && dying >= (FILES * 192) as f64 {
+        // ...charged to its nearest live ancestor, the root.
+        let reparented = sample(&text, "kmemcg_cgroup_reparented_bytes", "/", "").unwrap_or(0.0);
+        let held = (FILES * 192) as f64;
+        if gone && dying >= held && reparented >= held {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "series of removed {path} still exported or not dying"
+            "series of removed {path} still exported, or not dying and reparented: {}",
+            text.lines()
+                .filter(|l| l.starts_with("kmemcg_dying") || l.contains("cgroup=\"/\""))
+                .collect::<Vec<_>>()
+                .join("\n")
         );
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -427,7 +433,7 @@ fn an_incompatible_pinned_layout_is_reported_and_reset_starts_fresh() {
 
     let agent = AgentProcess::start(&["--pin-dir", &pin_dir, "--reset"]);
     assert!(!old.exists());
-    assert!(agent.status().attached_hooks.len() == 6);
+    assert!(agent.status().attached_hooks.len() >= 6);
     assert!(agent.stop().success());
 
     // Owners without their counters: refused too.

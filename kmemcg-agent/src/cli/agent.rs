@@ -32,7 +32,8 @@ pub struct AgentArgs {
     #[arg(long, env = "KMEMCG_MAX_OBJECTS",
           value_parser = clap::value_parser!(u32).range(1024..=1 << 26))]
     pub max_objects: Option<u32>,
-    /// Capacity of the (cgroup, cache) counter map [default: 65536].
+    /// Capacity of the (cgroup, cache) counter map, preallocated at 96 + 48 x CPUs bytes an
+    /// entry [default: 32 MiB worth, at least 8192].
     #[arg(long, env = "KMEMCG_MAX_STATS",
           value_parser = clap::value_parser!(u32).range(64..=1 << 22))]
     pub max_stats: Option<u32>,

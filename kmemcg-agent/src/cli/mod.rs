@@ -1,6 +1,7 @@
 //! The `kmemcg` command line: one module per subcommand.
 mod agent;
 mod stat;
+mod top;
 
 use clap::{Parser, Subcommand};
 
@@ -19,11 +20,15 @@ pub enum Command {
     Agent(agent::AgentArgs),
     /// Show per-cgroup kernel memory from a running agent.
     Stat(stat::StatArgs),
+    /// Live per-cgroup slab and percpu usage in the terminal, like top (or snapshots for
+    /// scripts with --once, --iterations, --json).
+    Top(top::TopArgs),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Agent(args) => agent::run(args).await,
         Command::Stat(args) => stat::run(args).await,
+        Command::Top(args) => top::run(args).await,
     }
 }

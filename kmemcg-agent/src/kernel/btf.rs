@@ -5,7 +5,7 @@ use std::path::Path;
 
 use btf_rs::{Btf, Type};
 use fallible_iterator::FallibleIterator;
-use kmemcg_common::HOOKS;
+use kmemcg_common::{CGROUP_HOOKS, HOOKS};
 
 use crate::error::StartError;
 
@@ -19,10 +19,17 @@ pub struct KernelLayout {
     pub kmem_cache_flags_offset: u32,
     pub kmem_cache_size_offset: u32,
     pub kmem_cache_name_offset: u32,
+    pub cgroup_kn_offset: u32,
+    pub cgroup_root_offset: u32,
+    pub kernfs_node_id_offset: u32,
+    pub cgroup_root_hierarchy_id_offset: u32,
 }
 
 /// Number of arguments each hook's program reads, counted as in the tracepoint's TP_PROTO.
-const HOOK_ARITY: [(&str, usize); 6] = [
+const HOOK_ARITY: [(&str, usize); 9] = [
+    ("cgroup_mkdir", 2),
+    ("cgroup_rmdir", 2),
+    ("cgroup_rename", 2),
     ("kmem_cache_alloc", 5),
     ("kmalloc", 6),
     ("kmem_cache_free", 3),
@@ -47,12 +54,20 @@ impl KernelLayout {
             what: format!("cannot parse {}", path.display()),
             reason: e.to_string(),
         })?;
-        for (hook, _) in HOOKS {
+        for (hook, _) in HOOKS.iter().chain(&CGROUP_HOOKS) {
             check_hook(&btf, hook)?;
         }
         let kmem_cache = find_struct(&btf, "kmem_cache")?;
         let offset = |field: &str| member_offset(&btf, &kmem_cache, "kmem_cache", field);
+        let field = |name: &str, field: &str| {
+            let st = find_struct(&btf, name)?;
+            member_offset(&btf, &st, name, field)
+        };
         Ok(Self {
+            cgroup_kn_offset: field("cgroup", "kn")?,
+            cgroup_root_offset: field("cgroup", "root")?,
+            kernfs_node_id_offset: field("kernfs_node", "id")?,
+            cgroup_root_hierarchy_id_offset: field("cgroup_root", "hierarchy_id")?,
             gfp_account: 1u64 << enum_value(&btf, "___GFP_ACCOUNT_BIT")?,
             slab_account: 1u32 << enum_value(&btf, "_SLAB_ACCOUNT")?,
             kmem_cache_flags_offset: offset("flags")?,
@@ -170,5 +185,6 @@ mod tests {
         assert_eq!(layout.slab_account.count_ones(), 1);
         assert!(layout.kmem_cache_size_offset > layout.kmem_cache_flags_offset);
         assert!(layout.kmem_cache_name_offset > 0);
+        assert!(layout.cgroup_kn_offset > 0 && layout.cgroup_root_offset > 0);
     }
 }

@@ -42,6 +42,14 @@ enum Work {
     /// Print `ready`; for each line read on stdin, create COUNT more files in DIR and print
     /// `done`. For moving a process between cgroups between two steps.
     FileSteps { dir: PathBuf, count: u32 },
+    /// For each of COUNT child cgroups of PARENT (a cgroup v2 directory this process is in):
+    /// create it, move in, create a file in DIR (kernel objects that outlive the cgroup), move
+    /// back, remove it. Prints the time taken.
+    Churn {
+        parent: PathBuf,
+        dir: PathBuf,
+        count: u32,
+    },
     /// Allocation-heavy mix for the benchmark for SECONDS: open/close, create/unlink,
     /// sockets, pipes and percpu maps in DIR. Prints operations per second.
     Mix { dir: PathBuf, seconds: f64 },
@@ -62,6 +70,7 @@ fn main() -> anyhow::Result<()> {
         } => percpu_maps(count, entries, &value_size),
         Work::Idle => hold(|| Ok(())),
         Work::FileSteps { dir, count } => file_steps(&dir, count),
+        Work::Churn { parent, dir, count } => churn(&parent, &dir, count),
         Work::Mix { dir, seconds } => mix(&dir, Duration::from_secs_f64(seconds)),
     }
 }
@@ -135,6 +144,21 @@ fn hold(prepare: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
     for line in std::io::stdin().lock().lines() {
         line?;
     }
+    Ok(())
+}
+
+fn churn(parent: &Path, dir: &Path, count: u32) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let start = Instant::now();
+    for i in 0..count {
+        let cgroup = parent.join(format!("churn-{i}"));
+        std::fs::create_dir(&cgroup).with_context(|| format!("creating {}", cgroup.display()))?;
+        join(&cgroup)?;
+        std::fs::File::create(dir.join(format!("c{i}")))?;
+        join(parent)?;
+        std::fs::remove_dir(&cgroup).with_context(|| format!("removing {}", cgroup.display()))?;
+    }
+    println!("{count} cgroups in {:.1} s", start.elapsed().as_secs_f64());
     Ok(())
 }
 

@@ -1,0 +1,119 @@
+//! `kmemcg top`: a live terminal view of per-cgroup slab and percpu usage, and its batch mode.
+//!
+//! [`app`] holds the state and its transitions, [`input`] maps keys to them, [`render`] draws
+//! the state (generic over the ratatui backend), [`terminal`] owns and restores the terminal,
+//! [`source`] reads an agent or standalone eBPF programs, [`batch`] prints snapshots.
+pub mod app;
+pub mod batch;
+pub mod fmt;
+pub mod input;
+pub mod render;
+pub mod source;
+pub mod terminal;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use crossterm::event::{self, Event, KeyEventKind};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+};
+
+use self::{
+    app::App,
+    input::{Outcome, handle_key},
+    source::Source,
+    terminal::TerminalGuard,
+};
+
+/// Runs the live view until the user quits (q, Ctrl-C) or the process is told to stop
+/// (SIGTERM, SIGHUP); the terminal is restored in every case.
+pub async fn run_live(mut source: Source, mut app: App) -> anyhow::Result<()> {
+    let delay = app.delay;
+    let paused = Arc::new(AtomicBool::new(false));
+
+    // Readings on their own task, so a slow agent never blocks the keys.
+    let (data_tx, mut data_rx) = mpsc::channel::<anyhow::Result<_>>(1);
+    let fetch_paused = paused.clone();
+    // With a first snapshot already on screen, the next reading is one delay away, so that
+    // rates are not taken over a few milliseconds.
+    let seeded = app.received();
+    let fetcher = tokio::spawn(async move {
+        if seeded {
+            tokio::time::sleep(delay).await;
+        }
+        loop {
+            if !fetch_paused.load(Ordering::Relaxed) {
+                let reading = source.fetch().await;
+                if data_tx.send(reading).await.is_err() {
+                    break;
+                }
+            }
+            tokio::time::sleep(delay).await;
+        }
+    });
+
+    let mut term = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    let mut hangup = signal(SignalKind::hangup()).context("installing a SIGHUP handler")?;
+    let mut guard = TerminalGuard::enter()?;
+
+    // crossterm's reads block: they run on a thread that checks for the end every 100 ms.
+    let (key_tx, mut key_rx) = mpsc::unbounded_channel();
+    let stop = Arc::new(AtomicBool::new(false));
+    let input_stop = stop.clone();
+    let input = std::thread::spawn(move || {
+        while !input_stop.load(Ordering::Relaxed) {
+            let event = match event::poll(Duration::from_millis(100)) {
+                Ok(true) => event::read(),
+                Ok(false) => continue,
+                Err(e) => Err(e),
+            };
+            let failed = event.is_err();
+            if key_tx.send(event).is_err() || failed {
+                break;
+            }
+        }
+    });
+
+    let result = async {
+        render::draw(&mut guard.terminal, &mut app).context("drawing the screen")?;
+        loop {
+            tokio::select! {
+                event = key_rx.recv() => match event {
+                    Some(Ok(Event::Key(key))) if key.kind != KeyEventKind::Release => {
+                        if handle_key(&mut app, key) == Outcome::Quit {
+                            return Ok(());
+                        }
+                    }
+                    Some(Ok(Event::Resize(..))) => {}
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => return Err(e).context("reading the terminal"),
+                    None => anyhow::bail!("the terminal input stopped"),
+                },
+                reading = data_rx.recv() => match reading {
+                    Some(Ok(snapshot)) => app.update(snapshot, Instant::now()),
+                    Some(Err(e)) => app.set_error(format!("{e:#}")),
+                    None => anyhow::bail!("reading data stopped"),
+                },
+                _ = term.recv() => return Ok(()),
+                _ = hangup.recv() => return Ok(()),
+            }
+            paused.store(app.paused, Ordering::Relaxed);
+            render::draw(&mut guard.terminal, &mut app).context("drawing the screen")?;
+        }
+    }
+    .await;
+
+    stop.store(true, Ordering::Relaxed);
+    fetcher.abort();
+    drop(guard);
+    let _ = input.join();
+    result
+}

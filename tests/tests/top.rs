@@ -1,0 +1,304 @@
+//! `kmemcg top` in a real terminal: tmux runs it against a real agent while a test cgroup holds
+//! files (dentries and inodes); keys drive the filter, the drill-in and quitting, and the
+//! screen is read back with capture-pane. Also its batch mode.
+use std::{
+    process::{Command, Output},
+    time::{Duration, Instant},
+};
+
+use kmemcg_tests::{
+    AgentProcess, TestCgroup, Tmpfs, cache_objects, free_addr, kmemcg, kmemcg_bin, require_root,
+};
+
+/// A detached tmux session running a plain shell; killed when dropped.
+struct Tmux {
+    name: String,
+}
+
+impl Tmux {
+    fn new(width: u16, height: u16) -> Self {
+        let name = format!("kmemcg-test-top-{}", std::process::id());
+        let status = Command::new("tmux")
+            .args(["new-session", "-d", "-s", &name])
+            .args(["-x", &width.to_string(), "-y", &height.to_string()])
+            .args(["env", "PS1=$ ", "TERM=xterm-256color"])
+            .args(["bash", "--norc", "--noprofile"])
+            .status()
+            .expect("running tmux (cargo xtask setup installs it)");
+        assert!(status.success(), "tmux new-session failed");
+        Self { name }
+    }
+
+    fn tmux(&self, args: &[&str]) -> Output {
+        let output = Command::new("tmux")
+            .args(args)
+            .output()
+            .expect("running tmux");
+        assert!(
+            output.status.success(),
+            "tmux {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output
+    }
+
+    /// Types `text` literally.
+    fn type_text(&self, text: &str) {
+        self.tmux(&["send-keys", "-t", &self.name, "-l", text]);
+    }
+
+    /// Presses keys by tmux name (`Enter`, `Escape`, `Down`).
+    fn press(&self, key: &str) {
+        self.tmux(&["send-keys", "-t", &self.name, key]);
+    }
+
+    fn screen(&self) -> String {
+        let output = self.tmux(&["capture-pane", "-p", "-t", &self.name]);
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// True while the program in the pane uses the alternate screen.
+    fn alternate_screen(&self) -> bool {
+        let output = self.tmux(&["display-message", "-p", "-t", &self.name, "#{alternate_on}"]);
+        String::from_utf8_lossy(&output.stdout).trim() == "1"
+    }
+
+    /// Waits until `check` holds for the screen, or panics showing it.
+    fn wait_for(&self, what: &str, check: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let screen = self.screen();
+            if check(&screen) {
+                return screen;
+            }
+            if Instant::now() > deadline {
+                panic!("waiting for {what}; the screen shows:\n{screen}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["kill-session", "-t", &self.name])
+            .output();
+    }
+}
+
+fn files_cgroup(agent: &AgentProcess, tmpfs: &Tmpfs, name: &str) -> TestCgroup {
+    let cgroup = TestCgroup::new(name);
+    cgroup.run(&["create-files", &tmpfs.sub(name), "1000"]);
+    agent.wait_for(
+        cgroup.path(),
+        Duration::from_secs(20),
+        "files charged",
+        |u| u.is_some_and(|u| cache_objects(u, &["dentry"]) >= 1000),
+    );
+    cgroup
+}
+
+#[test]
+fn top_in_a_terminal_filters_drills_in_and_restores_the_terminal() {
+    require_root();
+    let agent = AgentProcess::start(&[]);
+    let tmpfs = Tmpfs::new();
+    let cgroup = files_cgroup(&agent, &tmpfs, "top");
+    let name = cgroup.path().trim_start_matches('/').to_string();
+
+    let tmux = Tmux::new(120, 40);
+    tmux.wait_for("the shell prompt", |s| s.contains('$'));
+    let command = format!(
+        "{} top --addr {} --delay 0.5; echo top-exited-$?",
+        kmemcg_bin().display(),
+        agent.addr()
+    );
+    tmux.type_text(&command);
+    tmux.press("Enter");
+    let screen = tmux.wait_for("the cgroup in the table", |s| {
+        s.contains("kmemcg top") && s.contains(&name)
+    });
+    assert!(
+        screen.contains("CGROUP") && screen.contains("TOTAL"),
+        "{screen}"
+    );
+    assert!(screen.contains("q quit"), "{screen}");
+    assert!(tmux.alternate_screen(), "{screen}");
+
+    // Filter by the cgroup's name: Enter applies it and selects the match.
+    tmux.type_text("/");
+    tmux.wait_for("the filter prompt", |s| s.contains("filter: "));
+    tmux.type_text(&name);
+    tmux.press("Enter");
+    let screen = tmux.wait_for("the applied filter", |s| {
+        s.contains(&format!("filter \"{name}\""))
+    });
+    assert!(screen.contains(&name), "{screen}");
+
+    // Drill in: the cgroup's caches, dentry among them.
+    tmux.press("Enter");
+    let screen = tmux.wait_for("the cgroup's caches", |s| {
+        s.contains("CACHE") && s.contains("dentry")
+    });
+    assert!(screen.contains(cgroup.path()), "{screen}");
+    let dentry = screen
+        .lines()
+        .find(|l| l.trim_start().starts_with("dentry"))
+        .unwrap_or_default();
+    let objects: u64 = dentry
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(objects >= 1000, "{screen}");
+
+    // Back to the table, then quit.
+    tmux.press("Escape");
+    tmux.wait_for("the table again", |s| {
+        s.contains("CGROUP") && !s.contains("CACHE ")
+    });
+    tmux.type_text("q");
+    let screen = tmux.wait_for("the shell after quitting", |s| s.contains("top-exited-0"));
+    assert!(!tmux.alternate_screen(), "{screen}");
+    // The shell's screen is back: the command line typed before is there, the TUI is gone.
+    assert!(screen.contains(&command), "{screen}");
+    assert!(!screen.contains("q quit"), "{screen}");
+}
+
+#[test]
+fn top_quits_on_ctrl_c_and_restores_the_terminal() {
+    require_root();
+    let agent = AgentProcess::start(&[]);
+    let tmux = Tmux::new(80, 24);
+    tmux.wait_for("the shell prompt", |s| s.contains('$'));
+    tmux.type_text(&format!(
+        "{} top --addr {}; echo top-exited-$?",
+        kmemcg_bin().display(),
+        agent.addr()
+    ));
+    tmux.press("Enter");
+    tmux.wait_for("the table", |s| s.contains("CGROUP"));
+    tmux.press("C-c");
+    let screen = tmux.wait_for("the shell after Ctrl-C", |s| s.contains("top-exited-0"));
+    assert!(!tmux.alternate_screen(), "{screen}");
+    // The terminal is out of raw mode: the shell echoes typed text again.
+    tmux.type_text("echo still-cooked");
+    tmux.press("Enter");
+    tmux.wait_for("the shell echoing", |s| {
+        s.matches("still-cooked").count() >= 2
+    });
+}
+
+#[test]
+fn top_batch_mode_prints_tables_and_json() {
+    require_root();
+    let agent = AgentProcess::start(&[]);
+    let tmpfs = Tmpfs::new();
+    let cgroup = files_cgroup(&agent, &tmpfs, "top-batch");
+    let addr = agent.addr().to_string();
+
+    let output = kmemcg(&["top", "--addr", &addr, "--once", "--filter", cgroup.path()]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("kmemcg top · agent "), "{text}");
+    assert!(
+        lines[1].contains("CGROUP") && lines[1].contains("TOP CACHE"),
+        "{text}"
+    );
+    assert!(lines[2].contains(cgroup.path()), "{text}");
+    assert!(lines[2].contains("iB"), "{text}");
+
+    let output = kmemcg(&[
+        "top",
+        "--addr",
+        &addr,
+        "--iterations",
+        "2",
+        "--delay",
+        "0.3",
+        "--json",
+        "--bytes",
+        "--filter",
+        cgroup.path(),
+        "--limit",
+        "1",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8_lossy(&output.stdout);
+    let snapshots: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON array per line"))
+        .collect();
+    assert_eq!(snapshots.len(), 2, "{text}");
+    let last = &snapshots[1][0];
+    assert_eq!(last["path"], cgroup.path());
+    assert_eq!(last["id"], cgroup.id());
+    assert!(
+        last["slab_bytes"].as_u64().unwrap_or(0) >= 1000 * 192,
+        "{last}"
+    );
+    assert!(last["change_bytes_per_second"].is_number(), "{last}");
+    let dentry = last["caches"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "dentry"))
+        .expect("dentry cache");
+    assert!(dentry["objects"].as_u64().unwrap_or(0) >= 1000, "{last}");
+}
+
+#[test]
+fn top_without_an_agent_says_so_and_offers_standalone() {
+    let addr = free_addr().to_string();
+    let output = kmemcg(&["top", "--addr", &addr, "--once"]);
+    assert_eq!(output.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        err.contains(&format!("no kmemcg agent answers at http://{addr}")),
+        "{err}"
+    );
+    assert!(err.contains("--standalone"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    let output = kmemcg(&["top", "--delay", "0"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("between 0.1 and 3600"));
+}
+
+#[test]
+fn top_standalone_loads_its_own_programs() {
+    require_root();
+    let output = kmemcg(&[
+        "top",
+        "--standalone",
+        "--iterations",
+        "2",
+        "--delay",
+        "0.3",
+        "--json",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        err.contains("only allocations since kmemcg top started"),
+        "{err}"
+    );
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(text.lines().count(), 2, "{text}");
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("JSON");
+        assert!(v.is_array(), "{line}");
+    }
+}
