@@ -32,8 +32,9 @@ pub struct MapLayout {
     pub name: &'static str,
     pub key_size: u32,
     pub value_size: u32,
-    /// `None`: set by the configuration (checked separately).
-    pub max_entries: Option<u32>,
+    /// Capacity set by the configuration (`max_objects`, `max_stats`) and checked against it;
+    /// the others' capacity is the eBPF object's.
+    pub configured_capacity: bool,
 }
 
 const fn size<T>() -> u32 {
@@ -46,25 +47,25 @@ pub const PINNED_MAPS: [MapLayout; 4] = [
         name: LIVE_OBJECTS,
         key_size: size::<u64>(),
         value_size: size::<LiveObject>(),
-        max_entries: None,
+        configured_capacity: true,
     },
     MapLayout {
         name: CGROUP_CACHE_STATS,
         key_size: size::<StatsKey>(),
         value_size: size::<CacheStats>(),
-        max_entries: None,
+        configured_capacity: true,
     },
     MapLayout {
         name: CACHE_NAMES,
         key_size: size::<u64>(),
         value_size: size::<CacheName>(),
-        max_entries: Some(4096),
+        configured_capacity: false,
     },
     MapLayout {
         name: GLOBAL_COUNTERS,
         key_size: size::<u32>(),
         value_size: size::<GlobalCounters>(),
-        max_entries: Some(1),
+        configured_capacity: false,
     },
 ];
 
@@ -213,7 +214,7 @@ pub fn open(base: &Path, capacities: Capacities) -> Result<PinnedMaps, PinError>
         if !path.exists() {
             continue;
         }
-        let want = layout.max_entries.unwrap_or(match layout.name {
+        let want = layout.configured_capacity.then_some(match layout.name {
             LIVE_OBJECTS => capacities.max_objects,
             _ => capacities.max_stats,
         });
@@ -292,7 +293,7 @@ fn lock(dir: &Path) -> Result<File, PinError> {
     Ok(file)
 }
 
-fn check_map(path: &Path, layout: &MapLayout, max_entries: u32) -> Result<(), PinError> {
+fn check_map(path: &Path, layout: &MapLayout, max_entries: Option<u32>) -> Result<(), PinError> {
     let info = aya::maps::MapInfo::from_pin(path).map_err(|e| PinError::Inspect {
         path: path.to_path_buf(),
         reason: with_sources(&e),
@@ -321,7 +322,9 @@ fn check_map(path: &Path, layout: &MapLayout, max_entries: u32) -> Result<(), Pi
             layout_hint,
         ));
     }
-    if info.max_entries() != max_entries {
+    if let Some(max_entries) = max_entries
+        && info.max_entries() != max_entries
+    {
         let hint = if layout.name == LIVE_OBJECTS {
             "set max_objects back to the pinned capacity"
         } else {
