@@ -12,6 +12,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use aya::maps::MapType;
 use kmemcg_common::{
     CACHE_NAMES, CGROUP_CACHE_STATS, CacheName, CacheStats, GLOBAL_COUNTERS, GlobalCounters,
     LIVE_OBJECTS, LiveObject, StatsKey,
@@ -27,9 +28,10 @@ const LAYOUT_REVISION: u32 = 1;
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// A pinned map as this kmemcg lays it out.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct MapLayout {
     pub name: &'static str,
+    pub map_type: MapType,
     pub key_size: u32,
     pub value_size: u32,
     /// Capacity set by the configuration (`max_objects`, `max_stats`) and checked against it;
@@ -45,35 +47,43 @@ const fn size<T>() -> u32 {
 pub const PINNED_MAPS: [MapLayout; 4] = [
     MapLayout {
         name: LIVE_OBJECTS,
-        key_size: size::<u64>(),
+        map_type: MapType::Array,
+        key_size: size::<u32>(),
         value_size: size::<LiveObject>(),
         configured_capacity: true,
     },
     MapLayout {
         name: CGROUP_CACHE_STATS,
+        map_type: MapType::PerCpuHash,
         key_size: size::<StatsKey>(),
         value_size: size::<CacheStats>(),
         configured_capacity: true,
     },
     MapLayout {
         name: CACHE_NAMES,
+        map_type: MapType::Hash,
         key_size: size::<u64>(),
         value_size: size::<CacheName>(),
         configured_capacity: false,
     },
     MapLayout {
         name: GLOBAL_COUNTERS,
+        map_type: MapType::PerCpuArray,
         key_size: size::<u32>(),
         value_size: size::<GlobalCounters>(),
         configured_capacity: false,
     },
 ];
 
-/// `layout-<8 hex digits>`: FNV-1a over the revision and every pinned map's name and sizes.
+/// `layout-<8 hex digits>`: FNV-1a over the revision and every pinned map's name, type and
+/// sizes.
 pub fn layout_dir_name() -> String {
     let mut text = format!("r{LAYOUT_REVISION}");
     for m in PINNED_MAPS {
-        text.push_str(&format!(";{}:{}:{}", m.name, m.key_size, m.value_size));
+        text.push_str(&format!(
+            ";{}:{:?}:{}:{}",
+            m.name, m.map_type, m.key_size, m.value_size
+        ));
     }
     let mut hash: u32 = 0x811c_9dc5;
     for b in text.bytes() {
@@ -134,6 +144,15 @@ pub enum PinError {
          that pinned them, usually root, or with CAP_DAC_OVERRIDE)"
     )]
     Inspect { path: PathBuf, reason: String },
+    #[error(
+        "pinned map {path} is a {pinned} map, this agent uses a {expected} map: it was made by \
+         an incompatible kmemcg; run `kmemcg agent --reset` to start fresh"
+    )]
+    WrongType {
+        path: PathBuf,
+        pinned: String,
+        expected: String,
+    },
 }
 
 fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> PinError {
@@ -183,7 +202,8 @@ impl PinnedMaps {
 /// Capacities the configuration asks for, checked against already pinned maps.
 #[derive(Clone, Copy, Debug)]
 pub struct Capacities {
-    pub max_objects: u32,
+    /// Slots of the live-object table (`max_objects` rounded up to a power of two).
+    pub live_slots: u32,
     pub max_stats: u32,
 }
 
@@ -215,7 +235,7 @@ pub fn open(base: &Path, capacities: Capacities) -> Result<PinnedMaps, PinError>
             continue;
         }
         let want = layout.configured_capacity.then_some(match layout.name {
-            LIVE_OBJECTS => capacities.max_objects,
+            LIVE_OBJECTS => capacities.live_slots,
             _ => capacities.max_stats,
         });
         check_map(&path, &layout, want)?;
@@ -306,6 +326,17 @@ fn check_map(path: &Path, layout: &MapLayout, max_entries: Option<u32>) -> Resul
         hint,
     };
     let layout_hint = "it was made by an incompatible kmemcg";
+    let map_type = info.map_type().map_err(|e| PinError::Inspect {
+        path: path.to_path_buf(),
+        reason: with_sources(&e),
+    })?;
+    if map_type != layout.map_type {
+        return Err(PinError::WrongType {
+            path: path.to_path_buf(),
+            pinned: format!("{map_type:?}"),
+            expected: format!("{:?}", layout.map_type),
+        });
+    }
     if info.key_size() != layout.key_size {
         return Err(mismatch(
             "key size",
@@ -326,7 +357,7 @@ fn check_map(path: &Path, layout: &MapLayout, max_entries: Option<u32>) -> Resul
         && info.max_entries() != max_entries
     {
         let hint = if layout.name == LIVE_OBJECTS {
-            "set max_objects back to the pinned capacity"
+            "set max_objects back to the pinned number of slots"
         } else {
             "set max_stats back to the pinned capacity"
         };
@@ -392,7 +423,7 @@ mod tests {
         let e = open(
             &dir,
             Capacities {
-                max_objects: 1024,
+                live_slots: 1024,
                 max_stats: 64,
             },
         )

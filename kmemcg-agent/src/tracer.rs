@@ -21,8 +21,10 @@ use crate::{
 /// The eBPF object, built by build.rs and embedded so that one binary is all there is to ship.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/kmemcg-ebpf"));
 
-/// Default capacity of the live-object map: 48 MiB of kernel memory (96 B an entry), preallocated.
-pub const DEFAULT_MAX_OBJECTS: u32 = 1 << 19;
+/// Default capacity of the live-object table: 2^20 slots of 32 bytes (32 MiB of kernel memory).
+/// An object takes one of the 8 slots its address hashes to, so the table holds about 80% of
+/// its slots before allocations start being dropped.
+pub const DEFAULT_MAX_OBJECTS: u32 = 1 << 20;
 /// Kernel memory the per-(cgroup, cache) counter map gets by default. An entry is
 /// preallocated and costs about 96 + 48 x CPUs bytes; a cgroup uses one entry per cache it
 /// allocates from (typically 10 to 40).
@@ -37,7 +39,7 @@ pub fn default_max_stats() -> u32 {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TracerConfig {
-    /// Capacity of the live-object map.
+    /// Slots of the live-object table (rounded up to a power of two).
     pub max_objects: u32,
     /// Capacity of the (cgroup, cache) counter map.
     pub max_stats: u32,
@@ -82,11 +84,13 @@ impl Tracer {
         if EBPF_OBJECT.is_empty() {
             return Err(StartError::NoProgramsEmbedded);
         }
+        let live_slots = config.max_objects.next_power_of_two();
+        let live_slot_mask = live_slots - 1;
         let pinned = match &config.pin_dir {
             Some(dir) => Some(pin::open(
                 dir,
                 pin::Capacities {
-                    max_objects: config.max_objects,
+                    live_slots,
                     max_stats: config.max_stats,
                 },
             )?),
@@ -137,7 +141,8 @@ impl Tracer {
                 &layout.cgroup_root_hierarchy_id_offset,
                 true,
             )
-            .map_max_entries(LIVE_OBJECTS, config.max_objects)
+            .override_global(globals::LIVE_SLOT_MASK, &live_slot_mask, true)
+            .map_max_entries(LIVE_OBJECTS, live_slots)
             .map_max_entries(CGROUP_CACHE_STATS, config.max_stats)
             .load(EBPF_OBJECT)
             .map_err(|e| StartError::Load(Box::new(e)))?;

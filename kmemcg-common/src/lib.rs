@@ -5,8 +5,19 @@
 //! compile time, because both sides read the same bytes.
 #![no_std]
 
-/// Live objects, keyed by the object's address (slab) or `__percpu` pointer (percpu).
+/// Live objects: an open-addressing table of [`LiveObject`] slots (an array map), found by
+/// the object's address (slab) or `__percpu` pointer (percpu) through [`live_slot_hash`].
 pub const LIVE_OBJECTS: &str = "LIVE_OBJECTS";
+
+/// Slots an address may occupy, from its hash on: when all are taken, the object is dropped.
+pub const LIVE_PROBES: u32 = 8;
+
+/// First slot of an address in [`LIVE_OBJECTS`] (before masking to the table's size).
+#[inline(always)]
+pub const fn live_slot_hash(ptr: u64) -> u32 {
+    // Slab objects are at least 8-byte aligned; Fibonacci hashing spreads the rest.
+    ((ptr >> 3).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as u32
+}
 /// Per-CPU counters per (cgroup, cache), [`StatsKey`] -> [`CacheStats`].
 pub const CGROUP_CACHE_STATS: &str = "CGROUP_CACHE_STATS";
 /// `struct kmem_cache` address -> cache name, filled the first time a cache is seen.
@@ -34,6 +45,8 @@ pub mod globals {
     pub const KMEM_CACHE_NAME_OFFSET: &str = "KMEM_CACHE_NAME_OFFSET";
     /// Number of possible CPUs (u64): a percpu allocation of `size` takes `size` on each.
     pub const POSSIBLE_CPUS: &str = "POSSIBLE_CPUS";
+    /// Slots of LIVE_OBJECTS minus one (u32); the table's size is a power of two.
+    pub const LIVE_SLOT_MASK: &str = "LIVE_SLOT_MASK";
     /// Byte offsets of `struct cgroup::kn`, `struct cgroup::root`, `struct kernfs_node::id`
     /// and `struct cgroup_root::hierarchy_id`, from BTF.
     pub const CGROUP_KN_OFFSET: &str = "CGROUP_KN_OFFSET";
@@ -145,10 +158,12 @@ pub struct StatsKey {
     pub cache_id: u64,
 }
 
-/// One live object's owner, value of [`LIVE_OBJECTS`].
+/// One live object and its owner, a slot of [`LIVE_OBJECTS`] (free when `ptr` is 0).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LiveObject {
+    /// The object's address; claimed and released with compare-and-swap.
+    pub ptr: u64,
     pub cgroup_id: u64,
     pub cache_id: u64,
     /// Bytes the allocation really takes (slab: the cache's object size; kmalloc: the bucket
@@ -266,7 +281,7 @@ impl CacheName {
 }
 
 const _: () = assert!(core::mem::size_of::<StatsKey>() == 16);
-const _: () = assert!(core::mem::size_of::<LiveObject>() == 24);
+const _: () = assert!(core::mem::size_of::<LiveObject>() == 32);
 const _: () = assert!(core::mem::size_of::<CacheStats>() == 48);
 const _: () = assert!(core::mem::size_of::<GlobalCounters>() == 40);
 const _: () = assert!(core::mem::size_of::<CgroupEvent>() == 16 + CGROUP_PATH_LEN);
@@ -309,6 +324,18 @@ mod tests {
             CacheKind::Slab(0xffff_8880_0123_4500)
         );
         assert_eq!(CacheKind::of(7), CacheKind::Unknown(7));
+    }
+
+    #[test]
+    fn live_slots_spread_neighbouring_objects() {
+        let base = 0xffff_8880_1234_0000u64;
+        let mut slots: [u32; 64] = [0; 64];
+        for (i, slot) in slots.iter_mut().enumerate() {
+            *slot = live_slot_hash(base + 64 * i as u64) & 1023;
+        }
+        slots.sort_unstable();
+        let distinct = 1 + slots.windows(2).filter(|w| w[0] != w[1]).count();
+        assert!(distinct >= 56, "{distinct} distinct slots of 64");
     }
 
     #[test]

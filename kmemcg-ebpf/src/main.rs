@@ -3,20 +3,28 @@
 //! On allocation the allocating task's cgroup is charged in per-CPU counters, and the object's
 //! owner is remembered by address; on free, whichever task or context frees it, the owner found
 //! by address is uncharged. Names, paths, sums over CPUs and the hierarchy are the agent's job.
+//!
+//! Owners live in a lock-free open-addressing table (an array map, slots claimed with
+//! compare-and-swap): hash-map updates take a bucket lock with interrupts disabled and a
+//! freelist lock, which costs several times the rest of the programs.
 #![no_std]
 #![no_main]
+// Atomic compare-and-swap and add on map values (BPF_ATOMIC): the bpf target's `core` has no
+// atomic read-modify-write types.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_F_NO_PREALLOC, BPF_NOEXIST},
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::{bpf_get_current_cgroup_id, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes},
     macros::{btf_tracepoint, map},
-    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::BtfTracePointContext,
 };
 use kmemcg_common::{
     CACHE_ID_PERCPU, CGROUP_EVENT_MKDIR, CGROUP_EVENT_RENAME, CGROUP_EVENT_RMDIR, CacheName,
-    CacheStats, CgroupEvent, GlobalCounters, LiveObject, OBJECT_ACCOUNTED, RootCgroupMode,
-    StatsKey, kmalloc_cache_id,
+    CacheStats, CgroupEvent, GlobalCounters, LIVE_PROBES, LiveObject, OBJECT_ACCOUNTED,
+    RootCgroupMode, StatsKey, kmalloc_cache_id, live_slot_hash,
 };
 
 // Load-time configuration, written by the agent (EbpfLoader::set_global). Read-only and frozen,
@@ -37,6 +45,9 @@ static KMEM_CACHE_SIZE_OFFSET: u32 = 0;
 static KMEM_CACHE_NAME_OFFSET: u32 = 0;
 #[unsafe(no_mangle)]
 static POSSIBLE_CPUS: u64 = 1;
+/// Slots of LIVE_OBJECTS minus one (a power of two minus one).
+#[unsafe(no_mangle)]
+static LIVE_SLOT_MASK: u32 = (1 << 20) - 1;
 #[unsafe(no_mangle)]
 static CGROUP_KN_OFFSET: u32 = 0;
 #[unsafe(no_mangle)]
@@ -48,7 +59,7 @@ static CGROUP_ROOT_HIERARCHY_ID_OFFSET: u32 = 0;
 
 // Sizes here are defaults; the agent sets the capacities it is configured with.
 #[map]
-static LIVE_OBJECTS: HashMap<u64, LiveObject> = HashMap::with_max_entries(1 << 19, 0);
+static LIVE_OBJECTS: Array<LiveObject> = Array::with_max_entries(1 << 20, 0);
 // Preallocated: entries allocated on demand (BPF_F_NO_PREALLOC) fail under bursts of new
 // (cgroup, cache) pairs in this allocation-tracing context. The agent sizes it to the CPUs.
 #[map]
@@ -61,7 +72,6 @@ static GLOBAL_COUNTERS: PerCpuArray<GlobalCounters> = PerCpuArray::with_max_entr
 #[map]
 static CGROUP_EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 
-const EEXIST: i32 = 17;
 /// kmalloc(0) returns ZERO_SIZE_PTR, never a real object.
 const ZERO_SIZE_PTR: u64 = 16;
 
@@ -260,19 +270,19 @@ fn on_alloc(alloc: Allocation) {
     let count_only = if cgroup_id == global(&ROOT_CGROUP_ID) {
         match RootCgroupMode::from_u32(global(&ROOT_CGROUP_MODE)) {
             Some(RootCgroupMode::Track) => false,
-            Some(RootCgroupMode::Count) => {
-                // The address may still be held by a tracked object whose free no hook saw.
-                if uncharge(alloc.ptr) {
-                    let _ = LIVE_OBJECTS.remove(alloc.ptr);
-                    with_global_counters(|c| c.stale_objects += 1);
-                }
-                true
-            }
+            Some(RootCgroupMode::Count) => true,
             _ => return,
         }
     } else {
         false
     };
+    if count_only {
+        // The address may still be held by a tracked object whose free no hook saw (bulk
+        // frees): that object is gone, so its owner is uncharged.
+        if uncharge(alloc.ptr) {
+            with_global_counters(|c| c.stale_objects += 1);
+        }
+    }
     let key = StatsKey {
         cgroup_id,
         cache_id: alloc.cache_id,
@@ -288,32 +298,29 @@ fn on_alloc(alloc: Allocation) {
         return;
     }
     let object = LiveObject {
+        ptr: alloc.ptr,
         cgroup_id,
         cache_id: alloc.cache_id,
         bytes: alloc.bytes as u32,
         flags: if alloc.accounted { OBJECT_ACCOUNTED } else { 0 },
     };
-    match LIVE_OBJECTS.insert(alloc.ptr, object, BPF_NOEXIST as u64) {
-        Ok(()) => {}
-        Err(err) if -err == EEXIST => {
-            // The address is still held by an object whose free no tracepoint reported (bulk
-            // frees): that object is gone, so uncharge it before charging the new one.
-            uncharge(alloc.ptr);
+    match remember(&object) {
+        Remembered::New => charge(stats, &object, 1),
+        Remembered::Replaced(stale) => {
+            charge(stats, &object, 1);
+            uncharge_owner(&stale);
             with_global_counters(|c| c.stale_objects += 1);
-            if LIVE_OBJECTS
-                .insert(alloc.ptr, object, BPF_ANY as u64)
-                .is_err()
-            {
-                with_global_counters(|c| c.dropped_live_full += 1);
-                return;
-            }
         }
-        Err(_) => {
-            with_global_counters(|c| c.dropped_live_full += 1);
-            return;
-        }
+        Remembered::Full => with_global_counters(|c| c.dropped_live_full += 1),
     }
-    charge(stats, &object, 1);
+}
+
+enum Remembered {
+    New,
+    /// The address was still held by a tracked object whose free no hook saw (bulk frees):
+    /// that object is gone, and its owner must be uncharged.
+    Replaced(LiveObject),
+    Full,
 }
 
 #[inline(always)]
@@ -321,21 +328,98 @@ fn on_free(ptr: u64) {
     if ptr <= ZERO_SIZE_PTR {
         return;
     }
-    if uncharge(ptr) {
-        let _ = LIVE_OBJECTS.remove(ptr);
-    } else {
+    if !uncharge(ptr) {
         with_global_counters(|c| c.untracked_frees += 1);
     }
 }
 
-/// Uncharges the owner of the object at `ptr`; false if it is not tracked.
+/// Slot `probe` of `ptr`'s probe sequence.
+#[inline(always)]
+fn live_slot(ptr: u64, probe: u32) -> Option<*mut LiveObject> {
+    let index = live_slot_hash(ptr).wrapping_add(probe) & global(&LIVE_SLOT_MASK);
+    LIVE_OBJECTS.get_ptr_mut(index)
+}
+
+/// Puts `object` in its address's probe sequence: in place of a stale entry for the same
+/// address, else in the first free slot, claimed atomically so that two CPUs never share one.
+#[inline(always)]
+fn remember(object: &LiveObject) -> Remembered {
+    let mut free = LIVE_PROBES;
+    for probe in 0..LIVE_PROBES {
+        let Some(slot) = live_slot(object.ptr, probe) else {
+            return Remembered::Full;
+        };
+        // SAFETY: a slot of the array map.
+        let held = unsafe { core::ptr::read_volatile(&raw const (*slot).ptr) };
+        if held == object.ptr {
+            // SAFETY: the stale object cannot be freed any more: the slot is ours to rewrite.
+            unsafe {
+                let stale = *slot;
+                write_owner(slot, object);
+                return Remembered::Replaced(stale);
+            }
+        }
+        if held == 0 && free == LIVE_PROBES {
+            free = probe;
+        }
+    }
+    for probe in free..LIVE_PROBES {
+        let Some(slot) = live_slot(object.ptr, probe) else {
+            break;
+        };
+        // SAFETY: a slot of the array map, claimed atomically. The owner is written before the
+        // object can be freed (its free comes after this allocation hook returns).
+        unsafe {
+            let claim = &raw mut (*slot).ptr;
+            if core::ptr::read_volatile(claim) == 0 && compare_and_swap(claim, 0, object.ptr) {
+                write_owner(slot, object);
+                return Remembered::New;
+            }
+        }
+    }
+    Remembered::Full
+}
+
+/// Writes everything but the (already claimed) address.
+#[inline(always)]
+unsafe fn write_owner(slot: *mut LiveObject, object: &LiveObject) {
+    // SAFETY: the caller owns the slot.
+    unsafe {
+        (*slot).cgroup_id = object.cgroup_id;
+        (*slot).cache_id = object.cache_id;
+        (*slot).bytes = object.bytes;
+        (*slot).flags = object.flags;
+    }
+}
+
+/// Releases the slot of the object at `ptr` and uncharges its owner; false if untracked.
 #[inline(always)]
 fn uncharge(ptr: u64) -> bool {
-    let Some(object) = LIVE_OBJECTS.get_ptr(ptr) else {
-        return false;
-    };
-    // SAFETY: a value of the map; copied out at once.
-    let object = unsafe { *object };
+    for probe in 0..LIVE_PROBES {
+        let Some(slot) = live_slot(ptr, probe) else {
+            return false;
+        };
+        // SAFETY: a slot of the array map. Whoever swaps the address out owns the release, so
+        // an object is never uncharged twice.
+        let object = unsafe {
+            let claim = &raw mut (*slot).ptr;
+            if core::ptr::read_volatile(claim) != ptr {
+                continue;
+            }
+            let object = *slot;
+            if !compare_and_swap(claim, ptr, 0) {
+                continue;
+            }
+            object
+        };
+        uncharge_owner(&object);
+        return true;
+    }
+    false
+}
+
+#[inline(always)]
+fn uncharge_owner(object: &LiveObject) {
     let key = StatsKey {
         cgroup_id: object.cgroup_id,
         cache_id: object.cache_id,
@@ -344,19 +428,38 @@ fn uncharge(ptr: u64) -> bool {
         // SAFETY: per-CPU value of this CPU.
         let stats = unsafe { &mut *stats };
         stats.frees += 1;
-        charge(stats, &object, -1);
+        charge(stats, object, -1);
     }
-    true
+}
+
+/// Atomically replaces `*target` with `new` if it is `current`.
+#[inline(always)]
+unsafe fn compare_and_swap(target: *mut u64, current: u64, new: u64) -> bool {
+    use core::intrinsics::{AtomicOrdering::SeqCst, atomic_cxchg};
+    // SAFETY: the caller passes a valid, aligned map value field.
+    unsafe { atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(target, current, new).1 }
+}
+
+/// Adds to a per-CPU counter atomically: a program hooked in an interrupt (a kfree there) can
+/// run in the middle of another on the same CPU, and a plain read-modify-write would lose one
+/// of the two updates.
+#[inline(always)]
+fn atomic_add(target: &mut i64, delta: i64) {
+    use core::intrinsics::{AtomicOrdering::Relaxed, atomic_xadd};
+    // SAFETY: an aligned field of a map value.
+    unsafe {
+        atomic_xadd::<i64, i64, { Relaxed }>(target, delta);
+    }
 }
 
 #[inline(always)]
 fn charge(stats: &mut CacheStats, object: &LiveObject, sign: i64) {
     let bytes = object.bytes as i64 * sign;
-    stats.live_bytes += bytes;
-    stats.live_objects += sign;
+    atomic_add(&mut stats.live_bytes, bytes);
+    atomic_add(&mut stats.live_objects, sign);
     if object.flags & OBJECT_ACCOUNTED != 0 {
-        stats.accounted_bytes += bytes;
-        stats.accounted_objects += sign;
+        atomic_add(&mut stats.accounted_bytes, bytes);
+        atomic_add(&mut stats.accounted_objects, sign);
     }
 }
 

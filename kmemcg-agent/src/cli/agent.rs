@@ -26,9 +26,9 @@ pub struct AgentArgs {
     /// Address the HTTP API and /metrics listen on [default: 127.0.0.1:9847].
     #[arg(long, env = "KMEMCG_LISTEN")]
     pub listen: Option<SocketAddr>,
-    /// Capacity of the live-object map (objects whose owner is remembered); allocations beyond
-    /// it are counted as dropped. About 96 bytes of kernel memory each, preallocated
-    /// [default: 524288, 48 MiB].
+    /// Slots of the live-object table (objects whose owner is remembered), rounded up to a
+    /// power of two; 32 bytes of kernel memory each. An allocation whose 8 candidate slots are
+    /// all taken is counted as dropped [default: 1048576, 32 MiB].
     #[arg(long, env = "KMEMCG_MAX_OBJECTS",
           value_parser = clap::value_parser!(u32).range(1024..=1 << 26))]
     pub max_objects: Option<u32>,

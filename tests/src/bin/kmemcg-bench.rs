@@ -24,6 +24,9 @@ struct Args {
     /// Seconds per run.
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
+    /// kmemcg's live-object map capacity (the agent's --max-objects).
+    #[arg(long)]
+    max_objects: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -68,7 +71,7 @@ fn main() -> anyhow::Result<()> {
         for i in 0..Mode::ALL.len() {
             let index = (i + round) % Mode::ALL.len();
             let mode = Mode::ALL[index];
-            let (ops, ns, runs) = run(mode, &cgroup, &dir, args.seconds)?;
+            let (ops, ns, runs) = run(mode, &cgroup, &dir, &args)?;
             eprintln!("round {} {:<36} {ops:>10.0} ops/s", round + 1, mode.label());
             let r = &mut results[index];
             r.ops_per_sec.push(ops);
@@ -82,17 +85,17 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// One run of the workload under `mode`: (ops/s, BPF ns, BPF runs).
-fn run(
-    mode: Mode,
-    cgroup: &TestCgroup,
-    dir: &str,
-    seconds: f64,
-) -> anyhow::Result<(f64, u64, u64)> {
+fn run(mode: Mode, cgroup: &TestCgroup, dir: &str, args: &Args) -> anyhow::Result<(f64, u64, u64)> {
+    let seconds = args.seconds;
     let empty = (mode == Mode::Empty)
         .then(EmptyPrograms::attach)
         .transpose()?;
     let mut sampler = if mode == Mode::Kmemcg {
-        Some(Sampler::new(Tracer::start(TracerConfig::default())?))
+        let mut config = TracerConfig::default();
+        if let Some(max) = args.max_objects {
+            config.max_objects = max;
+        }
+        Some(Sampler::new(Tracer::start(config)?))
     } else {
         None
     };
