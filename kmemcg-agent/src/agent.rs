@@ -14,18 +14,23 @@ use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
     error::StartError,
+    metrics::MetricsConfig,
     sampler::{Sampler, Snapshot},
-    server,
+    server::{self, Shared},
     tracer::{Tracer, TracerConfig},
 };
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct AgentConfig {
     pub listen: SocketAddr,
     /// How often the maps are read.
     pub interval: Duration,
     pub tracer: TracerConfig,
+    pub metrics: MetricsConfig,
 }
+
+/// Reads the configuration again (on SIGHUP).
+pub type Reload = Box<dyn Fn() -> anyhow::Result<AgentConfig> + Send + Sync>;
 
 /// Binds the API's address, with a clear error when it is taken.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -43,6 +48,21 @@ pub async fn run(
     config: AgentConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    run_with_reload(config, shutdown, None).await
+}
+
+/// Runs the agent until `shutdown` completes; on SIGHUP, `reload` (if any) is called and what
+/// can change without a restart (metrics settings, interval) is applied.
+pub async fn run_with_reload(
+    config: AgentConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    reload: Option<Reload>,
+) -> anyhow::Result<()> {
+    // Before loading (which takes a while): a SIGHUP must not kill a starting agent.
+    let hup = match reload {
+        Some(reload) => Some((sighup().context("handling SIGHUP")?, reload)),
+        None => None,
+    };
     // Bind first: a taken port is reported before anything is loaded into the kernel.
     let listener = bind(config.listen).await?;
     let tracer = Tracer::start(config.tracer.clone())?;
@@ -50,30 +70,93 @@ pub async fn run(
     let first = sampler.sample().context("reading the eBPF maps")?;
     let (tx, rx) = watch::channel(Arc::new(first));
     let stop = Arc::new(AtomicBool::new(false));
-    let sampling = spawn_sampling(sampler, tx, config.interval, stop.clone());
+    let shared = Arc::new(Shared::new(config.metrics.clone(), config.interval));
+    let sampling = spawn_sampling(sampler, tx, shared.clone(), stop.clone());
+    let reloading = hup.map(|(hup, reload)| {
+        tokio::spawn(reload_on_sighup(
+            hup,
+            config.clone(),
+            reload,
+            shared.clone(),
+        ))
+    });
 
     tracing::info!(listen = %config.listen, "kmemcg agent serving");
-    axum::serve(listener, server::router(rx))
+    let served = axum::serve(listener, server::router_with(rx, shared))
         .with_graceful_shutdown(shutdown)
         .await
-        .context("serving the HTTP API")?;
+        .context("serving the HTTP API");
+    if let Some(task) = reloading {
+        task.abort();
+    }
     stop.store(true, Ordering::Relaxed);
     // Dropping the sampler detaches the programs.
     let _ = tokio::task::spawn_blocking(move || sampling.join()).await;
+    served?;
     tracing::info!("kmemcg agent stopped");
     Ok(())
+}
+
+/// Applies a new configuration on every SIGHUP; a bad one is reported and the running one kept.
+async fn reload_on_sighup(
+    mut hup: tokio::signal::unix::Signal,
+    mut current: AgentConfig,
+    reload: Reload,
+    shared: Arc<Shared>,
+) {
+    while hup.recv().await.is_some() {
+        let new = match reload() {
+            Ok(new) => new,
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "configuration reload failed; keeping the running configuration");
+                continue;
+            }
+        };
+        let restart_only = restart_only_changes(&current, &new);
+        if !restart_only.is_empty() {
+            tracing::warn!(keys = ?restart_only, "these settings take effect only at the next start");
+        }
+        shared.set_metrics_config(new.metrics.clone());
+        shared.set_interval(new.interval);
+        tracing::info!(interval = ?new.interval, metrics = ?new.metrics, "configuration reloaded");
+        current = AgentConfig {
+            listen: current.listen,
+            tracer: current.tracer.clone(),
+            ..new
+        };
+    }
+}
+
+fn sighup() -> std::io::Result<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+}
+
+/// Keys whose change needs a restart: the listening address and everything loaded into the
+/// kernel.
+pub fn restart_only_changes(running: &AgentConfig, new: &AgentConfig) -> Vec<&'static str> {
+    let (a, b) = (&running.tracer, &new.tracer);
+    [
+        ("listen", running.listen != new.listen),
+        ("max_objects", a.max_objects != b.max_objects),
+        ("max_stats", a.max_stats != b.max_stats),
+        ("root_cgroup", a.root_mode != b.root_mode),
+        ("pin_dir", a.pin_dir != b.pin_dir),
+    ]
+    .into_iter()
+    .filter_map(|(key, changed)| changed.then_some(key))
+    .collect()
 }
 
 /// Map reads are syscalls: they run on their own thread, not on the async runtime.
 fn spawn_sampling(
     mut sampler: Sampler,
     tx: watch::Sender<Arc<Snapshot>>,
-    interval: Duration,
+    shared: Arc<Shared>,
     stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         while !stop.load(Ordering::Relaxed) {
-            sleep_unless_stopped(interval, &stop, &mut sampler);
+            sleep_unless_stopped(shared.interval(), &stop, &mut sampler);
             match sampler.sample() {
                 Ok(snapshot) => {
                     tx.send_replace(Arc::new(snapshot));
@@ -104,4 +187,25 @@ pub async fn shutdown_signal() {
         _ = term.recv() => {}
     }
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_kernel_and_listen_settings_need_a_restart() {
+        let running =
+            crate::config::resolve(None, &Default::default()).expect("defaults are valid");
+        let mut new = running.clone();
+        new.interval = Duration::from_secs(9);
+        new.metrics.top_caches = 1;
+        assert!(restart_only_changes(&running, &new).is_empty());
+        new.tracer.max_objects *= 2;
+        new.tracer.pin_dir = Some("/sys/fs/bpf/x".into());
+        assert_eq!(
+            restart_only_changes(&running, &new),
+            ["max_objects", "pin_dir"]
+        );
+    }
 }

@@ -36,6 +36,8 @@ pub enum StartError {
          rebuild it without AYA_BUILD_SKIP"
     )]
     NoProgramsEmbedded,
+    #[error(transparent)]
+    Pin(#[from] crate::pin::PinError),
     #[error("loading kmemcg's eBPF programs failed: {0}")]
     Load(#[source] Box<aya::EbpfError>),
     #[error("loading the {hook} program failed (the verifier's log follows): {source}")]

@@ -1,7 +1,9 @@
 //! kmemcg's agent library: the data path from the kernel to the user, one module per step.
 //!
 //! kernel (facts) -> tracer (load, attach) -> collector (read, sum maps) -> cgroups (id ->
-//! path) -> report (per-cgroup usage) -> sampler (snapshots) -> server (HTTP API) -> cli.
+//! path) -> report (per-cgroup usage) -> sampler (snapshots) -> server (HTTP API, metrics) -> cli.
+//! Daemon concerns beside the path: config (file, env, flags), pin (bpffs), metadata (pod and
+//! container from a cgroup path), metrics (Prometheus exposition).
 pub mod agent;
 pub mod api;
 pub mod baseline;
@@ -10,8 +12,12 @@ pub mod cgroups;
 pub mod cli;
 pub mod client;
 pub mod collector;
+pub mod config;
 pub mod error;
 pub mod kernel;
+pub mod metadata;
+pub mod metrics;
+pub mod pin;
 pub mod report;
 pub mod sampler;
 pub mod server;

@@ -1,3 +1,5 @@
+use std::io::IsTerminal as _;
+
 use clap::Parser as _;
 use kmemcg_agent::cli::{self, Cli};
 use tracing_subscriber::EnvFilter;
@@ -9,17 +11,28 @@ async fn main() -> std::process::ExitCode {
     // SAFETY: mallopt has no preconditions.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("KMEMCG_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logs();
     match cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("kmemcg: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// Logs to stderr, filtered by `KMEMCG_LOG` (default `info`); `KMEMCG_LOG_FORMAT=json` for one
+/// JSON object per line.
+fn init_logs() {
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("KMEMCG_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr);
+    if std::env::var("KMEMCG_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        logs.json().flatten_event(true).init();
+    } else {
+        // journald and kubectl logs show escape codes verbatim.
+        logs.with_ansi(std::io::stderr().is_terminal()).init();
     }
 }

@@ -286,7 +286,7 @@ mod tests {
             live_objects,
             accounted_bytes,
             accounted_objects: live_objects,
-            allocs: live_objects as u64 + 1,
+            allocs: live_objects.max(0) as u64 + 1,
             frees: 1,
         }
     }

@@ -15,6 +15,7 @@ use crate::{
     collector::{self, RawSnapshot},
     error::{ReadError, StartError},
     kernel::{self, btf::KernelLayout, caps, cgroupfs},
+    pin::{self, PinnedMaps},
 };
 
 /// The eBPF object, built by build.rs and embedded so that one binary is all there is to ship.
@@ -38,13 +39,16 @@ pub fn default_max_stats() -> u32 {
     power_of_two.clamp(8192, 1 << 18) as u32
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TracerConfig {
     /// Slots of the live-object table (rounded up to a power of two).
     pub max_objects: u32,
     /// Capacity of the (cgroup, cache) counter map.
     pub max_stats: u32,
     pub root_mode: RootCgroupMode,
+    /// Pin the live-object and counter maps under this bpffs directory and reuse what a
+    /// previous agent pinned there (see [`crate::pin`]); `None`: maps die with the agent.
+    pub pin_dir: Option<PathBuf>,
 }
 
 impl Default for TracerConfig {
@@ -53,6 +57,7 @@ impl Default for TracerConfig {
             max_objects: DEFAULT_MAX_OBJECTS,
             max_stats: default_max_stats(),
             root_mode: RootCgroupMode::Count,
+            pin_dir: None,
         }
     }
 }
@@ -64,6 +69,8 @@ pub struct Tracer {
     hooks: Vec<String>,
     cgroup2_mount: PathBuf,
     cgroup_events: RingBuf<MapData>,
+    /// Dropped after `ebpf` (field order): the lock outlives the attached programs.
+    pinned: Option<PinnedMaps>,
 }
 
 impl Tracer {
@@ -79,13 +86,29 @@ impl Tracer {
         if EBPF_OBJECT.is_empty() {
             return Err(StartError::NoProgramsEmbedded);
         }
-        let root_mode = config.root_mode as u32;
-        let possible_cpus = kernel::possible_cpus() as u64;
         let live_slots = config.max_objects.next_power_of_two();
         let live_slot_mask = live_slots - 1;
         let stats_slots = config.max_stats.next_power_of_two();
         let stats_slot_mask = stats_slots - 1;
-        let mut ebpf = EbpfLoader::new()
+        let pinned = match &config.pin_dir {
+            Some(dir) => Some(pin::open(
+                dir,
+                pin::Capacities {
+                    live_slots,
+                    stats_slots,
+                },
+            )?),
+            None => None,
+        };
+        let root_mode = config.root_mode as u32;
+        let possible_cpus = kernel::possible_cpus() as u64;
+        let mut loader = EbpfLoader::new();
+        if let Some(pinned) = &pinned {
+            for map in pin::PINNED_MAPS {
+                loader.map_pin_path(map.name, pinned.map_path(map.name));
+            }
+        }
+        let mut ebpf = loader
             .override_global(globals::ROOT_CGROUP_MODE, &root_mode, true)
             .override_global(globals::ROOT_CGROUP_ID, &root_cgroup_id, true)
             .override_global(globals::GFP_ACCOUNT, &layout.gfp_account, true)
@@ -140,12 +163,16 @@ impl Tracer {
                 reason: format!("it has no {CGROUP_EVENTS} map"),
             })?;
         tracing::info!(hooks = ?hooks, root_mode = ?config.root_mode, "eBPF programs attached");
+        if let Some(p) = &pinned {
+            tracing::info!(dir = %p.dir().display(), reused = ?p.reused(), "maps pinned");
+        }
         Ok(Self {
             ebpf,
             config,
             hooks,
             cgroup2_mount,
             cgroup_events,
+            pinned,
         })
     }
 
@@ -184,6 +211,11 @@ impl Tracer {
     /// Tracepoints the programs are attached to.
     pub fn hooks(&self) -> &[String] {
         &self.hooks
+    }
+
+    /// The pinned maps' directory, when pinning.
+    pub fn pinned(&self) -> Option<&PinnedMaps> {
+        self.pinned.as_ref()
     }
 
     /// Where the cgroup v2 hierarchy whose ids the programs record is mounted.

@@ -388,6 +388,7 @@ impl AgentProcess {
         self.addr
     }
 
+    /// Process id, to send the agent signals (SIGHUP).
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

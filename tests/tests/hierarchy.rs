@@ -245,15 +245,13 @@ fn cgroup_churn_leaves_no_stale_state() {
             .filter(|c| c.name == "dentry" || c.name == "shmem_inode_cache")
             .map(|c| c.objects)
             .sum();
-        if file_objects < 20 {
+        // Cgroups that hold nothing are forgotten (status and list are two readings apart).
+        let forgotten = status.known_cgroups <= baseline.known_cgroups + 10 + status.dying_cgroups;
+        if file_objects < 20 && forgotten {
             eprintln!(
                 "after freeing: {} of {count} removed cgroups still hold objects ({} B)",
                 left.len(),
                 left.iter().map(|d| d.residual_bytes).sum::<u64>()
-            );
-            assert!(
-                status.known_cgroups <= baseline.known_cgroups + 10 + left.len() as u64,
-                "{status:#?}"
             );
             break;
         }

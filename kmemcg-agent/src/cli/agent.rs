@@ -1,38 +1,75 @@
-//! `kmemcg agent`.
-use std::{net::SocketAddr, time::Duration};
+//! `kmemcg agent`: the daemon, and its configuration and pinned-map chores.
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
 
+use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use kmemcg_common::RootCgroupMode;
 
 use crate::{
     agent::{self, AgentConfig},
-    api::DEFAULT_LISTEN,
-    tracer::{DEFAULT_MAX_OBJECTS, TracerConfig, default_max_stats},
+    config::{self, Overrides},
+    pin::{self, DEFAULT_PIN_DIR},
 };
 
+/// Flags override environment variables, which override the config file.
 #[derive(Debug, Args)]
 pub struct AgentArgs {
-    /// Address the HTTP API listens on.
-    #[arg(long, default_value = DEFAULT_LISTEN, env = "KMEMCG_LISTEN")]
-    pub listen: SocketAddr,
+    /// TOML configuration file (see docs/daemon.md); flags and KMEMCG_* variables override it.
+    #[arg(long, env = "KMEMCG_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Check the configuration (file, environment, flags) and exit.
+    #[arg(long)]
+    pub check_config: bool,
+    /// Address the HTTP API and /metrics listen on [default: 127.0.0.1:9847].
+    #[arg(long, env = "KMEMCG_LISTEN")]
+    pub listen: Option<SocketAddr>,
     /// Slots of the live-object table (objects whose owner is remembered), rounded up to a
     /// power of two; 32 bytes of kernel memory each. An allocation whose 8 candidate slots are
-    /// all taken is counted as dropped.
-    #[arg(long, default_value_t = DEFAULT_MAX_OBJECTS,
+    /// all taken is counted as dropped [default: 1048576, 32 MiB].
+    #[arg(long, env = "KMEMCG_MAX_OBJECTS",
           value_parser = clap::value_parser!(u32).range(1024..=1 << 26))]
-    pub max_objects: u32,
+    pub max_objects: Option<u32>,
     /// Slots of the (cgroup, cache) counter table, rounded up to a power of two; 16 + 48 x
     /// CPUs bytes each [default: 16 MiB worth, at least 8192].
-    #[arg(long, value_parser = clap::value_parser!(u32).range(64..=1 << 22))]
+    #[arg(long, env = "KMEMCG_MAX_STATS",
+          value_parser = clap::value_parser!(u32).range(64..=1 << 22))]
     pub max_stats: Option<u32>,
     /// What to do with allocations of tasks in the root cgroup (kernel threads and unconfined
     /// services): count them without tracking objects, track them like any cgroup (fills the
-    /// map on busy hosts), or ignore them.
-    #[arg(long, value_enum, default_value_t = RootMode::Count)]
-    pub root_cgroup: RootMode,
-    /// How often the maps are read, in seconds.
-    #[arg(long, default_value_t = 1.0, value_parser = parse_interval)]
-    pub interval: f64,
+    /// map on busy hosts), or ignore them [default: count].
+    #[arg(long, value_enum, env = "KMEMCG_ROOT_CGROUP")]
+    pub root_cgroup: Option<RootMode>,
+    /// How often the maps are read, in seconds [default: 1].
+    #[arg(long, env = "KMEMCG_INTERVAL", value_parser = parse_interval)]
+    pub interval: Option<f64>,
+    /// Pin the live-object and counter maps in this bpffs directory, so that a restarted agent
+    /// keeps charging objects allocated before the restart (e.g. /sys/fs/bpf/kmemcg).
+    #[arg(
+        long,
+        env = "KMEMCG_PIN_DIR",
+        value_name = "DIR",
+        conflicts_with = "no_pin"
+    )]
+    pub pin_dir: Option<PathBuf>,
+    /// Do not pin maps, even if the config file says so.
+    #[arg(long)]
+    pub no_pin: bool,
+    /// Discard previously pinned maps before starting (after an incompatible upgrade).
+    #[arg(long, conflicts_with_all = ["unpin", "check_config"])]
+    pub reset: bool,
+    /// Remove everything kmemcg pinned in bpffs and exit (uninstall). Refused while an agent runs.
+    #[arg(long, conflicts_with = "check_config")]
+    pub unpin: bool,
+    /// Per-cache series for at most this many caches per cgroup [default: 5].
+    #[arg(long, env = "KMEMCG_TOP_CACHES",
+          value_parser = clap::value_parser!(u64).range(0..=config::TOP_CACHES_MAX as u64))]
+    pub top_caches: Option<u64>,
+    /// Per-cache series only for caches holding at least this many bytes [default: 65536].
+    #[arg(long, env = "KMEMCG_CACHE_MIN_BYTES")]
+    pub cache_min_bytes: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -56,22 +93,88 @@ fn parse_interval(s: &str) -> Result<f64, String> {
     let v: f64 = s
         .parse()
         .map_err(|_| format!("`{s}` is not a number of seconds"))?;
-    if (0.05..=3600.0).contains(&v) {
+    let (min, max) = config::INTERVAL_RANGE;
+    if (min..=max).contains(&v) {
         Ok(v)
     } else {
-        Err("the interval must be between 0.05 and 3600 seconds".into())
+        Err(format!(
+            "the interval must be between {min} and {max} seconds"
+        ))
+    }
+}
+
+impl AgentArgs {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            listen: self.listen,
+            interval_seconds: self.interval,
+            max_objects: self.max_objects,
+            max_stats: self.max_stats,
+            root_cgroup: self.root_cgroup.map(Into::into),
+            pin_dir: self.pin_dir.clone(),
+            no_pin: self.no_pin,
+            top_caches: self.top_caches.map(|v| v as usize),
+            cache_min_bytes: self.cache_min_bytes,
+        }
     }
 }
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
-    let config = AgentConfig {
-        listen: args.listen,
-        interval: Duration::from_secs_f64(args.interval),
-        tracer: TracerConfig {
-            max_objects: args.max_objects,
-            max_stats: args.max_stats.unwrap_or_else(default_max_stats),
-            root_mode: args.root_cgroup.into(),
-        },
+    let overrides = args.overrides();
+    let config = config::load(args.config.as_deref(), &overrides)?;
+    if args.check_config {
+        print_config(args.config.as_deref(), &config);
+        return Ok(());
+    }
+    // Without a pin_dir, --unpin and --reset act on the default one.
+    let pin_dir = config
+        .tracer
+        .pin_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_DIR));
+    if args.unpin || args.reset {
+        unpin(&pin_dir)?;
+        if args.unpin {
+            return Ok(());
+        }
+    }
+    let reload: agent::Reload = {
+        let path = args.config.clone();
+        Box::new(move || config::load(path.as_deref(), &overrides).map_err(Into::into))
     };
-    agent::run(config, agent::shutdown_signal()).await
+    agent::run_with_reload(config, agent::shutdown_signal(), Some(reload)).await
+}
+
+fn unpin(dir: &Path) -> anyhow::Result<()> {
+    let removed = pin::remove_all(dir)
+        .with_context(|| format!("removing kmemcg's pinned maps from {}", dir.display()))?;
+    if removed.is_empty() {
+        tracing::info!(dir = %dir.display(), "nothing pinned");
+    } else {
+        tracing::info!(dir = %dir.display(), removed = removed.len(), "pinned maps removed");
+    }
+    Ok(())
+}
+
+fn print_config(path: Option<&Path>, c: &AgentConfig) {
+    match path {
+        Some(p) => println!("configuration OK ({})", p.display()),
+        None => println!("configuration OK (no file; defaults, environment and flags)"),
+    }
+    println!("listen = \"{}\"", c.listen);
+    println!("interval_seconds = {}", c.interval.as_secs_f64());
+    println!("max_objects = {}", c.tracer.max_objects);
+    println!("max_stats = {}", c.tracer.max_stats);
+    println!(
+        "root_cgroup = \"{}\"",
+        crate::sampler::root_mode_name(c.tracer.root_mode)
+    );
+    match &c.tracer.pin_dir {
+        Some(dir) => println!("pin_dir = \"{}\"", dir.display()),
+        None => println!("# pin_dir unset: maps are not pinned"),
+    }
+    println!("[metrics]");
+    println!("top_caches = {}", c.metrics.top_caches);
+    println!("cache_min_bytes = {}", c.metrics.cache_min_bytes);
+    println!("container_labels = {}", c.metrics.container_labels);
 }

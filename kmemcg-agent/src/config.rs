@@ -1,0 +1,453 @@
+//! The agent's configuration: a TOML file, overridden by environment variables and flags
+//! (flags > env > file > defaults). Unknown keys and bad values are rejected with the file, the
+//! key and the reason.
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use kmemcg_common::RootCgroupMode;
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::{
+    agent::AgentConfig,
+    api::DEFAULT_LISTEN,
+    metrics::MetricsConfig,
+    tracer::{DEFAULT_MAX_OBJECTS, TracerConfig, default_max_stats},
+};
+
+/// Accepted ranges, shared by the flags and the file.
+pub const MAX_OBJECTS_RANGE: (i64, i64) = (1024, 1 << 26);
+pub const MAX_STATS_RANGE: (i64, i64) = (64, 1 << 22);
+pub const INTERVAL_RANGE: (f64, f64) = (0.05, 3600.0);
+pub const TOP_CACHES_MAX: i64 = 1000;
+
+/// Why a configuration was rejected. Each message names the file (or variable) and the key.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path} (check the path and its permissions)")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}, line {line}: not valid TOML: {reason}")]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+    #[error("config file {path}, line {line}, key `{key}`: {reason}")]
+    Key {
+        path: PathBuf,
+        line: usize,
+        key: String,
+        reason: String,
+    },
+    #[error("{source_name}, key `{key}`: {reason}")]
+    Value {
+        /// `config file <path>` or `--flag / KMEMCG_VAR`.
+        source_name: String,
+        key: String,
+        reason: String,
+    },
+}
+
+/// The file's content: every key optional, nothing else accepted.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub interval_seconds: Option<f64>,
+    pub max_objects: Option<i64>,
+    pub max_stats: Option<i64>,
+    pub root_cgroup: Option<String>,
+    pub pin_dir: Option<PathBuf>,
+    pub metrics: Option<FileMetrics>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileMetrics {
+    pub top_caches: Option<i64>,
+    pub cache_min_bytes: Option<i64>,
+    pub container_labels: Option<bool>,
+}
+
+/// Values given on the command line or in the environment (clap merges the two, flags first).
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub interval_seconds: Option<f64>,
+    pub max_objects: Option<u32>,
+    pub max_stats: Option<u32>,
+    pub root_cgroup: Option<RootCgroupMode>,
+    pub pin_dir: Option<PathBuf>,
+    pub no_pin: bool,
+    pub top_caches: Option<usize>,
+    pub cache_min_bytes: Option<u64>,
+}
+
+/// Reads and parses a config file.
+pub fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(path, &text)
+}
+
+/// Parses config text; `path` is only used in messages.
+pub fn parse(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
+    let deserializer = toml::de::Deserializer::parse(text).map_err(|e| ConfigError::Syntax {
+        path: path.to_path_buf(),
+        line: line_of(text, e.span()),
+        reason: e.message().to_string(),
+    })?;
+    serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.inner();
+        if key == "." {
+            ConfigError::Syntax {
+                path: path.to_path_buf(),
+                line: line_of(text, inner.span()),
+                reason: inner.message().to_string(),
+            }
+        } else {
+            ConfigError::Key {
+                path: path.to_path_buf(),
+                line: line_of(text, inner.span()),
+                key,
+                reason: reason(inner.message()),
+            }
+        }
+    })
+}
+
+/// serde's wording, with a hint for the two common cases.
+fn reason(message: &str) -> String {
+    if message.starts_with("unknown field") {
+        format!("{message}; remove it or check its spelling")
+    } else {
+        message
+            .replace("expected i64", "expected an integer")
+            .replace("expected f64", "expected a number")
+    }
+}
+
+fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> usize {
+    span.map_or(0, |s| {
+        text.get(..s.start.min(text.len()))
+            .map_or(0, |before| before.matches('\n').count() + 1)
+    })
+}
+
+/// Merges defaults, the file and the overrides into the agent's configuration, checking every
+/// value. `file` is `(path, content)` when a file was given.
+pub fn resolve(
+    file: Option<(&Path, &FileConfig)>,
+    over: &Overrides,
+) -> Result<AgentConfig, ConfigError> {
+    let empty = FileConfig::default();
+    let (path, f) = file.map_or((None, &empty), |(p, f)| (Some(p), f));
+    let metrics = f.metrics.clone().unwrap_or_default();
+    let bad = |key: &str, reason: String| match path {
+        Some(path) => ConfigError::Value {
+            source_name: format!("config file {}", path.display()),
+            key: key.into(),
+            reason,
+        },
+        None => ConfigError::Value {
+            source_name: "configuration".into(),
+            key: key.into(),
+            reason,
+        },
+    };
+
+    let listen = match (over.listen, &f.listen) {
+        (Some(addr), _) => addr,
+        (None, Some(s)) => s.parse().map_err(|_| {
+            bad(
+                "listen",
+                format!("`{s}` is not an address with a port, e.g. 127.0.0.1:9847"),
+            )
+        })?,
+        (None, None) => DEFAULT_LISTEN
+            .parse()
+            .map_err(|_| bad("listen", "bad built-in default".into()))?,
+    };
+    let interval = match over.interval_seconds.or(f.interval_seconds) {
+        Some(v) if (INTERVAL_RANGE.0..=INTERVAL_RANGE.1).contains(&v) => v,
+        Some(v) => {
+            return Err(bad(
+                "interval_seconds",
+                format!(
+                    "{v} is out of range: the interval must be between {} and {} seconds",
+                    INTERVAL_RANGE.0, INTERVAL_RANGE.1
+                ),
+            ));
+        }
+        None => 1.0,
+    };
+    let max_objects = pick_int(
+        over.max_objects.map(i64::from),
+        f.max_objects,
+        DEFAULT_MAX_OBJECTS.into(),
+        MAX_OBJECTS_RANGE,
+    )
+    .map_err(|r| bad("max_objects", r))?;
+    let max_stats = pick_int(
+        over.max_stats.map(i64::from),
+        f.max_stats,
+        default_max_stats().into(),
+        MAX_STATS_RANGE,
+    )
+    .map_err(|r| bad("max_stats", r))?;
+    let root_mode = match (over.root_cgroup, &f.root_cgroup) {
+        (Some(mode), _) => mode,
+        (None, Some(s)) => parse_root_mode(s).ok_or_else(|| {
+            bad(
+                "root_cgroup",
+                format!("`{s}` is not one of `ignore`, `count`, `track`"),
+            )
+        })?,
+        (None, None) => RootCgroupMode::Count,
+    };
+    let pin_dir = if over.no_pin {
+        None
+    } else {
+        over.pin_dir.clone().or_else(|| f.pin_dir.clone())
+    };
+    if let Some(dir) = &pin_dir
+        && !dir.is_absolute()
+    {
+        return Err(bad(
+            "pin_dir",
+            format!("`{}` is not an absolute path", dir.display()),
+        ));
+    }
+    let top_caches = pick_int(
+        over.top_caches.map(|v| v as i64),
+        metrics.top_caches,
+        MetricsConfig::default().top_caches as i64,
+        (0, TOP_CACHES_MAX),
+    )
+    .map_err(|r| bad("metrics.top_caches", r))?;
+    let cache_min_bytes = pick_int(
+        over.cache_min_bytes.map(|v| v as i64),
+        metrics.cache_min_bytes,
+        MetricsConfig::default().cache_min_bytes as i64,
+        (0, i64::MAX),
+    )
+    .map_err(|r| bad("metrics.cache_min_bytes", r))?;
+
+    Ok(AgentConfig {
+        listen,
+        interval: Duration::from_secs_f64(interval),
+        tracer: TracerConfig {
+            max_objects: max_objects as u32,
+            max_stats: max_stats as u32,
+            root_mode,
+            pin_dir,
+        },
+        metrics: MetricsConfig {
+            top_caches: top_caches as usize,
+            cache_min_bytes: cache_min_bytes as u64,
+            container_labels: metrics
+                .container_labels
+                .unwrap_or(MetricsConfig::default().container_labels),
+        },
+    })
+}
+
+/// The override, else the file's value, else the default; checked against `range`.
+fn pick_int(
+    over: Option<i64>,
+    file: Option<i64>,
+    default: i64,
+    range: (i64, i64),
+) -> Result<i64, String> {
+    let v = over.or(file).unwrap_or(default);
+    if v < 0 {
+        Err(format!(
+            "{v} is negative: it must be a count of at least {}",
+            range.0
+        ))
+    } else if v < range.0 || v > range.1 {
+        Err(format!(
+            "{v} is out of range: it must be between {} and {}",
+            range.0, range.1
+        ))
+    } else {
+        Ok(v)
+    }
+}
+
+pub fn parse_root_mode(s: &str) -> Option<RootCgroupMode> {
+    match s {
+        "ignore" => Some(RootCgroupMode::Ignore),
+        "count" => Some(RootCgroupMode::Count),
+        "track" => Some(RootCgroupMode::Track),
+        _ => None,
+    }
+}
+
+/// Loads `path` (if any) and resolves it with `over`: what start-up and SIGHUP both do.
+pub fn load(path: Option<&Path>, over: &Overrides) -> Result<AgentConfig, ConfigError> {
+    match path {
+        Some(path) => {
+            let file = load_file(path)?;
+            resolve(Some((path, &file)), over)
+        }
+        None => resolve(None, over),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = "/etc/kmemcg/agent.toml";
+
+    fn parse_err(text: &str) -> String {
+        parse(Path::new(FILE), text)
+            .expect_err("the config must be rejected")
+            .to_string()
+    }
+
+    fn resolve_err(text: &str) -> String {
+        let file = parse(Path::new(FILE), text).expect("valid TOML");
+        resolve(Some((Path::new(FILE), &file)), &Overrides::default())
+            .expect_err("the config must be rejected")
+            .to_string()
+    }
+
+    #[test]
+    fn a_full_file_is_read() {
+        let text = r#"
+            listen = "127.0.0.1:9999"
+            interval_seconds = 2.5
+            max_objects = 2048
+            max_stats = 128
+            root_cgroup = "ignore"
+            pin_dir = "/sys/fs/bpf/kmemcg"
+
+            [metrics]
+            top_caches = 3
+            cache_min_bytes = 4096
+            container_labels = false
+        "#;
+        let file = parse(Path::new(FILE), text).expect("valid");
+        let c = resolve(Some((Path::new(FILE), &file)), &Overrides::default()).expect("valid");
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9999");
+        assert_eq!(c.interval, Duration::from_millis(2500));
+        assert_eq!((c.tracer.max_objects, c.tracer.max_stats), (2048, 128));
+        assert_eq!(c.tracer.root_mode, RootCgroupMode::Ignore);
+        assert_eq!(c.tracer.pin_dir, Some(PathBuf::from("/sys/fs/bpf/kmemcg")));
+        assert_eq!(c.metrics.top_caches, 3);
+        assert_eq!(c.metrics.cache_min_bytes, 4096);
+        assert!(!c.metrics.container_labels);
+    }
+
+    #[test]
+    fn whole_seconds_are_numbers_too() {
+        let file =
+            parse(Path::new(FILE), "interval_seconds = 2\n").expect("an integer is a number");
+        let c = resolve(Some((Path::new(FILE), &file)), &Overrides::default()).expect("valid");
+        assert_eq!(c.interval, Duration::from_secs(2));
+        let e = parse_err("max_objects = 4096.5\n");
+        assert!(e.contains("expected an integer"), "{e}");
+    }
+
+    #[test]
+    fn defaults_without_a_file() {
+        let c = resolve(None, &Overrides::default()).expect("defaults are valid");
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert!(c.listen.ip().is_loopback());
+        assert_eq!(c.tracer.max_objects, DEFAULT_MAX_OBJECTS);
+        assert_eq!(c.tracer.pin_dir, None);
+        assert_eq!(c.metrics, MetricsConfig::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_file_and_line() {
+        let e = parse_err("listen = \"127.0.0.1:1\"\nmax_objets = 4096\n");
+        assert!(e.contains(FILE), "{e}");
+        assert!(e.contains("line 2"), "{e}");
+        assert!(e.contains("`max_objets`"), "{e}");
+        assert!(e.contains("unknown field"), "{e}");
+
+        let e = parse_err("[metrics]\ntop_cache = 4\n");
+        assert!(e.contains("`metrics.top_cache`"), "{e}");
+
+        let e = parse_err("[metric]\ntop_caches = 4\n");
+        assert!(e.contains("`metric`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_types_are_named() {
+        let e = parse_err("max_objects = \"lots\"\n");
+        assert!(e.contains("`max_objects`"), "{e}");
+        assert!(e.contains("invalid type"), "{e}");
+        let e = parse_err("[metrics]\ncontainer_labels = 1\n");
+        assert!(e.contains("`metrics.container_labels`"), "{e}");
+        assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn negative_and_out_of_range_values_are_rejected() {
+        let e = resolve_err("max_objects = -5\n");
+        assert!(e.contains(FILE) && e.contains("`max_objects`"), "{e}");
+        assert!(e.contains("negative"), "{e}");
+        let e = resolve_err("[metrics]\ncache_min_bytes = -1\n");
+        assert!(
+            e.contains("`metrics.cache_min_bytes`") && e.contains("negative"),
+            "{e}"
+        );
+        let e = resolve_err("max_stats = 10\n");
+        assert!(e.contains("out of range"), "{e}");
+        let e = resolve_err("interval_seconds = 0.0\n");
+        assert!(e.contains("`interval_seconds`"), "{e}");
+        let e = resolve_err("listen = \"localhost\"\n");
+        assert!(e.contains("`listen`") && e.contains("port"), "{e}");
+        let e = resolve_err("root_cgroup = \"all\"\n");
+        assert!(e.contains("`root_cgroup`") && e.contains("track"), "{e}");
+        let e = resolve_err("pin_dir = \"bpf/kmemcg\"\n");
+        assert!(e.contains("absolute"), "{e}");
+    }
+
+    #[test]
+    fn syntax_errors_give_the_line() {
+        let e = parse_err("listen = \"127.0.0.1:1\"\nmax_objects = = 3\n");
+        assert!(e.contains(FILE) && e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn unreadable_files_say_so() {
+        let e = load_file(Path::new("/nonexistent/kmemcg.toml"))
+            .expect_err("missing file")
+            .to_string();
+        assert!(e.contains("/nonexistent/kmemcg.toml"), "{e}");
+        assert!(e.contains("cannot read"), "{e}");
+    }
+
+    #[test]
+    fn overrides_beat_the_file() {
+        let text = "max_objects = 4096\ninterval_seconds = 5.0\npin_dir = \"/sys/fs/bpf/x\"\n\
+                    [metrics]\ntop_caches = 2\n";
+        let file = parse(Path::new(FILE), text).expect("valid");
+        let over = Overrides {
+            max_objects: Some(8192),
+            top_caches: Some(7),
+            no_pin: true,
+            ..Default::default()
+        };
+        let c = resolve(Some((Path::new(FILE), &file)), &over).expect("valid");
+        assert_eq!(c.tracer.max_objects, 8192);
+        assert_eq!(c.interval, Duration::from_secs(5));
+        assert_eq!(c.metrics.top_caches, 7);
+        assert_eq!(c.tracer.pin_dir, None);
+    }
+}
