@@ -224,7 +224,7 @@ fn a_cgroup_past_its_limit_is_frozen_and_thawed_below_the_watermark() {
         .expect("GET /metrics");
     assert!(
         metrics.contains(
-            "kmemcg_enforcement_actions_total{action=\"freeze\",dry_run=\"false\",outcome=\"done\"} 1"
+            "kmemcg_enforcement_actions_total{action=\"freeze\",outcome=\"done\",dry_run=\"false\"} 1"
         ),
         "{metrics}"
     );
@@ -292,12 +292,12 @@ fn dry_run_touches_nothing_but_records_the_decision() {
         .expect("GET /metrics");
     assert!(
         metrics.contains(
-            "kmemcg_enforcement_actions_total{action=\"kill\",dry_run=\"true\",outcome=\"dry-run\"} 1"
+            "kmemcg_enforcement_actions_total{action=\"kill\",outcome=\"dry-run\",dry_run=\"true\"} 1"
         ),
         "{metrics}"
     );
     let gauge = format!(
-        "kmemcg_limit_bytes{{cgroup=\"{}\",rule=\"{}\"}} 8388608",
+        "kmemcg_limit_bytes{{rule=\"{}\",cgroup=\"{}\"}} 8388608",
         cgroup.path(),
         cgroup.path()
     );
@@ -308,7 +308,14 @@ fn dry_run_touches_nothing_but_records_the_decision() {
 #[test]
 fn protected_and_malformed_rules_are_refused() {
     require_root();
+    // The agent runs in a cgroup of the test's own (on a test host it may be the root).
+    let home = TestCgroup::new("agent-home");
     let agent = Limited::start();
+    std::fs::write(
+        home.v2_dir().join("cgroup.procs"),
+        agent.agent.pid().to_string(),
+    )
+    .expect("moving the agent into its test cgroup");
     // notify only: even if a refusal failed, nothing would be touched.
     let (ok, text) = agent.limit(&["set", "/", "--max", "8M", "--action", "notify"]);
     assert!(!ok && text.contains("root cgroup"), "{text}");
@@ -319,6 +326,7 @@ fn protected_and_malformed_rules_are_refused() {
         .find_map(|l| l.strip_prefix("0::"))
         .expect("a cgroup v2 line")
         .to_string();
+    assert_eq!(own, home.path());
     let (ok, text) = agent.limit(&["set", &own, "--max", "8M", "--action", "notify"]);
     assert!(!ok && text.contains("kmemcg agent"), "{own}: {text}");
     let (ok, text) = agent.limit(&["set", "/system.slice", "--max", "8M", "--action", "notify"]);

@@ -193,6 +193,7 @@ impl Enforcer {
     pub fn set(&self, spec: RuleSpec) -> Result<LimitRule, String> {
         let rule = Rule::new(spec)?;
         let mut inner = self.lock();
+        inner.protected.refresh_agent();
         refusal(&inner.protected, &rule)?;
         if inner
             .config_rules
@@ -269,6 +270,7 @@ impl Enforcer {
             .collect();
         let now = self.started.elapsed();
         let dry_run = inner.dry_run;
+        inner.protected.refresh_agent();
         let Inner {
             engine, protected, ..
         } = &mut *inner;

@@ -16,11 +16,18 @@ impl Protected {
     pub fn new(extra: &[String], agent: Option<&str>) -> Self {
         let mut paths: Vec<String> = DEFAULT_PROTECTED.iter().map(|p| p.to_string()).collect();
         paths.extend(extra.iter().cloned());
-        paths.extend(agent.map(str::to_string));
         Self {
             paths,
             agent: agent.map(str::to_string),
         }
+    }
+
+    /// Follows the agent if it was moved to another cgroup since.
+    pub fn refresh_agent(&mut self) {
+        let Some(now) = Self::own_cgroup() else {
+            return;
+        };
+        self.agent = Some(now);
     }
 
     /// The agent's own cgroup, read from /proc/self/cgroup (the `0::` line).
@@ -60,6 +67,7 @@ impl Protected {
     pub fn list(&self) -> Vec<String> {
         let mut all = vec!["/".to_string()];
         all.extend(self.paths.iter().cloned());
+        all.extend(self.agent.clone());
         all
     }
 }

@@ -297,13 +297,14 @@ impl Rule {
     }
 }
 
-/// `foo/bar/` -> `/foo/bar`; rejects `..`, `.` and empty components.
+/// `foo/bar/` -> `/foo/bar` (as `kmemcg stat --cgroup`); rejects `..` and `.`.
 pub fn normalize(path: &str) -> Result<String, String> {
     let trimmed = path.trim();
-    if !trimmed.starts_with('/') {
-        return Err(format!(
-            "`{path}` is not a cgroup path: write it from the cgroup root, e.g. /system.slice/foo.service"
-        ));
+    if trimmed.is_empty() {
+        return Err(
+            "empty cgroup path: write it from the cgroup root, e.g. /system.slice/foo.service"
+                .into(),
+        );
     }
     let parts: Vec<&str> = trimmed.split('/').filter(|p| !p.is_empty()).collect();
     if parts.iter().any(|p| *p == "." || *p == "..") {
@@ -398,7 +399,9 @@ mod tests {
 
     #[test]
     fn rules_are_checked() {
-        let r = Rule::new(spec("kmemcg-x/", 10, Action::Freeze)).expect_err("relative");
+        let r = Rule::new(spec("kmemcg-x/", 10, Action::Freeze)).expect("from the root");
+        assert_eq!(r.spec.path, "/kmemcg-x");
+        let r = Rule::new(spec(" ", 10, Action::Freeze)).expect_err("empty");
         assert!(r.contains("cgroup root"), "{r}");
         let r = Rule::new(spec("/a/../b", 10, Action::Freeze)).expect_err("dots");
         assert!(r.contains(".."), "{r}");
