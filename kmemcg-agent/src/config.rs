@@ -496,6 +496,66 @@ mod tests {
     }
 
     #[test]
+    fn limits_are_read_and_checked() {
+        let text = r#"
+            [limits]
+            dry_run = true
+            audit_file = "/var/log/kmemcg.jsonl"
+            protected = ["critical.slice/"]
+
+            [[limits.rule]]
+            path = "/batch.slice/*"
+            max = "512M"
+            action = "signal"
+            signal = "SIGINT"
+            grace = "10s"
+
+            [[limits.rule]]
+            path = "/demo"
+            max = 8388608
+            action = "freeze"
+            thaw_below = "2M"
+        "#;
+        let file = parse(Path::new(FILE), text).expect("valid");
+        let c = resolve(Some((Path::new(FILE), &file)), &Overrides::default()).expect("valid");
+        let l = &c.limits;
+        assert!(l.dry_run);
+        assert_eq!(l.audit_file, Some(PathBuf::from("/var/log/kmemcg.jsonl")));
+        assert_eq!(
+            l.state_file,
+            Some(PathBuf::from(crate::limits::DEFAULT_STATE_FILE))
+        );
+        assert_eq!(l.protected, ["/critical.slice"]);
+        assert_eq!(l.rules.len(), 2);
+        assert_eq!(l.rules[0].signal, libc::SIGINT);
+        assert!(l.rules[0].glob);
+        assert_eq!(l.rules[1].spec.max.0, 8 << 20);
+
+        let e = parse_err("[[limits.rule]]\npath = \"/a\"\nmax = \"8X\"\naction = \"kill\"\n");
+        assert!(
+            e.contains("`limits.rule[0].max`") && e.contains("not a size"),
+            "{e}"
+        );
+        let e = parse_err("[[limits.rule]]\npath = \"/a\"\nmax = \"8M\"\naction = \"explode\"\n");
+        assert!(
+            e.contains("`limits.rule[0].action`") && e.contains("kill"),
+            "{e}"
+        );
+        let e = resolve_err(
+            "[[limits.rule]]\npath = \"/a\"\nmax = \"8M\"\naction = \"kill\"\nsignal = \"SIGTERM\"\n",
+        );
+        assert!(
+            e.contains("limits.rule[0]") && e.contains("signal action"),
+            "{e}"
+        );
+        let e = resolve_err("[limits]\naudit_file = \"audit.jsonl\"\n");
+        assert!(
+            e.contains("`limits.audit_file`") && e.contains("absolute"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn syntax_errors_give_the_line() {
         let e = parse_err("listen = \"127.0.0.1:1\"\nmax_objects = = 3\n");
         assert!(e.contains(FILE) && e.contains("line 2"), "{e}");
