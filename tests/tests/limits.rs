@@ -263,6 +263,38 @@ fn kill_and_signal_end_the_limited_cgroup_only() {
 }
 
 #[test]
+fn a_glob_rule_signals_then_escalates_once_after_grace() {
+    require_root();
+    let agent = Limited::start();
+    let tmpfs = Tmpfs::new();
+    let cgroup = TestCgroup::new("escalate");
+    // Every cgroup of this name from this test process: the glob matches this one.
+    let glob = format!(
+        "{}*",
+        cgroup.path().trim_end_matches(|c: char| c.is_ascii_digit())
+    );
+    agent.set(&[&glob, "--max", "8M", "--action", "signal", "--grace", "1s"]);
+    let workload = cgroup.hold(&["file-loop", &tmpfs.sub("files"), RATE, "--ignore-sigterm"]);
+    let term = agent.wait_record("SIGTERM", |r| r.cgroup == cgroup.path());
+    assert_eq!(
+        (term.rule.as_str(), term.signal.as_deref()),
+        (glob.as_str(), Some("SIGTERM"))
+    );
+    assert!(!term.escalation);
+    // SIGTERM is ignored: the process lives on until the grace period ends.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(procs(&cgroup), 1);
+    let kill = agent.wait_record("the escalation", |r| r.escalation);
+    assert_eq!(kill.signal.as_deref(), Some("SIGKILL"));
+    assert!(kill.time - term.time >= 1.0, "{term:?} {kill:?}");
+    wait_until("the escalation killed the workload", || procs(&cgroup) == 0);
+    drop(workload);
+    std::thread::sleep(Duration::from_millis(1500));
+    let escalations = agent.records().iter().filter(|r| r.escalation).count();
+    assert_eq!(escalations, 1, "{:#?}", agent.records());
+}
+
+#[test]
 fn dry_run_touches_nothing_but_records_the_decision() {
     require_root();
     let agent = Limited::start();

@@ -44,7 +44,13 @@ enum Work {
     FileSteps { dir: PathBuf, count: u32 },
     /// Print `ready`, then create files f0, f1, ... in DIR, RATE per second, until killed (or
     /// until stdin closes). For enforcement tests: usage that keeps growing.
-    FileLoop { dir: PathBuf, rate: u32 },
+    FileLoop {
+        dir: PathBuf,
+        rate: u32,
+        /// Ignore SIGTERM (to test escalation to SIGKILL).
+        #[arg(long)]
+        ignore_sigterm: bool,
+    },
     /// For each of COUNT child cgroups of PARENT (a cgroup v2 directory this process is in):
     /// create it, move in, create a file in DIR (kernel objects that outlive the cgroup), move
     /// back, remove it. Prints the time taken.
@@ -73,7 +79,17 @@ fn main() -> anyhow::Result<()> {
         } => percpu_maps(count, entries, &value_size),
         Work::Idle => hold(|| Ok(())),
         Work::FileSteps { dir, count } => file_steps(&dir, count),
-        Work::FileLoop { dir, rate } => file_loop(&dir, rate),
+        Work::FileLoop {
+            dir,
+            rate,
+            ignore_sigterm,
+        } => {
+            if ignore_sigterm {
+                // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
+                unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+            }
+            file_loop(&dir, rate)
+        }
         Work::Churn { parent, dir, count } => churn(&parent, &dir, count),
         Work::Mix { dir, seconds } => mix(&dir, Duration::from_secs_f64(seconds)),
     }
