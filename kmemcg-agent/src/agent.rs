@@ -65,6 +65,8 @@ pub async fn run_with_reload(
         Some(reload) => Some((sighup().context("handling SIGHUP")?, reload)),
         None => None,
     };
+    // Rules on protected cgroups are refused before anything is bound or loaded.
+    crate::limits::check(&config.limits).map_err(|e| anyhow::anyhow!("{e}"))?;
     // Bind first: a taken port is reported before anything is loaded into the kernel.
     let listener = bind(config.listen).await?;
     let tracer = Tracer::start(config.tracer.clone())?;

@@ -404,6 +404,17 @@ fn protected_and_malformed_rules_are_refused() {
     .expect("config file");
     let out = kmemcg(&[
         "agent",
+        "--check-config",
+        "--config",
+        config.to_str().expect("utf-8"),
+    ]);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && text.contains("root cgroup"),
+        "{text}"
+    );
+    let out = kmemcg(&[
+        "agent",
         "--config",
         config.to_str().expect("utf-8"),
         "--limits-file",

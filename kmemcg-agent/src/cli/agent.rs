@@ -137,6 +137,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let overrides = args.overrides();
     let config = config::load(args.config.as_deref(), &overrides)?;
     if args.check_config {
+        // Also refuses rules on protected cgroups, as a start would.
+        crate::limits::check(&config.limits).map_err(anyhow::Error::msg)?;
         print_config(args.config.as_deref(), &config);
         return Ok(());
     }

@@ -112,6 +112,16 @@ fn refusal(protected: &Protected, rule: &Rule) -> Result<(), String> {
     }
 }
 
+/// Refuses config rules on protected cgroups: what a start checks before loading anything.
+pub fn check(config: &LimitsConfig) -> Result<(), String> {
+    let protected = Protected::new(&config.protected, Protected::own_cgroup().as_deref());
+    config
+        .rules
+        .iter()
+        .try_for_each(|rule| refusal(&protected, rule))
+        .map_err(|e| format!("config file, [[limits.rule]]: {e}"))
+}
+
 impl Enforcer {
     /// Checks the config rules against the protected cgroups and loads the persisted runtime
     /// rules. `cgroup_root` is the cgroup v2 mount the rules' paths are relative to.
