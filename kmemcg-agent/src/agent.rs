@@ -14,6 +14,7 @@ use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
     error::StartError,
+    limits::{Enforcer, LimitsConfig},
     metrics::MetricsConfig,
     sampler::{Sampler, Snapshot},
     server::{self, Shared},
@@ -27,6 +28,7 @@ pub struct AgentConfig {
     pub interval: Duration,
     pub tracer: TracerConfig,
     pub metrics: MetricsConfig,
+    pub limits: LimitsConfig,
 }
 
 /// Reads the configuration again (on SIGHUP).
@@ -63,6 +65,8 @@ pub async fn run_with_reload(
         Some(reload) => Some((sighup().context("handling SIGHUP")?, reload)),
         None => None,
     };
+    // Rules on protected cgroups are refused before anything is bound or loaded.
+    crate::limits::check(&config.limits).map_err(|e| anyhow::anyhow!("{e}"))?;
     // Bind first: a taken port is reported before anything is loaded into the kernel.
     let listener = bind(config.listen).await?;
     let tracer = Tracer::start(config.tracer.clone())?;
@@ -70,7 +74,16 @@ pub async fn run_with_reload(
     let first = sampler.sample().context("reading the eBPF maps")?;
     let (tx, rx) = watch::channel(Arc::new(first));
     let stop = Arc::new(AtomicBool::new(false));
-    let shared = Arc::new(Shared::new(config.metrics.clone(), config.interval));
+    let enforcer = Enforcer::new(
+        &config.limits,
+        sampler.tracer().cgroup2_mount().to_path_buf(),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let shared = Arc::new(Shared::with_enforcer(
+        config.metrics.clone(),
+        config.interval,
+        Arc::new(enforcer),
+    ));
     let sampling = spawn_sampling(sampler, tx, shared.clone(), stop.clone());
     let reloading = hup.map(|(hup, reload)| {
         tokio::spawn(reload_on_sighup(
@@ -118,6 +131,9 @@ async fn reload_on_sighup(
         }
         shared.set_metrics_config(new.metrics.clone());
         shared.set_interval(new.interval);
+        if let Err(e) = shared.enforcer().reconfigure(&new.limits) {
+            tracing::error!(error = %e, "limits not reloaded; keeping the running ones");
+        }
         tracing::info!(interval = ?new.interval, metrics = ?new.metrics, "configuration reloaded");
         current = AgentConfig {
             listen: current.listen,
@@ -159,6 +175,8 @@ fn spawn_sampling(
             sleep_unless_stopped(shared.interval(), &stop, &mut sampler);
             match sampler.sample() {
                 Ok(snapshot) => {
+                    // Right after the sample: the reaction time is at most one interval.
+                    shared.enforcer().evaluate(&snapshot.cgroups);
                     tx.send_replace(Arc::new(snapshot));
                 }
                 Err(e) => tracing::warn!(error = %e, "reading the eBPF maps failed"),

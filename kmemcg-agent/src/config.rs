@@ -14,6 +14,10 @@ use thiserror::Error;
 use crate::{
     agent::AgentConfig,
     api::DEFAULT_LISTEN,
+    limits::{
+        LimitsConfig,
+        rules::{self, Rule, RuleSpec},
+    },
     metrics::MetricsConfig,
     tracer::{DEFAULT_MAX_OBJECTS, TracerConfig, default_max_stats},
 };
@@ -66,6 +70,18 @@ pub struct FileConfig {
     pub root_cgroup: Option<String>,
     pub pin_dir: Option<PathBuf>,
     pub metrics: Option<FileMetrics>,
+    pub limits: Option<FileLimits>,
+}
+
+/// `[limits]` and its `[[limits.rule]]` entries.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileLimits {
+    pub dry_run: Option<bool>,
+    pub state_file: Option<PathBuf>,
+    pub audit_file: Option<PathBuf>,
+    pub protected: Option<Vec<String>>,
+    pub rule: Option<Vec<RuleSpec>>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -88,6 +104,10 @@ pub struct Overrides {
     pub no_pin: bool,
     pub top_caches: Option<usize>,
     pub cache_min_bytes: Option<u64>,
+    /// Enforcement in dry-run mode, whatever the config file says.
+    pub dry_run: bool,
+    pub limits_file: Option<PathBuf>,
+    pub audit_file: Option<PathBuf>,
 }
 
 /// Reads and parses a config file.
@@ -243,8 +263,11 @@ pub fn resolve(
     )
     .map_err(|r| bad("metrics.cache_min_bytes", r))?;
 
+    let limits = resolve_limits(f.limits.as_ref(), over, &bad)?;
+
     Ok(AgentConfig {
         listen,
+        limits,
         interval: Duration::from_secs_f64(interval),
         tracer: TracerConfig {
             max_objects: max_objects as u32,
@@ -259,6 +282,60 @@ pub fn resolve(
                 .container_labels
                 .unwrap_or(MetricsConfig::default().container_labels),
         },
+    })
+}
+
+fn resolve_limits(
+    file: Option<&FileLimits>,
+    over: &Overrides,
+    bad: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<LimitsConfig, ConfigError> {
+    let empty = FileLimits::default();
+    let f = file.unwrap_or(&empty);
+    let defaults = LimitsConfig::default();
+    let absolute = |key: &str, p: Option<PathBuf>| match p {
+        Some(p) if !p.is_absolute() => Err(bad(
+            key,
+            format!("`{}` is not an absolute path", p.display()),
+        )),
+        p => Ok(p),
+    };
+    let state_file = absolute(
+        "limits.state_file",
+        over.limits_file
+            .clone()
+            .or_else(|| f.state_file.clone())
+            .or(defaults.state_file),
+    )?;
+    let audit_file = absolute(
+        "limits.audit_file",
+        over.audit_file
+            .clone()
+            .or_else(|| f.audit_file.clone())
+            .or(defaults.audit_file),
+    )?;
+    let protected = f
+        .protected
+        .iter()
+        .flatten()
+        .map(|p| rules::normalize(p).map_err(|r| bad("limits.protected", r)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let rules = f
+        .rule
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, spec)| {
+            Rule::new(spec.clone())
+                .map_err(|r| bad(&format!("limits.rule[{i}] (path {})", spec.path), r))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(LimitsConfig {
+        dry_run: over.dry_run || f.dry_run.unwrap_or(false),
+        state_file,
+        audit_file,
+        protected,
+        rules,
     })
 }
 
@@ -416,6 +493,66 @@ mod tests {
         assert!(e.contains("`root_cgroup`") && e.contains("track"), "{e}");
         let e = resolve_err("pin_dir = \"bpf/kmemcg\"\n");
         assert!(e.contains("absolute"), "{e}");
+    }
+
+    #[test]
+    fn limits_are_read_and_checked() {
+        let text = r#"
+            [limits]
+            dry_run = true
+            audit_file = "/var/log/kmemcg.jsonl"
+            protected = ["critical.slice/"]
+
+            [[limits.rule]]
+            path = "/batch.slice/*"
+            max = "512M"
+            action = "signal"
+            signal = "SIGINT"
+            grace = "10s"
+
+            [[limits.rule]]
+            path = "/demo"
+            max = 8388608
+            action = "freeze"
+            thaw_below = "2M"
+        "#;
+        let file = parse(Path::new(FILE), text).expect("valid");
+        let c = resolve(Some((Path::new(FILE), &file)), &Overrides::default()).expect("valid");
+        let l = &c.limits;
+        assert!(l.dry_run);
+        assert_eq!(l.audit_file, Some(PathBuf::from("/var/log/kmemcg.jsonl")));
+        assert_eq!(
+            l.state_file,
+            Some(PathBuf::from(crate::limits::DEFAULT_STATE_FILE))
+        );
+        assert_eq!(l.protected, ["/critical.slice"]);
+        assert_eq!(l.rules.len(), 2);
+        assert_eq!(l.rules[0].signal, libc::SIGINT);
+        assert!(l.rules[0].glob);
+        assert_eq!(l.rules[1].spec.max.0, 8 << 20);
+
+        let e = parse_err("[[limits.rule]]\npath = \"/a\"\nmax = \"8X\"\naction = \"kill\"\n");
+        assert!(
+            e.contains("`limits.rule[0].max`") && e.contains("not a size"),
+            "{e}"
+        );
+        let e = parse_err("[[limits.rule]]\npath = \"/a\"\nmax = \"8M\"\naction = \"explode\"\n");
+        assert!(
+            e.contains("`limits.rule[0].action`") && e.contains("kill"),
+            "{e}"
+        );
+        let e = resolve_err(
+            "[[limits.rule]]\npath = \"/a\"\nmax = \"8M\"\naction = \"kill\"\nsignal = \"SIGTERM\"\n",
+        );
+        assert!(
+            e.contains("limits.rule[0]") && e.contains("signal action"),
+            "{e}"
+        );
+        let e = resolve_err("[limits]\naudit_file = \"audit.jsonl\"\n");
+        assert!(
+            e.contains("`limits.audit_file`") && e.contains("absolute"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod collector;
 pub mod config;
 pub mod error;
 pub mod kernel;
+pub mod limits;
 pub mod metadata;
 pub mod metrics;
 pub mod pin;

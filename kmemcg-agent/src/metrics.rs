@@ -12,7 +12,7 @@ use prometheus::{
     proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType},
 };
 
-use crate::{api::CgroupUsage, metadata, sampler::Snapshot};
+use crate::{api::CgroupUsage, limits::EnforcementMetrics, metadata, sampler::Snapshot};
 
 /// Content type of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -55,7 +55,18 @@ impl Default for Exporter {
 impl Exporter {
     /// The text exposition of `snapshot` plus the process's own metrics.
     pub fn render(&self, snapshot: &Snapshot, config: &MetricsConfig) -> String {
+        self.render_with(snapshot, config, Vec::new())
+    }
+
+    /// Also with `extra` families (the enforcement's).
+    pub fn render_with(
+        &self,
+        snapshot: &Snapshot,
+        config: &MetricsConfig,
+        extra: Vec<MetricFamily>,
+    ) -> String {
         let mut families = families(snapshot, config);
+        families.extend(extra);
         families.extend(self.process.collect());
         encode(families)
     }
@@ -130,6 +141,40 @@ impl Family {
         self.family.set_metric(self.metrics);
         self.family
     }
+}
+
+/// The enforcement's families: actions taken and, per rule and matched cgroup, usage and limit.
+pub fn enforcement(m: &EnforcementMetrics) -> Vec<MetricFamily> {
+    let mut actions = Family::counter(
+        "kmemcg_enforcement_actions_total",
+        "Enforcement decisions by action (notify, signal, freeze, thaw, kill), outcome (done, \
+         dry-run, gone, failed) and dry_run.",
+    );
+    for ((action, outcome, dry_run), count) in &m.actions {
+        let dry = if *dry_run { "true" } else { "false" };
+        actions.add(
+            &[("action", action), ("outcome", outcome), ("dry_run", dry)],
+            *count as f64,
+        );
+    }
+    let mut usage = Family::gauge(
+        "kmemcg_limit_usage_bytes",
+        "Recursive slab and percpu bytes of each cgroup a limit rule matches.",
+    );
+    let mut limit = Family::gauge(
+        "kmemcg_limit_bytes",
+        "The limit (max) of each rule, per cgroup it matches.",
+    );
+    let mut seen = HashSet::new();
+    for (rule, cgroup, used, max) in &m.usage {
+        if !seen.insert((rule, cgroup)) {
+            continue;
+        }
+        let labels = [("rule", rule.as_str()), ("cgroup", cgroup.as_str())];
+        usage.add(&labels, *used as f64);
+        limit.add(&labels, *max as f64);
+    }
+    vec![actions.finish(), usage.finish(), limit.finish()]
 }
 
 /// The cgroup's identifying labels: path and, when enabled, container metadata.

@@ -9,7 +9,7 @@ use std::{
 
 use axum::{
     Json, Router,
-    extract::State,
+    extract::{Query, State},
     http::{StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
@@ -20,6 +20,7 @@ use tower_http::compression::CompressionLayer;
 
 use crate::{
     api::Status,
+    limits::{Enforcer, rules::RuleSpec},
     metrics::{self, Exporter, MetricsConfig},
     sampler::Snapshot,
 };
@@ -31,15 +32,30 @@ pub struct Shared {
     metrics: RwLock<MetricsConfig>,
     interval_ms: AtomicU64,
     exporter: Exporter,
+    enforcer: Arc<Enforcer>,
 }
 
 impl Shared {
+    /// Without limits.
     pub fn new(metrics: MetricsConfig, interval: Duration) -> Self {
+        Self::with_enforcer(metrics, interval, Arc::new(Enforcer::disabled()))
+    }
+
+    pub fn with_enforcer(
+        metrics: MetricsConfig,
+        interval: Duration,
+        enforcer: Arc<Enforcer>,
+    ) -> Self {
         Self {
             metrics: RwLock::new(metrics),
             interval_ms: AtomicU64::new(interval.as_millis() as u64),
             exporter: Exporter::default(),
+            enforcer,
         }
+    }
+
+    pub fn enforcer(&self) -> &Enforcer {
+        &self.enforcer
     }
 
     pub fn metrics_config(&self) -> MetricsConfig {
@@ -89,6 +105,11 @@ pub fn router_with(snapshots: Snapshots, shared: Arc<Shared>) -> Router {
         .route("/api/v1/status", get(status))
         .route("/api/v1/dying", get(dying))
         .route(
+            "/api/v1/limits",
+            get(limits).post(set_limit).delete(remove_limit),
+        )
+        .route("/api/v1/enforcement", get(enforcement))
+        .route(
             "/metrics",
             // Prometheus asks for gzip; big expositions shrink about tenfold.
             get(prometheus).layer(CompressionLayer::new().gzip(true)),
@@ -109,6 +130,46 @@ async fn dying(State(state): State<AppState>) -> Response {
     json(&snapshot.dying)
 }
 
+async fn limits(State(state): State<AppState>) -> Response {
+    json(&state.shared.enforcer.rules())
+}
+
+/// Adds or replaces a runtime rule: 400 with the reason when it is malformed or refused.
+async fn set_limit(
+    State(state): State<AppState>,
+    body: Result<Json<RuleSpec>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let spec = match body {
+        Ok(Json(spec)) => spec,
+        Err(e) => return bad_request(format!("not a limit rule: {}", e.body_text())),
+    };
+    match state.shared.enforcer.set(spec) {
+        Ok(rule) => json(&rule),
+        Err(e) => bad_request(e),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct PathQuery {
+    path: String,
+}
+
+/// `DELETE /api/v1/limits?path=/foo`.
+async fn remove_limit(State(state): State<AppState>, Query(q): Query<PathQuery>) -> Response {
+    match state.shared.enforcer.remove(&q.path) {
+        Ok(()) => json(&json!({"removed": q.path})),
+        Err(e) => (StatusCode::NOT_FOUND, Json(json!({"error": e}))).into_response(),
+    }
+}
+
+async fn enforcement(State(state): State<AppState>) -> Response {
+    json(&state.shared.enforcer.records())
+}
+
+fn bad_request(error: String) -> Response {
+    (StatusCode::BAD_REQUEST, Json(json!({"error": error}))).into_response()
+}
+
 async fn status(State(state): State<AppState>) -> Json<Status> {
     let snapshot = state.snapshots.borrow().clone();
     Json(snapshot.status.clone())
@@ -119,7 +180,10 @@ async fn prometheus(State(state): State<AppState>) -> Response {
     let shared = state.shared.clone();
     // Thousands of cgroups take a few hundred milliseconds: off the async workers.
     let rendered = tokio::task::spawn_blocking(move || {
-        shared.exporter.render(&snapshot, &shared.metrics_config())
+        let extra = metrics::enforcement(&shared.enforcer.metrics());
+        shared
+            .exporter
+            .render_with(&snapshot, &shared.metrics_config(), extra)
     })
     .await;
     match rendered {
@@ -167,7 +231,7 @@ fn json<T: serde::Serialize>(value: &T) -> Response {
 async fn not_found() -> Response {
     (
         StatusCode::NOT_FOUND,
-        Json(json!({"error": "no such endpoint; see /api/v1/cgroups, /api/v1/dying, /api/v1/status, /metrics, /healthz and /readyz"})),
+        Json(json!({"error": "no such endpoint; see /api/v1/cgroups, /api/v1/dying, /api/v1/status, /api/v1/limits, /api/v1/enforcement, /metrics, /healthz and /readyz"})),
     )
         .into_response()
 }

@@ -70,6 +70,17 @@ pub struct AgentArgs {
     /// Per-cache series only for caches holding at least this many bytes [default: 65536].
     #[arg(long, env = "KMEMCG_CACHE_MIN_BYTES")]
     pub cache_min_bytes: Option<u64>,
+    /// Enforce no limit: decide, log and audit only [config: limits.dry_run].
+    #[arg(long, env = "KMEMCG_DRY_RUN")]
+    pub dry_run: bool,
+    /// Where limits set at runtime are kept across restarts [default:
+    /// /var/lib/kmemcg/limits.json].
+    #[arg(long, env = "KMEMCG_LIMITS_FILE", value_name = "FILE")]
+    pub limits_file: Option<PathBuf>,
+    /// Where enforcement audit records are appended as JSON lines [default:
+    /// /var/lib/kmemcg/enforcement.jsonl].
+    #[arg(long, env = "KMEMCG_AUDIT_FILE", value_name = "FILE")]
+    pub audit_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -115,6 +126,9 @@ impl AgentArgs {
             no_pin: self.no_pin,
             top_caches: self.top_caches.map(|v| v as usize),
             cache_min_bytes: self.cache_min_bytes,
+            dry_run: self.dry_run,
+            limits_file: self.limits_file.clone(),
+            audit_file: self.audit_file.clone(),
         }
     }
 }
@@ -123,6 +137,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let overrides = args.overrides();
     let config = config::load(args.config.as_deref(), &overrides)?;
     if args.check_config {
+        // Also refuses rules on protected cgroups, as a start would.
+        crate::limits::check(&config.limits).map_err(anyhow::Error::msg)?;
         print_config(args.config.as_deref(), &config);
         return Ok(());
     }
@@ -177,4 +193,17 @@ fn print_config(path: Option<&Path>, c: &AgentConfig) {
     println!("top_caches = {}", c.metrics.top_caches);
     println!("cache_min_bytes = {}", c.metrics.cache_min_bytes);
     println!("container_labels = {}", c.metrics.container_labels);
+    let l = &c.limits;
+    println!("[limits]");
+    println!("dry_run = {}", l.dry_run);
+    match &l.state_file {
+        Some(f) => println!("state_file = \"{}\"", f.display()),
+        None => println!("# state_file unset: runtime limits are not kept across restarts"),
+    }
+    match &l.audit_file {
+        Some(f) => println!("audit_file = \"{}\"", f.display()),
+        None => println!("# audit_file unset: audit records are only served by the API"),
+    }
+    println!("protected = {:?}", l.protected);
+    println!("# {} rule(s) in the config file", l.rules.len());
 }

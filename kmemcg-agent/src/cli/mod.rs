@@ -1,5 +1,6 @@
 //! The `kmemcg` command line: one module per subcommand.
 mod agent;
+mod limit;
 mod stat;
 mod top;
 
@@ -23,6 +24,8 @@ pub enum Command {
     /// Live per-cgroup slab and percpu usage in the terminal, like top (or snapshots for
     /// scripts with --once, --iterations, --json).
     Top(top::TopArgs),
+    /// Kernel-memory limits: notify, signal, freeze or kill a cgroup past a size.
+    Limit(limit::LimitArgs),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -30,5 +33,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Agent(args) => agent::run(args).await,
         Command::Stat(args) => stat::run(args).await,
         Command::Top(args) => top::run(args).await,
+        Command::Limit(args) => limit::run(args).await,
     }
 }

@@ -42,6 +42,15 @@ enum Work {
     /// Print `ready`; for each line read on stdin, create COUNT more files in DIR and print
     /// `done`. For moving a process between cgroups between two steps.
     FileSteps { dir: PathBuf, count: u32 },
+    /// Print `ready`, then create files f0, f1, ... in DIR, RATE per second, until killed (or
+    /// until stdin closes). For enforcement tests: usage that keeps growing.
+    FileLoop {
+        dir: PathBuf,
+        rate: u32,
+        /// Ignore SIGTERM (to test escalation to SIGKILL).
+        #[arg(long)]
+        ignore_sigterm: bool,
+    },
     /// For each of COUNT child cgroups of PARENT (a cgroup v2 directory this process is in):
     /// create it, move in, create a file in DIR (kernel objects that outlive the cgroup), move
     /// back, remove it. Prints the time taken.
@@ -70,6 +79,17 @@ fn main() -> anyhow::Result<()> {
         } => percpu_maps(count, entries, &value_size),
         Work::Idle => hold(|| Ok(())),
         Work::FileSteps { dir, count } => file_steps(&dir, count),
+        Work::FileLoop {
+            dir,
+            rate,
+            ignore_sigterm,
+        } => {
+            if ignore_sigterm {
+                // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
+                unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+            }
+            file_loop(&dir, rate)
+        }
         Work::Churn { parent, dir, count } => churn(&parent, &dir, count),
         Work::Mix { dir, seconds } => mix(&dir, Duration::from_secs_f64(seconds)),
     }
@@ -103,6 +123,42 @@ fn file_steps(dir: &Path, count: u32) -> anyhow::Result<()> {
         std::io::stdout().flush()?;
     }
     Ok(())
+}
+
+fn file_loop(dir: &Path, rate: u32) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    // Ends the loop when the test drops the workload (closes stdin).
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            if line.is_err() {
+                break;
+            }
+        }
+        let _ = tx.send(());
+    });
+    println!("ready");
+    std::io::stdout().flush()?;
+    let start = Instant::now();
+    let mut i: u64 = 0;
+    loop {
+        if rx.try_recv().is_ok() {
+            return Ok(());
+        }
+        // Ten files per batch, paced to RATE per second.
+        for _ in 0..10 {
+            match std::fs::File::create(dir.join(format!("f{i}"))) {
+                Ok(_) => i += 1,
+                // The test unmounted its tmpfs: done.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let due = Duration::from_secs_f64(i as f64 / f64::from(rate.max(1)));
+        if let Some(wait) = due.checked_sub(start.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
 }
 
 fn delete_files(dir: &Path) -> anyhow::Result<()> {

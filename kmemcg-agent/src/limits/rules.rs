@@ -1,0 +1,448 @@
+//! Limit rules: what they say (path or glob, sizes, action), how they are written (IEC sizes
+//! like `8M`, durations like `5s`, signal names) and which cgroups they match. Pure.
+use std::{fmt, time::Duration};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
+
+/// What to do with a cgroup over its limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Log, metric and audit record only.
+    Notify,
+    /// A signal to every process of the subtree (SIGKILL after the grace period, if given).
+    Signal,
+    /// cgroup.freeze (thawed below `thaw_below`, if given).
+    Freeze,
+    /// cgroup.kill (SIGKILL to every process where cgroup.kill is missing).
+    Kill,
+}
+
+impl Action {
+    pub const NAMES: &'static str = "notify, signal, freeze, kill";
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Notify => "notify",
+            Action::Signal => "signal",
+            Action::Freeze => "freeze",
+            Action::Kill => "kill",
+        }
+    }
+}
+
+impl std::str::FromStr for Action {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "notify" => Ok(Action::Notify),
+            "signal" => Ok(Action::Signal),
+            "freeze" => Ok(Action::Freeze),
+            "kill" => Ok(Action::Kill),
+            _ => Err(format!(
+                "`{s}` is not an action: use one of {}",
+                Action::NAMES
+            )),
+        }
+    }
+}
+
+/// A byte count written `8388608`, `8M`, `8MiB`, `512K`, `1G` (powers of 1024).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Size(pub u64);
+
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let bad = || {
+        format!(
+            "`{s}` is not a size: write bytes or a number with K, M or G (powers of 1024), e.g. 8M"
+        )
+    };
+    if digits.is_empty() {
+        return Err(bad());
+    }
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let shift = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("`{s}` is too large"))
+}
+
+impl Serialize for Size {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = Size;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a size: bytes, or a string like \"8M\"")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Size, E> {
+                Ok(Size(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Size, E> {
+                u64::try_from(v)
+                    .map(Size)
+                    .map_err(|_| E::custom(format!("{v} is negative: a size cannot be")))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Size, E> {
+                parse_size(v).map(Size).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A duration written `5s`, `500ms`, `2m`, `1h` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let bad = || format!("`{s}` is not a duration: write e.g. 5s, 500ms, 2m");
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let n: f64 = number.parse().map_err(|_| bad())?;
+    let seconds = match unit {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(bad()),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|_| bad())
+}
+
+/// `1.5s`, `500ms`: how [`parse_duration`] reads it back.
+pub fn format_duration(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+mod duration_text {
+    use super::*;
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&format_duration(*d)),
+            None => s.serialize_none(),
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text: Option<String> = Option::deserialize(d)?;
+        text.map(|t| parse_duration(&t).map_err(de::Error::custom))
+            .transpose()
+    }
+}
+
+/// Signal names (`SIGTERM`, `TERM`) and numbers.
+pub fn parse_signal(s: &str) -> Result<i32, String> {
+    let name = s.trim().to_ascii_uppercase();
+    let name = name.strip_prefix("SIG").unwrap_or(&name);
+    let sig = match name {
+        "HUP" => libc::SIGHUP,
+        "INT" => libc::SIGINT,
+        "QUIT" => libc::SIGQUIT,
+        "KILL" => libc::SIGKILL,
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        "TERM" => libc::SIGTERM,
+        "STOP" => libc::SIGSTOP,
+        "CONT" => libc::SIGCONT,
+        n => match n.parse::<i32>() {
+            Ok(v) if (1..=64).contains(&v) => v,
+            _ => {
+                return Err(format!(
+                    "`{s}` is not a signal: use a name like SIGTERM, SIGINT, SIGUSR1, SIGKILL or a number"
+                ));
+            }
+        },
+    };
+    Ok(sig)
+}
+
+/// One rule, as written in the config file, sent to the API and persisted.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSpec {
+    /// A cgroup path from the cgroup v2 root (`/kubepods.slice/foo`) or a glob whose `*`
+    /// matches within one path component (`/kubepods.slice/*/*`).
+    pub path: String,
+    /// Limit on the recursive slab + percpu bytes.
+    pub max: Size,
+    /// Limit on the recursive slab bytes alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slab: Option<Size>,
+    /// Limit on the recursive percpu bytes alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percpu: Option<Size>,
+    pub action: Action,
+    /// For `signal`: the signal sent (default SIGTERM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+    /// For `signal`: SIGKILL if still over the limit this long after the signal. Also the
+    /// shortest time between two actions on one cgroup.
+    #[serde(
+        default,
+        with = "duration_text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub grace: Option<Duration>,
+    /// For `freeze`: thaw once usage falls below this low watermark.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thaw_below: Option<Size>,
+    /// Decide, log and audit, but touch nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// A checked rule.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rule {
+    pub spec: RuleSpec,
+    pub signal: i32,
+    pub glob: bool,
+}
+
+/// Below this fraction of a limit a cgroup counts as back under it (hysteresis).
+pub const REARM_FRACTION: f64 = 0.9;
+/// Shortest time between two actions on one cgroup when the rule gives no grace.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
+
+impl Rule {
+    /// Checks a spec: a normalised absolute path, sane sizes, a known signal.
+    pub fn new(mut spec: RuleSpec) -> Result<Rule, String> {
+        spec.path = normalize(&spec.path)?;
+        if spec.max.0 == 0 {
+            return Err("--max must be more than 0 bytes".into());
+        }
+        if let Some(low) = spec.thaw_below {
+            if spec.action != Action::Freeze {
+                return Err(
+                    "a thaw watermark (thaw_below) only applies to the freeze action".into(),
+                );
+            }
+            if low >= spec.max {
+                return Err(format!(
+                    "the thaw watermark ({} bytes) must be below the limit ({} bytes)",
+                    low.0, spec.max.0
+                ));
+            }
+        }
+        let signal = match (&spec.signal, spec.action) {
+            (Some(s), Action::Signal) => parse_signal(s)?,
+            (Some(_), a) => {
+                return Err(format!(
+                    "a signal only applies to the signal action, not {}",
+                    a.as_str()
+                ));
+            }
+            (None, _) => libc::SIGTERM,
+        };
+        let glob = spec.path.contains(['*', '?']);
+        Ok(Rule { spec, signal, glob })
+    }
+
+    pub fn matches(&self, path: &str) -> bool {
+        if self.glob {
+            glob_match(&self.spec.path, path)
+        } else {
+            self.spec.path == path
+        }
+    }
+
+    /// The usage is over one of the limits: (usage, limit) of the one crossed, else None.
+    pub fn over(&self, slab: u64, percpu: u64) -> Option<(u64, u64)> {
+        let total = slab + percpu;
+        if total > self.spec.max.0 {
+            return Some((total, self.spec.max.0));
+        }
+        if let Some(l) = self.spec.slab
+            && slab > l.0
+        {
+            return Some((slab, l.0));
+        }
+        if let Some(l) = self.spec.percpu
+            && percpu > l.0
+        {
+            return Some((percpu, l.0));
+        }
+        None
+    }
+
+    /// Back under the limits with a margin: a new crossing is a new event.
+    pub fn rearmed(&self, slab: u64, percpu: u64) -> bool {
+        let under = |usage: u64, limit: u64| (usage as f64) < limit as f64 * REARM_FRACTION;
+        under(slab + percpu, self.spec.max.0)
+            && self.spec.slab.is_none_or(|l| under(slab, l.0))
+            && self.spec.percpu.is_none_or(|l| under(percpu, l.0))
+    }
+
+    pub fn grace(&self) -> Duration {
+        self.spec.grace.unwrap_or(DEFAULT_GRACE)
+    }
+}
+
+/// `foo/bar/` -> `/foo/bar` (as `kmemcg stat --cgroup`); rejects `..` and `.`.
+pub fn normalize(path: &str) -> Result<String, String> {
+    let trimmed = path.trim();
+    if trimmed.is_empty() {
+        return Err(
+            "empty cgroup path: write it from the cgroup root, e.g. /system.slice/foo.service"
+                .into(),
+        );
+    }
+    let parts: Vec<&str> = trimmed.split('/').filter(|p| !p.is_empty()).collect();
+    if parts.iter().any(|p| *p == "." || *p == "..") {
+        return Err(format!(
+            "`{path}`: `.` and `..` are not allowed in a cgroup path"
+        ));
+    }
+    Ok(format!("/{}", parts.join("/")))
+}
+
+/// Component-wise glob: `*` and `?` never cross a `/`.
+pub fn glob_match(pattern: &str, path: &str) -> bool {
+    let p: Vec<&str> = pattern.split('/').collect();
+    let c: Vec<&str> = path.split('/').collect();
+    p.len() == c.len()
+        && p.iter()
+            .zip(&c)
+            .all(|(p, c)| component_match(p.as_bytes(), c.as_bytes()))
+}
+
+fn component_match(p: &[u8], s: &[u8]) -> bool {
+    match (p.first(), s.first()) {
+        (None, None) => true,
+        (Some(b'*'), _) => {
+            component_match(&p[1..], s) || (!s.is_empty() && component_match(p, &s[1..]))
+        }
+        (Some(b'?'), Some(_)) => component_match(&p[1..], &s[1..]),
+        (Some(a), Some(b)) if a == b => component_match(&p[1..], &s[1..]),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub fn spec(path: &str, max: u64, action: Action) -> RuleSpec {
+        RuleSpec {
+            path: path.into(),
+            max: Size(max),
+            slab: None,
+            percpu: None,
+            action,
+            signal: None,
+            grace: None,
+            thaw_below: None,
+            dry_run: false,
+        }
+    }
+
+    #[test]
+    fn sizes_are_iec() {
+        assert_eq!(parse_size("8M"), Ok(8 << 20));
+        assert_eq!(parse_size("8MiB"), Ok(8 << 20));
+        assert_eq!(parse_size("512k"), Ok(512 << 10));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        for bad in ["8X", "", "M", "-1M", "1.5M"] {
+            let e = parse_size(bad).expect_err(bad);
+            assert!(e.contains("not a size") && e.contains("8M"), "{e}");
+        }
+    }
+
+    #[test]
+    fn durations_and_signals() {
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(parse_signal("SIGTERM"), Ok(libc::SIGTERM));
+        assert_eq!(parse_signal("kill"), Ok(libc::SIGKILL));
+        assert_eq!(parse_signal("10"), Ok(10));
+        assert!(parse_signal("SIGFOO").is_err());
+    }
+
+    #[test]
+    fn actions_parse_with_a_clear_error() {
+        assert_eq!("freeze".parse::<Action>(), Ok(Action::Freeze));
+        let e = "explode".parse::<Action>().expect_err("unknown");
+        assert!(e.contains("notify, signal, freeze, kill"), "{e}");
+    }
+
+    #[test]
+    fn globs_stay_within_a_component() {
+        assert!(glob_match("/kubepods.slice/*/*", "/kubepods.slice/a/b"));
+        assert!(!glob_match("/kubepods.slice/*/*", "/kubepods.slice/a"));
+        assert!(!glob_match("/kubepods.slice/*/*", "/kubepods.slice/a/b/c"));
+        assert!(glob_match("/k*-test-?", "/kmemcg-test-1"));
+        assert!(!glob_match("/a*", "/b"));
+    }
+
+    #[test]
+    fn rules_are_checked() {
+        let r = Rule::new(spec("kmemcg-x/", 10, Action::Freeze)).expect("from the root");
+        assert_eq!(r.spec.path, "/kmemcg-x");
+        let r = Rule::new(spec(" ", 10, Action::Freeze)).expect_err("empty");
+        assert!(r.contains("cgroup root"), "{r}");
+        let r = Rule::new(spec("/a/../b", 10, Action::Freeze)).expect_err("dots");
+        assert!(r.contains(".."), "{r}");
+        let mut s = spec("/a//b/", 10, Action::Kill);
+        s.signal = Some("SIGTERM".into());
+        assert!(Rule::new(s.clone()).is_err());
+        s.action = Action::Signal;
+        let r = Rule::new(s).expect("valid");
+        assert_eq!(r.spec.path, "/a/b");
+        assert!(!r.glob && r.matches("/a/b") && !r.matches("/a/b/c"));
+        let mut s = spec("/a", 10, Action::Freeze);
+        s.thaw_below = Some(Size(20));
+        assert!(Rule::new(s).is_err());
+    }
+
+    #[test]
+    fn over_and_rearm() {
+        let mut s = spec("/a", 100, Action::Notify);
+        s.slab = Some(Size(50));
+        let r = Rule::new(s).expect("valid");
+        assert_eq!(r.over(60, 50), Some((110, 100)));
+        assert_eq!(r.over(51, 0), Some((51, 50)));
+        assert_eq!(r.over(40, 40), None);
+        assert!(!r.rearmed(46, 40));
+        assert!(r.rearmed(40, 40));
+    }
+
+    #[test]
+    fn specs_read_sizes_and_durations_as_text() {
+        let s: RuleSpec = toml::from_str(
+            "path = \"/a\"\nmax = \"8M\"\naction = \"signal\"\nsignal = \"SIGINT\"\ngrace = \"5s\"\n",
+        )
+        .expect("valid");
+        assert_eq!(s.max, Size(8 << 20));
+        assert_eq!(s.grace, Some(Duration::from_secs(5)));
+        let json = serde_json::to_string(&s).expect("serializes");
+        let back: RuleSpec = serde_json::from_str(&json).expect("reads back");
+        assert_eq!(back, s);
+        let e = toml::from_str::<RuleSpec>("path = \"/a\"\nmax = \"8X\"\naction = \"kill\"\n")
+            .expect_err("bad size")
+            .to_string();
+        assert!(e.contains("not a size"), "{e}");
+    }
+}

@@ -1,0 +1,488 @@
+//! Enforcement against the real kernel: real cgroups, real processes crossing a limit, and the
+//! agent freezing, signalling or killing them (only them), or refusing to.
+use std::{
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use kmemcg_agent::limits::{LimitRule, audit::AuditRecord};
+use kmemcg_tests::{AgentProcess, TestCgroup, Tmpfs, get_json, kmemcg, require_root};
+
+const WAIT: Duration = Duration::from_secs(30);
+const MIB: u64 = 1 << 20;
+/// Files per second: about 10 MiB of dentries and inodes per second.
+const RATE: &str = "10000";
+
+static SEQUENCE: AtomicU32 = AtomicU32::new(0);
+
+fn scratch(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!(
+        "kmemcg-test-{name}-{}-{}",
+        std::process::id(),
+        SEQUENCE.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
+/// An agent whose runtime rules and audit records go to files of its own.
+struct Limited {
+    agent: AgentProcess,
+    state: PathBuf,
+    audit: PathBuf,
+}
+
+impl Limited {
+    fn start() -> Self {
+        Self::start_with(scratch("limits.json"), scratch("audit.jsonl"))
+    }
+
+    fn start_with(state: PathBuf, audit: PathBuf) -> Self {
+        let agent = AgentProcess::start(&[
+            "--limits-file",
+            state.to_str().expect("utf-8 path"),
+            "--audit-file",
+            audit.to_str().expect("utf-8 path"),
+        ]);
+        Self {
+            agent,
+            state,
+            audit,
+        }
+    }
+
+    fn addr(&self) -> String {
+        self.agent.addr().to_string()
+    }
+
+    /// `kmemcg limit <args> --addr <agent>`: (success, stdout + stderr).
+    fn limit(&self, args: &[&str]) -> (bool, String) {
+        let addr = self.addr();
+        let mut all = vec!["limit"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--addr", &addr]);
+        let out = kmemcg(&all);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    fn set(&self, args: &[&str]) {
+        let mut all = vec!["set"];
+        all.extend_from_slice(args);
+        let (ok, text) = self.limit(&all);
+        assert!(ok, "kmemcg limit {all:?} failed: {text}");
+    }
+
+    fn records(&self) -> Vec<AuditRecord> {
+        get_json(self.agent.addr(), "/api/v1/enforcement").expect("GET /api/v1/enforcement")
+    }
+
+    fn rules(&self) -> Vec<LimitRule> {
+        get_json(self.agent.addr(), "/api/v1/limits").expect("GET /api/v1/limits")
+    }
+
+    fn wait_record(&self, what: &str, check: impl Fn(&AuditRecord) -> bool) -> AuditRecord {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(r) = self.records().into_iter().find(|r| check(r)) {
+                return r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no audit record for {what} within {WAIT:?}: {:#?}\n{}",
+                self.records(),
+                self.agent.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Limited {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.state);
+        let _ = std::fs::remove_file(&self.audit);
+    }
+}
+
+/// Thaws a test cgroup when dropped, so that its workload can be waited for.
+struct ThawOnDrop(PathBuf);
+
+impl Drop for ThawOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.0.join("cgroup.freeze"), "0");
+    }
+}
+
+fn frozen(cgroup: &TestCgroup) -> bool {
+    std::fs::read_to_string(cgroup.v2_dir().join("cgroup.events"))
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l == "frozen 1")
+}
+
+fn procs(cgroup: &TestCgroup) -> usize {
+    std::fs::read_to_string(cgroup.v2_dir().join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .count()
+}
+
+fn wait_until(what: &str, check: impl Fn() -> bool) -> Duration {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < WAIT, "{what}: not within {WAIT:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    start.elapsed()
+}
+
+fn ctime(path: &Path) -> Option<f64> {
+    let m = std::fs::metadata(path).ok()?;
+    Some(m.ctime() as f64 + m.ctime_nsec() as f64 / 1e9)
+}
+
+/// From crossing the limit to the freeze: the file whose creation crossed it is found from the
+/// bytes per file at the decision; its ctime is when the limit was crossed.
+fn reaction(dir: &Path, record: &AuditRecord) -> Option<f64> {
+    let mut created = 0u64;
+    while ctime(&dir.join(format!("f{created}"))).is_some_and(|t| t <= record.time) {
+        created += 1;
+    }
+    let per_file = record.usage_bytes as f64 / created.max(1) as f64;
+    let crossing = (record.limit_bytes as f64 / per_file).ceil() as u64;
+    Some(record.time - ctime(&dir.join(format!("f{}", crossing.saturating_sub(1))))?)
+}
+
+#[test]
+fn a_cgroup_past_its_limit_is_frozen_and_thawed_below_the_watermark() {
+    require_root();
+    let agent = Limited::start();
+    let cgroup = TestCgroup::new("freeze");
+    let tmpfs = Tmpfs::new();
+    let dir = tmpfs.sub("files");
+    agent.set(&[
+        cgroup.path(),
+        "--max",
+        "8M",
+        "--action",
+        "freeze",
+        "--thaw-below",
+        "4M",
+        "--grace",
+        "1s",
+    ]);
+    let workload = cgroup.hold(&["file-loop", &dir, RATE]);
+    let _thaw = ThawOnDrop(cgroup.v2_dir().to_path_buf());
+
+    wait_until("cgroup.events shows frozen 1", || frozen(&cgroup));
+    let record = agent.wait_record("the freeze", |r| r.action == "freeze");
+    assert_eq!(record.cgroup, cgroup.path());
+    assert_eq!(record.limit_bytes, 8 * MIB);
+    assert_eq!(record.outcome, "done");
+    assert!(!record.dry_run);
+    // Frozen before it got much further: the agent samples every 100 ms.
+    assert!(
+        record.usage_bytes < 12 * MIB,
+        "frozen only at {} bytes",
+        record.usage_bytes
+    );
+    if let Some(seconds) = reaction(Path::new(&dir), &record) {
+        eprintln!(
+            "reaction: {:.0} ms from crossing 8 MiB to the freeze (usage {:.1} MiB at the decision)",
+            seconds * 1000.0,
+            record.usage_bytes as f64 / MIB as f64
+        );
+    }
+    // Still frozen: nothing more is created.
+    let files = std::fs::read_dir(&dir).expect("files").count();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(std::fs::read_dir(&dir).expect("files").count(), files);
+    assert!(frozen(&cgroup));
+
+    // Freeing what it holds (removing its files, from outside) takes it below the watermark:
+    // thawed.
+    for entry in std::fs::read_dir(&dir).expect("files").flatten() {
+        let _ = std::fs::remove_file(entry.path());
+    }
+    wait_until("cgroup.events shows frozen 0", || !frozen(&cgroup));
+    let thaw = agent.wait_record("the thaw", |r| r.action == "thaw");
+    assert_eq!((thaw.outcome.as_str(), thaw.limit_bytes), ("done", 4 * MIB));
+    agent.limit(&["rm", cgroup.path()]);
+    let _ = std::fs::write(cgroup.v2_dir().join("cgroup.freeze"), "0");
+    drop(workload);
+
+    // The audit file has the same records, and the metric counts them.
+    let lines = std::fs::read_to_string(&agent.audit).expect("audit file");
+    assert!(lines.lines().count() >= 2, "{lines}");
+    let metrics = reqwest::blocking::get(format!("http://{}/metrics", agent.addr()))
+        .and_then(|r| r.text())
+        .expect("GET /metrics");
+    assert!(
+        metrics.contains(
+            "kmemcg_enforcement_actions_total{action=\"freeze\",outcome=\"done\",dry_run=\"false\"} 1"
+        ),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn kill_and_signal_end_the_limited_cgroup_only() {
+    require_root();
+    let agent = Limited::start();
+    let tmpfs = Tmpfs::new();
+    let bystander = TestCgroup::new("bystander");
+    let _idle = bystander.hold(&["idle"]);
+    for (name, action) in [
+        ("kill", &["--action", "kill"][..]),
+        ("signal", &["--action", "signal", "--signal", "SIGTERM"][..]),
+    ] {
+        let cgroup = TestCgroup::new(name);
+        let mut args = vec![cgroup.path(), "--max", "8M"];
+        args.extend_from_slice(action);
+        agent.set(&args);
+        let dir = tmpfs.sub(name);
+        let workload = cgroup.hold(&["file-loop", &dir, RATE]);
+        wait_until(&format!("{name}: the cgroup has no process left"), || {
+            procs(&cgroup) == 0
+        });
+        let record = agent.wait_record(name, |r| r.cgroup == cgroup.path());
+        assert_eq!(record.action, name);
+        assert!(record.outcome.starts_with("done"), "{record:?}");
+        if name == "signal" {
+            assert_eq!(record.signal.as_deref(), Some("SIGTERM"));
+        }
+        drop(workload);
+        assert_eq!(procs(&bystander), 1, "{name} reached another cgroup");
+        agent.limit(&["rm", cgroup.path()]);
+    }
+}
+
+#[test]
+fn a_glob_rule_signals_then_escalates_once_after_grace() {
+    require_root();
+    let agent = Limited::start();
+    let tmpfs = Tmpfs::new();
+    let cgroup = TestCgroup::new("escalate");
+    // Every cgroup of this name from this test process: the glob matches this one.
+    let glob = format!(
+        "{}*",
+        cgroup.path().trim_end_matches(|c: char| c.is_ascii_digit())
+    );
+    agent.set(&[&glob, "--max", "8M", "--action", "signal", "--grace", "1s"]);
+    let workload = cgroup.hold(&["file-loop", &tmpfs.sub("files"), RATE, "--ignore-sigterm"]);
+    let term = agent.wait_record("SIGTERM", |r| r.cgroup == cgroup.path());
+    assert_eq!(
+        (term.rule.as_str(), term.signal.as_deref()),
+        (glob.as_str(), Some("SIGTERM"))
+    );
+    assert!(!term.escalation);
+    // SIGTERM is ignored: the process lives on until the grace period ends.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(procs(&cgroup), 1);
+    let kill = agent.wait_record("the escalation", |r| r.escalation);
+    assert_eq!(kill.signal.as_deref(), Some("SIGKILL"));
+    assert!(kill.time - term.time >= 1.0, "{term:?} {kill:?}");
+    wait_until("the escalation killed the workload", || procs(&cgroup) == 0);
+    drop(workload);
+    std::thread::sleep(Duration::from_millis(1500));
+    let escalations = agent.records().iter().filter(|r| r.escalation).count();
+    assert_eq!(escalations, 1, "{:#?}", agent.records());
+}
+
+#[test]
+fn dry_run_touches_nothing_but_records_the_decision() {
+    require_root();
+    let agent = Limited::start();
+    let cgroup = TestCgroup::new("dryrun");
+    let tmpfs = Tmpfs::new();
+    agent.set(&[
+        cgroup.path(),
+        "--max",
+        "8M",
+        "--action",
+        "kill",
+        "--dry-run",
+    ]);
+    let workload = cgroup.hold(&["file-loop", &tmpfs.sub("files"), RATE]);
+    let record = agent.wait_record("the dry run", |r| r.cgroup == cgroup.path());
+    assert!(record.dry_run);
+    assert_eq!(
+        (record.action.as_str(), record.outcome.as_str()),
+        ("kill", "dry-run")
+    );
+    assert!(record.usage_bytes > 8 * MIB);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(procs(&cgroup), 1, "a dry run killed the workload");
+    assert!(!frozen(&cgroup));
+    let metrics = reqwest::blocking::get(format!("http://{}/metrics", agent.addr()))
+        .and_then(|r| r.text())
+        .expect("GET /metrics");
+    assert!(
+        metrics.contains(
+            "kmemcg_enforcement_actions_total{action=\"kill\",outcome=\"dry-run\",dry_run=\"true\"} 1"
+        ),
+        "{metrics}"
+    );
+    let gauge = format!(
+        "kmemcg_limit_bytes{{rule=\"{}\",cgroup=\"{}\"}} 8388608",
+        cgroup.path(),
+        cgroup.path()
+    );
+    assert!(metrics.contains(&gauge), "{gauge} missing: {metrics}");
+    drop(workload);
+}
+
+#[test]
+fn protected_and_malformed_rules_are_refused() {
+    require_root();
+    // The agent runs in a cgroup of the test's own (on a test host it may be the root).
+    let home = TestCgroup::new("agent-home");
+    let agent = Limited::start();
+    std::fs::write(
+        home.v2_dir().join("cgroup.procs"),
+        agent.agent.pid().to_string(),
+    )
+    .expect("moving the agent into its test cgroup");
+    // notify only: even if a refusal failed, nothing would be touched.
+    let (ok, text) = agent.limit(&["set", "/", "--max", "8M", "--action", "notify"]);
+    assert!(!ok && text.contains("root cgroup"), "{text}");
+    let own = std::fs::read_to_string(format!("/proc/{}/cgroup", agent.agent.pid()))
+        .expect("the agent's cgroup");
+    let own = own
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .expect("a cgroup v2 line")
+        .to_string();
+    assert_eq!(own, home.path());
+    let (ok, text) = agent.limit(&["set", &own, "--max", "8M", "--action", "notify"]);
+    assert!(!ok && text.contains("kmemcg agent"), "{own}: {text}");
+    let (ok, text) = agent.limit(&["set", "/system.slice", "--max", "8M", "--action", "notify"]);
+    assert!(!ok && text.contains("protected"), "{text}");
+
+    let (ok, text) = agent.limit(&["set", "/kmemcg-test-x", "--max", "8X", "--action", "kill"]);
+    assert!(
+        !ok && text.contains("not a size") && text.contains("8M"),
+        "{text}"
+    );
+    let (ok, text) = agent.limit(&[
+        "set",
+        "/kmemcg-test-x",
+        "--max",
+        "8M",
+        "--action",
+        "explode",
+    ]);
+    assert!(
+        !ok && text.contains("notify, signal, freeze, kill"),
+        "{text}"
+    );
+    let (ok, text) = agent.limit(&[
+        "set",
+        "kmemcg-test-x",
+        "--max",
+        "8M",
+        "--action",
+        "kill",
+        "--signal",
+        "SIGTERM",
+    ]);
+    assert!(!ok && text.contains("signal action"), "{text}");
+    assert!(agent.rules().is_empty(), "{:?}", agent.rules());
+    assert!(agent.records().is_empty());
+
+    // A config file rule on the root stops the agent before it starts.
+    let config = scratch("limits.toml");
+    std::fs::write(
+        &config,
+        "[[limits.rule]]\npath = \"/\"\nmax = \"8M\"\naction = \"notify\"\n",
+    )
+    .expect("config file");
+    let out = kmemcg(&[
+        "agent",
+        "--check-config",
+        "--config",
+        config.to_str().expect("utf-8"),
+    ]);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && text.contains("root cgroup"),
+        "{text}"
+    );
+    let out = kmemcg(&[
+        "agent",
+        "--config",
+        config.to_str().expect("utf-8"),
+        "--limits-file",
+        "/nonexistent/x",
+        "--listen",
+        "127.0.0.1:1",
+    ]);
+    let _ = std::fs::remove_file(&config);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && text.contains("root cgroup"),
+        "{text}"
+    );
+    let config = scratch("limits.toml");
+    std::fs::write(
+        &config,
+        "[[limits.rule]]\npath = \"/a\"\nmax = \"8X\"\naction = \"freeze\"\n",
+    )
+    .expect("config file");
+    let out = kmemcg(&[
+        "agent",
+        "--check-config",
+        "--config",
+        config.to_str().expect("utf-8"),
+    ]);
+    let _ = std::fs::remove_file(&config);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && text.contains("limits.rule") && text.contains("not a size"),
+        "{text}"
+    );
+}
+
+#[test]
+fn runtime_rules_survive_a_restart() {
+    require_root();
+    let state = scratch("limits.json");
+    let audit = scratch("audit.jsonl");
+    let agent = Limited::start_with(state.clone(), audit.clone());
+    agent.set(&["/kmemcg-test-persist", "--max", "1G", "--action", "notify"]);
+    agent.set(&[
+        "/kmemcg-test-glob-*",
+        "--max",
+        "64M",
+        "--action",
+        "signal",
+        "--grace",
+        "5s",
+    ]);
+    let before = agent.rules();
+    // SAFETY: kill(2) on our own child, the agent.
+    unsafe { libc::kill(agent.agent.pid() as i32, libc::SIGTERM) };
+    wait_until("the first agent exits", || {
+        !Path::new(&format!("/proc/{}", agent.agent.pid())).exists()
+            || std::fs::read_to_string(format!("/proc/{}/stat", agent.agent.pid()))
+                .is_ok_and(|s| s.contains(") Z "))
+    });
+    let restarted = Limited::start_with(state, audit);
+    let agent = restarted;
+    assert_eq!(agent.rules(), before);
+    let (ok, text) = agent.limit(&["list"]);
+    assert!(
+        ok && text.contains("/kmemcg-test-glob-*") && text.contains("runtime"),
+        "{text}"
+    );
+    let (ok, text) = agent.limit(&["rm", "/kmemcg-test-persist"]);
+    assert!(ok, "{text}");
+    let (ok, text) = agent.limit(&["rm", "/kmemcg-test-persist"]);
+    assert!(!ok && text.contains("no limit"), "{text}");
+    assert_eq!(agent.rules().len(), 1);
+}
