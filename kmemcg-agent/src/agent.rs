@@ -163,6 +163,10 @@ pub fn restart_only_changes(running: &AgentConfig, new: &AgentConfig) -> Vec<&'s
     .collect()
 }
 
+/// While limits are in force the maps are read at least this often, so that a cgroup crossing
+/// its limit is acted on well within a second.
+const ENFORCEMENT_INTERVAL: Duration = Duration::from_millis(250);
+
 /// Map reads are syscalls: they run on their own thread, not on the async runtime.
 fn spawn_sampling(
     mut sampler: Sampler,
@@ -172,7 +176,12 @@ fn spawn_sampling(
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         while !stop.load(Ordering::Relaxed) {
-            sleep_unless_stopped(shared.interval(), &stop, &mut sampler);
+            let interval = if shared.enforcer().has_rules() {
+                shared.interval().min(ENFORCEMENT_INTERVAL)
+            } else {
+                shared.interval()
+            };
+            sleep_unless_stopped(interval, &stop, &mut sampler);
             match sampler.sample() {
                 Ok(snapshot) => {
                     // Right after the sample: the reaction time is at most one interval.

@@ -256,6 +256,12 @@ impl Enforcer {
         self.lock().metrics.clone()
     }
 
+    /// Whether any rule is in force (from the config or set at runtime).
+    pub fn has_rules(&self) -> bool {
+        let inner = self.lock();
+        !(inner.config_rules.is_empty() && inner.runtime_rules.is_empty())
+    }
+
     /// Decides and acts on the latest sample.
     pub fn evaluate(&self, cgroups: &[CgroupUsage]) {
         let mut inner = self.lock();
