@@ -349,14 +349,20 @@ pub struct AgentProcess {
 }
 
 impl AgentProcess {
-    /// Starts `kmemcg agent` sampling every 100 ms, with `extra` flags, and waits until its API
-    /// answers.
+    /// Starts `kmemcg agent` sampling every 100 ms (see [`sample_interval`]), with `extra`
+    /// flags, and waits until its API answers.
     pub fn start(extra: &[&str]) -> Self {
         let addr = free_addr();
         let log = std::env::temp_dir().join(format!("{}.log", unique("agent")));
         let log_file = std::fs::File::create(&log).expect("agent log file");
         let child = Command::new(kmemcg_bin())
-            .args(["agent", "--interval", "0.1", "--listen", &addr.to_string()])
+            .args([
+                "agent",
+                "--interval",
+                &sample_interval(),
+                "--listen",
+                &addr.to_string(),
+            ])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(log_file)
@@ -467,6 +473,12 @@ impl Drop for AgentProcess {
         }
         let _ = std::fs::remove_file(&self.log);
     }
+}
+
+/// The agents' sampling interval: 0.1 s, or `KMEMCG_TEST_INTERVAL` (to measure reaction times
+/// at the default 1 s, for example).
+fn sample_interval() -> String {
+    std::env::var("KMEMCG_TEST_INTERVAL").unwrap_or_else(|_| "0.1".into())
 }
 
 /// A loopback address nobody listens on right now.
