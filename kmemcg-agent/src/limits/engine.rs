@@ -149,17 +149,7 @@ mod tests {
     const MIB: u64 = 1 << 20;
 
     fn rule(path: &str, action: Action, edit: impl FnOnce(&mut RuleSpec)) -> Rule {
-        let mut spec = RuleSpec {
-            path: path.into(),
-            max: Size(8 * MIB),
-            slab: None,
-            percpu: None,
-            action,
-            signal: None,
-            grace: None,
-            thaw_below: None,
-            dry_run: false,
-        };
+        let mut spec = RuleSpec::new(path, 8 * MIB, action);
         edit(&mut spec);
         Rule::new(spec).expect("valid rule")
     }

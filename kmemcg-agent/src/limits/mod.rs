@@ -431,20 +431,9 @@ fn load_state(path: &Path, protected: &Protected, config_rules: &[Rule]) -> Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rules::Size;
 
     fn spec(path: &str, action: Action) -> RuleSpec {
-        RuleSpec {
-            path: path.into(),
-            max: Size(1 << 20),
-            slab: None,
-            percpu: None,
-            action,
-            signal: None,
-            grace: None,
-            thaw_below: None,
-            dry_run: false,
-        }
+        RuleSpec::new(path, 1 << 20, action)
     }
 
     fn usage(path: &str, bytes: u64) -> CgroupUsage {

@@ -210,6 +210,24 @@ pub struct RuleSpec {
     pub dry_run: bool,
 }
 
+impl RuleSpec {
+    /// A rule on `path` with only a total limit: no slab or percpu limit, the action's
+    /// defaults, not a dry run.
+    pub fn new(path: impl Into<String>, max: u64, action: Action) -> Self {
+        Self {
+            path: path.into(),
+            max: Size(max),
+            slab: None,
+            percpu: None,
+            action,
+            signal: None,
+            grace: None,
+            thaw_below: None,
+            dry_run: false,
+        }
+    }
+}
+
 /// A checked rule.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Rule {
@@ -342,17 +360,7 @@ mod tests {
     use super::*;
 
     pub fn spec(path: &str, max: u64, action: Action) -> RuleSpec {
-        RuleSpec {
-            path: path.into(),
-            max: Size(max),
-            slab: None,
-            percpu: None,
-            action,
-            signal: None,
-            grace: None,
-            thaw_below: None,
-            dry_run: false,
-        }
+        RuleSpec::new(path, max, action)
     }
 
     #[test]
