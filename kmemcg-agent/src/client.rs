@@ -104,17 +104,12 @@ impl Client {
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         let url = format!("{}{path}", self.base);
-        let response = self.http.get(&url).send().await.map_err(|e| {
-            if e.is_connect() || e.is_timeout() {
-                anyhow!(
-                    "no kmemcg agent answers at {}: start one with `kmemcg agent` (as root), \
-                     or point --addr at a running one",
-                    self.base
-                )
-            } else {
-                anyhow!("requesting {url} failed: {e}")
-            }
-        })?;
+        let response = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
         let status = response.status();
         if !status.is_success() {
             return Err(anyhow!("{url} answered {status}: is this a kmemcg agent?"));
