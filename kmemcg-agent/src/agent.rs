@@ -13,10 +13,11 @@ use anyhow::Context as _;
 use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
+    api::Snapshot,
     error::StartError,
     limits::{Enforcer, LimitsConfig},
     metrics::MetricsConfig,
-    sampler::{Sampler, Snapshot},
+    sampler::Sampler,
     server::{self, Shared},
     tracer::{Tracer, TracerConfig},
 };

@@ -65,10 +65,33 @@ impl CgroupUsage {
     }
 }
 
+/// What kind of memory a cache row is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemoryKind {
+    /// A named slab cache (`dentry`, `sock_inode_cache`, ...).
+    #[default]
+    Slab,
+    /// A kmalloc bucket (`kmalloc-64`, `kmalloc-cg-192`, `kmalloc-large`).
+    Kmalloc,
+    /// Per-CPU memory (`percpu`).
+    Percpu,
+}
+
+impl MemoryKind {
+    /// Slab caches and kmalloc buckets are both slab memory.
+    pub fn is_percpu(self) -> bool {
+        self == MemoryKind::Percpu
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CacheUsage {
     /// Slab cache name (`dentry`, `kmalloc-64`, `kmalloc-cg-192`, ...) or `percpu`.
     pub name: String,
+    /// `slab`, `kmalloc` or `percpu`.
+    #[serde(default)]
+    pub kind: MemoryKind,
     pub bytes: u64,
     pub objects: u64,
     pub accounted_bytes: u64,
@@ -92,6 +115,16 @@ pub struct DyingCgroup {
     /// The nearest live ancestor, now charged with what it holds.
     pub charged_ancestor_id: u64,
     pub charged_ancestor_path: String,
+}
+
+/// One reading of the maps: everything the agent serves.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// Live cgroups (`GET /api/v1/cgroups`).
+    pub cgroups: Vec<CgroupUsage>,
+    /// Removed cgroups still holding objects (`GET /api/v1/dying`).
+    pub dying: Vec<DyingCgroup>,
+    pub status: Status,
 }
 
 /// The agent's own state: `GET /api/v1/status`.

@@ -13,7 +13,7 @@ use kmemcg_common::{
     STATS_KEYS, StatsKey,
 };
 
-use crate::{batch, error::ReadError, kernel};
+use crate::{bpf_batch, error::ReadError, kernel};
 
 /// The maps' content at one moment, summed over CPUs.
 #[derive(Clone, Debug, Default)]
@@ -71,7 +71,7 @@ fn batch_error(map: &'static str, call: &'static str) -> impl Fn(std::io::Error)
 type Stats = (Vec<(StatsKey, CacheStats)>, Vec<(u32, StatsKey)>);
 
 fn read_stats(ebpf: &Ebpf) -> Result<Stats, ReadError> {
-    let slots: Vec<(u32, StatsKey)> = batch::lookup_all(
+    let slots: Vec<(u32, StatsKey)> = bpf_batch::lookup_all(
         map_fd(ebpf, STATS_KEYS)?,
         1,
         |_: &u32, key: &StatsKey| key.cgroup_id != 0 && key.cache_id != 0,
@@ -79,7 +79,7 @@ fn read_stats(ebpf: &Ebpf) -> Result<Stats, ReadError> {
     )
     .map_err(batch_error(STATS_KEYS, "bpf_map_lookup_batch"))?;
     // Both reads come in slot order: match them up without a lookup table.
-    let counters = batch::lookup_all(
+    let counters = bpf_batch::lookup_all(
         map_fd(ebpf, CGROUP_CACHE_STATS)?,
         kernel::possible_cpus(),
         |index: &u32, _: &CacheStats| slots.binary_search_by_key(index, |(i, _)| *i).is_ok(),
@@ -107,7 +107,7 @@ fn read_stats(ebpf: &Ebpf) -> Result<Stats, ReadError> {
 /// Frees counter slots (of removed cgroups that hold nothing any more): counters first, then
 /// the key, so that a new key claiming the slot starts from zero.
 pub fn clear_stats_slots(ebpf: &Ebpf, slots: &[u32]) -> Result<(), ReadError> {
-    batch::update_all(
+    bpf_batch::update_all(
         map_fd(ebpf, CGROUP_CACHE_STATS)?,
         slots,
         &CacheStats::default(),
@@ -118,7 +118,7 @@ pub fn clear_stats_slots(ebpf: &Ebpf, slots: &[u32]) -> Result<(), ReadError> {
         cgroup_id: 0,
         cache_id: 0,
     };
-    batch::update_all(map_fd(ebpf, STATS_KEYS)?, slots, &free, 1)
+    bpf_batch::update_all(map_fd(ebpf, STATS_KEYS)?, slots, &free, 1)
         .map_err(batch_error(STATS_KEYS, "bpf_map_update_batch"))
 }
 

@@ -7,7 +7,7 @@
 pub mod agent;
 pub mod api;
 pub mod baseline;
-pub mod batch;
+pub mod bpf_batch;
 pub mod cgroups;
 pub mod cli;
 pub mod client;

@@ -12,7 +12,11 @@ use prometheus::{
     proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType},
 };
 
-use crate::{api::CgroupUsage, limits::EnforcementMetrics, metadata, sampler::Snapshot};
+use crate::{
+    api::{CgroupUsage, Snapshot},
+    limits::EnforcementMetrics,
+    metadata,
+};
 
 /// Content type of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -502,6 +506,7 @@ mod tests {
             accounted_bytes: bytes,
             allocs: 10,
             frees: 2,
+            ..Default::default()
         }
     }
 

@@ -9,7 +9,7 @@ use std::{
 use kmemcg_common::{CacheKind, CacheStats, StatsKey};
 
 use crate::{
-    api::{CacheUsage, CgroupUsage, DyingCgroup},
+    api::{CacheUsage, CgroupUsage, DyingCgroup, MemoryKind},
     cgroups::{Node, Nodes},
 };
 
@@ -18,15 +18,20 @@ const DYING_TOP_CACHES: usize = 5;
 
 /// Name of a cache id: the slab cache's own name, the kmalloc bucket the kernel would use, or
 /// `percpu`.
-pub fn cache_name(cache_id: u64, names: &HashMap<u64, String>) -> String {
+pub fn cache_name(cache_id: u64, names: &HashMap<u64, String>) -> (String, MemoryKind) {
     match CacheKind::of(cache_id) {
-        CacheKind::Slab(addr) => names
-            .get(&addr)
-            .cloned()
-            .unwrap_or_else(|| format!("<cache {addr:#x}>")),
-        CacheKind::Kmalloc { bytes, accounted } => kmalloc_name(bytes, accounted),
-        CacheKind::Percpu => "percpu".into(),
-        CacheKind::Unknown(id) => format!("<unknown {id}>"),
+        CacheKind::Slab(addr) => (
+            names
+                .get(&addr)
+                .cloned()
+                .unwrap_or_else(|| format!("<cache {addr:#x}>")),
+            MemoryKind::Slab,
+        ),
+        CacheKind::Kmalloc { bytes, accounted } => {
+            (kmalloc_name(bytes, accounted), MemoryKind::Kmalloc)
+        }
+        CacheKind::Percpu => ("percpu".into(), MemoryKind::Percpu),
+        CacheKind::Unknown(id) => (format!("<unknown {id}>"), MemoryKind::Slab),
     }
 }
 
@@ -102,13 +107,14 @@ fn by_cgroup(
 ) -> BTreeMap<u64, Caches> {
     let mut by_cgroup: BTreeMap<u64, Caches> = BTreeMap::new();
     for (key, s) in stats {
-        let name = cache_name(key.cache_id, cache_names);
+        let (name, kind) = cache_name(key.cache_id, cache_names);
         let cache = by_cgroup
             .entry(key.cgroup_id)
             .or_default()
             .entry(name.clone())
             .or_insert_with(|| CacheUsage {
                 name,
+                kind,
                 ..Default::default()
             });
         // Sums over CPUs are never negative; clamp a torn read to zero.
@@ -152,7 +158,7 @@ fn merge<'a>(
     counters: bool,
 ) {
     for c in caches {
-        if c.name == "percpu" {
+        if c.kind.is_percpu() {
             usage.percpu_bytes += c.bytes;
             usage.percpu_objects += c.objects;
         } else {
@@ -165,6 +171,7 @@ fn merge<'a>(
             None => {
                 usage.caches.push(CacheUsage {
                     name: c.name.clone(),
+                    kind: c.kind,
                     ..Default::default()
                 });
                 usage.caches.last_mut().expect("just pushed")
@@ -339,28 +346,19 @@ mod tests {
     #[test]
     fn names_kmalloc_buckets_like_the_kernel() {
         let names = HashMap::new();
+        let name = |id| cache_name(id, &names).0;
+        assert_eq!(name(kmalloc_cache_id(64, false)), "kmalloc-64");
+        assert_eq!(name(kmalloc_cache_id(192, true)), "kmalloc-cg-192");
+        assert_eq!(name(kmalloc_cache_id(1024, false)), "kmalloc-1k");
+        assert_eq!(name(kmalloc_cache_id(8192, true)), "kmalloc-cg-8k");
+        assert_eq!(name(kmalloc_cache_id(16384, false)), "kmalloc-large");
+        assert_eq!(name(CACHE_ID_PERCPU), "percpu");
+        assert_eq!(cache_name(CACHE_ID_PERCPU, &names).1, MemoryKind::Percpu);
         assert_eq!(
-            cache_name(kmalloc_cache_id(64, false), &names),
-            "kmalloc-64"
+            cache_name(kmalloc_cache_id(64, false), &names).1,
+            MemoryKind::Kmalloc
         );
-        assert_eq!(
-            cache_name(kmalloc_cache_id(192, true), &names),
-            "kmalloc-cg-192"
-        );
-        assert_eq!(
-            cache_name(kmalloc_cache_id(1024, false), &names),
-            "kmalloc-1k"
-        );
-        assert_eq!(
-            cache_name(kmalloc_cache_id(8192, true), &names),
-            "kmalloc-cg-8k"
-        );
-        assert_eq!(
-            cache_name(kmalloc_cache_id(16384, false), &names),
-            "kmalloc-large"
-        );
-        assert_eq!(cache_name(CACHE_ID_PERCPU, &names), "percpu");
-        assert_eq!(cache_name(DENTRY, &names), format!("<cache {DENTRY:#x}>"));
+        assert_eq!(name(DENTRY), format!("<cache {DENTRY:#x}>"));
     }
 
     #[test]

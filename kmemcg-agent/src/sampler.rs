@@ -9,7 +9,7 @@ use std::{
 use kmemcg_common::RootCgroupMode;
 
 use crate::{
-    api::{CgroupUsage, DyingCgroup, Status},
+    api::{CgroupUsage, DyingCgroup, Snapshot, Status},
     cgroups::CgroupTree,
     collector::RawSnapshot,
     error::ReadError,
@@ -17,14 +17,6 @@ use crate::{
     report::{self, Report},
     tracer::Tracer,
 };
-
-/// What the API serves: the latest reading.
-#[derive(Clone, Debug, Default)]
-pub struct Snapshot {
-    pub cgroups: Vec<CgroupUsage>,
-    pub dying: Vec<DyingCgroup>,
-    pub status: Status,
-}
 
 pub struct Sampler {
     tracer: Tracer,

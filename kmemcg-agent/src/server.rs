@@ -19,10 +19,9 @@ use tokio::sync::watch;
 use tower_http::compression::CompressionLayer;
 
 use crate::{
-    api::Status,
+    api::{Snapshot, Status},
     limits::{Enforcer, rules::RuleSpec},
     metrics::{self, Exporter, MetricsConfig},
-    sampler::Snapshot,
 };
 
 pub type Snapshots = watch::Receiver<Arc<Snapshot>>;

@@ -6,10 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{
-    api::{CacheUsage, CgroupUsage, Status},
-    sampler::Snapshot,
-};
+use crate::api::{CacheUsage, CgroupUsage, Snapshot, Status};
 
 /// What the screen shows and what keys do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

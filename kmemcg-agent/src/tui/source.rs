@@ -3,8 +3,9 @@
 use anyhow::{Context as _, anyhow};
 
 use crate::{
+    api::Snapshot,
     client::Client,
-    sampler::{Sampler, Snapshot},
+    sampler::Sampler,
     tracer::{Tracer, TracerConfig},
 };
 
