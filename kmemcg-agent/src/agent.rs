@@ -1,30 +1,35 @@
 //! The daemon: loads the tracer, samples it every interval and serves the API until told to
 //! stop.
 use std::{
+    future::IntoFuture as _,
     net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
 use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
+    access::{ApiConfig, WriteAccess},
     api::Snapshot,
     error::StartError,
-    limits::{Enforcer, LimitsConfig},
+    limits::{self, Enforcer, LimitsConfig},
+    listener::{self, Bounded, Peer},
     metrics::MetricsConfig,
     sampler::Sampler,
-    server::{self, Shared},
+    server::{self, AppState, Settings},
     tracer::{Tracer, TracerConfig},
 };
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct AgentConfig {
     pub listen: SocketAddr,
+    /// The unix socket and the write token.
+    pub api: ApiConfig,
     /// How often the maps are read.
     pub interval: Duration,
     pub tracer: TracerConfig,
@@ -55,53 +60,96 @@ pub async fn run(
 }
 
 /// Runs the agent until `shutdown` completes; on SIGHUP, `reload` (if any) is called and what
-/// can change without a restart (metrics settings, interval) is applied.
+/// can change without a restart (metrics settings, interval, limits) is applied.
 pub async fn run_with_reload(
     config: AgentConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     reload: Option<Reload>,
 ) -> anyhow::Result<()> {
+    raise_fd_limit();
     // Before loading (which takes a while): a SIGHUP must not kill a starting agent.
     let hup = match reload {
         Some(reload) => Some((sighup().context("handling SIGHUP")?, reload)),
         None => None,
     };
-    // Rules on protected cgroups are refused before anything is bound or loaded.
-    crate::limits::check(&config.limits).map_err(|e| anyhow::anyhow!("{e}"))?;
-    // Bind first: a taken port is reported before anything is loaded into the kernel.
-    let listener = bind(config.listen).await?;
+    // The limits (rules on protected cgroups are refused) and the listeners come first: a bad
+    // rule or a taken port is reported before anything is loaded into the kernel.
+    let cgroup_root = crate::kernel::cgroupfs::find_cgroup2_mount()?;
+    let enforcer = Arc::new(
+        Enforcer::new(&config.limits, cgroup_root).context("config file, [[limits.rule]]")?,
+    );
+    let tcp = bind(config.listen).await?;
+    let socket = match &config.api.socket {
+        Some(path) => Some(listener::bind_unix(path).with_context(|| {
+            format!(
+                "cannot serve the unix socket {} (set api.socket, --socket, or --no-socket)",
+                path.display()
+            )
+        })?),
+        None => None,
+    };
+    let token = match &config.api.write_token_file {
+        Some(path) => Some(crate::access::read_token(path).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
     let tracer = Tracer::start(config.tracer.clone())?;
     let mut sampler = Sampler::new(tracer);
     let first = sampler.sample().context("reading the eBPF maps")?;
     let (tx, rx) = watch::channel(Arc::new(first));
     let stop = Arc::new(AtomicBool::new(false));
-    let enforcer = Enforcer::new(
-        &config.limits,
-        sampler.tracer().cgroup2_mount().to_path_buf(),
-    )
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let shared = Arc::new(Shared::with_enforcer(
-        config.metrics.clone(),
-        config.interval,
-        Arc::new(enforcer),
-    ));
-    let sampling = spawn_sampling(sampler, tx, shared.clone(), stop.clone());
+    let settings = Arc::new(Settings::new(config.metrics.clone(), config.interval));
+    let sampling = spawn_sampling(
+        sampler,
+        tx,
+        settings.clone(),
+        enforcer.clone(),
+        stop.clone(),
+    );
     let reloading = hup.map(|(hup, reload)| {
         tokio::spawn(reload_on_sighup(
             hup,
             config.clone(),
             reload,
-            shared.clone(),
+            settings.clone(),
+            enforcer.clone(),
         ))
     });
 
-    tracing::info!(listen = %config.listen, "kmemcg agent serving");
-    let served = axum::serve(listener, server::router_with(rx, shared))
-        .with_graceful_shutdown(shutdown)
+    let state = AppState::new(rx, settings, enforcer);
+    let (closing, closed) = watch::channel(false);
+    let stopped = move || {
+        let mut closed = closed.clone();
+        async move {
+            let _ = closed.wait_for(|c| *c).await;
+        }
+    };
+    let unix = socket.map(|socket| {
+        let app = server::router(state.clone(), WriteAccess::Socket)
+            .into_make_service_with_connect_info::<Peer>();
+        tokio::spawn(
+            axum::serve(Bounded::new(socket), app)
+                .with_graceful_shutdown(stopped())
+                .into_future(),
+        )
+    });
+    let app = server::router(state, WriteAccess::Tcp { token })
+        .into_make_service_with_connect_info::<Peer>();
+    tracing::info!(listen = %config.listen, socket = ?config.api.socket, "kmemcg agent serving");
+    let served = axum::serve(Bounded::new(tcp), app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = closing.send(true);
+        })
         .await
         .context("serving the HTTP API");
     if let Some(task) = reloading {
         task.abort();
+    }
+    if let Some(unix) = unix {
+        let _ = unix.await;
+    }
+    if let Some(path) = &config.api.socket {
+        let _ = std::fs::remove_file(path);
     }
     stop.store(true, Ordering::Relaxed);
     // Dropping the sampler detaches the programs.
@@ -111,16 +159,22 @@ pub async fn run_with_reload(
     Ok(())
 }
 
-/// Applies a new configuration on every SIGHUP; a bad one is reported and the running one kept.
+/// Applies a new configuration on every SIGHUP, all of it or, when any part is bad, none of
+/// it (the running one is kept and the reason logged).
 async fn reload_on_sighup(
     mut hup: tokio::signal::unix::Signal,
     mut current: AgentConfig,
     reload: Reload,
-    shared: Arc<Shared>,
+    settings: Arc<Settings>,
+    enforcer: Arc<Enforcer>,
 ) {
     while hup.recv().await.is_some() {
-        let new = match reload() {
-            Ok(new) => new,
+        let checked = reload().and_then(|new| {
+            let protected = limits::check(&new.limits).context("config file, [[limits.rule]]")?;
+            Ok((new, protected))
+        });
+        let (new, protected) = match checked {
+            Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %format!("{e:#}"), "configuration reload failed; keeping the running configuration");
                 continue;
@@ -130,17 +184,33 @@ async fn reload_on_sighup(
         if !restart_only.is_empty() {
             tracing::warn!(keys = ?restart_only, "these settings take effect only at the next start");
         }
-        shared.set_metrics_config(new.metrics.clone());
-        shared.set_interval(new.interval);
-        if let Err(e) = shared.enforcer().reconfigure(&new.limits) {
-            tracing::error!(error = %e, "limits not reloaded; keeping the running ones");
-        }
+        settings.set_metrics_config(new.metrics.clone());
+        settings.set_interval(new.interval);
+        enforcer.reconfigure(&new.limits, protected);
         tracing::info!(interval = ?new.interval, metrics = ?new.metrics, "configuration reloaded");
         current = AgentConfig {
             listen: current.listen,
+            api: current.api.clone(),
             tracer: current.tracer.clone(),
             ..new
         };
+    }
+}
+
+/// Room for the connection cap, the maps and the audit file whatever the caller's soft
+/// limit (often 1024): the soft limit is raised to the hard one.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid pointers to an rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
     }
 }
 
@@ -154,6 +224,11 @@ pub fn restart_only_changes(running: &AgentConfig, new: &AgentConfig) -> Vec<&'s
     let (a, b) = (&running.tracer, &new.tracer);
     [
         ("listen", running.listen != new.listen),
+        ("api.socket", running.api.socket != new.api.socket),
+        (
+            "api.write_token_file",
+            running.api.write_token_file != new.api.write_token_file,
+        ),
         ("max_objects", a.max_objects != b.max_objects),
         ("max_stats", a.max_stats != b.max_stats),
         ("root_cgroup", a.root_mode != b.root_mode),
@@ -167,26 +242,34 @@ pub fn restart_only_changes(running: &AgentConfig, new: &AgentConfig) -> Vec<&'s
 /// While limits are in force the maps are read at least this often, so that a cgroup crossing
 /// its limit is acted on well within a second.
 const ENFORCEMENT_INTERVAL: Duration = Duration::from_millis(250);
+/// cgroup tree events are followed this often between samples, so that their ring buffer
+/// never fills.
+const CGROUP_EVENTS_INTERVAL: Duration = Duration::from_millis(50);
 
-/// Map reads are syscalls: they run on their own thread, not on the async runtime.
+/// Map reads are syscalls: they run on their own thread, not on the async runtime, on a fixed
+/// schedule (a sample every interval from the last one's start) that HTTP load cannot stretch.
 fn spawn_sampling(
     mut sampler: Sampler,
     tx: watch::Sender<Arc<Snapshot>>,
-    shared: Arc<Shared>,
+    settings: Arc<Settings>,
+    enforcer: Arc<Enforcer>,
     stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
+        let mut next = Instant::now();
         while !stop.load(Ordering::Relaxed) {
-            let interval = if shared.enforcer().has_rules() {
-                shared.interval().min(ENFORCEMENT_INTERVAL)
+            let interval = if enforcer.has_rules() {
+                settings.interval().min(ENFORCEMENT_INTERVAL)
             } else {
-                shared.interval()
+                settings.interval()
             };
-            sleep_unless_stopped(interval, &stop, &mut sampler);
+            // A sample late by more than an interval starts the schedule again from now.
+            next = (next + interval).max(Instant::now());
+            wait_until(next, &stop, &mut sampler);
             match sampler.sample() {
                 Ok(snapshot) => {
                     // Right after the sample: the reaction time is at most one interval.
-                    shared.enforcer().evaluate(&snapshot.cgroups);
+                    enforcer.evaluate(&snapshot.cgroups);
                     tx.send_replace(Arc::new(snapshot));
                 }
                 Err(e) => tracing::warn!(error = %e, "reading the eBPF maps failed"),
@@ -195,13 +278,14 @@ fn spawn_sampling(
     })
 }
 
-/// Sleeps for `interval`, following cgroup events every 50 ms meanwhile.
-fn sleep_unless_stopped(interval: Duration, stop: &AtomicBool, sampler: &mut Sampler) {
-    let step = Duration::from_millis(50);
-    let mut slept = Duration::ZERO;
-    while slept < interval && !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(step.min(interval - slept));
-        slept += step;
+/// Waits until `deadline`, following cgroup events meanwhile.
+fn wait_until(deadline: Instant, stop: &AtomicBool, sampler: &mut Sampler) {
+    loop {
+        let now = Instant::now();
+        if now >= deadline || stop.load(Ordering::Relaxed) {
+            return;
+        }
+        std::thread::sleep(CGROUP_EVENTS_INTERVAL.min(deadline - now));
         sampler.poll_cgroup_events();
     }
 }

@@ -12,12 +12,11 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::{
+    access::ApiConfig,
     agent::AgentConfig,
     api::DEFAULT_LISTEN,
-    limits::{
-        LimitsConfig,
-        rules::{self, Rule, RuleSpec},
-    },
+    cgroup_path,
+    limits::{LimitsConfig, Rule, RuleSpec},
     metrics::MetricsConfig,
     tracer::{DEFAULT_MAX_OBJECTS, TracerConfig, default_max_stats},
 };
@@ -27,6 +26,8 @@ pub const MAX_OBJECTS_RANGE: (i64, i64) = (1024, 1 << 26);
 pub const MAX_STATS_RANGE: (i64, i64) = (64, 1 << 22);
 pub const INTERVAL_RANGE: (f64, f64) = (0.05, 3600.0);
 pub const TOP_CACHES_MAX: i64 = 1000;
+/// A config file larger than this is refused: a real one is a few KiB.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
 /// Why a configuration was rejected. Each message names the file (or variable) and the key.
 #[derive(Debug, Error)]
@@ -71,6 +72,17 @@ pub struct FileConfig {
     pub pin_dir: Option<PathBuf>,
     pub metrics: Option<FileMetrics>,
     pub limits: Option<FileLimits>,
+    pub api: Option<FileApi>,
+}
+
+/// `[api]`: who may change what.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileApi {
+    /// Unix socket serving the whole API to root; "" turns it off.
+    pub socket: Option<PathBuf>,
+    /// File holding the bearer token that allows writes on the TCP listener.
+    pub write_token_file: Option<PathBuf>,
 }
 
 /// `[limits]` and its `[[limits.rule]]` entries.
@@ -108,14 +120,18 @@ pub struct Overrides {
     pub dry_run: bool,
     pub limits_file: Option<PathBuf>,
     pub audit_file: Option<PathBuf>,
+    pub socket: Option<PathBuf>,
+    pub no_socket: bool,
+    pub write_token_file: Option<PathBuf>,
 }
 
 /// Reads and parses a config file.
 pub fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text =
+        crate::files::read_limited(path, MAX_CONFIG_BYTES).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
     parse(path, &text)
 }
 
@@ -164,6 +180,18 @@ fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> usize {
     })
 }
 
+/// The sampling interval, in seconds, within [`INTERVAL_RANGE`].
+pub fn check_interval(seconds: f64) -> Result<Duration, String> {
+    let (min, max) = INTERVAL_RANGE;
+    if (min..=max).contains(&seconds) {
+        Ok(Duration::from_secs_f64(seconds))
+    } else {
+        Err(format!(
+            "{seconds} is out of range: the interval must be between {min} and {max} seconds"
+        ))
+    }
+}
+
 /// Merges defaults, the file and the overrides into the agent's configuration, checking every
 /// value. `file` is `(path, content)` when a file was given.
 pub fn resolve(
@@ -198,19 +226,8 @@ pub fn resolve(
             .parse()
             .map_err(|_| bad("listen", "bad built-in default".into()))?,
     };
-    let interval = match over.interval_seconds.or(f.interval_seconds) {
-        Some(v) if (INTERVAL_RANGE.0..=INTERVAL_RANGE.1).contains(&v) => v,
-        Some(v) => {
-            return Err(bad(
-                "interval_seconds",
-                format!(
-                    "{v} is out of range: the interval must be between {} and {} seconds",
-                    INTERVAL_RANGE.0, INTERVAL_RANGE.1
-                ),
-            ));
-        }
-        None => 1.0,
-    };
+    let interval = check_interval(over.interval_seconds.or(f.interval_seconds).unwrap_or(1.0))
+        .map_err(|r| bad("interval_seconds", r))?;
     let max_objects = pick_int(
         over.max_objects.map(i64::from),
         f.max_objects,
@@ -227,12 +244,9 @@ pub fn resolve(
     .map_err(|r| bad("max_stats", r))?;
     let root_mode = match (over.root_cgroup, &f.root_cgroup) {
         (Some(mode), _) => mode,
-        (None, Some(s)) => parse_root_mode(s).ok_or_else(|| {
-            bad(
-                "root_cgroup",
-                format!("`{s}` is not one of `ignore`, `count`, `track`"),
-            )
-        })?,
+        (None, Some(s)) => s
+            .parse()
+            .map_err(|e| bad("root_cgroup", format!("`{s}`: {e}")))?,
         (None, None) => RootCgroupMode::Count,
     };
     let pin_dir = if over.no_pin {
@@ -264,11 +278,13 @@ pub fn resolve(
     .map_err(|r| bad("metrics.cache_min_bytes", r))?;
 
     let limits = resolve_limits(f.limits.as_ref(), over, &bad)?;
+    let api = resolve_api(f.api.as_ref(), over, &bad)?;
 
     Ok(AgentConfig {
         listen,
+        api,
         limits,
-        interval: Duration::from_secs_f64(interval),
+        interval,
         tracer: TracerConfig {
             max_objects: max_objects as u32,
             max_stats: max_stats as u32,
@@ -318,7 +334,7 @@ fn resolve_limits(
         .protected
         .iter()
         .flatten()
-        .map(|p| rules::normalize(p).map_err(|r| bad("limits.protected", r)))
+        .map(|p| cgroup_path::normalize(p).map_err(|r| bad("limits.protected", r)))
         .collect::<Result<Vec<_>, _>>()?;
     let rules = f
         .rule
@@ -336,6 +352,41 @@ fn resolve_limits(
         audit_file,
         protected,
         rules,
+    })
+}
+
+fn resolve_api(
+    file: Option<&FileApi>,
+    over: &Overrides,
+    bad: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<ApiConfig, ConfigError> {
+    let empty = FileApi::default();
+    let f = file.unwrap_or(&empty);
+    let socket = if over.no_socket {
+        None
+    } else {
+        match over.socket.clone().or_else(|| f.socket.clone()) {
+            Some(p) if p.as_os_str().is_empty() => None,
+            Some(p) if !p.is_absolute() => {
+                return Err(bad(
+                    "api.socket",
+                    format!("`{}` is not an absolute path", p.display()),
+                ));
+            }
+            Some(p) => Some(p),
+            None => ApiConfig::default().socket,
+        }
+    };
+    let write_token_file = over
+        .write_token_file
+        .clone()
+        .or_else(|| f.write_token_file.clone());
+    if let Some(p) = &write_token_file {
+        crate::access::read_token(p).map_err(|e| bad("api.write_token_file", e))?;
+    }
+    Ok(ApiConfig {
+        socket,
+        write_token_file,
     })
 }
 
@@ -359,15 +410,6 @@ fn pick_int(
         ))
     } else {
         Ok(v)
-    }
-}
-
-pub fn parse_root_mode(s: &str) -> Option<RootCgroupMode> {
-    match s {
-        "ignore" => Some(RootCgroupMode::Ignore),
-        "count" => Some(RootCgroupMode::Count),
-        "track" => Some(RootCgroupMode::Track),
-        _ => None,
     }
 }
 
@@ -528,7 +570,7 @@ mod tests {
         assert_eq!(l.protected, ["/critical.slice"]);
         assert_eq!(l.rules.len(), 2);
         assert_eq!(l.rules[0].signal, libc::SIGINT);
-        assert!(l.rules[0].glob);
+        assert!(l.rules[0].is_glob());
         assert_eq!(l.rules[1].spec.max.0, 8 << 20);
 
         let e = parse_err("[[limits.rule]]\npath = \"/a\"\nmax = \"8X\"\naction = \"kill\"\n");

@@ -4,18 +4,22 @@
 //! path) -> report (per-cgroup usage) -> sampler (snapshots) -> server (HTTP API, metrics) -> cli.
 //! Daemon concerns beside the path: config (file, env, flags), pin (bpffs), metadata (pod and
 //! container from a cgroup path), metrics (Prometheus exposition).
+pub mod access;
 pub mod agent;
 pub mod api;
 pub mod baseline;
 pub mod bpf_batch;
+pub mod cgroup_path;
 pub mod cgroups;
 pub mod cli;
 pub mod client;
 pub mod collector;
 pub mod config;
 pub mod error;
+pub mod files;
 pub mod kernel;
 pub mod limits;
+pub mod listener;
 pub mod metadata;
 pub mod metrics;
 pub mod pin;

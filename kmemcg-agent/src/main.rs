@@ -11,6 +11,12 @@ async fn main() -> std::process::ExitCode {
     // SAFETY: mallopt has no preconditions.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
     let cli = Cli::parse();
+    if !cli.is_daemon() {
+        // A command whose output pipe is closed (`kmemcg stat | head`) ends quietly, as Unix
+        // tools do, instead of panicking on the write.
+        // SAFETY: restoring the default disposition of SIGPIPE has no preconditions.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     init_logs();
     match cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

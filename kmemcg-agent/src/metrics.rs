@@ -278,10 +278,10 @@ fn per_cgroup(snapshot: &Snapshot, config: &MetricsConfig) -> Vec<MetricFamily> 
     );
     let mut omitted = 0u64;
     let mut seen = HashSet::new();
-    // Only live cgroups: what removed ones hold is charged to their nearest live ancestor and
-    // summed in kmemcg_dying_cgroup_bytes. A recreated cgroup has the same path, and two series
-    // with one label set would fail the whole scrape.
-    for usage in snapshot.cgroups.iter().filter(|u| u.alive) {
+    // snapshot.cgroups are live cgroups: what removed ones hold is charged to their nearest
+    // live ancestor and summed in kmemcg_dying_cgroup_bytes. A cgroup recreated between two
+    // samples has the same path, and two series with one label set would fail the whole scrape.
+    for usage in &snapshot.cgroups {
         if !seen.insert(usage.path.as_str()) {
             continue;
         }

@@ -6,8 +6,6 @@ use std::{
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
-use kmemcg_common::RootCgroupMode;
-
 use crate::{
     api::{CgroupUsage, DyingCgroup, Snapshot, Status},
     cgroups::CgroupTree,
@@ -154,7 +152,7 @@ impl Sampler {
             stats_entries: raw.stats_slots.len() as u64,
             stats_capacity: config.max_stats.next_power_of_two().into(),
             attached_hooks: self.tracer.hooks().to_vec(),
-            root_cgroup_mode: root_mode_name(config.root_mode).into(),
+            root_cgroup_mode: config.root_mode.as_str().into(),
             cgroup2_mount: self.tracer.cgroup2_mount().display().to_string(),
             cgroups: cgroups.len() as u64,
             dying_cgroups: dying.len() as u64,
@@ -168,13 +166,5 @@ impl Sampler {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
         }
-    }
-}
-
-pub fn root_mode_name(mode: RootCgroupMode) -> &'static str {
-    match mode {
-        RootCgroupMode::Ignore => "ignore",
-        RootCgroupMode::Count => "count",
-        RootCgroupMode::Track => "track",
     }
 }

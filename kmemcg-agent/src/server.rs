@@ -8,9 +8,10 @@ use std::{
 };
 
 use axum::{
-    Json, Router,
+    Extension, Json, Router,
     extract::{Query, State},
     http::{StatusCode, header},
+    middleware,
     response::{IntoResponse, Response},
     routing::get,
 };
@@ -19,42 +20,26 @@ use tokio::sync::watch;
 use tower_http::compression::CompressionLayer;
 
 use crate::{
+    access::{Caller, WriteAccess, guard_writes},
     api::{Snapshot, Status},
-    limits::{Enforcer, rules::RuleSpec},
+    limits::{self, Enforcer, RuleSpec},
     metrics::{self, Exporter, MetricsConfig},
 };
 
 pub type Snapshots = watch::Receiver<Arc<Snapshot>>;
 
-/// Settings the handlers read and SIGHUP may change.
-pub struct Shared {
+/// Settings the handlers read and SIGHUP may change; the sampling loop reads the interval.
+pub struct Settings {
     metrics: RwLock<MetricsConfig>,
     interval_ms: AtomicU64,
-    exporter: Exporter,
-    enforcer: Arc<Enforcer>,
 }
 
-impl Shared {
-    /// Without limits.
+impl Settings {
     pub fn new(metrics: MetricsConfig, interval: Duration) -> Self {
-        Self::with_enforcer(metrics, interval, Arc::new(Enforcer::disabled()))
-    }
-
-    pub fn with_enforcer(
-        metrics: MetricsConfig,
-        interval: Duration,
-        enforcer: Arc<Enforcer>,
-    ) -> Self {
         Self {
             metrics: RwLock::new(metrics),
             interval_ms: AtomicU64::new(interval.as_millis() as u64),
-            exporter: Exporter::default(),
-            enforcer,
         }
-    }
-
-    pub fn enforcer(&self) -> &Enforcer {
-        &self.enforcer
     }
 
     pub fn metrics_config(&self) -> MetricsConfig {
@@ -81,24 +66,30 @@ impl Shared {
     }
 }
 
+/// What the handlers share: the latest snapshot, the settings, the limits and the exporter.
 #[derive(Clone)]
-struct AppState {
+pub struct AppState {
     snapshots: Snapshots,
-    shared: Arc<Shared>,
+    settings: Arc<Settings>,
+    enforcer: Arc<Enforcer>,
+    exporter: Arc<Exporter>,
 }
 
-/// The router with default metrics settings (what tests and embedders use).
-pub fn router(snapshots: Snapshots) -> Router {
-    router_with(
-        snapshots,
-        Arc::new(Shared::new(
-            MetricsConfig::default(),
-            Duration::from_secs(1),
-        )),
-    )
+impl AppState {
+    pub fn new(snapshots: Snapshots, settings: Arc<Settings>, enforcer: Arc<Enforcer>) -> Self {
+        Self {
+            snapshots,
+            settings,
+            enforcer,
+            exporter: Arc::new(Exporter::default()),
+        }
+    }
 }
 
-pub fn router_with(snapshots: Snapshots, shared: Arc<Shared>) -> Router {
+/// The API for one listener, with that listener's write access rule. Serve it with
+/// `into_make_service_with_connect_info::<Peer>()` over a [`crate::listener::Bounded`]
+/// listener.
+pub fn router(state: AppState, access: WriteAccess) -> Router {
     Router::new()
         .route("/api/v1/cgroups", get(cgroups))
         .route("/api/v1/status", get(status))
@@ -116,7 +107,8 @@ pub fn router_with(snapshots: Snapshots, shared: Arc<Shared>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)
-        .with_state(AppState { snapshots, shared })
+        .layer(middleware::from_fn_with_state(access, guard_writes))
+        .with_state(state)
 }
 
 async fn cgroups(State(state): State<AppState>) -> Response {
@@ -130,21 +122,26 @@ async fn dying(State(state): State<AppState>) -> Response {
 }
 
 async fn limits(State(state): State<AppState>) -> Response {
-    json(&state.shared.enforcer.rules())
+    json(&state.enforcer.rules())
 }
 
-/// Adds or replaces a runtime rule: 400 with the reason when it is malformed or refused.
+/// Adds or replaces a runtime rule; a refusal's status and `kind` say why (see
+/// [`limits::Error`]).
 async fn set_limit(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     body: Result<Json<RuleSpec>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let spec = match body {
         Ok(Json(spec)) => spec,
-        Err(e) => return bad_request(format!("not a limit rule: {}", e.body_text())),
+        Err(e) => {
+            let e = limits::Error::Invalid(format!("not a limit rule: {}", e.body_text()));
+            return limits_error(&e);
+        }
     };
-    match state.shared.enforcer.set(spec) {
+    match state.enforcer.set(spec, &caller.0) {
         Ok(rule) => json(&rule),
-        Err(e) => bad_request(e),
+        Err(e) => limits_error(&e),
     }
 }
 
@@ -153,20 +150,33 @@ struct PathQuery {
     path: String,
 }
 
-/// `DELETE /api/v1/limits?path=/foo`.
-async fn remove_limit(State(state): State<AppState>, Query(q): Query<PathQuery>) -> Response {
-    match state.shared.enforcer.remove(&q.path) {
+/// `DELETE /api/v1/limits?path=/foo`. A removal whose save failed is done: 200 with a
+/// `warning`.
+async fn remove_limit(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<PathQuery>,
+) -> Response {
+    match state.enforcer.remove(&q.path, &caller.0) {
         Ok(()) => json(&json!({"removed": q.path})),
-        Err(e) => (StatusCode::NOT_FOUND, Json(json!({"error": e}))).into_response(),
+        Err(e @ limits::Error::NotSaved { applied: true, .. }) => {
+            json(&json!({"removed": q.path, "warning": e.to_string()}))
+        }
+        Err(e) => limits_error(&e),
     }
 }
 
 async fn enforcement(State(state): State<AppState>) -> Response {
-    json(&state.shared.enforcer.records())
+    json(&state.enforcer.records())
 }
 
-fn bad_request(error: String) -> Response {
-    (StatusCode::BAD_REQUEST, Json(json!({"error": error}))).into_response()
+fn limits_error(e: &limits::Error) -> Response {
+    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+    (
+        status,
+        Json(json!({"error": e.to_string(), "kind": e.kind()})),
+    )
+        .into_response()
 }
 
 async fn status(State(state): State<AppState>) -> Json<Status> {
@@ -176,13 +186,12 @@ async fn status(State(state): State<AppState>) -> Json<Status> {
 
 async fn prometheus(State(state): State<AppState>) -> Response {
     let snapshot = state.snapshots.borrow().clone();
-    let shared = state.shared.clone();
     // Thousands of cgroups take a few hundred milliseconds: off the async workers.
     let rendered = tokio::task::spawn_blocking(move || {
-        let extra = metrics::enforcement(&shared.enforcer.metrics());
-        shared
+        let extra = metrics::enforcement(&state.enforcer.metrics());
+        state
             .exporter
-            .render_with(&snapshot, &shared.metrics_config(), extra)
+            .render_with(&snapshot, &state.settings.metrics_config(), extra)
     })
     .await;
     match rendered {
@@ -206,7 +215,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let limit = (state.shared.interval() * 3).as_secs() + 5;
+    let limit = (state.settings.interval() * 3).as_secs() + 5;
     let age = now.saturating_sub(updated_at);
     if updated_at > 0 && age <= limit {
         (StatusCode::OK, "ready\n".to_string()).into_response()
@@ -238,6 +247,7 @@ async fn not_found() -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::listener::{Bounded, Peer};
 
     async fn serve(snapshot: Snapshot) -> std::net::SocketAddr {
         let (_tx, rx) = watch::channel(Arc::new(snapshot));
@@ -245,8 +255,18 @@ mod tests {
             .await
             .expect("a loopback port");
         let addr = listener.local_addr().expect("its address");
+        let state = AppState::new(
+            rx,
+            Arc::new(Settings::new(
+                MetricsConfig::default(),
+                Duration::from_secs(1),
+            )),
+            Arc::new(Enforcer::disabled()),
+        );
+        let app = router(state, WriteAccess::Tcp { token: None })
+            .into_make_service_with_connect_info::<Peer>();
         // `_tx` lives in the router's receiver; the server runs until the test ends.
-        tokio::spawn(async move { axum::serve(listener, router(rx)).await });
+        tokio::spawn(async move { axum::serve(Bounded::new(listener), app).await });
         addr
     }
 
@@ -285,6 +305,20 @@ mod tests {
             .await
             .expect("metrics");
         assert_eq!(gzipped.headers()[header::CONTENT_ENCODING], "gzip");
+    }
+
+    #[tokio::test]
+    async fn tcp_writes_are_refused_without_a_token() {
+        let addr = serve(Snapshot::default()).await;
+        let response = reqwest::Client::new()
+            .post(format!("http://{addr}/api/v1/limits"))
+            .json(&serde_json::json!({"path": "/victim", "max": 1, "action": "kill"}))
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(response.status(), 403);
+        let body = response.text().await.expect("body");
+        assert!(body.contains("unix socket"), "{body}");
     }
 
     #[tokio::test]

@@ -410,3 +410,49 @@ mod tests {
         assert_eq!((total.allocs, total.frees), (1, 1));
     }
 }
+
+/// Names of [`RootCgroupMode`] as the CLI, the config file and the API spell them: the one
+/// place that converts them.
+#[cfg(feature = "user")]
+impl RootCgroupMode {
+    pub const ALL: [RootCgroupMode; 3] = [Self::Ignore, Self::Count, Self::Track];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Ignore => "ignore",
+            Self::Count => "count",
+            Self::Track => "track",
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+impl core::str::FromStr for RootCgroupMode {
+    type Err = UnknownRootMode;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or(UnknownRootMode)
+    }
+}
+
+#[cfg(feature = "user")]
+impl core::fmt::Display for RootCgroupMode {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Not one of `ignore`, `count`, `track`.
+#[cfg(feature = "user")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnknownRootMode;
+
+#[cfg(feature = "user")]
+impl core::fmt::Display for UnknownRootMode {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("not a root cgroup mode: use ignore, count or track")
+    }
+}

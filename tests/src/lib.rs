@@ -346,6 +346,8 @@ pub struct AgentProcess {
     child: Child,
     addr: SocketAddr,
     log: PathBuf,
+    /// Its unix socket (writes), in a directory of its own.
+    socket: PathBuf,
 }
 
 impl AgentProcess {
@@ -355,6 +357,16 @@ impl AgentProcess {
         let addr = free_addr();
         let log = std::env::temp_dir().join(format!("{}.log", unique("agent")));
         let log_file = std::fs::File::create(&log).expect("agent log file");
+        let socket = std::env::temp_dir()
+            .join(unique("agent-socket"))
+            .join("kmemcg.sock");
+        let mut own_socket = vec![];
+        if !extra
+            .iter()
+            .any(|a| a.starts_with("--socket") || *a == "--no-socket")
+        {
+            own_socket = vec!["--socket".to_string(), socket.display().to_string()];
+        }
         let child = Command::new(kmemcg_bin())
             .args([
                 "agent",
@@ -363,12 +375,18 @@ impl AgentProcess {
                 "--listen",
                 &addr.to_string(),
             ])
+            .args(&own_socket)
             .args(extra)
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()
             .expect("starting kmemcg agent");
-        let mut agent = Self { child, addr, log };
+        let mut agent = Self {
+            child,
+            addr,
+            log,
+            socket,
+        };
         agent.wait_until_serving();
         agent
     }
@@ -392,6 +410,11 @@ impl AgentProcess {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The unix socket `kmemcg limit --socket` writes through.
+    pub fn socket(&self) -> &Path {
+        &self.socket
     }
 
     /// Process id, to send the agent signals (SIGHUP).
@@ -472,6 +495,9 @@ impl Drop for AgentProcess {
             self.terminate();
         }
         let _ = std::fs::remove_file(&self.log);
+        if let Some(dir) = self.socket.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 

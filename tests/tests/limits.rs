@@ -55,12 +55,14 @@ impl Limited {
         self.agent.addr().to_string()
     }
 
-    /// `kmemcg limit <args> --addr <agent>`: (success, stdout + stderr).
+    /// `kmemcg limit <args> --addr <agent> --socket <its socket>`: (success, stdout +
+    /// stderr).
     fn limit(&self, args: &[&str]) -> (bool, String) {
         let addr = self.addr();
+        let socket = self.agent.socket().display().to_string();
         let mut all = vec!["limit"];
         all.extend_from_slice(args);
-        all.extend_from_slice(&["--addr", &addr]);
+        all.extend_from_slice(&["--addr", &addr, "--socket", &socket]);
         let out = kmemcg(&all);
         let text = format!(
             "{}{}",
@@ -85,10 +87,15 @@ impl Limited {
         get_json(self.agent.addr(), "/api/v1/limits").expect("GET /api/v1/limits")
     }
 
+    /// The first enforcement decision (not a rule change) that passes `check`.
     fn wait_record(&self, what: &str, check: impl Fn(&AuditRecord) -> bool) -> AuditRecord {
         let deadline = Instant::now() + WAIT;
         loop {
-            if let Some(r) = self.records().into_iter().find(|r| check(r)) {
+            let decisions = self.records().into_iter();
+            if let Some(r) = decisions
+                .filter(|r| !r.action.starts_with("limit-"))
+                .find(|r| check(r))
+            {
                 return r;
             }
             assert!(

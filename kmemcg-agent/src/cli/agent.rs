@@ -5,7 +5,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use kmemcg_common::RootCgroupMode;
 
 use crate::{
@@ -23,25 +23,45 @@ pub struct AgentArgs {
     /// Check the configuration (file, environment, flags) and exit.
     #[arg(long)]
     pub check_config: bool,
-    /// Address the HTTP API and /metrics listen on [default: 127.0.0.1:9847].
+    /// Address the HTTP API and /metrics listen on [default: 127.0.0.1:9847]. Reads only,
+    /// unless --write-token-file is given.
     #[arg(long, env = "KMEMCG_LISTEN")]
     pub listen: Option<SocketAddr>,
+    /// Unix socket serving the whole API, changes included, to root [default:
+    /// /run/kmemcg/kmemcg.sock].
+    #[arg(
+        long,
+        env = "KMEMCG_SOCKET",
+        value_name = "PATH",
+        conflicts_with = "no_socket"
+    )]
+    pub socket: Option<PathBuf>,
+    /// Serve no unix socket: limits can then only be changed with the write token, or in the
+    /// config file.
+    #[arg(long)]
+    pub no_socket: bool,
+    /// File holding a bearer token (16+ characters, mode 0600) that allows changes over the
+    /// TCP listener; without it the TCP listener refuses every change.
+    #[arg(long, env = "KMEMCG_WRITE_TOKEN_FILE", value_name = "FILE")]
+    pub write_token_file: Option<PathBuf>,
     /// Slots of the live-object table (objects whose owner is remembered), rounded up to a
     /// power of two; 32 bytes of kernel memory each. An allocation whose 8 candidate slots are
     /// all taken is counted as dropped [default: 1048576, 32 MiB].
     #[arg(long, env = "KMEMCG_MAX_OBJECTS",
-          value_parser = clap::value_parser!(u32).range(1024..=1 << 26))]
+          value_parser = clap::value_parser!(u32)
+              .range(config::MAX_OBJECTS_RANGE.0..=config::MAX_OBJECTS_RANGE.1))]
     pub max_objects: Option<u32>,
     /// Slots of the (cgroup, cache) counter table, rounded up to a power of two; 16 + 48 x
     /// CPUs bytes each [default: 16 MiB worth, at least 8192].
     #[arg(long, env = "KMEMCG_MAX_STATS",
-          value_parser = clap::value_parser!(u32).range(64..=1 << 22))]
+          value_parser = clap::value_parser!(u32)
+              .range(config::MAX_STATS_RANGE.0..=config::MAX_STATS_RANGE.1))]
     pub max_stats: Option<u32>,
     /// What to do with allocations of tasks in the root cgroup (kernel threads and unconfined
     /// services): count them without tracking objects, track them like any cgroup (fills the
     /// map on busy hosts), or ignore them [default: count].
-    #[arg(long, value_enum, env = "KMEMCG_ROOT_CGROUP")]
-    pub root_cgroup: Option<RootMode>,
+    #[arg(long, env = "KMEMCG_ROOT_CGROUP", value_parser = parse_root_mode)]
+    pub root_cgroup: Option<RootCgroupMode>,
     /// How often the maps are read, in seconds [default: 1].
     #[arg(long, env = "KMEMCG_INTERVAL", value_parser = parse_interval)]
     pub interval: Option<f64>,
@@ -83,45 +103,29 @@ pub struct AgentArgs {
     pub audit_file: Option<PathBuf>,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum RootMode {
-    Ignore,
-    Count,
-    Track,
-}
-
-impl From<RootMode> for RootCgroupMode {
-    fn from(mode: RootMode) -> Self {
-        match mode {
-            RootMode::Ignore => RootCgroupMode::Ignore,
-            RootMode::Count => RootCgroupMode::Count,
-            RootMode::Track => RootCgroupMode::Track,
-        }
-    }
+fn parse_root_mode(s: &str) -> Result<RootCgroupMode, String> {
+    s.parse().map_err(|e| format!("`{s}`: {e}"))
 }
 
 fn parse_interval(s: &str) -> Result<f64, String> {
     let v: f64 = s
         .parse()
         .map_err(|_| format!("`{s}` is not a number of seconds"))?;
-    let (min, max) = config::INTERVAL_RANGE;
-    if (min..=max).contains(&v) {
-        Ok(v)
-    } else {
-        Err(format!(
-            "the interval must be between {min} and {max} seconds"
-        ))
-    }
+    config::check_interval(v).map(|_| v)
 }
 
 impl AgentArgs {
+    pub fn is_daemon(&self) -> bool {
+        !(self.check_config || self.unpin)
+    }
+
     fn overrides(&self) -> Overrides {
         Overrides {
             listen: self.listen,
             interval_seconds: self.interval,
             max_objects: self.max_objects,
             max_stats: self.max_stats,
-            root_cgroup: self.root_cgroup.map(Into::into),
+            root_cgroup: self.root_cgroup,
             pin_dir: self.pin_dir.clone(),
             no_pin: self.no_pin,
             top_caches: self.top_caches.map(|v| v as usize),
@@ -129,6 +133,9 @@ impl AgentArgs {
             dry_run: self.dry_run,
             limits_file: self.limits_file.clone(),
             audit_file: self.audit_file.clone(),
+            socket: self.socket.clone(),
+            no_socket: self.no_socket,
+            write_token_file: self.write_token_file.clone(),
         }
     }
 }
@@ -138,7 +145,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let config = config::load(args.config.as_deref(), &overrides)?;
     if args.check_config {
         // Also refuses rules on protected cgroups, as a start would.
-        crate::limits::check(&config.limits).map_err(anyhow::Error::msg)?;
+        crate::limits::check(&config.limits).context("config file, [[limits.rule]]")?;
         print_config(args.config.as_deref(), &config);
         return Ok(());
     }
@@ -181,13 +188,19 @@ fn print_config(path: Option<&Path>, c: &AgentConfig) {
     println!("interval_seconds = {}", c.interval.as_secs_f64());
     println!("max_objects = {}", c.tracer.max_objects);
     println!("max_stats = {}", c.tracer.max_stats);
-    println!(
-        "root_cgroup = \"{}\"",
-        crate::sampler::root_mode_name(c.tracer.root_mode)
-    );
+    println!("root_cgroup = \"{}\"", c.tracer.root_mode);
     match &c.tracer.pin_dir {
         Some(dir) => println!("pin_dir = \"{}\"", dir.display()),
         None => println!("# pin_dir unset: maps are not pinned"),
+    }
+    println!("[api]");
+    match &c.api.socket {
+        Some(p) => println!("socket = \"{}\"", p.display()),
+        None => println!("socket = \"\"  # no unix socket"),
+    }
+    match &c.api.write_token_file {
+        Some(p) => println!("write_token_file = \"{}\"", p.display()),
+        None => println!("# write_token_file unset: the TCP listener refuses changes"),
     }
     println!("[metrics]");
     println!("top_caches = {}", c.metrics.top_caches);

@@ -1,26 +1,33 @@
 //! `kmemcg limit set|list|rm|log`: kernel-memory limits of a running agent.
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
+use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use comfy_table::{Table, presets::NOTHING};
 
 use crate::{
+    access::{DEFAULT_SOCKET, read_token},
     api::DEFAULT_LISTEN,
+    cgroup_path,
     client::Client,
-    limits::{
-        LimitRule,
-        rules::{self, Action, RuleSpec, Size},
-    },
-    units::iec,
+    limits::{self, Action, LimitRule, RuleSpec, Size},
+    units::{format_duration, iec, parse_duration, parse_size},
 };
 
 #[derive(Debug, Args)]
 pub struct LimitArgs {
     #[command(subcommand)]
     pub command: LimitCommand,
-    /// Address of the agent.
+    /// Address of the agent (reads; changes too when its socket is not here).
     #[arg(long, default_value = DEFAULT_LISTEN, env = "KMEMCG_ADDR", global = true)]
     pub addr: String,
+    /// The agent's unix socket, which `set` and `rm` use (as root) when it exists.
+    #[arg(long, default_value = DEFAULT_SOCKET, env = "KMEMCG_SOCKET", global = true)]
+    pub socket: PathBuf,
+    /// File with the agent's write token, for changes over TCP (`api.write_token_file` of
+    /// the agent); the socket is not used then.
+    #[arg(long, env = "KMEMCG_TOKEN_FILE", global = true, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -69,7 +76,7 @@ pub struct SetArgs {
     pub signal: Option<String>,
     /// For --action signal: SIGKILL if still over the limit this long after the signal, e.g.
     /// 5s. Also the shortest time between two actions on a cgroup [default: 5s].
-    #[arg(long, value_parser = rules::parse_duration)]
+    #[arg(long, value_parser = parse_duration)]
     pub grace: Option<Duration>,
     /// For --action freeze: thaw once usage falls below this size.
     #[arg(long, value_parser = size)]
@@ -80,7 +87,7 @@ pub struct SetArgs {
 }
 
 fn size(s: &str) -> Result<u64, String> {
-    rules::parse_size(s)
+    parse_size(s)
 }
 
 fn action(s: &str) -> Result<Action, String> {
@@ -88,11 +95,15 @@ fn action(s: &str) -> Result<Action, String> {
 }
 
 fn signal_arg(s: &str) -> Result<String, String> {
-    rules::parse_signal(s).map(|_| s.to_string())
+    limits::parse_signal(s).map(|_| s.to_string())
 }
 
 pub async fn run(args: LimitArgs) -> anyhow::Result<()> {
-    let client = Client::new(&args.addr);
+    let token = match &args.token_file {
+        Some(path) => Some(read_token(path).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    let client = Client::new(&args.addr).with_writes(Some(&args.socket), token);
     match args.command {
         LimitCommand::Set(set) => {
             let spec = RuleSpec {
@@ -107,7 +118,7 @@ pub async fn run(args: LimitArgs) -> anyhow::Result<()> {
                 dry_run: set.dry_run,
             };
             // Checked here too, so that a malformed rule is reported without an agent.
-            rules::Rule::new(spec.clone()).map_err(anyhow::Error::msg)?;
+            limits::Rule::new(spec.clone()).map_err(anyhow::Error::msg)?;
             let rule = client.set_limit(&spec).await?;
             println!("{}", rules_table(std::slice::from_ref(&rule)));
         }
@@ -122,9 +133,15 @@ pub async fn run(args: LimitArgs) -> anyhow::Result<()> {
             }
         }
         LimitCommand::Rm { path } => {
-            let path = rules::normalize(&path).map_err(anyhow::Error::msg)?;
-            client.remove_limit(&path).await?;
+            let path = cgroup_path::normalize(&path).map_err(anyhow::Error::msg)?;
+            let warning = client
+                .remove_limit(&path)
+                .await
+                .with_context(|| format!("removing the limit on {path}"))?;
             println!("limit on {path} removed");
+            if let Some(w) = warning {
+                eprintln!("warning: {w}");
+            }
         }
         LimitCommand::Log { json } => {
             let records = client.enforcement().await?;
@@ -175,7 +192,7 @@ pub fn rules_table(rules: &[LimitRule]) -> Table {
             opt(rule.slab),
             opt(rule.percpu),
             action,
-            rule.grace.map_or("-".into(), rules::format_duration),
+            rule.grace.map_or("-".into(), format_duration),
             rule.dry_run.to_string(),
             source.clone(),
         ]);

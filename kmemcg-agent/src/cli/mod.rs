@@ -28,6 +28,13 @@ pub enum Command {
     Limit(limit::LimitArgs),
 }
 
+impl Cli {
+    /// The long-running agent (not `--check-config` or `--unpin`).
+    pub fn is_daemon(&self) -> bool {
+        matches!(&self.command, Command::Agent(a) if a.is_daemon())
+    }
+}
+
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Agent(args) => agent::run(args).await,

@@ -26,7 +26,7 @@ pub struct StatArgs {
 pub async fn run(args: StatArgs) -> anyhow::Result<()> {
     let mut cgroups = Client::new(&args.addr).cgroups().await?;
     if let Some(path) = &args.cgroup {
-        let path = normalize(path);
+        let path = crate::cgroup_path::normalize(path).map_err(anyhow::Error::msg)?;
         cgroups.retain(|c| c.path == path);
         if cgroups.is_empty() {
             bail!(
@@ -53,12 +53,6 @@ pub async fn run(args: StatArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `foo/bar/` and `/foo/bar` name the same cgroup.
-fn normalize(path: &str) -> String {
-    let trimmed = path.trim_matches('/');
-    format!("/{trimmed}")
-}
-
 fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
     t.load_preset(NOTHING).set_header(header.to_vec());
@@ -83,13 +77,8 @@ pub fn cgroups_table(cgroups: &[CgroupUsage]) -> Table {
         "TOP CACHE",
     ]);
     for c in cgroups {
-        let path = if c.alive {
-            c.path.clone()
-        } else {
-            format!("{} (removed)", c.path)
-        };
         t.add_row(vec![
-            Cell::new(path),
+            Cell::new(&c.path),
             Cell::new(iec(c.slab_bytes)),
             Cell::new(c.slab_objects),
             Cell::new(iec(c.percpu_bytes)),
@@ -125,20 +114,11 @@ mod tests {
     use crate::api::CacheUsage;
 
     #[test]
-    fn normalizes_paths() {
-        assert_eq!(
-            normalize("system.slice/foo.service/"),
-            "/system.slice/foo.service"
-        );
-        assert_eq!(normalize("/"), "/");
-    }
-
-    #[test]
-    fn tables_show_iec_sizes_and_removed_cgroups() {
+    fn tables_show_iec_sizes() {
         let c = CgroupUsage {
             id: 5,
             path: "/a".into(),
-            alive: false,
+            alive: true,
             slab_bytes: 3 << 20,
             slab_objects: 10,
             caches: vec![CacheUsage {
@@ -150,7 +130,7 @@ mod tests {
             ..Default::default()
         };
         let text = cgroups_table(std::slice::from_ref(&c)).to_string();
-        assert!(text.contains("/a (removed)"), "{text}");
+        assert!(text.contains("/a"), "{text}");
         assert!(text.contains("3 MiB"), "{text}");
         assert!(text.contains("dentry"), "{text}");
         let text = caches_table(&c).to_string();

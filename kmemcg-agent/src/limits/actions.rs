@@ -122,22 +122,6 @@ pub fn signal(dir: &Path, sig: i32) -> Outcome {
     }
 }
 
-/// `SIGTERM` for 15.
-pub fn signal_name(sig: i32) -> String {
-    match sig {
-        libc::SIGHUP => "SIGHUP".into(),
-        libc::SIGINT => "SIGINT".into(),
-        libc::SIGQUIT => "SIGQUIT".into(),
-        libc::SIGKILL => "SIGKILL".into(),
-        libc::SIGUSR1 => "SIGUSR1".into(),
-        libc::SIGUSR2 => "SIGUSR2".into(),
-        libc::SIGTERM => "SIGTERM".into(),
-        libc::SIGSTOP => "SIGSTOP".into(),
-        libc::SIGCONT => "SIGCONT".into(),
-        n => n.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,6 +134,5 @@ mod tests {
         assert_eq!(signal(dir, libc::SIGTERM), Outcome::Gone);
         assert_eq!(Outcome::Gone.kind(), "gone");
         assert_eq!(Outcome::Failed("x".into()).text(), "failed: x");
-        assert_eq!(signal_name(15), "SIGTERM");
     }
 }

@@ -33,6 +33,10 @@ pub struct AuditRecord {
     pub dry_run: bool,
     /// `done[: detail]`, `dry-run`, `gone` (the cgroup was removed meanwhile), `failed: why`.
     pub outcome: String,
+    /// Who asked, for what was done on request (a rule set or removed, a thaw on removal):
+    /// `uid 0 pid 1234 (unix socket)`, `token from 10.0.0.5:4321`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -80,16 +84,9 @@ impl AuditLog {
 }
 
 fn append(path: &Path, record: &AuditRecord) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
     let mut line = serde_json::to_vec(record).map_err(std::io::Error::other)?;
     line.push(b'\n');
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)?
-        .write_all(&line)
+    crate::files::open_append(path)?.write_all(&line)
 }
 
 #[cfg(test)]
@@ -113,6 +110,7 @@ mod tests {
             escalation: false,
             dry_run: true,
             outcome: "dry-run".into(),
+            by: None,
         };
         log.push(record.clone());
         log.push(record.clone());

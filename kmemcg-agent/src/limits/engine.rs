@@ -48,6 +48,32 @@ pub struct Usage<'a> {
 struct Track {
     acted_at: Duration,
     escalated: bool,
+    /// Frozen by this rule: stays so until thawed by the watermark or the rule's removal.
+    frozen: bool,
+    /// The last action failed: retried at this time, while the breach lasts.
+    retry: Option<Retry>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Retry {
+    step: Step,
+    at: Duration,
+    failures: u32,
+}
+
+/// First retry of a failed action after this long, doubling up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(250);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+impl Track {
+    fn new(now: Duration) -> Self {
+        Self {
+            acted_at: now,
+            escalated: false,
+            frozen: false,
+            retry: None,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -93,13 +119,16 @@ impl Engine {
                 ) {
                     (Some(over), None) => {
                         out.push(decision(Step::Act, rule.signal, over));
-                        self.tracks.insert(
-                            key,
-                            Track {
-                                acted_at: now,
-                                escalated: false,
-                            },
-                        );
+                        self.tracks.insert(key, Track::new(now));
+                    }
+                    (Some(over), Some(track)) if track.retry.is_some_and(|r| now >= r.at) => {
+                        let step = track.retry.map_or(Step::Act, |r| r.step);
+                        let signal = if step == Step::Escalate {
+                            libc::SIGKILL
+                        } else {
+                            rule.signal
+                        };
+                        out.push(decision(step, signal, over));
                     }
                     (Some(over), Some(track)) => {
                         // At most one escalation, after the grace period.
@@ -122,7 +151,7 @@ impl Engine {
                                 out.push(decision(Step::Thaw, 0, (total, low.0)));
                                 self.tracks.remove(&key);
                             }
-                        } else if rule.rearmed(usage.slab, usage.percpu) {
+                        } else if !track.frozen && rule.rearmed(usage.slab, usage.percpu) {
                             self.tracks.remove(&key);
                         }
                     }
@@ -135,9 +164,39 @@ impl Engine {
         out
     }
 
-    /// Forgets what a removed rule did.
-    pub fn forget_rule(&mut self, rule: &str) {
-        self.tracks.retain(|(r, _), _| r != rule);
+    /// Learns how an action went: a failure is retried with back-off while the breach lasts.
+    pub fn record_outcome(&mut self, d: &Decision, failed: bool, now: Duration) {
+        let Some(track) = self.tracks.get_mut(&(d.rule.clone(), d.cgroup.clone())) else {
+            return;
+        };
+        if failed {
+            let failures = track.retry.map_or(0, |r| r.failures) + 1;
+            let delay = RETRY_FIRST
+                .saturating_mul(1 << (failures - 1).min(16))
+                .min(RETRY_MAX);
+            track.retry = Some(Retry {
+                step: d.step,
+                at: now + delay,
+                failures,
+            });
+        } else {
+            track.retry = None;
+            if d.step == Step::Act && d.action == Action::Freeze && !d.dry_run {
+                track.frozen = true;
+            }
+        }
+    }
+
+    /// Forgets what a removed rule did; returns the cgroups it froze, to be thawed.
+    pub fn forget_rule(&mut self, rule: &str) -> Vec<String> {
+        let mut frozen = Vec::new();
+        self.tracks.retain(|(r, cgroup), track| {
+            if r == rule && track.frozen {
+                frozen.push(cgroup.clone());
+            }
+            r != rule
+        });
+        frozen
     }
 }
 
@@ -279,6 +338,51 @@ mod tests {
         assert_eq!(d.len(), 1, "{d:?}");
         assert_eq!(d[0].cgroup, "/b");
         assert!(d[0].dry_run);
+    }
+
+    #[test]
+    fn failed_actions_are_retried_with_back_off_while_over() {
+        let rules = [rule("/a", Action::Freeze, |_| {})];
+        let mut e = Engine::default();
+        let p = protected();
+        let d = e.evaluate(&rules, &[u("/a", 9)], &p, at(0.0), false);
+        e.record_outcome(&d[0], true, at(0.0));
+        assert!(
+            e.evaluate(&rules, &[u("/a", 9)], &p, at(0.1), false)
+                .is_empty()
+        );
+        let d = e.evaluate(&rules, &[u("/a", 9)], &p, at(0.3), false);
+        assert_eq!(d[0].step, Step::Act, "retried after 250 ms");
+        e.record_outcome(&d[0], true, at(0.3));
+        // Second failure: 500 ms later.
+        assert!(
+            e.evaluate(&rules, &[u("/a", 9)], &p, at(0.6), false)
+                .is_empty()
+        );
+        let d = e.evaluate(&rules, &[u("/a", 9)], &p, at(0.9), false);
+        assert_eq!(d.len(), 1);
+        e.record_outcome(&d[0], false, at(0.9));
+        assert!(
+            e.evaluate(&rules, &[u("/a", 9)], &p, at(60.0), false)
+                .is_empty(),
+            "done: no more retries"
+        );
+    }
+
+    #[test]
+    fn a_removed_freeze_rule_names_what_it_froze() {
+        let rules = [rule("/a", Action::Freeze, |_| {})];
+        let mut e = Engine::default();
+        let p = protected();
+        let d = e.evaluate(&rules, &[u("/a", 9)], &p, at(0.0), false);
+        e.record_outcome(&d[0], false, at(0.0));
+        // Well under the limit: still frozen (nothing thaws it but a watermark or removal).
+        assert!(
+            e.evaluate(&rules, &[u("/a", 1)], &p, at(1.0), false)
+                .is_empty()
+        );
+        assert_eq!(e.forget_rule("/a"), ["/a"]);
+        assert!(e.forget_rule("/a").is_empty());
     }
 
     #[test]

@@ -60,6 +60,21 @@ impl Protected {
         })
     }
 
+    /// Refuses a literal rule on a protected cgroup. A glob may also match unprotected
+    /// cgroups: its protected matches are skipped when it is evaluated.
+    pub fn check_rule(&self, rule: &super::Rule) -> Result<(), super::Error> {
+        if rule.is_glob() {
+            return Ok(());
+        }
+        match self.reason(&rule.spec.path) {
+            Some(reason) => Err(super::Error::Protected {
+                path: rule.spec.path.clone(),
+                reason,
+            }),
+            None => Ok(()),
+        }
+    }
+
     pub fn covers(&self, path: &str) -> bool {
         self.reason(path).is_some()
     }

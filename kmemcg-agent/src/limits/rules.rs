@@ -1,8 +1,15 @@
-//! Limit rules: what they say (path or glob, sizes, action), how they are written (IEC sizes
-//! like `8M`, durations like `5s`, signal names) and which cgroups they match. Pure.
+//! Limit rules: what they say (path or glob, sizes, action) and which cgroups they match.
+//! Pure.
 use std::{fmt, time::Duration};
 
+use globset::{GlobBuilder, GlobMatcher};
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
+
+use super::signals;
+use crate::{
+    cgroup_path,
+    units::{format_duration, parse_duration, parse_size},
+};
 
 /// What to do with a cgroup over its limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -51,31 +58,6 @@ impl std::str::FromStr for Action {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Size(pub u64);
 
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (digits, unit) = t.split_at(split);
-    let bad = || {
-        format!(
-            "`{s}` is not a size: write bytes or a number with K, M or G (powers of 1024), e.g. 8M"
-        )
-    };
-    if digits.is_empty() {
-        return Err(bad());
-    }
-    let n: u64 = digits.parse().map_err(|_| bad())?;
-    let shift = match unit.trim().to_ascii_uppercase().as_str() {
-        "" | "B" => 0,
-        "K" | "KB" | "KIB" => 10,
-        "M" | "MB" | "MIB" => 20,
-        "G" | "GB" | "GIB" => 30,
-        "T" | "TB" | "TIB" => 40,
-        _ => return Err(bad()),
-    };
-    n.checked_mul(1 << shift)
-        .ok_or_else(|| format!("`{s}` is too large"))
-}
-
 impl Serialize for Size {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_u64(self.0)
@@ -106,34 +88,6 @@ impl<'de> Deserialize<'de> for Size {
     }
 }
 
-/// A duration written `5s`, `500ms`, `2m`, `1h` or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    let bad = || format!("`{s}` is not a duration: write e.g. 5s, 500ms, 2m");
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let n: f64 = number.parse().map_err(|_| bad())?;
-    let seconds = match unit {
-        "" | "s" => n,
-        "ms" => n / 1000.0,
-        "m" | "min" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(bad()),
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|_| bad())
-}
-
-/// `1.5s`, `500ms`: how [`parse_duration`] reads it back.
-pub fn format_duration(d: Duration) -> String {
-    if d.subsec_millis() == 0 {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{}ms", d.as_millis())
-    }
-}
-
 mod duration_text {
     use super::*;
     pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
@@ -147,32 +101,6 @@ mod duration_text {
         text.map(|t| parse_duration(&t).map_err(de::Error::custom))
             .transpose()
     }
-}
-
-/// Signal names (`SIGTERM`, `TERM`) and numbers.
-pub fn parse_signal(s: &str) -> Result<i32, String> {
-    let name = s.trim().to_ascii_uppercase();
-    let name = name.strip_prefix("SIG").unwrap_or(&name);
-    let sig = match name {
-        "HUP" => libc::SIGHUP,
-        "INT" => libc::SIGINT,
-        "QUIT" => libc::SIGQUIT,
-        "KILL" => libc::SIGKILL,
-        "USR1" => libc::SIGUSR1,
-        "USR2" => libc::SIGUSR2,
-        "TERM" => libc::SIGTERM,
-        "STOP" => libc::SIGSTOP,
-        "CONT" => libc::SIGCONT,
-        n => match n.parse::<i32>() {
-            Ok(v) if (1..=64).contains(&v) => v,
-            _ => {
-                return Err(format!(
-                    "`{s}` is not a signal: use a name like SIGTERM, SIGINT, SIGUSR1, SIGKILL or a number"
-                ));
-            }
-        },
-    };
-    Ok(sig)
 }
 
 /// One rule, as written in the config file, sent to the API and persisted.
@@ -229,11 +157,18 @@ impl RuleSpec {
 }
 
 /// A checked rule.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Rule {
     pub spec: RuleSpec,
     pub signal: i32,
-    pub glob: bool,
+    /// For a glob: its matcher, which runs in time linear in the path (no backtracking).
+    glob: Option<GlobMatcher>,
+}
+
+impl PartialEq for Rule {
+    fn eq(&self, other: &Self) -> bool {
+        self.spec == other.spec
+    }
 }
 
 /// Below this fraction of a limit a cgroup counts as back under it (hysteresis).
@@ -244,7 +179,7 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
 impl Rule {
     /// Checks a spec: a normalised absolute path, sane sizes, a known signal.
     pub fn new(mut spec: RuleSpec) -> Result<Rule, String> {
-        spec.path = normalize(&spec.path)?;
+        spec.path = cgroup_path::normalize(&spec.path)?;
         if spec.max.0 == 0 {
             return Err("--max must be more than 0 bytes".into());
         }
@@ -262,7 +197,7 @@ impl Rule {
             }
         }
         let signal = match (&spec.signal, spec.action) {
-            (Some(s), Action::Signal) => parse_signal(s)?,
+            (Some(s), Action::Signal) => signals::parse(s)?,
             (Some(_), a) => {
                 return Err(format!(
                     "a signal only applies to the signal action, not {}",
@@ -271,15 +206,22 @@ impl Rule {
             }
             (None, _) => libc::SIGTERM,
         };
-        let glob = spec.path.contains(['*', '?']);
+        let glob = if spec.path.contains(['*', '?', '[', '{']) {
+            Some(glob_matcher(&spec.path)?)
+        } else {
+            None
+        };
         Ok(Rule { spec, signal, glob })
     }
 
+    pub fn is_glob(&self) -> bool {
+        self.glob.is_some()
+    }
+
     pub fn matches(&self, path: &str) -> bool {
-        if self.glob {
-            glob_match(&self.spec.path, path)
-        } else {
-            self.spec.path == path
+        match &self.glob {
+            Some(glob) => glob.is_match(path),
+            None => self.spec.path == path,
         }
     }
 
@@ -315,44 +257,14 @@ impl Rule {
     }
 }
 
-/// `foo/bar/` -> `/foo/bar` (as `kmemcg stat --cgroup`); rejects `..` and `.`.
-pub fn normalize(path: &str) -> Result<String, String> {
-    let trimmed = path.trim();
-    if trimmed.is_empty() {
-        return Err(
-            "empty cgroup path: write it from the cgroup root, e.g. /system.slice/foo.service"
-                .into(),
-        );
-    }
-    let parts: Vec<&str> = trimmed.split('/').filter(|p| !p.is_empty()).collect();
-    if parts.iter().any(|p| *p == "." || *p == "..") {
-        return Err(format!(
-            "`{path}`: `.` and `..` are not allowed in a cgroup path"
-        ));
-    }
-    Ok(format!("/{}", parts.join("/")))
-}
-
-/// Component-wise glob: `*` and `?` never cross a `/`.
-pub fn glob_match(pattern: &str, path: &str) -> bool {
-    let p: Vec<&str> = pattern.split('/').collect();
-    let c: Vec<&str> = path.split('/').collect();
-    p.len() == c.len()
-        && p.iter()
-            .zip(&c)
-            .all(|(p, c)| component_match(p.as_bytes(), c.as_bytes()))
-}
-
-fn component_match(p: &[u8], s: &[u8]) -> bool {
-    match (p.first(), s.first()) {
-        (None, None) => true,
-        (Some(b'*'), _) => {
-            component_match(&p[1..], s) || (!s.is_empty() && component_match(p, &s[1..]))
-        }
-        (Some(b'?'), Some(_)) => component_match(&p[1..], &s[1..]),
-        (Some(a), Some(b)) if a == b => component_match(&p[1..], &s[1..]),
-        _ => false,
-    }
+/// `*`, `?` and `[...]` never cross a `/`, so `/kubepods/*` matches children, not grandchildren.
+fn glob_matcher(pattern: &str) -> Result<GlobMatcher, String> {
+    GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .backslash_escape(true)
+        .build()
+        .map(|g| g.compile_matcher())
+        .map_err(|e| format!("`{pattern}` is not a valid glob: {e}"))
 }
 
 #[cfg(test)]
@@ -364,36 +276,16 @@ mod tests {
     }
 
     #[test]
-    fn sizes_are_iec() {
-        assert_eq!(parse_size("8M"), Ok(8 << 20));
-        assert_eq!(parse_size("8MiB"), Ok(8 << 20));
-        assert_eq!(parse_size("512k"), Ok(512 << 10));
-        assert_eq!(parse_size("1G"), Ok(1 << 30));
-        assert_eq!(parse_size("4096"), Ok(4096));
-        for bad in ["8X", "", "M", "-1M", "1.5M"] {
-            let e = parse_size(bad).expect_err(bad);
-            assert!(e.contains("not a size") && e.contains("8M"), "{e}");
-        }
-    }
-
-    #[test]
-    fn durations_and_signals() {
-        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("5 parsecs").is_err());
-        assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
-        assert_eq!(parse_signal("SIGTERM"), Ok(libc::SIGTERM));
-        assert_eq!(parse_signal("kill"), Ok(libc::SIGKILL));
-        assert_eq!(parse_signal("10"), Ok(10));
-        assert!(parse_signal("SIGFOO").is_err());
-    }
-
-    #[test]
     fn actions_parse_with_a_clear_error() {
         assert_eq!("freeze".parse::<Action>(), Ok(Action::Freeze));
         let e = "explode".parse::<Action>().expect_err("unknown");
         assert!(e.contains("notify, signal, freeze, kill"), "{e}");
+    }
+
+    fn glob_match(pattern: &str, path: &str) -> bool {
+        Rule::new(spec(pattern, 1, Action::Notify))
+            .expect("a valid glob")
+            .matches(path)
     }
 
     #[test]
@@ -403,6 +295,28 @@ mod tests {
         assert!(!glob_match("/kubepods.slice/*/*", "/kubepods.slice/a/b/c"));
         assert!(glob_match("/k*-test-?", "/kmemcg-test-1"));
         assert!(!glob_match("/a*", "/b"));
+    }
+
+    #[test]
+    fn pathological_globs_match_in_linear_time() {
+        // A backtracking matcher takes exponential time on this pattern.
+        let pattern = format!("/cg/{}x", "*".repeat(60));
+        let path = format!("/cg/{}", "a".repeat(4000));
+        let started = std::time::Instant::now();
+        for _ in 0..100 {
+            assert!(!glob_match(&pattern, &path));
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn bad_globs_are_refused() {
+        let e = Rule::new(spec("/a/[b", 1, Action::Notify)).expect_err("unclosed class");
+        assert!(e.contains("not a valid glob"), "{e}");
     }
 
     #[test]
@@ -419,7 +333,7 @@ mod tests {
         s.action = Action::Signal;
         let r = Rule::new(s).expect("valid");
         assert_eq!(r.spec.path, "/a/b");
-        assert!(!r.glob && r.matches("/a/b") && !r.matches("/a/b/c"));
+        assert!(!r.is_glob() && r.matches("/a/b") && !r.matches("/a/b/c"));
         let mut s = spec("/a", 10, Action::Freeze);
         s.thaw_below = Some(Size(20));
         assert!(Rule::new(s).is_err());

@@ -1,0 +1,57 @@
+//! cgroup paths as users write them (`kubepods.slice/foo/`): the one place that normalises
+//! and checks them.
+
+/// Longest path accepted: the kernel's PATH_MAX.
+pub const MAX_PATH_BYTES: usize = 4096;
+
+/// `foo/bar/` -> `/foo/bar`. Refuses empty paths, `.` and `..`, control characters (a newline
+/// would forge log lines) and paths longer than [`MAX_PATH_BYTES`].
+pub fn normalize(path: &str) -> Result<String, String> {
+    if path.len() > MAX_PATH_BYTES {
+        return Err(format!(
+            "a cgroup path of {} bytes is longer than the kernel allows ({MAX_PATH_BYTES})",
+            path.len()
+        ));
+    }
+    if let Some(c) = path.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "{path:?}: control characters ({c:?}) are not allowed in a cgroup path"
+        ));
+    }
+    let trimmed = path.trim();
+    if trimmed.is_empty() {
+        return Err(
+            "empty cgroup path: write it from the cgroup root, e.g. /system.slice/foo.service"
+                .into(),
+        );
+    }
+    let parts: Vec<&str> = trimmed.split('/').filter(|p| !p.is_empty()).collect();
+    if parts.iter().any(|p| *p == "." || *p == "..") {
+        return Err(format!(
+            "`{path}`: `.` and `..` are not allowed in a cgroup path"
+        ));
+    }
+    Ok(format!("/{}", parts.join("/")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalises_and_refuses() {
+        assert_eq!(normalize("kmemcg-x/").as_deref(), Ok("/kmemcg-x"));
+        assert_eq!(normalize("/a//b/").as_deref(), Ok("/a/b"));
+        assert_eq!(normalize("/").as_deref(), Ok("/"));
+        assert!(normalize(" ").expect_err("empty").contains("cgroup root"));
+        assert!(normalize("/a/../b").expect_err("dots").contains(".."));
+        assert!(
+            normalize("/a\nforged")
+                .expect_err("newline")
+                .contains("control")
+        );
+        assert!(normalize("/a\0b").expect_err("nul").contains("control"));
+        let long = format!("/{}", "a".repeat(MAX_PATH_BYTES));
+        assert!(normalize(&long).expect_err("long").contains("longer"));
+    }
+}

@@ -1,0 +1,424 @@
+//! [`Enforcer`]: the rules in force, what was done about them, and the one lock around both.
+//! The sampling thread calls [`Enforcer::evaluate`] after each sample; the API reads and changes
+//! the rules.
+use std::{
+    path::PathBuf,
+    sync::{Mutex, MutexGuard},
+    time::{Instant, SystemTime, UNIX_EPOCH},
+};
+
+use super::{
+    EnforcementMetrics, Error, LimitRule, LimitsConfig, MAX_RULES,
+    actions::{self, Outcome},
+    audit::{AuditLog, AuditRecord},
+    engine::{Decision, Engine, Step, Usage},
+    protect::Protected,
+    rules::{Action, Rule, RuleSpec},
+    signals, state,
+};
+use crate::{api::CgroupUsage, cgroup_path};
+
+struct Inner {
+    config_rules: Vec<Rule>,
+    runtime_rules: Vec<Rule>,
+    protected: Protected,
+    dry_run: bool,
+    state_file: Option<PathBuf>,
+    engine: Engine,
+    audit: AuditLog,
+    metrics: EnforcementMetrics,
+}
+
+pub struct Enforcer {
+    inner: Mutex<Inner>,
+    cgroup_root: PathBuf,
+    started: Instant,
+}
+
+/// Checks a configuration's rules: each valid, none on a protected cgroup, no path twice.
+pub fn check(config: &LimitsConfig) -> Result<Protected, Error> {
+    let protected = Protected::new(&config.protected, Protected::own_cgroup().as_deref());
+    if config.rules.len() > MAX_RULES {
+        return Err(Error::TooMany {
+            count: config.rules.len(),
+        });
+    }
+    for (i, rule) in config.rules.iter().enumerate() {
+        protected.check_rule(rule)?;
+        if config.rules[..i]
+            .iter()
+            .any(|r| r.spec.path == rule.spec.path)
+        {
+            return Err(Error::Invalid(format!(
+                "two rules in the config file are on {}: keep one",
+                rule.spec.path
+            )));
+        }
+    }
+    Ok(protected)
+}
+
+impl Enforcer {
+    /// Checks the config rules (see [`check`]) and loads the persisted runtime rules.
+    /// `cgroup_root` is the cgroup v2 mount the rules' paths are relative to.
+    pub fn new(config: &LimitsConfig, cgroup_root: PathBuf) -> Result<Self, Error> {
+        let protected = check(config)?;
+        let runtime_rules = match &config.state_file {
+            Some(path) => restore(path, &protected, &config.rules),
+            None => Vec::new(),
+        };
+        if config.dry_run {
+            tracing::warn!(
+                "enforcement is in dry-run mode: decisions are audited, nothing is touched"
+            );
+        }
+        Ok(Self {
+            inner: Mutex::new(Inner {
+                config_rules: config.rules.clone(),
+                runtime_rules,
+                protected,
+                dry_run: config.dry_run,
+                state_file: config.state_file.clone(),
+                engine: Engine::default(),
+                audit: AuditLog::new(config.audit_file.clone()),
+                metrics: EnforcementMetrics::default(),
+            }),
+            cgroup_root,
+            started: Instant::now(),
+        })
+    }
+
+    /// No rules, no files: for tests and embedders.
+    pub fn disabled() -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                config_rules: Vec::new(),
+                runtime_rules: Vec::new(),
+                protected: Protected::new(&[], None),
+                dry_run: false,
+                state_file: None,
+                engine: Engine::default(),
+                audit: AuditLog::new(None),
+                metrics: EnforcementMetrics::default(),
+            }),
+            cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+            started: Instant::now(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies a reloaded configuration (SIGHUP): config rules, dry-run, protected list. The
+    /// caller checks it first with [`check`], so that a reload applies all or nothing.
+    pub fn reconfigure(&self, config: &LimitsConfig, protected: Protected) {
+        let mut inner = self.lock();
+        let old = std::mem::replace(&mut inner.config_rules, config.rules.clone());
+        inner.protected = protected;
+        inner.dry_run = config.dry_run;
+        for rule in old {
+            let kept = config.rules.iter().find(|r| r.spec.path == rule.spec.path);
+            self.rule_gone(&mut inner, &rule, kept, "configuration reload");
+        }
+    }
+
+    pub fn rules(&self) -> Vec<LimitRule> {
+        let inner = self.lock();
+        let list = |rules: &[Rule], source: &str| {
+            rules
+                .iter()
+                .map(|r| LimitRule {
+                    source: source.into(),
+                    rule: r.spec.clone(),
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut out = list(&inner.config_rules, "config");
+        out.extend(list(&inner.runtime_rules, "runtime"));
+        out
+    }
+
+    /// Adds or replaces a runtime rule and saves the runtime rules; `by` says who asked (for
+    /// the audit). When the save fails the change is rolled back.
+    pub fn set(&self, spec: RuleSpec, by: &str) -> Result<LimitRule, Error> {
+        let rule = Rule::new(spec).map_err(Error::Invalid)?;
+        let mut inner = self.lock();
+        inner.protected.refresh_agent();
+        inner.protected.check_rule(&rule)?;
+        let path = rule.spec.path.clone();
+        if inner.config_rules.iter().any(|r| r.spec.path == path) {
+            return Err(Error::FromConfig { path });
+        }
+        let old = inner.runtime_rules.iter().position(|r| r.spec.path == path);
+        if old.is_none() && inner.config_rules.len() + inner.runtime_rules.len() >= MAX_RULES {
+            return Err(Error::TooMany { count: MAX_RULES });
+        }
+        let previous = inner.runtime_rules.clone();
+        match old {
+            Some(i) => inner.runtime_rules[i] = rule.clone(),
+            None => inner.runtime_rules.push(rule.clone()),
+        }
+        if let Err(reason) = inner.save() {
+            inner.runtime_rules = previous;
+            return Err(Error::NotSaved {
+                path,
+                file: inner.state_file_name(),
+                applied: false,
+                reason,
+            });
+        }
+        if let Some(i) = old {
+            let replaced = previous[i].clone();
+            self.rule_gone(&mut inner, &replaced, Some(&rule), by);
+        }
+        if !self.exists(&path) && !rule.is_glob() {
+            tracing::warn!(path = %path, "limit set on a cgroup that does not exist (yet): it applies once the cgroup is created");
+        }
+        inner.audit_change(&rule.spec, "limit-set", by);
+        tracing::info!(path = %path, max = rule.spec.max.0, action = rule.spec.action.as_str(), dry_run = rule.spec.dry_run, by, "limit set");
+        Ok(LimitRule {
+            source: "runtime".into(),
+            rule: rule.spec,
+        })
+    }
+
+    /// Removes a runtime rule (thawing what it froze) and saves the runtime rules. A failed
+    /// save leaves the removal done and says it comes back at restart.
+    pub fn remove(&self, path: &str, by: &str) -> Result<(), Error> {
+        let path = cgroup_path::normalize(path).map_err(Error::Invalid)?;
+        let mut inner = self.lock();
+        let Some(i) = inner.runtime_rules.iter().position(|r| r.spec.path == path) else {
+            return Err(if inner.config_rules.iter().any(|r| r.spec.path == path) {
+                Error::FromConfig { path }
+            } else {
+                Error::NotFound { path }
+            });
+        };
+        let rule = inner.runtime_rules.remove(i);
+        self.rule_gone(&mut inner, &rule, None, by);
+        inner.audit_change(&rule.spec, "limit-removed", by);
+        tracing::info!(path = %path, by, "limit removed");
+        inner.save().map_err(|reason| Error::NotSaved {
+            path,
+            file: inner.state_file_name(),
+            applied: true,
+            reason,
+        })
+    }
+
+    pub fn records(&self) -> Vec<AuditRecord> {
+        self.lock().audit.records()
+    }
+
+    pub fn metrics(&self) -> EnforcementMetrics {
+        self.lock().metrics.clone()
+    }
+
+    /// Whether any rule is in force (from the config or set at runtime).
+    pub fn has_rules(&self) -> bool {
+        let inner = self.lock();
+        !(inner.config_rules.is_empty() && inner.runtime_rules.is_empty())
+    }
+
+    /// Decides and acts on the latest sample (live cgroups only, as the API lists them).
+    pub fn evaluate(&self, cgroups: &[CgroupUsage]) {
+        let mut inner = self.lock();
+        if inner.config_rules.is_empty() && inner.runtime_rules.is_empty() {
+            inner.metrics.usage.clear();
+            return;
+        }
+        let usages: Vec<Usage> = cgroups
+            .iter()
+            .map(|c| Usage {
+                path: &c.path,
+                slab: c.total_slab_bytes,
+                percpu: c.total_percpu_bytes,
+            })
+            .collect();
+        let all: Vec<Rule> = inner
+            .config_rules
+            .iter()
+            .chain(&inner.runtime_rules)
+            .cloned()
+            .collect();
+        let now = self.started.elapsed();
+        let dry_run = inner.dry_run;
+        inner.protected.refresh_agent();
+        let Inner {
+            engine, protected, ..
+        } = &mut *inner;
+        let decisions = engine.evaluate(&all, &usages, protected, now, dry_run);
+        inner.metrics.usage = all
+            .iter()
+            .flat_map(|r| {
+                usages.iter().filter(|u| r.matches(u.path)).map(|u| {
+                    (
+                        r.spec.path.clone(),
+                        u.path.to_string(),
+                        u.slab + u.percpu,
+                        r.spec.max.0,
+                    )
+                })
+            })
+            .collect();
+        for d in decisions {
+            let outcome = if d.dry_run {
+                Outcome::DryRun
+            } else {
+                self.act(&d)
+            };
+            let failed = matches!(outcome, Outcome::Failed(_));
+            inner.engine.record_outcome(&d, failed, now);
+            inner.record(&d, outcome);
+        }
+    }
+
+    fn act(&self, d: &Decision) -> Outcome {
+        let dir = self.dir(&d.cgroup);
+        match (d.step, d.action) {
+            (Step::Thaw, _) => actions::freeze(&dir, false),
+            (Step::Escalate, _) => actions::kill(&dir),
+            (Step::Act, Action::Notify) => Outcome::Done(String::new()),
+            (Step::Act, Action::Signal) => actions::signal(&dir, d.signal),
+            (Step::Act, Action::Freeze) => actions::freeze(&dir, true),
+            (Step::Act, Action::Kill) => actions::kill(&dir),
+        }
+    }
+
+    fn dir(&self, cgroup: &str) -> PathBuf {
+        self.cgroup_root.join(cgroup.trim_start_matches('/'))
+    }
+
+    fn exists(&self, cgroup: &str) -> bool {
+        self.dir(cgroup).is_dir()
+    }
+
+    /// A rule removed or replaced: what it froze is thawed (and audited), unless the rule that
+    /// takes its place freezes too.
+    fn rule_gone(&self, inner: &mut Inner, rule: &Rule, replacement: Option<&Rule>, by: &str) {
+        if replacement.is_some_and(|r| r.spec.action == Action::Freeze) {
+            return;
+        }
+        for cgroup in inner.engine.forget_rule(&rule.spec.path) {
+            let outcome = actions::freeze(&self.dir(&cgroup), false);
+            tracing::info!(cgroup = %cgroup, rule = %rule.spec.path, outcome = %outcome.text(), "thawed: its freeze rule was removed");
+            let d = Decision {
+                rule: rule.spec.path.clone(),
+                cgroup,
+                step: Step::Thaw,
+                action: Action::Freeze,
+                signal: 0,
+                usage: 0,
+                limit: rule.spec.max.0,
+                dry_run: false,
+            };
+            inner.record_by(&d, outcome, Some(by));
+        }
+    }
+}
+
+/// The persisted runtime rules; bad or refused ones are logged and skipped.
+fn restore(path: &std::path::Path, protected: &Protected, config_rules: &[Rule]) -> Vec<Rule> {
+    let mut out: Vec<Rule> = Vec::new();
+    for spec in state::load(path) {
+        let rule = Rule::new(spec.clone())
+            .map_err(Error::Invalid)
+            .and_then(|r| protected.check_rule(&r).map(|()| r));
+        match rule {
+            Ok(r) if config_rules.iter().any(|c| c.spec.path == r.spec.path) => {
+                tracing::warn!(path = %r.spec.path, "saved limit ignored: the config file has a rule for this path");
+            }
+            Ok(_) if out.len() + config_rules.len() >= MAX_RULES => {
+                tracing::error!(path = %spec.path, "saved limit ignored: too many rules");
+            }
+            Ok(r) => out.push(r),
+            Err(e) => {
+                tracing::error!(file = %path.display(), path = %spec.path, error = %e, "saved limit ignored")
+            }
+        }
+    }
+    if !out.is_empty() {
+        tracing::info!(file = %path.display(), rules = out.len(), "saved limits restored");
+    }
+    out
+}
+
+impl Inner {
+    fn save(&self) -> Result<(), String> {
+        match &self.state_file {
+            Some(path) => state::save(path, &self.runtime_rules).map_err(|e| e.to_string()),
+            None => Ok(()),
+        }
+    }
+
+    fn state_file_name(&self) -> String {
+        self.state_file
+            .as_ref()
+            .map_or_else(String::new, |p| p.display().to_string())
+    }
+
+    /// A rule set or removed through the API: audited with who did it.
+    fn audit_change(&mut self, spec: &RuleSpec, action: &str, by: &str) {
+        self.audit.push(AuditRecord {
+            time: now_seconds(),
+            cgroup: spec.path.clone(),
+            rule: spec.path.clone(),
+            usage_bytes: 0,
+            limit_bytes: spec.max.0,
+            action: action.into(),
+            signal: None,
+            escalation: false,
+            dry_run: spec.dry_run,
+            outcome: format!("{} ({})", spec.action.as_str(), "rule change"),
+            by: Some(by.to_string()),
+        });
+    }
+
+    fn record(&mut self, d: &Decision, outcome: Outcome) {
+        self.record_by(d, outcome, None);
+    }
+
+    fn record_by(&mut self, d: &Decision, outcome: Outcome, by: Option<&str>) {
+        let action = match d.step {
+            Step::Thaw => "thaw",
+            Step::Escalate => "signal",
+            Step::Act => d.action.as_str(),
+        };
+        let signal = (d.step == Step::Escalate
+            || (d.step == Step::Act && d.action == Action::Signal))
+            .then(|| signals::name(d.signal));
+        match &outcome {
+            Outcome::Failed(e) => {
+                tracing::error!(cgroup = %d.cgroup, rule = %d.rule, action, error = %e, "enforcement action failed; retrying while the cgroup stays over its limit")
+            }
+            _ => {
+                tracing::warn!(cgroup = %d.cgroup, rule = %d.rule, action, usage = d.usage, limit = d.limit, dry_run = d.dry_run, outcome = %outcome.text(), "kernel-memory limit enforced")
+            }
+        }
+        *self
+            .metrics
+            .actions
+            .entry((action.to_string(), outcome.kind().to_string(), d.dry_run))
+            .or_default() += 1;
+        self.audit.push(AuditRecord {
+            time: now_seconds(),
+            cgroup: d.cgroup.clone(),
+            rule: d.rule.clone(),
+            usage_bytes: d.usage,
+            limit_bytes: d.limit,
+            action: action.into(),
+            signal,
+            escalation: d.step == Step::Escalate,
+            dry_run: d.dry_run,
+            outcome: outcome.text(),
+            by: by.map(str::to_string),
+        });
+    }
+}
+
+fn now_seconds() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |t| (t.as_millis() as f64) / 1000.0)
+}
