@@ -46,6 +46,36 @@ pub struct CgroupUsage {
     /// Slab and percpu objects.
     #[serde(default)]
     pub total_objects: u64,
+    /// Recursive accounted and unaccounted bytes.
+    #[serde(default)]
+    pub total_accounted_bytes: u64,
+    #[serde(default)]
+    pub total_unaccounted_bytes: u64,
+    /// What the kernel's memcg charges this cgroup (and its descendants) for kernel memory;
+    /// null where the kernel keeps no figure for it (no memory controller on it).
+    #[serde(default)]
+    pub kernel: Option<KernelMemory>,
+}
+
+/// The kernel's own figures for a cgroup's kernel memory, recursive as the kernel keeps them.
+/// A field is null where this kernel or hierarchy has no such figure.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelMemory {
+    /// Where they come from: `memory.stat` (cgroup v2) or `memory.kmem.usage_in_bytes`
+    /// (cgroup v1, the memory cgroup at the same path).
+    pub source: String,
+    /// All kernel memory charged: v2 `kernel`, v1 `memory.kmem.usage_in_bytes`.
+    pub kernel_bytes: Option<u64>,
+    pub slab_bytes: Option<u64>,
+    pub percpu_bytes: Option<u64>,
+    pub kernel_stack_bytes: Option<u64>,
+    pub pagetables_bytes: Option<u64>,
+    pub vmalloc_bytes: Option<u64>,
+    /// Socket buffers: v2 `sock`, v1 `memory.kmem.tcp.usage_in_bytes`.
+    pub sock_bytes: Option<u64>,
+    /// kmemcg's recursive accounted bytes minus the kernel's slab + percpu (v2), or minus its
+    /// kmem counter (v1, which also counts stacks and page tables).
+    pub drift_bytes: Option<i64>,
 }
 
 impl CgroupUsage {
@@ -177,4 +207,12 @@ pub struct Status {
     pub max_sample_ms: f64,
     /// When the data was read, seconds since the Unix epoch.
     pub updated_at: u64,
+    /// Where the kernel's own figures come from (`memory.stat`, `memory.kmem.usage_in_bytes`),
+    /// or null when this host has no memory controller to read them from.
+    #[serde(default)]
+    pub kernel_figures_source: Option<String>,
+    /// Sum of the drift of the top-level cgroups with a kernel figure (no double counting of
+    /// nested ones): how far kmemcg's accounted bytes are from the kernel's, host-wide.
+    #[serde(default)]
+    pub kernel_drift_bytes: Option<i64>,
 }

@@ -18,6 +18,7 @@ pub mod config;
 pub mod error;
 pub mod files;
 pub mod kernel;
+pub mod kernel_figures;
 pub mod limits;
 pub mod listener;
 pub mod metadata;

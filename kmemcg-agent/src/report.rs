@@ -250,6 +250,8 @@ fn with_ancestors_and_totals(
         usage.total_slab_bytes = usage.slab_bytes;
         usage.total_percpu_bytes = usage.percpu_bytes;
         usage.total_objects = usage.slab_objects + usage.percpu_objects;
+        usage.total_accounted_bytes = usage.accounted_bytes;
+        usage.total_unaccounted_bytes = usage.unaccounted_bytes;
     }
     // Deepest first, so that each child is complete before it is added to its parent.
     let mut order: Vec<(usize, u64)> = own
@@ -259,16 +261,20 @@ fn with_ancestors_and_totals(
     order.sort_by(|a, b| b.cmp(a));
     for (_, id) in order {
         let Some(child) = own.get(&id) else { continue };
-        let (parent, slab, percpu, objects) = (
+        let (parent, slab, percpu, objects, accounted, unaccounted) = (
             child.parent,
             child.total_slab_bytes,
             child.total_percpu_bytes,
             child.total_objects,
+            child.total_accounted_bytes,
+            child.total_unaccounted_bytes,
         );
         if let Some(p) = parent.filter(|p| *p != id).and_then(|p| own.get_mut(&p)) {
             p.total_slab_bytes += slab;
             p.total_percpu_bytes += percpu;
             p.total_objects += objects;
+            p.total_accounted_bytes += accounted;
+            p.total_unaccounted_bytes += unaccounted;
         }
     }
     let mut cgroups: Vec<CgroupUsage> = own.into_values().collect();

@@ -12,6 +12,7 @@ use crate::{
     collector::RawSnapshot,
     error::ReadError,
     kernel,
+    kernel_figures::{KernelFigures, KernelFiguresCache},
     report::{self, Report},
     tracer::Tracer,
 };
@@ -25,12 +26,15 @@ pub struct Sampler {
     unknown_last_time: HashSet<u64>,
     max_sample_ms: f64,
     lost_cgroup_events: u64,
+    kernel_figures: KernelFiguresCache,
 }
 
 impl Sampler {
     pub fn new(tracer: Tracer) -> Self {
         let tree = CgroupTree::new(tracer.cgroup2_mount());
+        let kernel_figures = KernelFiguresCache::new(KernelFigures::detect(tracer.cgroup2_mount()));
         Self {
+            kernel_figures,
             tracer,
             tree,
             started: Instant::now(),
@@ -60,12 +64,15 @@ impl Sampler {
             self.lost_cgroup_events = raw.counters.lost_cgroup_events;
             self.tree.rescan();
         }
-        let Report { cgroups, dying } = report::build(
+        let Report { mut cgroups, dying } = report::build(
             &raw.stats,
             &raw.cache_names,
             self.tree.nodes(),
             self.tree.root_id(),
         );
+        let kernel_drift = self
+            .kernel_figures
+            .annotate(&mut cgroups, self.tree.root_id());
         self.release_removed(&raw)?;
         // Hand the reading's transient buffers back to the OS, so that the agent's resident
         // memory follows the current state rather than its largest burst.
@@ -73,7 +80,7 @@ impl Sampler {
         unsafe { libc::malloc_trim(0) };
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
         self.max_sample_ms = self.max_sample_ms.max(elapsed_ms);
-        let status = self.status(&raw, &cgroups, &dying, elapsed_ms);
+        let status = self.status(&raw, &cgroups, &dying, elapsed_ms, kernel_drift);
         Ok(Snapshot {
             cgroups,
             dying,
@@ -131,6 +138,7 @@ impl Sampler {
         cgroups: &[CgroupUsage],
         dying: &[DyingCgroup],
         elapsed_ms: f64,
+        kernel_drift_bytes: Option<i64>,
     ) -> Status {
         let config = self.tracer.config();
         let c = &raw.counters;
@@ -162,6 +170,8 @@ impl Sampler {
             cgroup_rescans: self.tree.rescans,
             last_sample_ms: elapsed_ms,
             max_sample_ms: self.max_sample_ms,
+            kernel_figures_source: self.kernel_figures.source().map(Into::into),
+            kernel_drift_bytes,
             updated_at: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
