@@ -179,6 +179,19 @@ fn top_quits_on_ctrl_c_and_restores_the_terminal() {
     ));
     tmux.press("Enter");
     tmux.wait_for("the table", |s| s.contains("CGROUP"));
+    // The whole key reference fits 80 by 24; any key closes it.
+    tmux.type_text("?");
+    let screen = tmux.wait_for("the help", |s| s.contains("kmemcg top: keys"));
+    assert!(
+        screen.contains("End/G") && screen.contains("any key back"),
+        "{screen}"
+    );
+    assert!(
+        screen.contains("while filtering: typed into the filter"),
+        "{screen}"
+    );
+    tmux.type_text("x");
+    tmux.wait_for("the table again", |s| s.contains("CGROUP"));
     tmux.press("C-c");
     let screen = tmux.wait_for("the shell after Ctrl-C", |s| s.contains("top-exited-0"));
     assert!(!tmux.alternate_screen(), "{screen}");
@@ -301,4 +314,75 @@ fn top_standalone_loads_its_own_programs() {
         let v: serde_json::Value = serde_json::from_str(line).expect("JSON");
         assert!(v.is_array(), "{line}");
     }
+}
+
+#[test]
+fn top_lists_a_removed_cgroup_under_the_ancestor_it_is_charged_to() {
+    require_root();
+    let agent = AgentProcess::start(&[]);
+    let tmpfs = Tmpfs::new();
+    let parent = TestCgroup::new("top-dying");
+    let child = TestCgroup::under(&parent, "gone");
+    let (child_path, child_id) = (child.path().to_string(), child.id());
+    child.run(&["create-files", &tmpfs.sub("outlive"), "1000"]);
+    agent.wait_for(&child_path, Duration::from_secs(20), "files charged", |u| {
+        u.is_some_and(|u| cache_objects(u, &["dentry"]) >= 1000)
+    });
+    // The tmpfs files outlive their cgroup.
+    child.remove();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !agent.dying().iter().any(|d| d.id == child_id) {
+        assert!(
+            Instant::now() < deadline,
+            "the agent never listed {child_path} as dying"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let addr = agent.addr().to_string();
+
+    // JSON keeps the fields a cgroup always had: `alive: false`, the charged ancestor as parent.
+    let output = kmemcg(&[
+        "top",
+        "--addr",
+        &addr,
+        "--once",
+        "--json",
+        "--filter",
+        &child_path,
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8_lossy(&output.stdout);
+    let list: Vec<serde_json::Value> = serde_json::from_str(&text).expect("a JSON array");
+    let gone = list
+        .iter()
+        .find(|c| c["id"] == child_id)
+        .unwrap_or_else(|| panic!("{child_path} is not listed: {text}"));
+    assert_eq!(gone["path"], child_path.as_str(), "{gone}");
+    assert_eq!(gone["alive"], false, "{gone}");
+    assert_eq!(gone["parent"], parent.id(), "{gone}");
+    assert!(
+        gone["slab_bytes"].as_u64().unwrap_or(0) >= 1000 * 192,
+        "{gone}"
+    );
+
+    // The table marks it.
+    let output = kmemcg(&["top", "--addr", &addr, "--once", "--filter", &child_path]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains(&child_path))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(line.contains(&format!("{child_path} (dying)")), "{text}");
+    // The summary counts it (other removed cgroups of the machine may be counted too).
+    let dying: u64 = text
+        .lines()
+        .next()
+        .and_then(|l| l.split(" · dying ").nth(1))
+        .and_then(|d| d.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(dying >= 1, "{text}");
 }

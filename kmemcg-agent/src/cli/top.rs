@@ -12,9 +12,10 @@ use crate::{
     api::DEFAULT_LISTEN,
     tui::{
         self,
-        app::{App, SortKey, View},
-        batch::{self, BatchOptions},
+        app::{App, Settings},
+        once,
         source::{STANDALONE_NOTICE, Source},
+        view::{Layout, Shape, SortKey, ViewState},
     },
 };
 
@@ -22,48 +23,48 @@ use crate::{
 pub struct TopArgs {
     /// Address of the agent to read.
     #[arg(long, default_value = DEFAULT_LISTEN, env = "KMEMCG_ADDR")]
-    pub addr: String,
+    addr: String,
     /// Load the eBPF programs in this process instead of reading an agent (needs root). Only
     /// allocations made since it started are shown.
     #[arg(long)]
-    pub standalone: bool,
+    standalone: bool,
     /// Seconds between refreshes (0.1 to 3600).
     #[arg(short, long, default_value_t = 1.0, value_parser = parse_delay, value_name = "SECONDS")]
-    pub delay: f64,
+    delay: f64,
     /// Print one snapshot and exit (batch mode).
     #[arg(long, conflicts_with = "iterations")]
-    pub once: bool,
+    once: bool,
     /// Print N snapshots, --delay apart, and exit (batch mode).
     #[arg(short = 'n', long, value_name = "N",
           value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
-    pub iterations: Option<u64>,
+    iterations: Option<u64>,
     /// Batch mode: print snapshots instead of the live view, until interrupted unless
     /// --iterations is given. Also chosen when standard output is not a terminal.
     #[arg(short, long)]
-    pub batch: bool,
+    batch: bool,
     /// Print JSON instead of a table (batch mode): an array of cgroups with the API's fields,
     /// plus `change_bytes_per_second` and `allocs_per_second` from the second snapshot on;
     /// one line per snapshot when there are several.
     #[arg(long)]
-    pub json: bool,
+    json: bool,
     /// Column to sort by, largest first (path: A to Z).
     #[arg(short, long, value_enum, default_value_t = SortKey::Total)]
-    pub sort: SortKey,
+    sort: SortKey,
     /// Reverse the sort order.
     #[arg(short, long)]
-    pub reverse: bool,
+    reverse: bool,
     /// Only cgroups whose path contains this text (case-insensitive).
     #[arg(short, long, value_name = "TEXT")]
-    pub filter: Option<String>,
+    filter: Option<String>,
     /// At most N cgroups per snapshot (batch mode).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
-    pub limit: Option<u64>,
+    limit: Option<u64>,
     /// Exact byte counts instead of IEC sizes.
     #[arg(long)]
-    pub bytes: bool,
+    bytes: bool,
     /// Start the live view flat (full paths) instead of as a tree.
     #[arg(long)]
-    pub flat: bool,
+    flat: bool,
 }
 
 fn parse_delay(s: &str) -> Result<f64, String> {
@@ -100,26 +101,34 @@ impl TopArgs {
         }
     }
 
-    fn app(&self, source: &Source, batch: bool) -> App {
-        let mut app = App::new(source.describe(), Duration::from_secs_f64(self.delay));
-        app.sort = self.sort;
-        app.descending = self.sort.default_descending() != self.reverse;
-        app.filter = self.filter.clone().unwrap_or_default();
-        app.exact = self.bytes;
-        app.view = if batch || self.flat {
-            View::Flat
-        } else {
-            View::Tree
-        };
-        if source.is_standalone() {
-            app.notice = Some(STANDALONE_NOTICE.into());
-            app.dedupe_by_timestamp = false;
+    /// Which cgroups are listed and how, at the start of the live view or in batch mode.
+    fn shape(&self, batch: bool) -> Shape {
+        Shape {
+            sort: self.sort,
+            descending: self.sort.default_descending() != self.reverse,
+            layout: if batch || self.flat {
+                Layout::Flat
+            } else {
+                Layout::Tree
+            },
+            filter: self.filter.clone().unwrap_or_default(),
+            ..Shape::default()
         }
-        app
+    }
+
+    fn settings(&self, source: &Source) -> Settings {
+        let standalone = source.is_standalone();
+        Settings {
+            source: source.describe(),
+            notice: standalone.then(|| STANDALONE_NOTICE.to_string()),
+            delay: Duration::from_secs_f64(self.delay),
+            // Standalone readings are this process's own: each one is new.
+            skip_same_reading: !standalone,
+        }
     }
 }
 
-pub async fn run(args: TopArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: TopArgs) -> anyhow::Result<()> {
     let batch = args.batch_mode();
     let mut first = None;
     let mut source = if args.standalone {
@@ -132,18 +141,32 @@ pub async fn run(args: TopArgs) -> anyhow::Result<()> {
         }
         source
     };
-    let mut app = args.app(&source, batch);
+    let settings = args.settings(&source);
     if batch {
         if source.is_standalone() {
             eprintln!("kmemcg top: {STANDALONE_NOTICE}");
         }
-        let options = BatchOptions {
+        let options = once::Options {
             iterations: args.iterations(),
             json: args.json,
             limit: args.limit.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+            exact: args.bytes,
+            shape: args.shape(true),
         };
-        batch::run(&mut source, app, &options, &mut std::io::stdout().lock()).await
+        once::run(
+            &mut source,
+            &settings,
+            &options,
+            &mut std::io::stdout().lock(),
+        )
+        .await
     } else {
+        let view = ViewState {
+            shape: args.shape(false),
+            exact: args.bytes,
+            ..ViewState::default()
+        };
+        let mut app = App::new(settings, view);
         // The screen starts with data rather than "waiting".
         if let Some(snapshot) = first {
             app.update(snapshot, std::time::Instant::now());
@@ -230,8 +253,13 @@ mod tests {
     #[test]
     fn reverse_flips_the_default_order() {
         let a = parse(&["--reverse", "--sort", "path"]).expect("valid");
-        let app = a.app(&Source::agent("127.0.0.1:1"), true);
-        assert!(app.descending);
-        assert_eq!(app.view, View::Flat);
+        let shape = a.shape(true);
+        assert!(shape.descending);
+        assert_eq!(shape.layout, Layout::Flat);
+        let shape = parse(&["--flat"]).expect("valid").shape(false);
+        assert_eq!((shape.sort, shape.descending), (SortKey::Total, true));
+        assert_eq!(shape.layout, Layout::Flat);
+        let settings = a.settings(&Source::agent("127.0.0.1:1"));
+        assert!(settings.skip_same_reading && settings.notice.is_none());
     }
 }

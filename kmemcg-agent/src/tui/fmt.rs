@@ -4,7 +4,7 @@
 const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
 
 /// `512 B`, `1.50 KiB`, `12.3 MiB`, `123 GiB`: at most 8 characters.
-pub fn size(bytes: u64, exact: bool) -> String {
+pub(crate) fn size(bytes: u64, exact: bool) -> String {
     if exact {
         return bytes.to_string();
     }
@@ -32,7 +32,7 @@ fn scaled(value: f64) -> String {
 }
 
 /// Bytes per second with a sign: `+1.50 KiB`, `-512 B`, `0`; `-` when unknown.
-pub fn byte_rate(rate: Option<f64>, exact: bool) -> String {
+pub(crate) fn byte_rate(rate: Option<f64>, exact: bool) -> String {
     let Some(r) = rate else {
         return "-".into();
     };
@@ -49,7 +49,7 @@ pub fn byte_rate(rate: Option<f64>, exact: bool) -> String {
 }
 
 /// Events per second: `12`, `1.2k`, `45k`, `3.4M`; `-` when unknown.
-pub fn count_rate(rate: Option<f64>, exact: bool) -> String {
+pub(crate) fn count_rate(rate: Option<f64>, exact: bool) -> String {
     let Some(r) = rate else {
         return "-".into();
     };
@@ -57,7 +57,7 @@ pub fn count_rate(rate: Option<f64>, exact: bool) -> String {
 }
 
 /// A count: `123`, `12.3k` unless exact.
-pub fn count(n: f64, exact: bool) -> String {
+pub(crate) fn count(n: f64, exact: bool) -> String {
     if exact || n < 10_000.0 {
         format!("{n:.0}")
     } else if n < 1e6 {
@@ -70,7 +70,7 @@ pub fn count(n: f64, exact: bool) -> String {
 }
 
 /// `3d04h`, `1h02m`, `5m07s`, `42s`.
-pub fn duration(seconds: u64) -> String {
+pub(crate) fn duration(seconds: u64) -> String {
     let (d, h, m, s) = (
         seconds / 86_400,
         seconds / 3600 % 24,
@@ -89,7 +89,7 @@ pub fn duration(seconds: u64) -> String {
 }
 
 /// `1s`, `0.5s`.
-pub fn delay(d: std::time::Duration) -> String {
+pub(crate) fn delay(d: std::time::Duration) -> String {
     let s = d.as_secs_f64();
     if s.fract() == 0.0 {
         format!("{s:.0}s")
@@ -100,7 +100,7 @@ pub fn delay(d: std::time::Duration) -> String {
 
 /// Cuts `s` to `width` characters, keeping the end (`…foo.service`): the end of a cgroup path
 /// says most.
-pub fn keep_end(s: &str, width: usize) -> String {
+pub(crate) fn keep_end(s: &str, width: usize) -> String {
     let n = s.chars().count();
     if n <= width {
         return s.to_string();

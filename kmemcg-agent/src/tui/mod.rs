@@ -1,15 +1,22 @@
 //! `kmemcg top`: a live terminal view of per-cgroup slab and percpu usage, and its batch mode.
 //!
-//! [`app`] holds the state and its transitions, [`input`] maps keys to them, [`render`] draws
-//! the state (generic over the ratatui backend), [`terminal`] owns and restores the terminal,
-//! [`source`] reads an agent or standalone eBPF programs, [`batch`] prints snapshots.
-pub mod app;
-pub mod batch;
-pub mod fmt;
-pub mod input;
-pub mod render;
-pub mod source;
-pub mod terminal;
+//! [`model`] is what a reading shows (rows, rates, totals, tree), [`view`] what the user
+//! chose to see and the table's lines, [`app`] joins them for the live view, [`keys`] is the
+//! one table of keys, [`columns`] what is shown, [`render`] draws (generic over the ratatui
+//! backend), [`terminal`] owns and restores the terminal, [`source`] reads an agent or
+//! standalone eBPF programs, [`once`] prints readings for scripts.
+pub(crate) mod app;
+mod columns;
+mod fmt;
+mod keys;
+mod model;
+pub(crate) mod once;
+mod render;
+pub(crate) mod source;
+mod terminal;
+#[cfg(test)]
+mod testdata;
+pub(crate) mod view;
 
 use std::{
     sync::{
@@ -27,16 +34,15 @@ use tokio::{
 };
 
 use self::{
-    app::App,
-    input::{Outcome, handle_key},
+    app::{App, Outcome},
     source::Source,
     terminal::TerminalGuard,
 };
 
 /// Runs the live view until the user quits (q, Ctrl-C) or the process is told to stop
 /// (SIGTERM, SIGHUP); the terminal is restored in every case.
-pub async fn run_live(mut source: Source, mut app: App) -> anyhow::Result<()> {
-    let delay = app.delay;
+pub(crate) async fn run_live(mut source: Source, mut app: App) -> anyhow::Result<()> {
+    let delay = app.settings().delay;
     let paused = Arc::new(AtomicBool::new(false));
 
     // Readings on their own task, so a slow agent never blocks the keys.
@@ -44,7 +50,7 @@ pub async fn run_live(mut source: Source, mut app: App) -> anyhow::Result<()> {
     let fetch_paused = paused.clone();
     // With a first snapshot already on screen, the next reading is one delay away, so that
     // rates are not taken over a few milliseconds.
-    let seeded = app.received();
+    let seeded = app.model().received();
     let fetcher = tokio::spawn(async move {
         if seeded {
             tokio::time::sleep(delay).await;
@@ -88,7 +94,7 @@ pub async fn run_live(mut source: Source, mut app: App) -> anyhow::Result<()> {
             tokio::select! {
                 event = key_rx.recv() => match event {
                     Some(Ok(Event::Key(key))) if key.kind != KeyEventKind::Release => {
-                        if handle_key(&mut app, key) == Outcome::Quit {
+                        if app.handle_key(key) == Outcome::Quit {
                             return Ok(());
                         }
                     }
@@ -105,7 +111,7 @@ pub async fn run_live(mut source: Source, mut app: App) -> anyhow::Result<()> {
                 _ = term.recv() => return Ok(()),
                 _ = hangup.recv() => return Ok(()),
             }
-            paused.store(app.paused, Ordering::Relaxed);
+            paused.store(app.view().paused, Ordering::Relaxed);
             render::draw(&mut guard.terminal, &mut app).context("drawing the screen")?;
         }
     }

@@ -10,9 +10,9 @@ use crate::{
 };
 
 /// Said wherever standalone data is shown.
-pub const STANDALONE_NOTICE: &str = "standalone: only allocations since kmemcg top started";
+pub(crate) const STANDALONE_NOTICE: &str = "standalone: only allocations since kmemcg top started";
 
-pub enum Source {
+pub(crate) enum Source {
     Agent {
         client: Client,
         addr: String,
@@ -22,7 +22,7 @@ pub enum Source {
 }
 
 impl Source {
-    pub fn agent(addr: &str) -> Self {
+    pub(crate) fn agent(addr: &str) -> Self {
         Self::Agent {
             client: Client::new(addr),
             addr: addr.to_string(),
@@ -30,18 +30,18 @@ impl Source {
     }
 
     /// Loads and attaches the eBPF programs in this process (needs root).
-    pub fn standalone() -> anyhow::Result<Self> {
+    pub(crate) fn standalone() -> anyhow::Result<Self> {
         let tracer = Tracer::start(TracerConfig::default())
             .context("loading the eBPF programs for kmemcg top --standalone")?;
         Ok(Self::Standalone(Some(Box::new(Sampler::new(tracer)))))
     }
 
-    pub fn is_standalone(&self) -> bool {
+    pub(crate) fn is_standalone(&self) -> bool {
         matches!(self, Self::Standalone(_))
     }
 
     /// For the header: `agent 127.0.0.1:9847` or `standalone`.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             Self::Agent { addr, .. } => format!("agent {addr}"),
             Self::Standalone(_) => "standalone".into(),
@@ -49,7 +49,7 @@ impl Source {
     }
 
     /// One reading.
-    pub async fn fetch(&mut self) -> anyhow::Result<Snapshot> {
+    pub(crate) async fn fetch(&mut self) -> anyhow::Result<Snapshot> {
         match self {
             Self::Agent { client, .. } => {
                 let (cgroups, dying, status) =

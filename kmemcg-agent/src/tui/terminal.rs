@@ -22,12 +22,12 @@ use ratatui::{Terminal, backend::CrosstermBackend};
 static SAVED_STDERR: AtomicI32 = AtomicI32::new(-1);
 static PANIC_HOOK: Once = Once::new();
 
-pub struct TerminalGuard {
-    pub terminal: Terminal<CrosstermBackend<Stdout>>,
+pub(crate) struct TerminalGuard {
+    pub(crate) terminal: Terminal<CrosstermBackend<Stdout>>,
 }
 
 impl TerminalGuard {
-    pub fn enter() -> anyhow::Result<Self> {
+    pub(crate) fn enter() -> anyhow::Result<Self> {
         PANIC_HOOK.call_once(|| {
             let previous = std::panic::take_hook();
             std::panic::set_hook(Box::new(move |info| {
@@ -60,7 +60,7 @@ impl Drop for TerminalGuard {
 }
 
 /// Leaves raw mode and the alternate screen and gives stderr back. Safe to call twice.
-pub fn restore() {
+fn restore() {
     let _ = terminal::disable_raw_mode();
     let _ = crossterm::execute!(io::stdout(), LeaveAlternateScreen, cursor::Show);
     let saved = SAVED_STDERR.swap(-1, Ordering::SeqCst);

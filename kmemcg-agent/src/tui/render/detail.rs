@@ -1,0 +1,196 @@
+//! One cgroup's caches: a `slabtop` for the cgroup drilled into.
+use ratatui::{
+    Frame,
+    layout::{Constraint, Layout, Rect},
+    style::{Color, Modifier, Style},
+    text::{Line, Span},
+    widgets::{Cell, Paragraph, Row as TableRow, Table},
+};
+
+use super::{heading_style, label, right};
+use crate::tui::{app::App, columns::CacheColumn, fmt, model::Cgroup};
+
+pub(super) fn render(frame: &mut Frame, area: Rect, app: &mut App) {
+    let [info, table_area] =
+        Layout::vertical([Constraint::Length(2), Constraint::Min(1)]).areas(area);
+    let height = table_area.height.saturating_sub(1) as usize;
+    app.fit(height);
+    let (view, model) = (app.view(), app.model());
+    let exact = view.exact;
+    let Some(detail) = &view.detail else {
+        return;
+    };
+    let Some(row) = app.detail_row() else {
+        let text = vec![
+            Line::from(Span::styled(detail.path.clone(), Style::new().bold())),
+            Line::from("This cgroup is no longer reported (Esc goes back)."),
+        ];
+        frame.render_widget(Paragraph::new(text), area);
+        return;
+    };
+    let c = &row.cgroup;
+    let mut title = vec![Span::styled(c.path().to_string(), Style::new().bold())];
+    if c.is_dying() {
+        title.push(Span::styled(" (dying)", Style::new().fg(Color::Red)));
+    }
+    let mut facts = vec![
+        label("slab ".into()),
+        Span::raw(format!(
+            "{} ({} obj)",
+            fmt::size(c.slab_bytes(), exact),
+            c.slab_objects()
+        )),
+        label("  percpu ".into()),
+        Span::raw(fmt::size(c.percpu_bytes(), exact)),
+        label("  total ".into()),
+        Span::raw(fmt::size(c.total_bytes(), exact)),
+        label("  change ".into()),
+        Span::raw(format!("{}/s", fmt::byte_rate(row.change, exact))),
+    ];
+    match c {
+        Cgroup::Live(u) => facts.extend([
+            label("  allocs ".into()),
+            Span::raw(format!("{}/s", fmt::count_rate(row.alloc_rate, exact))),
+            label("  accounted ".into()),
+            Span::raw(fmt::size(u.accounted_bytes, exact)),
+            label("  unaccounted ".into()),
+            Span::raw(fmt::size(u.unaccounted_bytes, exact)),
+        ]),
+        Cgroup::Dying(d) => facts.extend([
+            label("  charged to ".into()),
+            Span::raw(d.charged_ancestor_path.clone()),
+        ]),
+    }
+    frame.render_widget(
+        Paragraph::new(vec![Line::from(title), Line::from(facts)]),
+        info,
+    );
+
+    let mut caches = model.cache_lines(detail.id);
+    if caches.is_empty() {
+        frame.render_widget(Paragraph::new("No caches."), table_area);
+        return;
+    }
+    view.cache_sort.sort(&mut caches);
+    let cursor = detail.cursor;
+    let shown: Vec<Vec<String>> = caches
+        .iter()
+        .skip(cursor.offset)
+        .take(height)
+        .map(|line| {
+            CacheColumn::ALL
+                .iter()
+                .map(|c| c.cell(line, exact))
+                .collect()
+        })
+        .collect();
+    let titles: Vec<String> = (CacheColumn::ALL.iter())
+        .map(|c| c.heading(view.cache_sort))
+        .collect();
+    let widths: Vec<Constraint> = (0..titles.len())
+        .map(|i| {
+            let widest = shown
+                .iter()
+                .map(|r| r[i].chars().count())
+                .max()
+                .unwrap_or(0);
+            let w = u16::try_from(widest.max(titles[i].chars().count())).unwrap_or(u16::MAX);
+            // The name column (first) stays within 40.
+            Constraint::Length(if i == 0 { w.min(40) } else { w })
+        })
+        .collect();
+    let cells = |texts: &[String]| -> Vec<Cell<'static>> {
+        (texts.iter().enumerate())
+            .map(|(i, t)| {
+                if i == 0 {
+                    Cell::from(t.clone())
+                } else {
+                    right(t)
+                }
+            })
+            .collect()
+    };
+    let header = TableRow::new(cells(&titles)).style(heading_style());
+    let lines = shown.iter().enumerate().map(|(i, texts)| {
+        let style = if cursor.offset + i == cursor.selected {
+            Style::new().add_modifier(Modifier::REVERSED)
+        } else {
+            Style::new()
+        };
+        TableRow::new(cells(texts)).style(style)
+    });
+    let table = Table::new(lines, widths).header(header).column_spacing(2);
+    frame.render_widget(table, table_area);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{find, screen};
+    use crate::tui::{
+        keys::Action,
+        testdata::{act, app_of, app_with, dying, sample, snapshot},
+    };
+
+    #[test]
+    fn drill_in_shows_caches() {
+        let mut app = app_with(sample());
+        act(
+            &mut app,
+            &[Action::ToggleLayout, Action::First, Action::DrillIn],
+        );
+        let s = screen(&mut app, 80, 12);
+        let text = s.join("\n");
+        assert!(s[3].contains("/system.slice/foo.service"), "{text}");
+        assert!(s[4].contains("slab 48.8 KiB"), "{text}");
+        for title in ["CACHE", "OBJECTS", "BYTES▼", "SHARE", "CHANGE/s"] {
+            assert!(s[5].contains(title), "{title}: {text}");
+        }
+        assert!(s[6].contains("dentry") && s[6].contains("99.6%"), "{text}");
+        assert!(s[7].contains("percpu"), "{text}");
+        assert!(s[11].contains("Esc") && s[11].contains("back"), "{text}");
+        // `<` sorts the caches by objects, then by name.
+        act(&mut app, &[Action::SortLeft]);
+        let s = screen(&mut app, 80, 12);
+        assert!(s[5].contains("OBJECTS▼"), "{}", s.join("\n"));
+        act(&mut app, &[Action::SortLeft]);
+        let s = screen(&mut app, 80, 12);
+        assert!(s[5].contains("CACHE▲"), "{}", s.join("\n"));
+        assert!(
+            s[6].contains("dentry") && s[7].contains("percpu"),
+            "{}",
+            s.join("\n")
+        );
+    }
+
+    #[test]
+    fn a_dying_cgroup_says_where_its_memory_is_charged() {
+        let mut snap = snapshot(sample(), 1);
+        let mut gone = dying(9, "/system.slice/gone", 4096, 1024, 2);
+        gone.charged_ancestor_path = "/system.slice".into();
+        snap.dying.push(gone);
+        let mut app = app_of(snap);
+        act(
+            &mut app,
+            &[
+                Action::ToggleLayout,
+                Action::ToggleDyingOnly,
+                Action::DrillIn,
+            ],
+        );
+        let s = screen(&mut app, 100, 12);
+        let text = s.join("\n");
+        assert!(s[3].contains("/system.slice/gone (dying)"), "{text}");
+        assert!(s[4].contains("slab 3.00 KiB (2 obj)"), "{text}");
+        assert!(s[4].contains("charged to /system.slice"), "{text}");
+        assert!(find(&s, "percpu").is_some(), "{text}");
+    }
+
+    #[test]
+    fn a_cgroup_that_went_away() {
+        let mut app = app_with(sample());
+        act(&mut app, &[Action::DrillIn]);
+        app.update(snapshot(vec![], 2), std::time::Instant::now());
+        let s = screen(&mut app, 80, 12);
+        assert!(find(&s, "no longer reported").is_some(), "{}", s.join("\n"));
+    }
+}
