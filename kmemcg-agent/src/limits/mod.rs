@@ -97,6 +97,14 @@ pub struct Enforcer {
 }
 
 fn refusal(protected: &Protected, rule: &Rule) -> Result<(), String> {
+    if rule.spec.action == Action::Signal
+        && let Some(reason) = actions::signal_unavailable()
+    {
+        return Err(format!(
+            "refusing the signal action on {}: {reason}",
+            rule.spec.path
+        ));
+    }
     if rule.glob {
         // A glob may match unprotected cgroups: protected matches are skipped when evaluated.
         return Ok(());
