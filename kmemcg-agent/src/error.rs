@@ -41,7 +41,7 @@ pub enum StartError {
     #[error("loading kmemcg's eBPF programs failed: {0}")]
     Load(#[source] Box<aya::EbpfError>),
     #[error(
-        "the bpf() system call was refused (creating map {map}: {source}) although kmemcg has \
+        "the bpf() system call was refused (creating map {map}) although kmemcg has \
          CAP_BPF and CAP_PERFMON{seccomp}: a seccomp profile or the container runtime blocks \
          bpf(). Runtimes older than containerd 1.7 / CRI-O 1.26, and podman, allow bpf() in \
          their default seccomp profile only with CAP_SYS_ADMIN: give the container a profile \
