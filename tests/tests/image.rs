@@ -90,9 +90,14 @@ fn find<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {kind} in the manifests"))
 }
 
-/// Builds the image with `cargo xtask image` from the release binary the tests use; returns
-/// its tag, the one the manifests name.
+/// Builds the image with `cargo xtask image` from the release binary the tests use (once per
+/// run); returns its tag, the one the manifests name.
 fn build_image() -> String {
+    static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TAG.get_or_init(build).clone()
+}
+
+fn build() -> String {
     let started = Instant::now();
     let out = run(Command::new(binary("xtask")).args(["image", "--no-build"]));
     let tag = String::from_utf8_lossy(&out.stdout)
@@ -116,7 +121,9 @@ impl Bpffs {
     fn new() -> Self {
         let dir = std::env::temp_dir().join(unique("bpffs"));
         std::fs::create_dir_all(&dir).expect("bpffs mount point");
-        run(Command::new("mount").args(["-t", "bpf", "kmemcg-test"]).arg(&dir));
+        run(Command::new("mount")
+            .args(["-t", "bpf", "kmemcg-test"])
+            .arg(&dir));
         Self(dir)
     }
 }
@@ -145,8 +152,9 @@ impl Drop for Scratch {
     }
 }
 
-/// cgroup v1 directories runc makes for `--cgroup-parent` in controllers the test cgroup does
-/// not cover; removed (they are empty by then) when dropped.
+/// cgroup v1 directories podman and runc make for `--cgroup-parent` (conmon's cgroup in every
+/// hierarchy, the parent in controllers the test cgroup does not cover); removed, empty by
+/// then, when dropped, after the container.
 struct V1Parents(String);
 
 impl Drop for V1Parents {
@@ -155,8 +163,12 @@ impl Drop for V1Parents {
             return;
         };
         for c in controllers.flatten() {
+            if c.file_name() == "unified" {
+                continue;
+            }
             let dir = c.path().join(&self.0);
-            if c.file_name() != "unified" && c.file_name() != "memory" && dir.is_dir() {
+            let _ = std::fs::remove_dir(dir.join("conmon"));
+            if c.file_name() != "memory" && dir.is_dir() {
                 let _ = std::fs::remove_dir(&dir);
             }
         }
@@ -229,7 +241,10 @@ impl Pod {
         let containers = pod["containers"].as_array().expect("containers");
         assert_eq!(containers.len(), 1);
         let c = &containers[0];
-        assert_eq!(c["image"], image, "the DaemonSet runs the image xtask builds");
+        assert_eq!(
+            c["image"], image,
+            "the DaemonSet runs the image xtask builds"
+        );
         let config_dir = Scratch::new("configmap");
         let run_dir = Scratch::new("run");
         let state_dir = Scratch::new("state");
@@ -280,9 +295,7 @@ impl Pod {
         }
         let seccomp = match sc["seccompProfile"]["type"].as_str() {
             _ if seccomp_default => "/usr/share/containers/seccomp.json".to_string(),
-            Some("RuntimeDefault") => runtime_default_profile(&config_dir.0)
-                .display()
-                .to_string(),
+            Some("RuntimeDefault") => runtime_default_profile(&config_dir.0).display().to_string(),
             Some("Unconfined") => "unconfined".into(),
             other => panic!("seccompProfile {other:?} not translated"),
         };
@@ -319,7 +332,11 @@ impl Pod {
             if mount["mountPropagation"] == "HostToContainer" {
                 options.push("rslave");
             }
-            args.push(format!("--volume={source}:{target}:{}", options.join(",")));
+            args.push(if options.is_empty() {
+                format!("--volume={source}:{target}")
+            } else {
+                format!("--volume={source}:{target}:{}", options.join(","))
+            });
             // podman 4.3 has no `rro`: each submount gets its own read-only mount.
             if mount["recursiveReadOnly"] == "Enabled" {
                 for sub in submounts(&source) {
@@ -377,9 +394,23 @@ impl Pod {
         String::from_utf8_lossy(&out.stdout).trim() == "true"
     }
 
-    /// Waits for the container to exit; its exit code.
+    /// Waits (at most 60 s) for the container to exit; its exit code.
     fn wait(&self) -> i64 {
-        let out = run(Command::new("podman").args(["wait", &self.name]));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.running() {
+            assert!(
+                Instant::now() < deadline,
+                "still running after 60 s: {}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let out = run(Command::new("podman").args([
+            "inspect",
+            "--format",
+            "{{.State.ExitCode}}",
+            &self.name,
+        ]));
         String::from_utf8_lossy(&out.stdout)
             .trim()
             .parse()
@@ -409,7 +440,11 @@ impl Pod {
                 return;
             }
             assert!(self.running(), "the container exited: {}", self.logs());
-            assert!(Instant::now() < deadline, "not ready in 60 s: {}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "not ready in 60 s: {}",
+                self.logs()
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -434,19 +469,24 @@ fn frozen(cgroup: &TestCgroup) -> bool {
         .any(|l| l == "frozen 1")
 }
 
-/// Thaws a test cgroup when dropped, so that its workload can be told to exit.
-struct Thaw<'a>(&'a TestCgroup);
+/// Kills the processes of a test cgroup when dropped: a frozen workload (which the agent would
+/// freeze again after a thaw) cannot be told to exit.
+struct KillOnDrop<'a>(&'a TestCgroup);
 
-impl Drop for Thaw<'_> {
+impl Drop for KillOnDrop<'_> {
     fn drop(&mut self) {
-        let _ = std::fs::write(self.0.v2_dir().join("cgroup.freeze"), "0");
+        let _ = std::fs::write(self.0.v2_dir().join("cgroup.kill"), "1");
     }
 }
 
 fn wait_until(what: &str, pod: &Pod, check: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !check() {
-        assert!(Instant::now() < deadline, "{what}: not within 30 s\n{}", pod.logs());
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within 30 s\n{}",
+            pod.logs()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -480,8 +520,8 @@ fn the_image_runs_with_the_daemonsets_privileges_and_mounts() {
     assert_eq!(pod.text("/healthz").trim(), "ok");
 
     let tmpfs = Tmpfs::new();
-    let held = victim.hold(&["idle"]);
-    let _thaw = Thaw(&victim);
+    let _held = victim.hold(&["idle"]);
+    let _kill = KillOnDrop(&victim);
     victim.run(&["create-files", &tmpfs.sub("files"), "500"]);
     let series = format!("kmemcg_cgroup_slab_bytes{{cgroup=\"{}\"", victim.path());
     wait_until("the victim's series in /metrics", &pod, || {
@@ -495,7 +535,9 @@ fn the_image_runs_with_the_daemonsets_privileges_and_mounts() {
         pod.records().iter().any(|r| {
             r["cgroup"] == victim.path()
                 && r["action"] == "freeze"
-                && r["outcome"].as_str().is_some_and(|o| o.contains("Read-only"))
+                && r["outcome"]
+                    .as_str()
+                    .is_some_and(|o| o.contains("Read-only"))
         })
     });
     assert!(!frozen(&victim), "the read-only variant froze a cgroup");
@@ -522,7 +564,6 @@ fn the_image_runs_with_the_daemonsets_privileges_and_mounts() {
     // SIGTERM (podman stop, as the kubelet does): a clean exit.
     run(Command::new("podman").args(["stop", "--time", "15", &pod.name]));
     assert_eq!(pod.wait(), 0, "{}", pod.logs());
-    drop(held);
     eprintln!("observing DaemonSet checked in {:?}", started.elapsed());
 }
 
@@ -549,12 +590,14 @@ fn the_enforcing_variant_freezes_and_signals_but_never_its_own_container() {
     pod.wait_ready();
 
     let tmpfs = Tmpfs::new();
-    let held = frozen_victim.hold(&["idle"]);
-    let _thaw = Thaw(&frozen_victim);
-    let target = signalled.hold(&["idle"]);
+    let _held = frozen_victim.hold(&["idle"]);
+    let _kill = KillOnDrop(&frozen_victim);
+    let _target = signalled.hold(&["idle"]);
     frozen_victim.run(&["create-files", &tmpfs.sub("a"), "500"]);
     signalled.run(&["create-files", &tmpfs.sub("b"), "500"]);
-    wait_until("cgroup.events shows frozen 1", &pod, || frozen(&frozen_victim));
+    wait_until("cgroup.events shows frozen 1", &pod, || {
+        frozen(&frozen_victim)
+    });
     let procs = signalled.v2_dir().join("cgroup.procs");
     wait_until("the signalled workload gone", &pod, || {
         std::fs::read_to_string(&procs).is_ok_and(|p| p.trim().is_empty())
@@ -571,8 +614,6 @@ fn the_enforcing_variant_freezes_and_signals_but_never_its_own_container() {
         "the agent selected its own container {own}: {records:?}"
     );
     assert!(pod.running(), "{}", pod.logs());
-    drop(target);
-    drop(held);
     eprintln!("enforcing DaemonSet checked in {:?}", started.elapsed());
 }
 
@@ -633,7 +674,15 @@ fn writes_go_through_the_socket_and_tcp_refuses_them() {
     pod.wait_ready();
     assert!(pod.run_dir.0.join("kmemcg.sock").exists());
     let set = run(Command::new("podman").args([
-        "exec", &pod.name, "kmemcg", "limit", "set", victim.path(), "--max", "64M", "--action",
+        "exec",
+        &pod.name,
+        "kmemcg",
+        "limit",
+        "set",
+        victim.path(),
+        "--max",
+        "64M",
+        "--action",
         "notify",
     ]));
     assert!(set.status.success());
