@@ -58,6 +58,33 @@ pub fn run() -> anyhow::Result<()> {
     ensure_bpf_linker(&toolchain)?;
     ensure_apt_packages()?;
     ensure_pip_packages()?;
+    ensure_kubectl()
+}
+
+/// `kubectl kustomize` renders the enforcement overlay in the tests. Debian's kubectl (1.20)
+/// is too old for it, so it is not installed from there.
+fn ensure_kubectl() -> anyhow::Result<()> {
+    let version = output(Command::new("kubectl").args(["version", "--client", "-o", "json"]))
+        .context(
+            "kubectl is missing: install kubectl 1.21 or later (https://kubernetes.io/docs/tasks/tools/); \
+             the tests render deploy/kubernetes-enforce with `kubectl kustomize`",
+        )?;
+    let minor = version
+        .split("\"minor\":")
+        .nth(1)
+        .and_then(|r| {
+            r.trim_start()
+                .trim_start_matches('"')
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+        })
+        .and_then(|m| m.parse::<u32>().ok())
+        .unwrap_or(0);
+    if minor < 21 {
+        bail!(
+            "kubectl 1.{minor} is too old for `kubectl kustomize` of deploy/kubernetes-enforce: install 1.21 or later"
+        );
+    }
     Ok(())
 }
 
