@@ -88,6 +88,8 @@ pub async fn run_with_reload(
         })?),
         None => None,
     };
+    // Removed however the agent ends, a failed start included.
+    let _socket_file = config.api.socket.clone().map(RemovedOnDrop);
     let token = match &config.api.write_token_file {
         Some(path) => Some(crate::access::read_token(path).map_err(anyhow::Error::msg)?),
         None => None,
@@ -148,9 +150,6 @@ pub async fn run_with_reload(
     if let Some(unix) = unix {
         let _ = unix.await;
     }
-    if let Some(path) = &config.api.socket {
-        let _ = std::fs::remove_file(path);
-    }
     stop.store(true, Ordering::Relaxed);
     // Dropping the sampler detaches the programs.
     let _ = tokio::task::spawn_blocking(move || sampling.join()).await;
@@ -194,6 +193,15 @@ async fn reload_on_sighup(
             tracer: current.tracer.clone(),
             ..new
         };
+    }
+}
+
+/// A file the agent created and removes when it ends.
+struct RemovedOnDrop(std::path::PathBuf);
+
+impl Drop for RemovedOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 

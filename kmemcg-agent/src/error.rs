@@ -40,6 +40,22 @@ pub enum StartError {
     Pin(#[from] crate::pin::PinError),
     #[error("loading kmemcg's eBPF programs failed: {0}")]
     Load(#[source] Box<aya::EbpfError>),
+    #[error(
+        "the bpf() system call was refused (creating map {map}) although kmemcg has \
+         CAP_BPF and CAP_PERFMON{seccomp}: a seccomp profile or the container runtime blocks \
+         bpf(). Runtimes older than containerd 1.7 / CRI-O 1.26, and podman, allow bpf() in \
+         their default seccomp profile only with CAP_SYS_ADMIN: give the container a profile \
+         that allows bpf() and perf_event_open() (Kubernetes: seccompProfile type Unconfined \
+         or a Localhost profile; podman: --security-opt seccomp=PROFILE), or update the \
+         runtime; under systemd, keep bpf in SystemCallFilter="
+    )]
+    BpfRefused {
+        map: String,
+        /// ` (this process runs under a seccomp filter)` when /proc/self/status says so.
+        seccomp: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("loading the {hook} program failed (the verifier's log follows): {source}")]
     LoadProgram {
         hook: String,
@@ -64,6 +80,39 @@ pub enum StartError {
     },
 }
 
+impl StartError {
+    /// A failed load, with the reason named when the kernel refused bpf() itself (EPERM on
+    /// the first map although the capabilities were checked): a seccomp filter or runtime.
+    pub fn from_load(e: aya::EbpfError) -> Self {
+        match e {
+            aya::EbpfError::MapError(aya::maps::MapError::CreateError { name, io_error })
+                if io_error.raw_os_error() == Some(libc::EPERM) =>
+            {
+                let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+                StartError::BpfRefused {
+                    map: name,
+                    seccomp: seccomp_note(&status),
+                    source: io_error,
+                }
+            }
+            e => StartError::Load(Box::new(e)),
+        }
+    }
+}
+
+/// Whether /proc/self/status says a seccomp filter is in force (`Seccomp: 2`).
+fn seccomp_note(status: &str) -> &'static str {
+    let filtered = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Seccomp:"))
+        .is_some_and(|v| v.trim() == "2");
+    if filtered {
+        " (this process runs under a seccomp filter)"
+    } else {
+        ""
+    }
+}
+
 /// Why a read of the eBPF maps failed.
 #[derive(Debug, Error)]
 pub enum ReadError {
@@ -75,4 +124,28 @@ pub enum ReadError {
         #[source]
         source: Box<aya::maps::MapError>,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_map_creation_names_seccomp_and_what_to_change() {
+        let refused = aya::EbpfError::MapError(aya::maps::MapError::CreateError {
+            name: "GLOBAL_COUNTERS".into(),
+            io_error: std::io::Error::from_raw_os_error(libc::EPERM),
+        });
+        let text = StartError::from_load(refused).to_string();
+        for part in ["GLOBAL_COUNTERS", "seccomp", "CAP_SYS_ADMIN", "Unconfined"] {
+            assert!(text.contains(part), "`{part}` missing: {text}");
+        }
+        let other = aya::EbpfError::MapError(aya::maps::MapError::CreateError {
+            name: "LIVE_OBJECTS".into(),
+            io_error: std::io::Error::from_raw_os_error(libc::ENOMEM),
+        });
+        assert!(matches!(StartError::from_load(other), StartError::Load(_)));
+        assert_eq!(seccomp_note("Name:\tkmemcg\nSeccomp:\t0\n"), "");
+        assert!(seccomp_note("Seccomp:\t2\n").contains("seccomp filter"));
+    }
 }

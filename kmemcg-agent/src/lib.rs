@@ -27,6 +27,7 @@ pub mod pin;
 pub mod report;
 pub mod sampler;
 pub mod server;
+pub mod timefmt;
 pub mod tracer;
 pub mod tui;
 pub mod units;

@@ -151,7 +151,7 @@ impl Tracer {
             .map_max_entries(LIVE_OBJECTS, live_slots)
             .map_max_entries(CGROUP_CACHE_STATS, stats_slots)
             .load(EBPF_OBJECT)
-            .map_err(|e| StartError::Load(Box::new(e)))?;
+            .map_err(StartError::from_load)?;
         let hooks = attach_hooks(&mut ebpf)?;
         let cgroup_events = ebpf
             .take_map(CGROUP_EVENTS)

@@ -13,6 +13,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod prometheus;
+
 pub use kmemcg_agent::api::{CacheUsage, CgroupUsage, DyingCgroup, Status};
 
 /// Every cgroup the tests make starts with this, so that leftovers are recognisable.

@@ -7,6 +7,8 @@
 //!   the real kernel).
 //! - `bench`: the overhead benchmark (root).
 //! - `run`: setup, build and run the agent on defaults (root).
+//! - `image`: the OCI image from the release build (podman).
+mod image;
 mod setup;
 
 use std::process::Command;
@@ -40,6 +42,8 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Build the OCI image (ghcr.io/kmemcg/kmemcg:<version>) from the release build.
+    Image(image::ImageArgs),
     /// Set up, build and run `kmemcg agent` (needs root).
     Run {
         /// Arguments for `kmemcg agent` (e.g. --listen 0.0.0.0:9847).
@@ -74,6 +78,10 @@ fn main() -> anyhow::Result<()> {
             setup::run()?;
             build()?;
             run_binary("kmemcg-bench", &args)
+        }
+        Task::Image(args) => {
+            setup::run()?;
+            image::run(args)
         }
         Task::Run { args } => {
             setup::run()?;

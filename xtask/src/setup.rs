@@ -12,9 +12,22 @@ fn ebpf_toolchain() -> String {
     std::env::var("KMEMCG_EBPF_TOOLCHAIN").unwrap_or_else(|_| "nightly".into())
 }
 
-/// Debian packages the tests use: tmux drives `kmemcg top` in a real terminal, Prometheus
-/// scrapes the agent.
-const APT_PACKAGES: &[(&str, &str)] = &[("tmux", "tmux"), ("prometheus", "prometheus")];
+/// Debian packages the tests use, by the command that shows they are there: tmux drives
+/// `kmemcg top` in a real terminal, Prometheus scrapes the agent (promtool checks the rules),
+/// podman/buildah build the image (`cargo xtask image`) and run it with runc (crun refuses
+/// hybrid cgroup hosts), systemd-analyze verifies the unit.
+const APT_PACKAGES: &[(&str, &str)] = &[
+    ("tmux", "tmux"),
+    ("prometheus", "prometheus"),
+    ("podman", "podman"),
+    ("buildah", "buildah"),
+    ("runc", "runc"),
+    ("systemd-analyze", "systemd"),
+];
+
+/// PyPI packages the tests use: kubernetes-validate checks the manifests against the
+/// Kubernetes schemas, offline.
+const PIP_PACKAGES: &[(&str, &str)] = &[("kubernetes-validate", "kubernetes-validate")];
 
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -44,6 +57,34 @@ pub fn run() -> anyhow::Result<()> {
     ensure_rust_src(&toolchain)?;
     ensure_bpf_linker(&toolchain)?;
     ensure_apt_packages()?;
+    ensure_pip_packages()?;
+    ensure_kubectl()
+}
+
+/// `kubectl kustomize` renders the enforcement overlay in the tests. Debian's kubectl (1.20)
+/// is too old for it, so it is not installed from there.
+fn ensure_kubectl() -> anyhow::Result<()> {
+    let version = output(Command::new("kubectl").args(["version", "--client", "-o", "json"]))
+        .context(
+            "kubectl is missing: install kubectl 1.21 or later (https://kubernetes.io/docs/tasks/tools/); \
+             the tests render deploy/kubernetes-enforce with `kubectl kustomize`",
+        )?;
+    let minor = version
+        .split("\"minor\":")
+        .nth(1)
+        .and_then(|r| {
+            r.trim_start()
+                .trim_start_matches('"')
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+        })
+        .and_then(|m| m.parse::<u32>().ok())
+        .unwrap_or(0);
+    if minor < 21 {
+        bail!(
+            "kubectl 1.{minor} is too old for `kubectl kustomize` of deploy/kubernetes-enforce: install 1.21 or later"
+        );
+    }
     Ok(())
 }
 
@@ -161,5 +202,22 @@ fn ensure_apt_packages() -> anyhow::Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
         &format!("installing {}", missing.join(" ")),
+    )
+}
+
+fn ensure_pip_packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> = PIP_PACKAGES
+        .iter()
+        .filter(|(command, _)| output(Command::new("which").arg(command)).is_none())
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    run_checked(
+        Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet"])
+            .args(&missing),
+        &format!("installing {} (pip)", missing.join(" ")),
     )
 }

@@ -154,7 +154,7 @@ pub async fn run(args: LimitArgs) -> anyhow::Result<()> {
                 ]);
                 for r in &records {
                     t.add_row(vec![
-                        format!("{:.3}", r.time),
+                        crate::timefmt::local_datetime(r.time),
                         r.cgroup.clone(),
                         r.rule.clone(),
                         iec(r.usage_bytes),

@@ -1,4 +1,6 @@
 //! `kmemcg stat`: a table or JSON of per-cgroup kernel memory from a running agent.
+use std::io::IsTerminal as _;
+
 use anyhow::bail;
 use clap::Args;
 use comfy_table::{Cell, CellAlignment, Table, presets::NOTHING};
@@ -18,6 +20,9 @@ pub struct StatArgs {
     /// per-cache breakdown.
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<String>,
+    /// Full cgroup paths: no shortened container ids, no fitting to the terminal's width.
+    #[arg(long)]
+    pub full: bool,
     /// Address of the agent.
     #[arg(long, default_value = DEFAULT_LISTEN, env = "KMEMCG_ADDR")]
     pub addr: String,
@@ -44,7 +49,11 @@ pub async fn run(args: StatArgs) -> anyhow::Result<()> {
         };
         println!("{out}");
     } else {
-        println!("{}", cgroups_table(&cgroups));
+        let width = (!args.full && std::io::stdout().is_terminal())
+            .then(|| crossterm::terminal::size().ok())
+            .flatten()
+            .map(|(columns, _)| usize::from(columns));
+        println!("{}", fitted_cgroups_table(&cgroups, !args.full, width));
         if args.cgroup.is_some() {
             println!();
             println!("{}", caches_table(&cgroups[0]));
@@ -64,6 +73,79 @@ fn table(header: &[&str]) -> Table {
     t
 }
 
+/// Container ids (64 hex digits in Kubernetes and Docker paths) to their first 12, as
+/// `docker ps` and `crictl ps` show them.
+fn shorten_ids(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut run = String::new();
+    let flush = |run: &mut String, out: &mut String| {
+        if run.len() >= 32 {
+            out.push_str(&run[..12]);
+            out.push('…');
+        } else {
+            out.push_str(run);
+        }
+        run.clear();
+    };
+    for c in path.chars() {
+        if c.is_ascii_hexdigit() {
+            run.push(c);
+        } else {
+            flush(&mut run, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut run, &mut out);
+    out
+}
+
+/// `path` in at most `max` characters, the middle replaced by `…` (as systemd-cgtop does): the
+/// top of the hierarchy and the leaf stay readable.
+fn ellipsize(path: &str, max: usize) -> String {
+    let chars: Vec<char> = path.chars().collect();
+    if chars.len() <= max || max < 5 {
+        return path.to_string();
+    }
+    let head = (max - 1) / 3;
+    let tail = max - 1 - head;
+    let mut out: String = chars[..head].iter().collect();
+    out.push('…');
+    out.extend(&chars[chars.len() - tail..]);
+    out
+}
+
+/// The cgroups table with container ids shortened (`shorten`) and the paths ellipsized so that
+/// it fits `width` columns, when given.
+pub fn fitted_cgroups_table(cgroups: &[CgroupUsage], shorten: bool, width: Option<usize>) -> Table {
+    let mut rows = cgroups.to_vec();
+    if shorten {
+        for c in &mut rows {
+            c.path = shorten_ids(&c.path);
+        }
+    }
+    let table = cgroups_table(&rows);
+    let Some(width) = width else {
+        return table;
+    };
+    let widest = table.lines().map(|l| l.chars().count()).max().unwrap_or(0);
+    if widest <= width {
+        return table;
+    }
+    let longest = rows
+        .iter()
+        .map(|c| c.path.chars().count())
+        .max()
+        .unwrap_or(0);
+    // The paths give up what is missing, down to 24 characters.
+    let max = longest.saturating_sub(widest - width).max(24);
+    for c in &mut rows {
+        c.path = ellipsize(&c.path, max);
+    }
+    cgroups_table(&rows)
+}
+
+/// One row per cgroup and, for more than one, a total: the own figures of different cgroups
+/// never overlap, so their sum is what the listed cgroups hold.
 pub fn cgroups_table(cgroups: &[CgroupUsage]) -> Table {
     let mut t = table(&[
         "CGROUP",
@@ -90,12 +172,29 @@ pub fn cgroups_table(cgroups: &[CgroupUsage]) -> Table {
                 .set_alignment(CellAlignment::Left),
         ]);
     }
+    if cgroups.len() > 1 {
+        let sum = |f: fn(&CgroupUsage) -> u64| cgroups.iter().map(f).sum::<u64>();
+        t.add_row(vec![
+            Cell::new(format!("TOTAL ({} cgroups)", cgroups.len())),
+            Cell::new(iec(sum(|c| c.slab_bytes))),
+            Cell::new(sum(|c| c.slab_objects)),
+            Cell::new(iec(sum(|c| c.percpu_bytes))),
+            Cell::new(iec(sum(|c| c.accounted_bytes))),
+            Cell::new(iec(sum(|c| c.unaccounted_bytes))),
+            Cell::new(sum(|c| c.allocs)),
+            Cell::new(sum(|c| c.frees)),
+            Cell::new(""),
+        ]);
+    }
     t
 }
 
+/// The caches holding something now; those with no live object (only past allocations) are
+/// counted in a last line instead of listed as 0 B.
 pub fn caches_table(cgroup: &CgroupUsage) -> Table {
     let mut t = table(&["CACHE", "BYTES", "OBJECTS", "ACCOUNTED", "ALLOCS", "FREES"]);
-    for c in &cgroup.caches {
+    let empty = cgroup.caches.iter().filter(|c| c.bytes == 0).count();
+    for c in cgroup.caches.iter().filter(|c| c.bytes > 0) {
         t.add_row(vec![
             Cell::new(&c.name),
             Cell::new(iec(c.bytes)),
@@ -104,6 +203,10 @@ pub fn caches_table(cgroup: &CgroupUsage) -> Table {
             Cell::new(c.allocs),
             Cell::new(c.frees),
         ]);
+    }
+    if empty > 0 {
+        let noun = if empty == 1 { "cache" } else { "caches" };
+        t.add_row(vec![format!("({empty} {noun} with nothing live)")]);
     }
     t
 }
@@ -135,5 +238,78 @@ mod tests {
         assert!(text.contains("dentry"), "{text}");
         let text = caches_table(&c).to_string();
         assert!(text.contains("dentry") && text.contains("10"), "{text}");
+    }
+
+    const POD: &str = "/kubepods.slice/kubepods-burstable.slice/\
+        kubepods-burstable-pod0f9c6f5e_2b7d_4c1e_9a3b_8d2e1f0a4b6c.slice/\
+        cri-containerd-4f8a1c2b3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f.scope";
+
+    fn usage(path: &str, slab: u64) -> CgroupUsage {
+        CgroupUsage {
+            path: path.into(),
+            alive: true,
+            slab_bytes: slab,
+            slab_objects: 1,
+            allocs: 2,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn kubernetes_paths_fit_the_terminal_and_a_total_sums_the_rows() {
+        let rows = [
+            usage(POD, 2 << 20),
+            usage("/system.slice/foo.service", 1 << 20),
+        ];
+        let full = fitted_cgroups_table(&rows, false, None).to_string();
+        assert!(full.contains(POD), "{full}");
+        let short = fitted_cgroups_table(&rows, true, None).to_string();
+        assert!(
+            short.contains("cri-containerd-4f8a1c2b3d4e….scope"),
+            "{short}"
+        );
+        // The pod uid (with underscores) is not a container id: kept.
+        assert!(short.contains("pod0f9c6f5e_2b7d"), "{short}");
+        let fitted = fitted_cgroups_table(&rows, true, Some(120)).to_string();
+        for line in fitted.lines() {
+            assert!(
+                line.chars().count() <= 120,
+                "{} columns: {line}",
+                line.len()
+            );
+        }
+        assert!(
+            fitted.contains("/kubepods.slic") && fitted.contains("4e….scope"),
+            "{fitted}"
+        );
+        assert!(
+            fitted.contains("TOTAL (2 cgroups)") && fitted.contains("3 MiB"),
+            "{fitted}"
+        );
+        let one = fitted_cgroups_table(&rows[..1], true, None).to_string();
+        assert!(!one.contains("TOTAL"), "{one}");
+    }
+
+    #[test]
+    fn caches_with_nothing_live_are_counted_not_listed() {
+        let mut c = usage("/a", 4096);
+        c.caches = vec![
+            CacheUsage {
+                name: "dentry".into(),
+                bytes: 4096,
+                objects: 21,
+                ..Default::default()
+            },
+            CacheUsage {
+                name: "kmalloc-64".into(),
+                bytes: 0,
+                allocs: 7,
+                ..Default::default()
+            },
+        ];
+        let text = caches_table(&c).to_string();
+        assert!(text.contains("dentry"), "{text}");
+        assert!(!text.contains("kmalloc-64"), "{text}");
+        assert!(text.contains("(1 cache with nothing live)"), "{text}");
     }
 }

@@ -1,7 +1,11 @@
 //! Acting on a cgroup v2 directory: cgroup.freeze, cgroup.kill, and signals to every process
 //! of the subtree. A cgroup that disappears, or a process that exits, meanwhile is not an
 //! error: it is reported as [`Outcome::Gone`] or simply skipped.
-use std::{io::ErrorKind, path::Path};
+use std::{io::ErrorKind, os::unix::fs::MetadataExt as _, path::Path};
+
+/// The inode of /proc/self/ns/pid in the initial PID namespace (`PROC_PID_INIT_INO`,
+/// include/linux/proc_ns.h): fixed by the kernel.
+const INIT_PID_NS_INODE: u64 = 0xEFFF_FFFC;
 
 /// How an action went.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,12 +82,35 @@ pub fn kill(dir: &Path) -> Outcome {
     signal(dir, libc::SIGKILL)
 }
 
+/// Why signals cannot reach the processes of other cgroups from this agent, if they cannot.
+///
+/// In a PID namespace of its own (a pod without `hostPID`), cgroup.procs lists every process
+/// outside that namespace as pid 0, and kill(0) would signal the agent's own process group.
+pub fn signal_unavailable() -> Option<String> {
+    let ns = std::fs::metadata("/proc/self/ns/pid").ok()?;
+    pid_namespace_reason(ns.ino())
+}
+
+fn pid_namespace_reason(pid_ns_inode: u64) -> Option<String> {
+    (pid_ns_inode != INIT_PID_NS_INODE).then(|| {
+        "the agent runs in a PID namespace of its own, where the processes of other \
+         containers are listed as pid 0 and cannot be signalled: run it in the host's PID \
+         namespace (Kubernetes: hostPID: true and the KILL capability), or use the freeze or \
+         kill action, which work through cgroup.freeze and cgroup.kill"
+            .into()
+    })
+}
+
 /// Sends `sig` to every process of the cgroup and its descendants.
+///
+/// A pid that is not positive (0: a process outside the agent's PID namespace) never reaches
+/// kill(2), where it would mean the agent's own process group or every process.
 pub fn signal(dir: &Path, sig: i32) -> Outcome {
     if !dir.exists() {
         return Outcome::Gone;
     }
     let mut sent = 0u32;
+    let mut invisible = 0u32;
     let mut failed = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -92,15 +119,23 @@ pub fn signal(dir: &Path, sig: i32) -> Outcome {
             continue;
         };
         for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-            // SAFETY: kill(2) has no memory preconditions; the pid was read from the cgroup's
-            // own cgroup.procs.
+            if pid <= 0 {
+                invisible += 1;
+                continue;
+            }
+            // SAFETY: kill(2) has no memory preconditions; the pid is positive and was read
+            // from the cgroup's own cgroup.procs.
             if unsafe { libc::kill(pid, sig) } == 0 {
                 sent += 1;
             } else {
                 let e = std::io::Error::last_os_error();
-                // The process exited meanwhile: nothing to do.
-                if e.raw_os_error() != Some(libc::ESRCH) {
-                    failed.push(format!("pid {pid}: {e}"));
+                match e.raw_os_error() {
+                    // The process exited meanwhile: nothing to do.
+                    Some(libc::ESRCH) => {}
+                    Some(libc::EPERM) => failed.push(format!(
+                        "pid {pid}: {e} (signalling processes of other users needs CAP_KILL)"
+                    )),
+                    _ => failed.push(format!("pid {pid}: {e}")),
                 }
             }
         }
@@ -112,6 +147,18 @@ pub fn signal(dir: &Path, sig: i32) -> Outcome {
                     .map(|e| e.path()),
             );
         }
+    }
+    if invisible > 0 {
+        let reason = signal_unavailable().unwrap_or_else(|| {
+            "cgroup.procs lists them as pid 0 (outside the agent's PID namespace)".into()
+        });
+        failed.insert(
+            0,
+            format!(
+                "{invisible} processes of {} not signalled ({sent} were): {reason}",
+                dir.display()
+            ),
+        );
     }
     if !failed.is_empty() {
         Outcome::Failed(failed.join("; "))
@@ -134,5 +181,33 @@ mod tests {
         assert_eq!(signal(dir, libc::SIGTERM), Outcome::Gone);
         assert_eq!(Outcome::Gone.kind(), "gone");
         assert_eq!(Outcome::Failed("x".into()).text(), "failed: x");
+    }
+
+    /// cgroup.procs of a cgroup outside the agent's PID namespace lists pid 0; kill(0, sig)
+    /// would reach the caller's own process group (here: SIGCONT, harmless, to see it).
+    #[test]
+    fn pids_that_are_not_positive_are_never_signalled() {
+        let dir = std::env::temp_dir().join(format!("kmemcg-actions-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("scratch directory");
+        std::fs::write(dir.join("cgroup.procs"), "0\n0\n").expect("cgroup.procs");
+        let outcome = signal(&dir, libc::SIGCONT);
+        let _ = std::fs::remove_dir_all(&dir);
+        match outcome {
+            Outcome::Failed(text) => {
+                assert!(text.contains("2 processes"), "{text}");
+                assert!(text.contains("not signalled (0 were)"), "{text}");
+            }
+            other => panic!("pid 0 was treated as signalled: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_private_pid_namespace_makes_signals_unavailable() {
+        assert_eq!(pid_namespace_reason(INIT_PID_NS_INODE), None);
+        let reason = pid_namespace_reason(4026532400).expect("a private namespace");
+        assert!(
+            reason.contains("hostPID") && reason.contains("freeze"),
+            "{reason}"
+        );
     }
 }

@@ -45,6 +45,7 @@ pub fn check(config: &LimitsConfig) -> Result<Protected, Error> {
     }
     for (i, rule) in config.rules.iter().enumerate() {
         protected.check_rule(rule)?;
+        workable(rule)?;
         if config.rules[..i]
             .iter()
             .any(|r| r.spec.path == rule.spec.path)
@@ -146,6 +147,7 @@ impl Enforcer {
         let mut inner = self.lock();
         inner.protected.refresh_agent();
         inner.protected.check_rule(&rule)?;
+        workable(&rule)?;
         let path = rule.spec.path.clone();
         if inner.config_rules.iter().any(|r| r.spec.path == path) {
             return Err(Error::FromConfig { path });
@@ -318,13 +320,25 @@ impl Enforcer {
     }
 }
 
+/// Refuses a rule whose action cannot work where the agent runs (signals from a PID namespace
+/// of its own).
+fn workable(rule: &Rule) -> Result<(), Error> {
+    match actions::signal_unavailable() {
+        Some(reason) if rule.spec.action == Action::Signal => Err(Error::Invalid(format!(
+            "refusing the signal action on {}: {reason}",
+            rule.spec.path
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// The persisted runtime rules; bad or refused ones are logged and skipped.
 fn restore(path: &std::path::Path, protected: &Protected, config_rules: &[Rule]) -> Vec<Rule> {
     let mut out: Vec<Rule> = Vec::new();
     for spec in state::load(path) {
         let rule = Rule::new(spec.clone())
             .map_err(Error::Invalid)
-            .and_then(|r| protected.check_rule(&r).map(|()| r));
+            .and_then(|r| protected.check_rule(&r).and(workable(&r)).map(|()| r));
         match rule {
             Ok(r) if config_rules.iter().any(|c| c.spec.path == r.spec.path) => {
                 tracing::warn!(path = %r.spec.path, "saved limit ignored: the config file has a rule for this path");
