@@ -54,7 +54,7 @@ pub struct CgroupUsage {
     /// What the kernel's memcg charges this cgroup (and its descendants) for kernel memory;
     /// null where the kernel keeps no figure for it (no memory controller on it).
     #[serde(default)]
-    pub kernel: Option<KernelMemory>,
+    pub kernel: Option<Box<KernelMemory>>,
 }
 
 /// The kernel's own figures for a cgroup's kernel memory, recursive as the kernel keeps them.

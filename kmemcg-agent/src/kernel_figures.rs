@@ -184,7 +184,7 @@ impl KernelFiguresCache {
                 .and_then(|(_, k)| k.clone())
                 .map(|mut k| {
                     k.drift_bytes = drift(c.total_accounted_bytes, &k);
-                    k
+                    Box::new(k)
                 });
             if c.parent == Some(root_id)
                 && let Some(d) = c.kernel.as_ref().and_then(|k| k.drift_bytes)
