@@ -571,7 +571,7 @@ mod tests {
         assert_eq!(l.rules.len(), 2);
         assert_eq!(l.rules[0].signal, libc::SIGINT);
         assert!(l.rules[0].is_glob());
-        assert_eq!(l.rules[1].spec.max.0, 8 << 20);
+        assert_eq!(l.rules[1].spec.max, Some(crate::limits::Size(8 << 20)));
 
         let e = parse_err("[[limits.rule]]\npath = \"/a\"\nmax = \"8X\"\naction = \"kill\"\n");
         assert!(

@@ -58,9 +58,14 @@ pub struct SetArgs {
     /// cgroup path from the cgroup v2 root (/kubepods.slice/foo), or a glob whose * stays
     /// within one component (/kubepods.slice/*/*).
     pub path: String,
-    /// Limit on the recursive slab + percpu bytes, e.g. 8M, 512K, 1G (powers of 1024).
+    /// Limit on the recursive slab + percpu bytes kmemcg traces, e.g. 8M, 512K, 1G (powers
+    /// of 1024).
+    #[arg(long, value_parser = size, required_unless_present = "max_kernel")]
+    pub max: Option<u64>,
+    /// Limit on all of the cgroup's kernel memory: what the kernel's memcg charges it (slab,
+    /// percpu, kernel stacks, page tables, vmalloc) plus kmemcg's unaccounted bytes.
     #[arg(long, value_parser = size)]
-    pub max: u64,
+    pub max_kernel: Option<u64>,
     /// Limit on the recursive slab bytes alone.
     #[arg(long, value_parser = size)]
     pub slab: Option<u64>,
@@ -108,7 +113,8 @@ pub async fn run(args: LimitArgs) -> anyhow::Result<()> {
         LimitCommand::Set(set) => {
             let spec = RuleSpec {
                 path: set.path,
-                max: Size(set.max),
+                max: set.max.map(Size),
+                max_kernel: set.max_kernel.map(Size),
                 slab: set.slab.map(Size),
                 percpu: set.percpu.map(Size),
                 action: set.action,
@@ -177,7 +183,15 @@ pub async fn run(args: LimitArgs) -> anyhow::Result<()> {
 pub fn rules_table(rules: &[LimitRule]) -> Table {
     let mut t = Table::new();
     t.load_preset(NOTHING).set_header(vec![
-        "PATH", "MAX", "SLAB", "PERCPU", "ACTION", "GRACE", "DRY RUN", "SOURCE",
+        "PATH",
+        "MAX",
+        "MAX KERNEL",
+        "SLAB",
+        "PERCPU",
+        "ACTION",
+        "GRACE",
+        "DRY RUN",
+        "SOURCE",
     ]);
     let opt = |s: Option<Size>| s.map_or("-".to_string(), |s| iec(s.0));
     for LimitRule { source, rule } in rules {
@@ -188,7 +202,8 @@ pub fn rules_table(rules: &[LimitRule]) -> Table {
         };
         t.add_row(vec![
             rule.path.clone(),
-            iec(rule.max.0),
+            opt(rule.max),
+            opt(rule.max_kernel),
             opt(rule.slab),
             opt(rule.percpu),
             action,

@@ -16,7 +16,7 @@ use super::{
     rules::{Action, Rule, RuleSpec},
     signals, state,
 };
-use crate::{api::CgroupUsage, cgroup_path};
+use crate::{api::CgroupUsage, cgroup_path, kernel_figures::KernelFigures};
 
 struct Inner {
     config_rules: Vec<Rule>,
@@ -32,6 +32,8 @@ struct Inner {
 pub struct Enforcer {
     inner: Mutex<Inner>,
     cgroup_root: PathBuf,
+    /// For `max_kernel` rules: the kernel's own figures.
+    kernel_figures: KernelFigures,
     started: Instant,
 }
 
@@ -84,6 +86,7 @@ impl Enforcer {
                 audit: AuditLog::new(config.audit_file.clone()),
                 metrics: EnforcementMetrics::default(),
             }),
+            kernel_figures: KernelFigures::detect(&cgroup_root),
             cgroup_root,
             started: Instant::now(),
         })
@@ -103,6 +106,7 @@ impl Enforcer {
                 metrics: EnforcementMetrics::default(),
             }),
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+            kernel_figures: KernelFigures::None,
             started: Instant::now(),
         }
     }
@@ -178,7 +182,7 @@ impl Enforcer {
             tracing::warn!(path = %path, "limit set on a cgroup that does not exist (yet): it applies once the cgroup is created");
         }
         inner.audit_change(&rule.spec, "limit-set", by);
-        tracing::info!(path = %path, max = rule.spec.max.0, action = rule.spec.action.as_str(), dry_run = rule.spec.dry_run, by, "limit set");
+        tracing::info!(path = %path, max = rule.limit(), action = rule.spec.action.as_str(), dry_run = rule.spec.dry_run, by, "limit set");
         Ok(LimitRule {
             source: "runtime".into(),
             rule: rule.spec,
@@ -230,19 +234,24 @@ impl Enforcer {
             inner.metrics.usage.clear();
             return;
         }
+        let all: Vec<Rule> = inner
+            .config_rules
+            .iter()
+            .chain(&inner.runtime_rules)
+            .cloned()
+            .collect();
         let usages: Vec<Usage> = cgroups
             .iter()
             .map(|c| Usage {
                 path: &c.path,
                 slab: c.total_slab_bytes,
                 percpu: c.total_percpu_bytes,
+                whole: all
+                    .iter()
+                    .any(|r| r.spec.max_kernel.is_some() && r.matches(&c.path))
+                    .then(|| self.whole(c))
+                    .flatten(),
             })
-            .collect();
-        let all: Vec<Rule> = inner
-            .config_rules
-            .iter()
-            .chain(&inner.runtime_rules)
-            .cloned()
             .collect();
         let now = self.started.elapsed();
         let dry_run = inner.dry_run;
@@ -258,8 +267,8 @@ impl Enforcer {
                     (
                         r.spec.path.clone(),
                         u.path.to_string(),
-                        u.slab + u.percpu,
-                        r.spec.max.0,
+                        r.measure(u.slab, u.percpu, u.whole),
+                        r.limit(),
                     )
                 })
             })
@@ -288,6 +297,13 @@ impl Enforcer {
         }
     }
 
+    /// All of a cgroup's kernel memory, read fresh: the kernel's charge (slab, percpu,
+    /// stacks, page tables, ...) plus what kmemcg sees that no memcg is charged for.
+    fn whole(&self, c: &CgroupUsage) -> Option<u64> {
+        let kernel = self.kernel_figures.read(&c.path)?.kernel_bytes?;
+        Some(kernel + c.total_unaccounted_bytes)
+    }
+
     fn dir(&self, cgroup: &str) -> PathBuf {
         self.cgroup_root.join(cgroup.trim_start_matches('/'))
     }
@@ -312,7 +328,7 @@ impl Enforcer {
                 action: Action::Freeze,
                 signal: 0,
                 usage: 0,
-                limit: rule.spec.max.0,
+                limit: rule.limit(),
                 dry_run: false,
             };
             inner.record_by(&d, outcome, Some(by));
@@ -379,7 +395,7 @@ impl Inner {
             cgroup: spec.path.clone(),
             rule: spec.path.clone(),
             usage_bytes: 0,
-            limit_bytes: spec.max.0,
+            limit_bytes: spec.max.or(spec.max_kernel).map_or(0, |s| s.0),
             action: action.into(),
             signal: None,
             escalation: false,

@@ -41,6 +41,9 @@ pub struct Usage<'a> {
     pub path: &'a str,
     pub slab: u64,
     pub percpu: u64,
+    /// All its kernel memory (the kernel's charge plus kmemcg's unaccounted bytes), where
+    /// known and needed (a rule with `max_kernel` matches it).
+    pub whole: Option<u64>,
 }
 
 /// A (rule, cgroup) pair acted on and not yet back under the limit.
@@ -112,9 +115,9 @@ impl Engine {
                     limit: l,
                     dry_run: dry_run || rule.spec.dry_run,
                 };
-                let total = usage.slab + usage.percpu;
+                let total = rule.measure(usage.slab, usage.percpu, usage.whole);
                 match (
-                    rule.over(usage.slab, usage.percpu),
+                    rule.over(usage.slab, usage.percpu, usage.whole),
                     self.tracks.get_mut(&key),
                 ) {
                     (Some(over), None) => {
@@ -151,7 +154,9 @@ impl Engine {
                                 out.push(decision(Step::Thaw, 0, (total, low.0)));
                                 self.tracks.remove(&key);
                             }
-                        } else if !track.frozen && rule.rearmed(usage.slab, usage.percpu) {
+                        } else if !track.frozen
+                            && rule.rearmed(usage.slab, usage.percpu, usage.whole)
+                        {
                             self.tracks.remove(&key);
                         }
                     }
@@ -222,6 +227,7 @@ mod tests {
             path,
             slab: mib * MIB,
             percpu: 0,
+            whole: None,
         }
     }
 
@@ -253,6 +259,7 @@ mod tests {
             path: "/a",
             slab: 15 * MIB / 2,
             percpu: 0,
+            whole: None,
         };
         assert!(
             e.evaluate(&rules, &[just_under], &p, at(3.0), false)

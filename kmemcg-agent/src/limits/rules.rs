@@ -110,8 +110,14 @@ pub struct RuleSpec {
     /// A cgroup path from the cgroup v2 root (`/kubepods.slice/foo`) or a glob whose `*`
     /// matches within one path component (`/kubepods.slice/*/*`).
     pub path: String,
-    /// Limit on the recursive slab + percpu bytes.
-    pub max: Size,
+    /// Limit on the recursive slab + percpu bytes (what kmemcg traces).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<Size>,
+    /// Limit on all of the cgroup's kernel memory: what the kernel's memcg charges it
+    /// (slab, percpu, kernel stacks, page tables, vmalloc; recursive) plus kmemcg's
+    /// unaccounted bytes, which no memcg is charged for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_kernel: Option<Size>,
     /// Limit on the recursive slab bytes alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slab: Option<Size>,
@@ -144,7 +150,8 @@ impl RuleSpec {
     pub fn new(path: impl Into<String>, max: u64, action: Action) -> Self {
         Self {
             path: path.into(),
-            max: Size(max),
+            max: Some(Size(max)),
+            max_kernel: None,
             slab: None,
             percpu: None,
             action,
@@ -180,8 +187,13 @@ impl Rule {
     /// Checks a spec: a normalised absolute path, sane sizes, a known signal.
     pub fn new(mut spec: RuleSpec) -> Result<Rule, String> {
         spec.path = cgroup_path::normalize(&spec.path)?;
-        if spec.max.0 == 0 {
-            return Err("--max must be more than 0 bytes".into());
+        if spec.max.is_none() && spec.max_kernel.is_none() {
+            return Err(
+                "a limit needs --max (slab + percpu) or --max-kernel (all kernel memory)".into(),
+            );
+        }
+        if [spec.max, spec.max_kernel, spec.slab, spec.percpu].contains(&Some(Size(0))) {
+            return Err("a limit must be more than 0 bytes".into());
         }
         if let Some(low) = spec.thaw_below {
             if spec.action != Action::Freeze {
@@ -189,10 +201,11 @@ impl Rule {
                     "a thaw watermark (thaw_below) only applies to the freeze action".into(),
                 );
             }
-            if low >= spec.max {
+            let limit = spec.max.or(spec.max_kernel).unwrap_or(Size(0));
+            if low >= limit {
                 return Err(format!(
                     "the thaw watermark ({} bytes) must be below the limit ({} bytes)",
-                    low.0, spec.max.0
+                    low.0, limit.0
                 ));
             }
         }
@@ -225,11 +238,33 @@ impl Rule {
         }
     }
 
+    /// The limit shown beside the rule: `max`, else `max_kernel`.
+    pub fn limit(&self) -> u64 {
+        self.spec.max.or(self.spec.max_kernel).map_or(0, |s| s.0)
+    }
+
+    /// What [`Rule::limit`] is compared with: slab + percpu, else all kernel memory (`whole`,
+    /// None where the kernel keeps no figure).
+    pub fn measure(&self, slab: u64, percpu: u64, whole: Option<u64>) -> u64 {
+        match self.spec.max {
+            Some(_) => slab + percpu,
+            None => whole.unwrap_or(0),
+        }
+    }
+
     /// The usage is over one of the limits: (usage, limit) of the one crossed, else None.
-    pub fn over(&self, slab: u64, percpu: u64) -> Option<(u64, u64)> {
+    /// `whole` is all the cgroup's kernel memory, for `max_kernel`.
+    pub fn over(&self, slab: u64, percpu: u64, whole: Option<u64>) -> Option<(u64, u64)> {
         let total = slab + percpu;
-        if total > self.spec.max.0 {
-            return Some((total, self.spec.max.0));
+        if let Some(l) = self.spec.max
+            && total > l.0
+        {
+            return Some((total, l.0));
+        }
+        if let (Some(l), Some(whole)) = (self.spec.max_kernel, whole)
+            && whole > l.0
+        {
+            return Some((whole, l.0));
         }
         if let Some(l) = self.spec.slab
             && slab > l.0
@@ -245,9 +280,13 @@ impl Rule {
     }
 
     /// Back under the limits with a margin: a new crossing is a new event.
-    pub fn rearmed(&self, slab: u64, percpu: u64) -> bool {
+    pub fn rearmed(&self, slab: u64, percpu: u64, whole: Option<u64>) -> bool {
         let under = |usage: u64, limit: u64| (usage as f64) < limit as f64 * REARM_FRACTION;
-        under(slab + percpu, self.spec.max.0)
+        self.spec.max.is_none_or(|l| under(slab + percpu, l.0))
+            && self
+                .spec
+                .max_kernel
+                .is_none_or(|l| under(whole.unwrap_or(0), l.0))
             && self.spec.slab.is_none_or(|l| under(slab, l.0))
             && self.spec.percpu.is_none_or(|l| under(percpu, l.0))
     }
@@ -344,11 +383,30 @@ mod tests {
         let mut s = spec("/a", 100, Action::Notify);
         s.slab = Some(Size(50));
         let r = Rule::new(s).expect("valid");
-        assert_eq!(r.over(60, 50), Some((110, 100)));
-        assert_eq!(r.over(51, 0), Some((51, 50)));
-        assert_eq!(r.over(40, 40), None);
-        assert!(!r.rearmed(46, 40));
-        assert!(r.rearmed(40, 40));
+        assert_eq!(r.over(60, 50, None), Some((110, 100)));
+        assert_eq!(r.over(51, 0, None), Some((51, 50)));
+        assert_eq!(r.over(40, 40, None), None);
+        assert!(!r.rearmed(46, 40, None));
+        assert!(r.rearmed(40, 40, None));
+    }
+
+    #[test]
+    fn kernel_limits_count_all_kernel_memory() {
+        let mut s = spec("/a", 100, Action::Freeze);
+        s.max = None;
+        s.max_kernel = Some(Size(1000));
+        let r = Rule::new(s.clone()).expect("valid");
+        assert_eq!(r.over(500, 0, Some(900)), None);
+        assert_eq!(r.over(500, 0, Some(1001)), Some((1001, 1000)));
+        assert_eq!(
+            r.over(5000, 0, None),
+            None,
+            "no kernel figure: nothing to compare"
+        );
+        assert_eq!((r.limit(), r.measure(1, 2, Some(700))), (1000, 700));
+        assert!(r.rearmed(0, 0, Some(800)) && !r.rearmed(0, 0, Some(950)));
+        s.max_kernel = None;
+        assert!(Rule::new(s).expect_err("no limit").contains("--max-kernel"));
     }
 
     #[test]
@@ -357,7 +415,7 @@ mod tests {
             "path = \"/a\"\nmax = \"8M\"\naction = \"signal\"\nsignal = \"SIGINT\"\ngrace = \"5s\"\n",
         )
         .expect("valid");
-        assert_eq!(s.max, Size(8 << 20));
+        assert_eq!(s.max, Some(Size(8 << 20)));
         assert_eq!(s.grace, Some(Duration::from_secs(5)));
         let json = serde_json::to_string(&s).expect("serializes");
         let back: RuleSpec = serde_json::from_str(&json).expect("reads back");

@@ -59,6 +59,9 @@ enum Work {
         dir: PathBuf,
         count: u32,
     },
+    /// Start COUNT threads that sleep (a kernel stack each), print `ready`, hold them until
+    /// stdin closes.
+    Threads { count: u32 },
     /// Allocation-heavy mix for the benchmark for SECONDS: open/close, create/unlink,
     /// sockets, pipes and percpu maps in DIR. Prints operations per second.
     Mix { dir: PathBuf, seconds: f64 },
@@ -78,6 +81,7 @@ fn main() -> anyhow::Result<()> {
             value_size,
         } => percpu_maps(count, entries, &value_size),
         Work::Idle => hold(|| Ok(())),
+        Work::Threads { count } => threads(count),
         Work::FileSteps { dir, count } => file_steps(&dir, count),
         Work::FileLoop {
             dir,
@@ -193,6 +197,29 @@ fn hold_maps<T>(maps: Vec<T>) -> anyhow::Result<()> {
 }
 
 /// Prints `ready`, then waits for stdin to close.
+fn threads(count: u32) -> anyhow::Result<()> {
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let stopped = std::sync::Arc::new(std::sync::Mutex::new(stopped));
+    let handles = (0..count)
+        .map(|_| {
+            let stopped = stopped.clone();
+            std::thread::Builder::new()
+                .stack_size(64 << 10)
+                .spawn(move || {
+                    // Every thread waits on the lock or the channel until the end.
+                    let _ = stopped.lock().map(|rx| rx.recv());
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .context("starting threads")?;
+    hold(|| Ok(()))?;
+    drop(stop);
+    for h in handles {
+        let _ = h.join();
+    }
+    Ok(())
+}
+
 fn hold(prepare: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
     prepare()?;
     println!("ready");
