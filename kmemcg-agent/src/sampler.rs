@@ -15,6 +15,7 @@ use crate::{
     error::ReadError,
     kernel,
     report::{self, Report},
+    sweep::Sweeper,
     tracer::Tracer,
 };
 
@@ -27,6 +28,7 @@ pub struct Sampler {
     unknown_last_time: HashSet<u64>,
     max_sample_ms: f64,
     lost_cgroup_events: u64,
+    sweeper: Sweeper,
 }
 
 impl Sampler {
@@ -40,6 +42,7 @@ impl Sampler {
             unknown_last_time: HashSet::new(),
             max_sample_ms: 0.0,
             lost_cgroup_events: 0,
+            sweeper: Sweeper::default(),
         }
     }
 
@@ -57,6 +60,8 @@ impl Sampler {
     pub fn sample(&mut self) -> Result<Snapshot, ReadError> {
         let started = Instant::now();
         self.poll_cgroup_events();
+        // Before reading, so that objects freed without a tracepoint are uncharged.
+        self.sweeper.maybe_sweep(&self.tracer);
         let raw = self.tracer.read()?;
         if raw.counters.lost_cgroup_events > self.lost_cgroup_events {
             self.lost_cgroup_events = raw.counters.lost_cgroup_events;
@@ -136,6 +141,7 @@ impl Sampler {
     ) -> Status {
         let config = self.tracer.config();
         let c = &raw.counters;
+        let truth = self.tracer.truth_counters().unwrap_or_default();
         Status {
             version: env!("CARGO_PKG_VERSION").into(),
             kernel_version: self.kernel_version.clone(),
@@ -167,6 +173,8 @@ impl Sampler {
             updated_at: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
+            inventory: self.tracer.inventory().clone(),
+            sweep: self.sweeper.status(&self.tracer, &truth),
         }
     }
 }

@@ -1,0 +1,207 @@
+//! kmemcg's figures against the kernel's own from the first second: objects that predate the
+//! agent (the inventory), objects freed without a free tracepoint (the sweep), and removed
+//! cgroups listed as dying only while they hold something. The kernel's truth is the v1
+//! memory cgroup of the same path (`memory.kmem.usage_in_bytes`).
+use std::time::{Duration, Instant};
+
+use kmemcg_tests::{
+    AgentProcess, CgroupUsage, TestCgroup, Tmpfs, cache_objects, require_root,
+};
+
+const KIB: u64 = 1024;
+
+/// Polls until `check` returns Ok, or panics with its last message after `timeout`.
+fn wait_until(timeout: Duration, mut check: impl FnMut() -> Result<(), String>) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check() {
+            Ok(()) => return,
+            Err(why) if Instant::now() > deadline => panic!("not reached in {timeout:?}: {why}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+fn accounted(usage: Option<&CgroupUsage>) -> u64 {
+    usage.map_or(0, |u| u.accounted_bytes)
+}
+
+fn total(usage: Option<&CgroupUsage>) -> u64 {
+    usage.map_or(0, |u| u.slab_bytes + u.percpu_bytes)
+}
+
+fn within(ours: u64, kernel: u64, fraction: f64) -> bool {
+    (ours as f64 - kernel as f64).abs() <= fraction * kernel as f64
+}
+
+#[test]
+fn objects_made_before_start_are_found_and_uncharged_when_freed() {
+    require_root();
+    let tmpfs = Tmpfs::new();
+    let cgroup = TestCgroup::new("before");
+    if cgroup.memory_dir().is_none() {
+        eprintln!("no v1 memory controller: nothing to compare with");
+        return;
+    }
+    let dir = tmpfs.sub("before");
+    let (files, pairs) = (10_000u64, 500u64);
+    cgroup.run(&["create-files", &dir, &files.to_string()]);
+    let sockets = cgroup.hold(&["socketpairs", &pairs.to_string()]);
+    let kernel = cgroup.kmem_usage().expect("kmem usage");
+
+    let started = Instant::now();
+    let agent = AgentProcess::start(&[]);
+    let mut last = None;
+    wait_until(Duration::from_secs(10), || {
+        last = agent.cgroup(cgroup.path());
+        let u = last.as_ref().ok_or("no data for the cgroup")?;
+        let kernel = cgroup.kmem_usage().unwrap_or(kernel);
+        if cache_objects(u, &["dentry"]) < files {
+            return Err(format!("{} dentries", cache_objects(u, &["dentry"])));
+        }
+        if !within(u.accounted_bytes, kernel, 0.10) {
+            return Err(format!("accounted {} vs kernel {kernel}", u.accounted_bytes));
+        }
+        Ok(())
+    });
+    let status = agent.status();
+    let inventory = &status.inventory;
+    eprintln!(
+        "inventory: {:.0} ms, {} objects ({} B) found, {} taken, {} already tracked; seen \
+         {:.1} s after start; kernel {} B, kmemcg {} B",
+        inventory.duration_ms,
+        inventory.objects_found,
+        inventory.bytes_found,
+        inventory.objects_added,
+        inventory.already_tracked,
+        started.elapsed().as_secs_f64(),
+        cgroup.kmem_usage().unwrap_or(0),
+        accounted(last.as_ref()),
+    );
+    assert!(inventory.available, "{inventory:#?}");
+    assert!(inventory.objects_added >= files, "{inventory:#?}");
+    assert!(inventory.host_slab_bytes >= inventory.bytes_found);
+
+    // Freed by another cgroup's process (dentries go from RCU callbacks), and the socket
+    // holder exits: the objects found by the inventory are uncharged like any other.
+    let deleter = TestCgroup::new("before-deleter");
+    deleter.run(&["delete-files", &dir]);
+    sockets.release();
+    wait_until(Duration::from_secs(20), || {
+        let u = agent.cgroup(cgroup.path());
+        let kernel = cgroup.kmem_usage().unwrap_or(0);
+        if accounted(u.as_ref()) > kernel + 64 * KIB {
+            return Err(format!(
+                "accounted {} vs kernel {kernel}: {u:#?}",
+                accounted(u.as_ref())
+            ));
+        }
+        if u.as_ref().is_some_and(|u| cache_objects(u, &["dentry"]) > files / 100) {
+            return Err(format!("dentries left: {u:#?}"));
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn churn_leaves_no_phantoms() {
+    require_root();
+    let agent = AgentProcess::start(&[]);
+    let tmpfs = Tmpfs::new();
+    let cgroup = TestCgroup::new("churn-mix");
+    if cgroup.memory_dir().is_none() {
+        eprintln!("no v1 memory controller: nothing to compare with");
+        return;
+    }
+    let output = cgroup.run(&["churn-mix", &tmpfs.sub("churn"), "20"]);
+    eprintln!("churn-mix: {}", String::from_utf8_lossy(&output.stdout).trim());
+    let mut residual = (0, 0, 0);
+    wait_until(Duration::from_secs(20), || {
+        let u = agent.cgroup(cgroup.path());
+        let kernel = cgroup.kmem_usage().unwrap_or(0);
+        residual = (accounted(u.as_ref()), total(u.as_ref()), kernel);
+        if accounted(u.as_ref()).abs_diff(kernel) > 64 * KIB || total(u.as_ref()) >= 64 * KIB {
+            return Err(format!(
+                "accounted {} total {} kernel {kernel}: {u:#?}",
+                accounted(u.as_ref()),
+                total(u.as_ref())
+            ));
+        }
+        Ok(())
+    });
+    let status = agent.status();
+    eprintln!(
+        "after churn: accounted {} B, total {} B, kernel {} B; swept {} objects ({} B; owner \
+         record {}, page {}, freelist {}), stale {}",
+        residual.0,
+        residual.1,
+        residual.2,
+        status.sweep.swept_objects,
+        status.sweep.swept_bytes,
+        status.sweep.by_owner_record,
+        status.sweep.by_page,
+        status.sweep.by_freelist,
+        status.stale_objects,
+    );
+}
+
+#[test]
+fn removed_cgroups_are_dying_only_while_they_hold_memory() {
+    require_root();
+    let agent = AgentProcess::start(&[]);
+    let tmpfs = Tmpfs::new();
+    let parent = TestCgroup::new("churn-use");
+    let Some(memory) = parent.memory_dir() else {
+        eprintln!("no v1 memory controller: nothing to compare with");
+        return;
+    };
+    let count = 2000;
+    let parents = format!("{},{}", parent.v2_dir().display(), memory.display());
+    let output = parent.run(&["churn-use", &parents, &tmpfs.sub("use"), &count.to_string()]);
+    eprintln!("churn-use: {}", String::from_utf8_lossy(&output.stdout).trim());
+    let churned = |agent: &AgentProcess| {
+        agent
+            .dying()
+            .into_iter()
+            .filter(|d| d.path.starts_with(&format!("{}/", parent.path())))
+            .collect::<Vec<_>>()
+    };
+    // Each removed cgroup still holds its file: dying, under its own path.
+    wait_until(Duration::from_secs(20), || {
+        let n = churned(&agent).len();
+        (n >= count * 9 / 10)
+            .then_some(())
+            .ok_or(format!("{n} dying of {count}"))
+    });
+    let deleter = TestCgroup::new("churn-use-deleter");
+    deleter.run(&["delete-files", &tmpfs.sub("use")]);
+    // The kernel then holds (almost) nothing for them: the parent's kmem charge, which
+    // includes what its removed children left, falls back.
+    wait_until(Duration::from_secs(20), || {
+        let kernel = parent.kmem_usage().unwrap_or(0);
+        (kernel < 256 * KIB)
+            .then_some(())
+            .ok_or(format!("kernel still charges {kernel} B"))
+    });
+    let mut left = Vec::new();
+    wait_until(Duration::from_secs(20), || {
+        left = churned(&agent);
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} removed cgroups still listed dying ({} B), e.g. {:#?}",
+                left.len(),
+                left.iter().map(|d| d.residual_bytes).sum::<u64>(),
+                left.first()
+            ))
+        }
+    });
+    let status = agent.status();
+    eprintln!(
+        "after the churn of {count} cgroups: {} dying, kernel {} B; swept {} objects",
+        left.len(),
+        parent.kmem_usage().unwrap_or(0),
+        status.sweep.swept_objects
+    );
+}
