@@ -30,6 +30,18 @@ fn total(usage: Option<&CgroupUsage>) -> u64 {
     usage.map_or(0, |u| u.slab_bytes + u.percpu_bytes)
 }
 
+/// The cache rows holding bytes, compactly.
+fn held(usage: Option<&CgroupUsage>) -> String {
+    usage.map_or(String::new(), |u| {
+        u.caches
+            .iter()
+            .filter(|c| c.bytes > 0)
+            .map(|c| format!("{} {}x {} B", c.name, c.objects, c.bytes))
+            .collect::<Vec<_>>()
+            .join(", ")
+    })
+}
+
 fn within(ours: u64, kernel: u64, fraction: f64) -> bool {
     (ours as f64 - kernel as f64).abs() <= fraction * kernel as f64
 }
@@ -92,12 +104,13 @@ fn objects_made_before_start_are_found_and_uncharged_when_freed() {
         let kernel = cgroup.kmem_usage().unwrap_or(0);
         if accounted(u.as_ref()) > kernel + 64 * KIB {
             return Err(format!(
-                "accounted {} vs kernel {kernel}: {u:#?}",
-                accounted(u.as_ref())
+                "accounted {} vs kernel {kernel}: {}",
+                accounted(u.as_ref()),
+                held(u.as_ref())
             ));
         }
         if u.as_ref().is_some_and(|u| cache_objects(u, &["dentry"]) > files / 100) {
-            return Err(format!("dentries left: {u:#?}"));
+            return Err(format!("dentries left: {}", held(u.as_ref())));
         }
         Ok(())
     });
@@ -116,15 +129,18 @@ fn churn_leaves_no_phantoms() {
     let output = cgroup.run(&["churn-mix", &tmpfs.sub("churn"), "20"]);
     eprintln!("churn-mix: {}", String::from_utf8_lossy(&output.stdout).trim());
     let mut residual = (0, 0, 0);
+    let mut rows = String::new();
     wait_until(Duration::from_secs(20), || {
         let u = agent.cgroup(cgroup.path());
         let kernel = cgroup.kmem_usage().unwrap_or(0);
         residual = (accounted(u.as_ref()), total(u.as_ref()), kernel);
+        rows = held(u.as_ref());
         if accounted(u.as_ref()).abs_diff(kernel) > 64 * KIB || total(u.as_ref()) >= 64 * KIB {
             return Err(format!(
-                "accounted {} total {} kernel {kernel}: {u:#?}",
+                "accounted {} total {} kernel {kernel}: {}",
                 accounted(u.as_ref()),
-                total(u.as_ref())
+                total(u.as_ref()),
+                held(u.as_ref())
             ));
         }
         Ok(())
@@ -132,7 +148,7 @@ fn churn_leaves_no_phantoms() {
     let status = agent.status();
     eprintln!(
         "after churn: accounted {} B, total {} B, kernel {} B; swept {} objects ({} B; owner \
-         record {}, page {}, freelist {}), stale {}",
+         record {}, page {}, freelist {}), stale {}; left: {rows}",
         residual.0,
         residual.1,
         residual.2,
@@ -175,33 +191,62 @@ fn removed_cgroups_are_dying_only_while_they_hold_memory() {
     });
     let deleter = TestCgroup::new("churn-use-deleter");
     deleter.run(&["delete-files", &tmpfs.sub("use")]);
-    // The kernel then holds (almost) nothing for them: the parent's kmem charge, which
-    // includes what its removed children left, falls back.
-    wait_until(Duration::from_secs(20), || {
+    // Deleted files leave negative dentries in the dcache, charged to the cgroups that made
+    // them: the kernel frees them with the file system.
+    drop(tmpfs);
+    // The kernel then lets go of what the files held: wait until its charge for the parent
+    // (which includes what its removed children left) stops falling.
+    let mut kernel_before = u64::MAX;
+    wait_until(Duration::from_secs(30), || {
+        std::thread::sleep(Duration::from_secs(2));
         let kernel = parent.kmem_usage().unwrap_or(0);
-        (kernel < 256 * KIB)
+        let settled = kernel_before.saturating_sub(kernel) < 16 * KIB;
+        kernel_before = kernel;
+        settled
             .then_some(())
-            .ok_or(format!("kernel still charges {kernel} B"))
+            .ok_or(format!("kernel charge still falling: {kernel} B"))
     });
-    let mut left = Vec::new();
+    let kernel_left = parent.kmem_usage().unwrap_or(0);
+    // What is left is real: the parent's accounted bytes (its own, and what its removed
+    // children still hold, reparented as in the kernel) match the kernel's charge, and every
+    // child still listed as dying holds accounted objects whose owner record is still set.
+    let mut own = None;
     wait_until(Duration::from_secs(20), || {
-        left = churned(&agent);
-        if left.is_empty() {
-            Ok(())
-        } else {
-            Err(format!(
-                "{} removed cgroups still listed dying ({} B), e.g. {:#?}",
-                left.len(),
-                left.iter().map(|d| d.residual_bytes).sum::<u64>(),
-                left.first()
-            ))
+        own = agent.cgroup(parent.path());
+        let ours = accounted(own.as_ref());
+        if ours.abs_diff(kernel_left) > 64 * KIB + kernel_left / 10 {
+            return Err(format!(
+                "parent accounted {ours} B vs kernel {kernel_left} B: {}",
+                held(own.as_ref())
+            ));
         }
+        let unreal: Vec<_> = churned(&agent)
+            .into_iter()
+            .filter(|d| d.caches.iter().all(|c| c.accounted_bytes == 0))
+            .collect();
+        if !unreal.is_empty() {
+            return Err(format!(
+                "{} removed cgroups listed dying with no accounted object, e.g. {:#?}",
+                unreal.len(),
+                unreal.first()
+            ));
+        }
+        Ok(())
     });
+    let left = churned(&agent);
     let status = agent.status();
     eprintln!(
-        "after the churn of {count} cgroups: {} dying, kernel {} B; swept {} objects",
+        "after the churn of {count} cgroups: kernel charges {kernel_left} B to the parent, \
+         kmemcg {} B ({}); {} removed cgroups listed dying ({} B, of which {} B accounted); \
+         swept {} objects",
+        accounted(own.as_ref()),
+        held(own.as_ref()),
         left.len(),
-        parent.kmem_usage().unwrap_or(0),
+        left.iter().map(|d| d.residual_bytes).sum::<u64>(),
+        left.iter()
+            .flat_map(|d| &d.caches)
+            .map(|c| c.accounted_bytes)
+            .sum::<u64>(),
         status.sweep.swept_objects
     );
 }
