@@ -210,7 +210,8 @@ pub struct InventoryStatus {
     /// root cgroup while it is not tracked: found but not attributed.
     pub unmapped_objects: u64,
     pub unmapped_bytes: u64,
-    /// Not taken because a table was full.
+    /// Not taken because a table was full, or because the inventory takes at most half of
+    /// the live-object table.
     pub dropped: u64,
     /// Host-wide: slab bytes in use when it ran, and the part no memcg owns (unaccounted,
     /// allocated before start): kmemcg cannot attribute it. Slabs held by a CPU count as in
@@ -241,4 +242,9 @@ pub struct SweepStatus {
     pub by_owner_record: u64,
     pub by_page: u64,
     pub by_freelist: u64,
+    /// Whether CPU freelists are looked at too (else only slab freelists), and why not.
+    #[serde(default)]
+    pub cpu_freelists: bool,
+    #[serde(default)]
+    pub cpu_freelists_reason: Option<String>,
 }

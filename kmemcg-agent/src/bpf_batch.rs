@@ -146,13 +146,19 @@ struct TestRunAttr {
     _pad: u32,
 }
 
+/// `BPF_F_TEST_RUN_ON_CPU`: run on the CPU given, not on the caller's.
+const BPF_F_TEST_RUN_ON_CPU: u32 = 1;
+
 /// Runs the raw tracepoint program `fd` once with `args` as its arguments
-/// (`BPF_PROG_TEST_RUN`; the program needs not be attached) and returns its return value.
-pub fn run_raw_tracepoint(fd: RawFd, args: &[u64]) -> io::Result<u32> {
+/// (`BPF_PROG_TEST_RUN`; the program needs not be attached), on `cpu` if given, and returns
+/// its return value.
+pub fn run_raw_tracepoint(fd: RawFd, args: &[u64], cpu: Option<u32>) -> io::Result<u32> {
     let mut attr = TestRunAttr {
         prog_fd: fd as u32,
         ctx_size_in: size_of_val(args) as u32,
-        ctx_in: args.as_ptr() as u64,
+        ctx_in: if args.is_empty() { 0 } else { args.as_ptr() as u64 },
+        flags: cpu.map_or(0, |_| BPF_F_TEST_RUN_ON_CPU),
+        cpu: cpu.unwrap_or(0),
         ..Default::default()
     };
     // SAFETY: the attribute points at `args`, alive for the call.

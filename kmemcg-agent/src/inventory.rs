@@ -40,12 +40,14 @@ pub fn run(tracer: &mut Tracer) -> InventoryStatus {
             tracing::warn!(error = %e, "memory cgroups not mapped to cgroup v2 ids");
         }
     }
+    // At most half the live-object table, so that new allocations still find room.
+    let budget = before.added_objects + u64::from(tracer.config().max_objects.next_power_of_two() / 2);
     let zoneinfo = std::fs::read_to_string("/proc/zoneinfo").unwrap_or_default();
     for range in slab_layout::pfn_ranges(&zoneinfo) {
         let mut start = range.start;
         while start < range.end {
             let count = INVENTORY_PFNS_PER_RUN.min(range.end - start);
-            if let Err(e) = tracer.run_slab_walk(INVENTORY_PROGRAM, &[start, count]) {
+            if let Err(e) = tracer.run_slab_walk(INVENTORY_PROGRAM, &[start, count, budget]) {
                 status.reason = Some(format!("the inventory stopped at page frame {start}: {e}"));
                 tracing::warn!(error = %e, "inventory stopped");
                 return status;

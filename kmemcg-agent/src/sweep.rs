@@ -6,7 +6,10 @@
 //! slab's freelist (objects without an owner record).
 use std::time::{Duration, Instant};
 
-use kmemcg_common::{SWEEP_PROGRAM, SWEEP_SLOTS_PER_RUN, TruthCounters};
+use kmemcg_common::{
+    CPU_OFFSET_PROGRAM, MAX_CPUS, PERCPU_AREAS, PERCPU_OFFSETS, SWEEP_PROGRAM,
+    SWEEP_SLOTS_PER_RUN, TruthCounters,
+};
 
 use crate::{api::SweepStatus, error::ReadError, tracer::Tracer};
 
@@ -61,7 +64,101 @@ impl Sweeper {
             by_owner_record: counters.swept_by_owner,
             by_page: counters.swept_by_page,
             by_freelist: counters.swept_by_freelist,
+            cpu_freelists: tracer.cpu_freelists().is_ok(),
+            cpu_freelists_reason: tracer.cpu_freelists().err().map(str::to_string),
         }
+    }
+}
+
+/// Finds each CPU's percpu offset (run on each online CPU) so that the sweep can look at CPU
+/// freelists, and checks them: every CPU's percpu area less its offset must be the same
+/// address (the percpu section's start). Returns how many CPUs; on failure the sweep looks at
+/// slab freelists only.
+pub fn find_cpu_offsets(tracer: &mut Tracer) -> Result<usize, String> {
+    let layout = tracer
+        .slab_layout()
+        .ok_or("no slab walk on this kernel")?;
+    if layout.this_cpu_off_offset == 0 {
+        return Err("this kernel's BTF lacks what locates percpu data (see the agent's log)".into());
+    }
+    let text = std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .map_err(|e| format!("cannot read the online CPUs: {e}"))?;
+    let cpus = parse_cpu_list(text.trim());
+    for &cpu in &cpus {
+        let ret = tracer
+            .run_slab_walk_on(CPU_OFFSET_PROGRAM, &[0], Some(cpu))
+            .map_err(|e| format!("finding CPU {cpu}'s percpu offset: {e}"))?;
+        if ret != 0 {
+            return Err(format!("CPU {cpu}'s percpu offset not found"));
+        }
+    }
+    let read = |name| tracer.read_u64_array(name).map_err(|e| e.to_string());
+    let (offsets, areas) = (read(PERCPU_OFFSETS)?, read(PERCPU_AREAS)?);
+    let consistent = check_offsets(&cpus, &offsets, &areas);
+    if let Err(why) = &consistent {
+        let zeros = vec![0; offsets.len()];
+        let _ = tracer.write_u64_array(PERCPU_OFFSETS, &zeros);
+        tracing::warn!(why, "CPU freelists will not be checked by the sweep");
+    }
+    consistent.map(|()| cpus.len())
+}
+
+fn check_offsets(cpus: &[u32], offsets: &[u64], areas: &[u64]) -> Result<(), String> {
+    let mut base = None;
+    for &cpu in cpus {
+        let (offset, area) = (offsets[cpu as usize], areas[cpu as usize]);
+        if offset == 0 {
+            return Err(format!("no percpu offset for CPU {cpu}"));
+        }
+        let this = area.wrapping_sub(offset);
+        if *base.get_or_insert(this) != this {
+            return Err(format!("CPU {cpu}'s percpu area disagrees with its offset"));
+        }
+    }
+    let mut distinct: Vec<u64> = cpus.iter().map(|&c| offsets[c as usize]).collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    if distinct.len() != cpus.len() {
+        return Err("two CPUs with one percpu offset".into());
+    }
+    Ok(())
+}
+
+/// `0-3,8,10-11` -> [0, 1, 2, 3, 8, 10, 11], within [`MAX_CPUS`].
+fn parse_cpu_list(text: &str) -> Vec<u32> {
+    text.split(',')
+        .filter_map(|part| {
+            let (a, b) = part.split_once('-').unwrap_or((part, part));
+            Some(a.trim().parse::<u32>().ok()?..=b.trim().parse::<u32>().ok()?)
+        })
+        .flatten()
+        .filter(|&cpu| cpu < MAX_CPUS)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(parse_cpu_list("0-3,8,10-11"), vec![0, 1, 2, 3, 8, 10, 11]);
+        assert_eq!(parse_cpu_list("0"), vec![0]);
+        assert_eq!(parse_cpu_list(""), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn offsets_must_agree() {
+        let cpus = [0, 1];
+        let mut offsets = vec![0u64; 4];
+        let mut areas = vec![0u64; 4];
+        offsets[..2].copy_from_slice(&[0x1000_0000, 0x1004_0000]);
+        areas[..2].copy_from_slice(&[0x1000_0000, 0x1004_0000]);
+        assert!(check_offsets(&cpus, &offsets, &areas).is_ok());
+        areas[1] += 8;
+        assert!(check_offsets(&cpus, &offsets, &areas).is_err());
+        offsets[1] = 0;
+        assert!(check_offsets(&cpus, &offsets, &areas).is_err());
     }
 }
 

@@ -7,7 +7,7 @@ use aya::{
     programs::{BtfTracePoint, RawTracePoint},
 };
 use kmemcg_common::{
-    CGROUP_CACHE_STATS, CGROUP_EVENTS, CGROUP_HOOKS, CgroupEvent, HOOKS, INVENTORY_PROGRAM,
+    CGROUP_CACHE_STATS, CGROUP_EVENTS, CGROUP_HOOKS, CPU_OFFSET_PROGRAM, CgroupEvent, HOOKS, INVENTORY_PROGRAM,
     LIVE_OBJECTS, MEMCG_CGROUP_IDS, RootCgroupMode, SLAB_LAYOUT, STATS_KEYS, SWEEP_PROGRAM,
     SlabLayout, TRUTH_COUNTERS, TruthCounters, globals,
 };
@@ -75,6 +75,8 @@ pub struct Tracer {
     /// The slab layout the inventory and the sweep run with, or why they cannot run here.
     slab_walk: Result<SlabLayout, String>,
     inventory: InventoryStatus,
+    /// CPUs whose freelists the sweep looks at, or why none.
+    cpu_freelists: Result<usize, String>,
     /// Dropped after `ebpf` (field order): the lock outlives the attached programs.
     pinned: Option<PinnedMaps>,
 }
@@ -189,8 +191,10 @@ impl Tracer {
             cgroup_events,
             slab_walk,
             inventory: InventoryStatus::default(),
+            cpu_freelists: Err("not looked for yet".into()),
             pinned,
         };
+        tracer.cpu_freelists = crate::sweep::find_cpu_offsets(&mut tracer);
         tracer.inventory = inventory::run(&mut tracer);
         Ok(tracer)
     }
@@ -204,6 +208,11 @@ impl Tracer {
         self.slab_walk.as_ref().ok()
     }
 
+    /// How many CPUs' freelists the sweep looks at, or why none.
+    pub fn cpu_freelists(&self) -> Result<usize, &str> {
+        self.cpu_freelists.as_ref().copied().map_err(String::as_str)
+    }
+
     /// What the inventory at start found.
     pub fn inventory(&self) -> &InventoryStatus {
         &self.inventory
@@ -211,6 +220,16 @@ impl Tracer {
 
     /// Runs the inventory or the sweep program once with these arguments.
     pub fn run_slab_walk(&self, program: &'static str, args: &[u64]) -> Result<u32, ReadError> {
+        self.run_slab_walk_on(program, args, None)
+    }
+
+    /// Runs a slab walk program once, on `cpu` if given.
+    pub fn run_slab_walk_on(
+        &self,
+        program: &'static str,
+        args: &[u64],
+        cpu: Option<u32>,
+    ) -> Result<u32, ReadError> {
         use std::os::fd::{AsFd as _, AsRawFd as _};
         let prog: &RawTracePoint = self
             .ebpf
@@ -219,7 +238,7 @@ impl Tracer {
             .try_into()
             .map_err(|_| ReadError::MissingMap(program))?;
         let fd = prog.fd().map_err(|_| ReadError::MissingMap(program))?;
-        crate::bpf_batch::run_raw_tracepoint(fd.as_fd().as_raw_fd(), args).map_err(|io_error| {
+        crate::bpf_batch::run_raw_tracepoint(fd.as_fd().as_raw_fd(), args, cpu).map_err(|io_error| {
             ReadError::Map {
                 map: program,
                 source: Box::new(aya::maps::MapError::SyscallError(aya::sys::SyscallError {
@@ -245,6 +264,41 @@ impl Tracer {
             map: TRUTH_COUNTERS,
             source: Box::new(e),
         })
+    }
+
+    /// An array map of u64 of the slab walk programs, as a vector by index.
+    pub fn read_u64_array(&self, name: &'static str) -> Result<Vec<u64>, ReadError> {
+        let map = self.ebpf.map(name).ok_or(ReadError::MissingMap(name))?;
+        let array: Array<&MapData, u64> = Array::try_from(map).map_err(|e| ReadError::Map {
+            map: name,
+            source: Box::new(e),
+        })?;
+        array
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ReadError::Map {
+                map: name,
+                source: Box::new(e),
+            })
+    }
+
+    /// Writes `values` at indexes 0.. of an array map of u64 of the slab walk programs.
+    pub fn write_u64_array(&mut self, name: &'static str, values: &[u64]) -> Result<(), ReadError> {
+        let map = self.ebpf.map_mut(name).ok_or(ReadError::MissingMap(name))?;
+        let mut array: Array<&mut MapData, u64> =
+            Array::try_from(map).map_err(|e| ReadError::Map {
+                map: name,
+                source: Box::new(e),
+            })?;
+        for (index, value) in values.iter().enumerate() {
+            array
+                .set(index as u32, value, 0)
+                .map_err(|e| ReadError::Map {
+                    map: name,
+                    source: Box::new(e),
+                })?;
+        }
+        Ok(())
     }
 
     /// Tells the inventory which cgroup v2 id to charge for each memory cgroup (by the memory
@@ -318,7 +372,7 @@ impl Tracer {
 
 /// Loads (without attaching: the agent runs them) the inventory and sweep programs.
 fn load_slab_walk_programs(ebpf: &mut Ebpf) -> Result<(), String> {
-    for name in [INVENTORY_PROGRAM, SWEEP_PROGRAM] {
+    for name in [INVENTORY_PROGRAM, SWEEP_PROGRAM, CPU_OFFSET_PROGRAM] {
         let prog: &mut RawTracePoint = ebpf
             .program_mut(name)
             .ok_or_else(|| format!("the eBPF object has no {name} program"))?

@@ -8,6 +8,17 @@ pub const INVENTORY_PROGRAM: &str = "inventory";
 /// Program that checks a range of [`crate::LIVE_OBJECTS`] slots against the slab and
 /// uncharges objects that are no longer allocated. Arguments (first slot, count).
 pub const SWEEP_PROGRAM: &str = "sweep";
+/// Program that finds this CPU's percpu offset (`__per_cpu_offset[cpu]`), run once on each
+/// CPU; results in [`PERCPU_OFFSETS`] and [`PERCPU_AREAS`].
+pub const CPU_OFFSET_PROGRAM: &str = "cpu_offset";
+/// Array map, by CPU: the percpu offset the sweep adds to `kmem_cache::cpu_slab` to reach a
+/// CPU's `struct kmem_cache_cpu` (0: unknown, that CPU's freelist is not checked).
+pub const PERCPU_OFFSETS: &str = "PERCPU_OFFSETS";
+/// Array map, by CPU: where the CPU's percpu area starts, as found by [`CPU_OFFSET_PROGRAM`]
+/// (for the agent's consistency check: area - offset is the same on every CPU).
+pub const PERCPU_AREAS: &str = "PERCPU_AREAS";
+/// Most CPUs whose freelists the sweep checks.
+pub const MAX_CPUS: u32 = 1024;
 /// Page frames one inventory run walks: a run keeps its CPU for about a millisecond on a paravirtualized guest.
 pub const INVENTORY_PFNS_PER_RUN: u64 = 4 * 1024;
 /// Live-object slots one sweep run checks.
@@ -71,6 +82,22 @@ pub struct SlabLayout {
     pub freelist_hardened: u32,
     /// `SLAB_KMALLOC` as a mask: such caches are named as kmalloc buckets.
     pub slab_kmalloc: u32,
+    /// Bit of `frozen` in the counters word: the slab is a CPU's, whose free objects are on
+    /// that CPU's freelist.
+    pub slab_frozen_shift: u32,
+    /// `struct kmem_cache::cpu_slab`, `struct kmem_cache_cpu::{freelist, slab}`.
+    pub kmem_cache_cpu_slab_offset: u32,
+    pub kmem_cache_cpu_freelist_offset: u32,
+    pub kmem_cache_cpu_slab_field_offset: u32,
+    /// To find a CPU's percpu area from the task running on it: `task_struct::se`,
+    /// `sched_entity::cfs_rq`, `cfs_rq::rq`, and the offsets of the percpu variables
+    /// `runqueues` and `this_cpu_off` in the percpu section.
+    pub task_se_offset: u32,
+    pub se_cfs_rq_offset: u32,
+    pub cfs_rq_rq_offset: u32,
+    pub runqueues_offset: u32,
+    pub this_cpu_off_offset: u32,
+    pub _pad: u32,
 }
 
 /// What the inventory and the sweep did, cumulative (value of [`TRUTH_COUNTERS`]).
@@ -109,5 +136,5 @@ impl TruthCounters {
     pub const FIELDS: usize = core::mem::size_of::<Self>() / 8;
 }
 
-const _: () = assert!(core::mem::size_of::<SlabLayout>() == 6 * 8 + 24 * 4);
+const _: () = assert!(core::mem::size_of::<SlabLayout>() == 6 * 8 + 34 * 4);
 const _: () = assert!(core::mem::size_of::<TruthCounters>() == 17 * 8);

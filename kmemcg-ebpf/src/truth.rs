@@ -15,20 +15,22 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::{bpf_loop, bpf_probe_read_kernel},
+    helpers::{
+        bpf_get_current_task, bpf_get_smp_processor_id, bpf_loop, bpf_probe_read_kernel,
+    },
     macros::{map, raw_tracepoint},
     maps::{Array, HashMap},
     programs::RawTracePointContext,
 };
 use kmemcg_common::{
-    KERNEL_ADDRESS_MIN, LiveObject, OBJECT_ACCOUNTED, OBJECT_FLAGS, OBJECT_OWNER_SEEN,
+    KERNEL_ADDRESS_MIN, LiveObject, MAX_CPUS, OBJECT_ACCOUNTED, OBJECT_FLAGS, OBJECT_OWNER_SEEN,
     RootCgroupMode, SlabLayout, StatsKey, TruthCounters, kmalloc_cache_id,
 };
 
 use crate::{
     CGROUP_KN_OFFSET, CGROUP_ROOT_HIERARCHY_ID_OFFSET, CGROUP_ROOT_OFFSET,
     KERNFS_NODE_ID_OFFSET, KMEM_CACHE_FLAGS_OFFSET, KMEM_CACHE_SIZE_OFFSET, LIVE_OBJECTS,
-    LIVE_SLOT_MASK, ROOT_CGROUP_ID, ROOT_CGROUP_MODE, STATS_KEYS, charge, compare_and_swap,
+    LIVE_SLOT_MASK, POSSIBLE_CPUS, ROOT_CGROUP_ID, ROOT_CGROUP_MODE, STATS_KEYS, charge, compare_and_swap,
     global, remember_new, stats_slot, uncharge_owner,
 };
 
@@ -39,6 +41,10 @@ static SLAB_LAYOUT: SlabLayout = unsafe { core::mem::zeroed() };
 static MEMCG_CGROUP_IDS: HashMap<u64, u64> = HashMap::with_max_entries(1 << 16, 0);
 #[map]
 static TRUTH_COUNTERS: Array<TruthCounters> = Array::with_max_entries(1, 0);
+#[map]
+static PERCPU_OFFSETS: Array<u64> = Array::with_max_entries(MAX_CPUS, 0);
+#[map]
+static PERCPU_AREAS: Array<u64> = Array::with_max_entries(MAX_CPUS, 0);
 
 /// A field of the load-time layout.
 macro_rules! layout {
@@ -118,6 +124,41 @@ fn run_loop<C>(count: u64, callback: extern "C" fn(u64, *mut c_void) -> i64, ctx
     }
 }
 
+// ---- percpu offsets ----
+
+/// Run on one CPU (BPF_F_TEST_RUN_ON_CPU): the task running here is on this CPU's run queue,
+/// a percpu variable (`runqueues`), so the run queue's address less the variable's offset is
+/// where this CPU's percpu area starts; the area's `this_cpu_off` holds the CPU's percpu
+/// offset. The agent checks that area - offset agrees on every CPU before the sweep uses it.
+#[raw_tracepoint(tracepoint = "kmemcg_cpu_offset")]
+pub fn cpu_offset(_ctx: RawTracePointContext) -> i32 {
+    match find_cpu_offset() {
+        Some(()) => 0,
+        None => 1,
+    }
+}
+
+#[inline(always)]
+fn find_cpu_offset() -> Option<()> {
+    // SAFETY: helpers without preconditions.
+    let (task, cpu) = unsafe { (bpf_get_current_task(), bpf_get_smp_processor_id()) };
+    let cfs_rq: u64 =
+        read(task + layout!(task_se_offset) as u64 + layout!(se_cfs_rq_offset) as u64)?;
+    let rq: u64 = read(cfs_rq + layout!(cfs_rq_rq_offset) as u64)?;
+    let area = rq.checked_sub(layout!(runqueues_offset) as u64)?;
+    let offset: u64 = read(area + layout!(this_cpu_off_offset) as u64)?;
+    let (Some(o), Some(a)) = (PERCPU_OFFSETS.get_ptr_mut(cpu), PERCPU_AREAS.get_ptr_mut(cpu))
+    else {
+        return None;
+    };
+    // SAFETY: values of array maps.
+    unsafe {
+        *o = offset;
+        *a = area;
+    }
+    Some(())
+}
+
 // ---- inventory ----
 
 #[repr(C)]
@@ -125,10 +166,13 @@ struct PfnWalk {
     start: u64,
     vmemmap: u64,
     page_offset: u64,
+    /// Most objects the inventory may add in all (it leaves room for new allocations).
+    budget: u64,
 }
 
 #[repr(C)]
 struct SlabWalk {
+    budget: u64,
     exts: u64,
     first_object: u64,
     size: u64,
@@ -140,8 +184,8 @@ struct SlabWalk {
 #[raw_tracepoint(tracepoint = "kmemcg_inventory")]
 pub fn inventory(ctx: RawTracePointContext) -> i32 {
     let args = ctx.as_ptr() as *const u64;
-    // SAFETY: the two u64 arguments the agent passes (ctx_in of BPF_PROG_TEST_RUN).
-    let (start, count) = unsafe { (*args, *args.add(1)) };
+    // SAFETY: the three u64 arguments the agent passes (ctx_in of BPF_PROG_TEST_RUN).
+    let (start, count, budget) = unsafe { (*args, *args.add(1), *args.add(2)) };
     let Some(bases) = bases() else {
         return 1;
     };
@@ -149,6 +193,7 @@ pub fn inventory(ctx: RawTracePointContext) -> i32 {
         start,
         vmemmap: bases.vmemmap,
         page_offset: bases.page_offset,
+        budget,
     };
     run_loop(count, inventory_page, &mut walk);
     0
@@ -189,6 +234,7 @@ fn inventory_slab(walk: &PfnWalk, pfn: u64) -> Option<()> {
         cache
     };
     let mut slab = SlabWalk {
+        budget: walk.budget,
         exts,
         first_object: walk.page_offset + (pfn << layout!(page_shift)) + red_left_pad as u64,
         size: size as u64,
@@ -219,6 +265,7 @@ extern "C" fn inventory_object(index: u64, ctx: *mut c_void) -> i64 {
         slab.last_objcg = objcg;
     }
     take_object(
+        slab.budget,
         slab.last_cgroup,
         slab.cache_id,
         slab.first_object + index * slab.size,
@@ -245,9 +292,14 @@ fn cgroup_of_objcg(objcg: u64) -> Option<u64> {
 }
 
 #[inline(always)]
-fn take_object(cgroup_id: u64, cache_id: u64, ptr: u64, size: u64) {
+fn take_object(budget: u64, cgroup_id: u64, cache_id: u64, ptr: u64, size: u64) {
     bump(1, |c| &mut c.accounted_objects);
     bump(size, |c| &mut c.accounted_bytes);
+    let added = TRUTH_COUNTERS.get(0).map_or(0, |c| c.added_objects);
+    if added >= budget {
+        bump(1, |c| &mut c.dropped);
+        return;
+    }
     let untracked_root = cgroup_id == global(&ROOT_CGROUP_ID)
         && RootCgroupMode::from_u32(global(&ROOT_CGROUP_MODE)) != Some(RootCgroupMode::Track);
     if cgroup_id == 0 || untracked_root {
@@ -346,7 +398,13 @@ extern "C" fn sweep_slot(index: u64, ctx: *mut c_void) -> i64 {
         Some(Verdict::Live) | None => return 0,
         Some(freed) => freed,
     };
-    // SAFETY: whoever swaps the address out owns the release (as in the free hooks).
+    // The slot must still hold what was checked (an allocation at the same address since
+    // would have rewritten its owner); whoever swaps the address out owns the release.
+    // SAFETY: as above.
+    if unsafe { core::ptr::read_volatile(slot) } != object {
+        return 0;
+    }
+    // SAFETY: as above.
     if unsafe { compare_and_swap(&raw mut (*slot).ptr, object.ptr, 0) } {
         uncharge_owner(&object);
         match verdict {
@@ -431,12 +489,63 @@ fn check_object(walk: &SweepWalk, object: &LiveObject) -> Option<Verdict> {
         }
     }
     // Never had an owner record (unaccounted, or charged to no memcg): free if it is on its
-    // slab's freelist.
-    if on_freelist(head, cache, ptr, objects)? {
-        Some(Verdict::FreedFreelist)
-    } else {
-        Some(Verdict::Live)
+    // slab's freelist or, for a CPU's slab (frozen), on that CPU's freelist.
+    let mut walk = freelist_walk(cache, ptr)?;
+    walk.next = read(head + layout!(slab_freelist_offset) as u64)?;
+    run_loop(objects, freelist_step, &mut walk);
+    if walk.found == 0 && slab_frozen(head)? {
+        let mut cpus = CpuFreelists {
+            cpu_slab: read(cache + layout!(kmem_cache_cpu_slab_offset) as u64)?,
+            slab: head,
+            objects,
+            walk,
+        };
+        run_loop(global(&POSSIBLE_CPUS).min(MAX_CPUS as u64), cpu_freelist, &mut cpus);
+        walk = cpus.walk;
     }
+    Some(if walk.found != 0 {
+        Verdict::FreedFreelist
+    } else {
+        Verdict::Live
+    })
+}
+
+#[inline(always)]
+fn slab_frozen(slab: u64) -> Option<bool> {
+    let word: u64 = read(slab + layout!(slab_counters_offset) as u64)?;
+    Some((word >> layout!(slab_frozen_shift)) & 1 != 0)
+}
+
+#[repr(C)]
+struct CpuFreelists {
+    cpu_slab: u64,
+    slab: u64,
+    objects: u64,
+    walk: FreelistWalk,
+}
+
+#[inline(never)]
+extern "C" fn cpu_freelist(cpu: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: the caller's CpuFreelists.
+    let cpus = unsafe { &mut *(ctx as *mut CpuFreelists) };
+    let offset = PERCPU_OFFSETS.get(cpu as u32).copied().unwrap_or(0);
+    if offset == 0 {
+        return 0;
+    }
+    let kmem_cache_cpu = cpus.cpu_slab.wrapping_add(offset);
+    let slab = read::<u64>(kmem_cache_cpu + layout!(kmem_cache_cpu_slab_field_offset) as u64);
+    if slab != Some(cpus.slab) {
+        return 0;
+    }
+    let Some(first) =
+        read::<u64>(kmem_cache_cpu + layout!(kmem_cache_cpu_freelist_offset) as u64)
+    else {
+        return 1;
+    };
+    cpus.walk.next = first;
+    run_loop(cpus.objects, freelist_step, &mut cpus.walk);
+    // A slab is the CPU slab of one CPU only.
+    1
 }
 
 #[repr(C)]
@@ -449,11 +558,12 @@ struct FreelistWalk {
     found: u64,
 }
 
+/// A walk for `ptr` along freelists of `cache`, to be given its first object.
 #[inline(always)]
-fn on_freelist(slab: u64, cache: u64, ptr: u64, objects: u64) -> Option<bool> {
+fn freelist_walk(cache: u64, ptr: u64) -> Option<FreelistWalk> {
     let hardened = layout!(freelist_hardened) as u64;
-    let mut walk = FreelistWalk {
-        next: read(slab + layout!(slab_freelist_offset) as u64)?,
+    Some(FreelistWalk {
+        next: 0,
         target: ptr,
         offset: read::<u32>(cache + layout!(kmem_cache_offset_offset) as u64)? as u64,
         random: if hardened != 0 {
@@ -463,9 +573,7 @@ fn on_freelist(slab: u64, cache: u64, ptr: u64, objects: u64) -> Option<bool> {
         },
         hardened,
         found: 0,
-    };
-    run_loop(objects, freelist_step, &mut walk);
-    Some(walk.found != 0)
+    })
 }
 
 #[inline(never)]

@@ -112,7 +112,20 @@ pub fn from_btf(btf: &Btf) -> Result<SlabLayout, String> {
         .or_else(|| enum_value(btf, "__NR_MEMCG_DATA_FLAGS"))
         .ok_or("the kernel's BTF has no obj_exts flags (__NR_OBJEXTS_FLAGS)")?;
     let random = find_member(btf, &cache, "random");
+    let cpu = cpu_freelist_layout(btf).unwrap_or_else(|why| {
+        tracing::info!(why, "CPU freelists will not be checked by the sweep");
+        [0; 9]
+    });
     Ok(SlabLayout {
+        slab_frozen_shift: cpu[0],
+        kmem_cache_cpu_slab_offset: cpu[1],
+        kmem_cache_cpu_freelist_offset: cpu[2],
+        kmem_cache_cpu_slab_field_offset: cpu[3],
+        task_se_offset: cpu[4],
+        se_cfs_rq_offset: cpu[5],
+        cfs_rq_rq_offset: cpu[6],
+        runqueues_offset: cpu[7],
+        this_cpu_off_offset: cpu[8],
         obj_exts_flags_mask: u64::from(flags_count.next_power_of_two() - 1),
         struct_page_size: page.size() as u32,
         page_compound_head_offset: bytes(&page, "page", "compound_head")?,
@@ -141,6 +154,54 @@ pub fn from_btf(btf: &Btf) -> Result<SlabLayout, String> {
         slab_kmalloc: 1 << enum_value(btf, "_SLAB_KMALLOC").ok_or("no _SLAB_KMALLOC")?,
         ..SlabLayout::default()
     })
+}
+
+/// What the sweep needs to look at CPU freelists, all zero when this kernel lacks a piece
+/// (e.g. no `struct kmem_cache_cpu` on kernels without CPU slabs, no `sched_entity::cfs_rq`
+/// without CONFIG_FAIR_GROUP_SCHED).
+fn cpu_freelist_layout(btf: &Btf) -> Result<[u32; 9], String> {
+    let offset = |name: &str, field: &str| -> Result<u32, String> {
+        find_member(btf, &find_struct(btf, name)?, field)
+            .map(|(bits, _)| bits / 8)
+            .ok_or_else(|| format!("struct {name} has no field `{field}`"))
+    };
+    let slab = find_struct(btf, "slab")?;
+    let counters = offset("slab", "counters")?;
+    let frozen = match find_member(btf, &slab, "frozen") {
+        Some((bit, Some(1))) if bit >= counters * 8 => bit - counters * 8,
+        _ => return Err("struct slab has no `frozen` bit".into()),
+    };
+    Ok([
+        frozen,
+        offset("kmem_cache", "cpu_slab")?,
+        offset("kmem_cache_cpu", "freelist")?,
+        offset("kmem_cache_cpu", "slab")?,
+        offset("task_struct", "se")?,
+        offset("sched_entity", "cfs_rq")?,
+        offset("cfs_rq", "rq")?,
+        percpu_variable_offset(btf, "runqueues")?,
+        percpu_variable_offset(btf, "this_cpu_off")?,
+    ])
+}
+
+/// Offset of a percpu variable in the kernel's percpu section (`.data..percpu`).
+fn percpu_variable_offset(btf: &Btf, name: &str) -> Result<u32, String> {
+    let sections = btf
+        .resolve_types_by_name(".data..percpu")
+        .map_err(|_| "the kernel's BTF has no percpu section".to_string())?;
+    for section in sections {
+        let Type::Datasec(section) = section else {
+            continue;
+        };
+        for variable in &section.variables {
+            if let Ok(Type::Var(var)) = btf.resolve_chained_type(variable) {
+                if btf.resolve_name(&var).is_ok_and(|n| n == name) {
+                    return Ok(variable.offset());
+                }
+            }
+        }
+    }
+    Err(format!("no percpu variable {name} in the kernel's BTF"))
 }
 
 fn find_struct(btf: &Btf, name: &str) -> Result<btf_rs::Struct, String> {
@@ -227,5 +288,9 @@ mod tests {
         assert!(layout.obj_ext_size >= 8);
         assert!(layout.obj_exts_flags_mask.count_ones() >= 1);
         assert!(layout.slab_obj_exts_offset > layout.slab_cache_offset);
+        if layout.this_cpu_off_offset != 0 {
+            assert_eq!(layout.slab_frozen_shift, 31);
+            assert!(layout.runqueues_offset != layout.this_cpu_off_offset);
+        }
     }
 }
