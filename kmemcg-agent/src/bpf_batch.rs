@@ -156,7 +156,11 @@ pub fn run_raw_tracepoint(fd: RawFd, args: &[u64], cpu: Option<u32>) -> io::Resu
     let mut attr = TestRunAttr {
         prog_fd: fd as u32,
         ctx_size_in: size_of_val(args) as u32,
-        ctx_in: if args.is_empty() { 0 } else { args.as_ptr() as u64 },
+        ctx_in: if args.is_empty() {
+            0
+        } else {
+            args.as_ptr() as u64
+        },
         flags: cpu.map_or(0, |_| BPF_F_TEST_RUN_ON_CPU),
         cpu: cpu.unwrap_or(0),
         ..Default::default()

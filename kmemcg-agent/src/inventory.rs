@@ -41,7 +41,8 @@ pub fn run(tracer: &mut Tracer) -> InventoryStatus {
         }
     }
     // At most half the live-object table, so that new allocations still find room.
-    let budget = before.added_objects + u64::from(tracer.config().max_objects.next_power_of_two() / 2);
+    let budget =
+        before.added_objects + u64::from(tracer.config().max_objects.next_power_of_two() / 2);
     let zoneinfo = std::fs::read_to_string("/proc/zoneinfo").unwrap_or_default();
     for range in slab_layout::pfn_ranges(&zoneinfo) {
         let mut start = range.start;

@@ -7,8 +7,8 @@
 use std::time::{Duration, Instant};
 
 use kmemcg_common::{
-    CPU_OFFSET_PROGRAM, MAX_CPUS, PERCPU_AREAS, PERCPU_OFFSETS, SWEEP_PROGRAM,
-    SWEEP_SLOTS_PER_RUN, TruthCounters,
+    CPU_OFFSET_PROGRAM, MAX_CPUS, PERCPU_AREAS, PERCPU_OFFSETS, SWEEP_PROGRAM, SWEEP_SLOTS_PER_RUN,
+    TruthCounters,
 };
 
 use crate::{api::SweepStatus, error::ReadError, tracer::Tracer};
@@ -75,11 +75,11 @@ impl Sweeper {
 /// address (the percpu section's start). Returns how many CPUs; on failure the sweep looks at
 /// slab freelists only.
 pub fn find_cpu_offsets(tracer: &mut Tracer) -> Result<usize, String> {
-    let layout = tracer
-        .slab_layout()
-        .ok_or("no slab walk on this kernel")?;
+    let layout = tracer.slab_layout().ok_or("no slab walk on this kernel")?;
     if layout.this_cpu_off_offset == 0 {
-        return Err("this kernel's BTF lacks what locates percpu data (see the agent's log)".into());
+        return Err(
+            "this kernel's BTF lacks what locates percpu data (see the agent's log)".into(),
+        );
     }
     let text = std::fs::read_to_string("/sys/devices/system/cpu/online")
         .map_err(|e| format!("cannot read the online CPUs: {e}"))?;
@@ -136,6 +136,17 @@ fn parse_cpu_list(text: &str) -> Vec<u32> {
         .collect()
 }
 
+fn sweep(tracer: &Tracer) -> Result<(), ReadError> {
+    let slots = tracer.config().max_objects.next_power_of_two();
+    let mut start = 0;
+    while start < slots {
+        let count = SWEEP_SLOTS_PER_RUN.min(slots - start);
+        tracer.run_slab_walk(SWEEP_PROGRAM, &[start.into(), count.into()])?;
+        start += count;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,15 +171,4 @@ mod tests {
         offsets[1] = 0;
         assert!(check_offsets(&cpus, &offsets, &areas).is_err());
     }
-}
-
-fn sweep(tracer: &Tracer) -> Result<(), ReadError> {
-    let slots = tracer.config().max_objects.next_power_of_two();
-    let mut start = 0;
-    while start < slots {
-        let count = SWEEP_SLOTS_PER_RUN.min(slots - start);
-        tracer.run_slab_walk(SWEEP_PROGRAM, &[start.into(), count.into()])?;
-        start += count;
-    }
-    Ok(())
 }

@@ -7,9 +7,9 @@ use aya::{
     programs::{BtfTracePoint, RawTracePoint},
 };
 use kmemcg_common::{
-    CGROUP_CACHE_STATS, CGROUP_EVENTS, CGROUP_HOOKS, CPU_OFFSET_PROGRAM, CgroupEvent, HOOKS, INVENTORY_PROGRAM,
-    LIVE_OBJECTS, MEMCG_CGROUP_IDS, RootCgroupMode, SLAB_LAYOUT, STATS_KEYS, SWEEP_PROGRAM,
-    SlabLayout, TRUTH_COUNTERS, TruthCounters, globals,
+    CGROUP_CACHE_STATS, CGROUP_EVENTS, CGROUP_HOOKS, CPU_OFFSET_PROGRAM, CgroupEvent, HOOKS,
+    INVENTORY_PROGRAM, LIVE_OBJECTS, MEMCG_CGROUP_IDS, RootCgroupMode, SLAB_LAYOUT, STATS_KEYS,
+    SWEEP_PROGRAM, SlabLayout, TRUTH_COUNTERS, TruthCounters, globals,
 };
 
 use crate::{
@@ -238,15 +238,15 @@ impl Tracer {
             .try_into()
             .map_err(|_| ReadError::MissingMap(program))?;
         let fd = prog.fd().map_err(|_| ReadError::MissingMap(program))?;
-        crate::bpf_batch::run_raw_tracepoint(fd.as_fd().as_raw_fd(), args, cpu).map_err(|io_error| {
-            ReadError::Map {
+        crate::bpf_batch::run_raw_tracepoint(fd.as_fd().as_raw_fd(), args, cpu).map_err(
+            |io_error| ReadError::Map {
                 map: program,
                 source: Box::new(aya::maps::MapError::SyscallError(aya::sys::SyscallError {
                     call: "bpf_prog_test_run",
                     io_error,
                 })),
-            }
-        })
+            },
+        )
     }
 
     /// What the inventory and the sweep did so far.

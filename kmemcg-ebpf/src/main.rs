@@ -27,8 +27,8 @@ use aya_ebpf::{
 use kmemcg_common::{
     CACHE_ID_PERCPU, CGROUP_EVENT_MKDIR, CGROUP_EVENT_RENAME, CGROUP_EVENT_RMDIR, CacheName,
     CacheStats, CgroupEvent, GlobalCounters, LIVE_PROBES, LiveObject, OBJECT_ACCOUNTED,
-    OBJECT_FLAGS,
-    RootCgroupMode, STATS_PROBES, StatsKey, kmalloc_cache_id, live_slot_hash, stats_slot_hash,
+    OBJECT_FLAGS, RootCgroupMode, STATS_PROBES, StatsKey, kmalloc_cache_id, live_slot_hash,
+    stats_slot_hash,
 };
 
 mod truth;

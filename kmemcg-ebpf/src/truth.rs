@@ -15,9 +15,7 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::{
-        bpf_get_current_task, bpf_get_smp_processor_id, bpf_loop, bpf_probe_read_kernel,
-    },
+    helpers::{bpf_get_current_task, bpf_get_smp_processor_id, bpf_loop, bpf_probe_read_kernel},
     macros::{map, raw_tracepoint},
     maps::{Array, HashMap},
     programs::RawTracePointContext,
@@ -28,10 +26,10 @@ use kmemcg_common::{
 };
 
 use crate::{
-    CGROUP_KN_OFFSET, CGROUP_ROOT_HIERARCHY_ID_OFFSET, CGROUP_ROOT_OFFSET,
-    KERNFS_NODE_ID_OFFSET, KMEM_CACHE_FLAGS_OFFSET, KMEM_CACHE_SIZE_OFFSET, LIVE_OBJECTS,
-    LIVE_SLOT_MASK, POSSIBLE_CPUS, ROOT_CGROUP_ID, ROOT_CGROUP_MODE, STATS_KEYS, charge, compare_and_swap,
-    global, remember_new, stats_slot, uncharge_owner,
+    CGROUP_KN_OFFSET, CGROUP_ROOT_HIERARCHY_ID_OFFSET, CGROUP_ROOT_OFFSET, KERNFS_NODE_ID_OFFSET,
+    KMEM_CACHE_FLAGS_OFFSET, KMEM_CACHE_SIZE_OFFSET, LIVE_OBJECTS, LIVE_SLOT_MASK, POSSIBLE_CPUS,
+    ROOT_CGROUP_ID, ROOT_CGROUP_MODE, STATS_KEYS, charge, compare_and_swap, global, remember_new,
+    stats_slot, uncharge_owner,
 };
 
 #[unsafe(no_mangle)]
@@ -147,8 +145,10 @@ fn find_cpu_offset() -> Option<()> {
     let rq: u64 = read(cfs_rq + layout!(cfs_rq_rq_offset) as u64)?;
     let area = rq.checked_sub(layout!(runqueues_offset) as u64)?;
     let offset: u64 = read(area + layout!(this_cpu_off_offset) as u64)?;
-    let (Some(o), Some(a)) = (PERCPU_OFFSETS.get_ptr_mut(cpu), PERCPU_AREAS.get_ptr_mut(cpu))
-    else {
+    let (Some(o), Some(a)) = (
+        PERCPU_OFFSETS.get_ptr_mut(cpu),
+        PERCPU_AREAS.get_ptr_mut(cpu),
+    ) else {
         return None;
     };
     // SAFETY: values of array maps.
@@ -221,8 +221,8 @@ fn inventory_slab(walk: &PfnWalk, pfn: u64) -> Option<()> {
     bump(1, |c| &mut c.slab_pages);
     bump(inuse, |c| &mut c.slab_objects_in_use);
     bump(inuse * size as u64, |c| &mut c.slab_bytes_in_use);
-    let exts = read::<u64>(page + layout!(slab_obj_exts_offset) as u64)?
-        & !layout!(obj_exts_flags_mask);
+    let exts =
+        read::<u64>(page + layout!(slab_obj_exts_offset) as u64)? & !layout!(obj_exts_flags_mask);
     if exts == 0 {
         return None;
     }
@@ -250,9 +250,8 @@ fn inventory_slab(walk: &PfnWalk, pfn: u64) -> Option<()> {
 extern "C" fn inventory_object(index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: the caller's SlabWalk.
     let slab = unsafe { &mut *(ctx as *mut SlabWalk) };
-    let record = slab.exts
-        + index * layout!(obj_ext_size) as u64
-        + layout!(obj_ext_objcg_offset) as u64;
+    let record =
+        slab.exts + index * layout!(obj_ext_size) as u64 + layout!(obj_ext_objcg_offset) as u64;
     let Some(objcg) = read::<u64>(record) else {
         return 0;
     };
@@ -307,7 +306,10 @@ fn take_object(budget: u64, cgroup_id: u64, cache_id: u64, ptr: u64, size: u64) 
         bump(size, |c| &mut c.unmapped_bytes);
         return;
     }
-    let key = StatsKey { cgroup_id, cache_id };
+    let key = StatsKey {
+        cgroup_id,
+        cache_id,
+    };
     let Some((slot, stats)) = stats_slot(&key, cache_id >= KERNEL_ADDRESS_MIN) else {
         bump(1, |c| &mut c.dropped);
         return;
@@ -370,7 +372,8 @@ pub fn sweep(ctx: RawTracePointContext) -> i32 {
 extern "C" fn sweep_slot(index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: the caller's SweepWalk.
     let walk = unsafe { &*(ctx as *const SweepWalk) };
-    let Some(slot) = LIVE_OBJECTS.get_ptr_mut((walk.start + index) as u32 & global(&LIVE_SLOT_MASK))
+    let Some(slot) =
+        LIVE_OBJECTS.get_ptr_mut((walk.start + index) as u32 & global(&LIVE_SLOT_MASK))
     else {
         return 1;
     };
@@ -469,9 +472,8 @@ fn check_object(walk: &SweepWalk, object: &LiveObject) -> Option<Verdict> {
         let exts = read::<u64>(head + layout!(slab_obj_exts_offset) as u64)?
             & !layout!(obj_exts_flags_mask);
         if exts != 0 {
-            let record = exts
-                + index * layout!(obj_ext_size) as u64
-                + layout!(obj_ext_objcg_offset) as u64;
+            let record =
+                exts + index * layout!(obj_ext_size) as u64 + layout!(obj_ext_objcg_offset) as u64;
             let objcg: u64 = read(record)?;
             if objcg != 0 {
                 return Some(if owner_seen {
@@ -500,7 +502,11 @@ fn check_object(walk: &SweepWalk, object: &LiveObject) -> Option<Verdict> {
             objects,
             walk,
         };
-        run_loop(global(&POSSIBLE_CPUS).min(MAX_CPUS as u64), cpu_freelist, &mut cpus);
+        run_loop(
+            global(&POSSIBLE_CPUS).min(MAX_CPUS as u64),
+            cpu_freelist,
+            &mut cpus,
+        );
         walk = cpus.walk;
     }
     Some(if walk.found != 0 {
@@ -537,8 +543,7 @@ extern "C" fn cpu_freelist(cpu: u64, ctx: *mut c_void) -> i64 {
     if slab != Some(cpus.slab) {
         return 0;
     }
-    let Some(first) =
-        read::<u64>(kmem_cache_cpu + layout!(kmem_cache_cpu_freelist_offset) as u64)
+    let Some(first) = read::<u64>(kmem_cache_cpu + layout!(kmem_cache_cpu_freelist_offset) as u64)
     else {
         return 1;
     };

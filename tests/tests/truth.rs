@@ -4,9 +4,7 @@
 //! memory cgroup of the same path (`memory.kmem.usage_in_bytes`).
 use std::time::{Duration, Instant};
 
-use kmemcg_tests::{
-    AgentProcess, CgroupUsage, TestCgroup, Tmpfs, cache_objects, require_root,
-};
+use kmemcg_tests::{AgentProcess, CgroupUsage, TestCgroup, Tmpfs, cache_objects, require_root};
 
 const KIB: u64 = 1024;
 
@@ -28,6 +26,22 @@ fn accounted(usage: Option<&CgroupUsage>) -> u64 {
 
 fn total(usage: Option<&CgroupUsage>) -> u64 {
     usage.map_or(0, |u| u.slab_bytes + u.percpu_bytes)
+}
+
+/// vmalloc keeps the `vmap_area` objects of freed ranges in per-node pools and hands them
+/// out again without an allocation tracepoint: live, unaccounted objects that no cgroup owns
+/// any more, which kmemcg leaves with the cgroup that allocated them (README, "Semantics and
+/// limits"). The residual bound leaves them out and the test reports them.
+const VMALLOC_POOLED: &str = "vmap_area";
+
+fn pooled(usage: Option<&CgroupUsage>) -> u64 {
+    usage.map_or(0, |u| {
+        u.caches
+            .iter()
+            .filter(|c| c.name == VMALLOC_POOLED)
+            .map(|c| c.bytes)
+            .sum()
+    })
 }
 
 /// The cache rows holding bytes, compactly.
@@ -72,7 +86,10 @@ fn objects_made_before_start_are_found_and_uncharged_when_freed() {
             return Err(format!("{} dentries", cache_objects(u, &["dentry"])));
         }
         if !within(u.accounted_bytes, kernel, 0.10) {
-            return Err(format!("accounted {} vs kernel {kernel}", u.accounted_bytes));
+            return Err(format!(
+                "accounted {} vs kernel {kernel}",
+                u.accounted_bytes
+            ));
         }
         Ok(())
     });
@@ -109,7 +126,9 @@ fn objects_made_before_start_are_found_and_uncharged_when_freed() {
                 held(u.as_ref())
             ));
         }
-        if u.as_ref().is_some_and(|u| cache_objects(u, &["dentry"]) > files / 100) {
+        if u.as_ref()
+            .is_some_and(|u| cache_objects(u, &["dentry"]) > files / 100)
+        {
             return Err(format!("dentries left: {}", held(u.as_ref())));
         }
         Ok(())
@@ -127,15 +146,24 @@ fn churn_leaves_no_phantoms() {
         return;
     }
     let output = cgroup.run(&["churn-mix", &tmpfs.sub("churn"), "20"]);
-    eprintln!("churn-mix: {}", String::from_utf8_lossy(&output.stdout).trim());
-    let mut residual = (0, 0, 0);
+    eprintln!(
+        "churn-mix: {}",
+        String::from_utf8_lossy(&output.stdout).trim()
+    );
+    let mut residual = (0, 0, 0, 0);
     let mut rows = String::new();
     wait_until(Duration::from_secs(20), || {
         let u = agent.cgroup(cgroup.path());
         let kernel = cgroup.kmem_usage().unwrap_or(0);
-        residual = (accounted(u.as_ref()), total(u.as_ref()), kernel);
+        residual = (
+            accounted(u.as_ref()),
+            total(u.as_ref()),
+            kernel,
+            pooled(u.as_ref()),
+        );
         rows = held(u.as_ref());
-        if accounted(u.as_ref()).abs_diff(kernel) > 64 * KIB || total(u.as_ref()) >= 64 * KIB {
+        let unpooled = total(u.as_ref()) - pooled(u.as_ref());
+        if accounted(u.as_ref()).abs_diff(kernel) > 64 * KIB || unpooled >= 64 * KIB {
             return Err(format!(
                 "accounted {} total {} kernel {kernel}: {}",
                 accounted(u.as_ref()),
@@ -147,10 +175,11 @@ fn churn_leaves_no_phantoms() {
     });
     let status = agent.status();
     eprintln!(
-        "after churn: accounted {} B, total {} B, kernel {} B; swept {} objects ({} B; owner \
+        "after churn: accounted {} B, total {} B (of which {} B vmap_area), kernel {} B; swept {} objects ({} B; owner \
          record {}, page {}, freelist {}), stale {}; left: {rows}",
         residual.0,
         residual.1,
+        residual.3,
         residual.2,
         status.sweep.swept_objects,
         status.sweep.swept_bytes,
@@ -174,7 +203,10 @@ fn removed_cgroups_are_dying_only_while_they_hold_memory() {
     let count = 2000;
     let parents = format!("{},{}", parent.v2_dir().display(), memory.display());
     let output = parent.run(&["churn-use", &parents, &tmpfs.sub("use"), &count.to_string()]);
-    eprintln!("churn-use: {}", String::from_utf8_lossy(&output.stdout).trim());
+    eprintln!(
+        "churn-use: {}",
+        String::from_utf8_lossy(&output.stdout).trim()
+    );
     let churned = |agent: &AgentProcess| {
         agent
             .dying()

@@ -29,10 +29,12 @@ pub fn from_running_kernel() -> Result<SlabLayout, String> {
     );
     match (vmemmap_symbol, page_offset_symbol) {
         (Some(0), _) | (_, Some(0)) => {
-            return Err("this kernel randomizes its memory map and /proc/kallsyms hides the \
+            return Err(
+                "this kernel randomizes its memory map and /proc/kallsyms hides the \
                         addresses of vmemmap_base and page_offset_base (give kmemcg \
                         CAP_SYSLOG or run it as root)"
-                .into());
+                    .into(),
+            );
         }
         (vmemmap, page_offset) => {
             layout.vmemmap_base_symbol = vmemmap.unwrap_or(0);
@@ -74,10 +76,10 @@ pub fn pfn_ranges(zoneinfo: &str) -> Vec<std::ops::Range<u64>> {
             (Some("Node"), _) => spanned = None,
             (Some("spanned"), Some(n)) => spanned = n.parse::<u64>().ok(),
             (Some("start_pfn:"), Some(n)) => {
-                if let (Some(len), Ok(start)) = (spanned.take(), n.parse::<u64>()) {
-                    if len > 0 {
-                        ranges.push(start..start + len);
-                    }
+                if let (Some(len), Ok(start)) = (spanned.take(), n.parse::<u64>())
+                    && len > 0
+                {
+                    ranges.push(start..start + len);
                 }
             }
             _ => {}
@@ -194,10 +196,10 @@ fn percpu_variable_offset(btf: &Btf, name: &str) -> Result<u32, String> {
             continue;
         };
         for variable in &section.variables {
-            if let Ok(Type::Var(var)) = btf.resolve_chained_type(variable) {
-                if btf.resolve_name(&var).is_ok_and(|n| n == name) {
-                    return Ok(variable.offset());
-                }
+            if let Ok(Type::Var(var)) = btf.resolve_chained_type(variable)
+                && btf.resolve_name(&var).is_ok_and(|n| n == name)
+            {
+                return Ok(variable.offset());
             }
         }
     }
