@@ -319,6 +319,9 @@ impl CacheName {
 
 const _: () = assert!(core::mem::size_of::<StatsKey>() == 16);
 const _: () = assert!(core::mem::size_of::<LiveObject>() == 16);
+// The sweep sets OBJECT_OWNER_SEEN with a 64-bit atomic OR on the word at stats_slot.
+const _: () = assert!(core::mem::offset_of!(LiveObject, stats_slot) == 8);
+const _: () = assert!(core::mem::offset_of!(LiveObject, size_and_flags) == 12);
 const _: () = assert!(core::mem::size_of::<CacheStats>() == 48);
 const _: () = assert!(core::mem::size_of::<GlobalCounters>() == 40);
 const _: () = assert!(core::mem::size_of::<CgroupEvent>() == 16 + CGROUP_PATH_LEN);

@@ -2,9 +2,15 @@
 //! agent (the inventory), objects freed without a free tracepoint (the sweep), and removed
 //! cgroups listed as dying only while they hold something. The kernel's truth is the v1
 //! memory cgroup of the same path (`memory.kmem.usage_in_bytes`).
-use std::time::{Duration, Instant};
+use std::{
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant},
+};
 
-use kmemcg_tests::{AgentProcess, CgroupUsage, TestCgroup, Tmpfs, cache_objects, require_root};
+use kmemcg_tests::{
+    AgentProcess, CGROUP_PREFIX, CgroupUsage, TestCgroup, Tmpfs, cache_objects, require_root,
+};
 
 const KIB: u64 = 1024;
 
@@ -281,4 +287,106 @@ fn removed_cgroups_are_dying_only_while_they_hold_memory() {
             .sum::<u64>(),
         status.sweep.swept_objects
     );
+}
+
+/// A private bpffs instance for pinned maps, unmounted on drop.
+struct Bpffs {
+    dir: PathBuf,
+}
+
+impl Bpffs {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("{CGROUP_PREFIX}bpffs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("creating a bpffs mount point");
+        let status = Command::new("mount")
+            .args(["-t", "bpf", "kmemcg-test"])
+            .arg(&dir)
+            .status()
+            .expect("running mount");
+        assert!(status.success(), "mounting bpffs at {}", dir.display());
+        Self { dir }
+    }
+
+    fn pin_dir(&self) -> String {
+        self.dir.join("kmemcg").display().to_string()
+    }
+}
+
+impl Drop for Bpffs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+#[test]
+fn a_pinned_restart_counts_nothing_twice() {
+    require_root();
+    let bpffs = Bpffs::new();
+    let pin_dir = bpffs.pin_dir();
+    let tmpfs = Tmpfs::new();
+    let cgroup = TestCgroup::new("pinned-inventory");
+    if cgroup.memory_dir().is_none() {
+        eprintln!("no v1 memory controller: nothing to compare with");
+        return;
+    }
+    let dir = tmpfs.sub("files");
+    let (first_files, gap_files) = (3000u64, 1000u64);
+    // Before the first agent: found by its inventory, kept in the pinned maps.
+    cgroup.run(&["create-files", &dir, &first_files.to_string()]);
+    let first = AgentProcess::start(&["--pin-dir", &pin_dir]);
+    first.wait_for(cgroup.path(), Duration::from_secs(10), "inventory", |u| {
+        u.is_some_and(|u| cache_objects(u, &["dentry"]) >= first_files)
+    });
+    assert!(first.stop().success());
+    // While no agent runs: found by the second agent's inventory.
+    cgroup.run(&[
+        "create-files",
+        &format!("{dir}-gap"),
+        &gap_files.to_string(),
+    ]);
+    let second = AgentProcess::start(&["--pin-dir", &pin_dir]);
+    let all = first_files + gap_files;
+    let usage = second
+        .wait_for(cgroup.path(), Duration::from_secs(10), "both sets", |u| {
+            u.is_some_and(|u| cache_objects(u, &["dentry"]) >= all)
+        })
+        .expect("usage");
+    let kernel = cgroup.kmem_usage().expect("kmem usage");
+    let status = second.status();
+    eprintln!(
+        "after a pinned restart: {} dentries, accounted {} B, kernel {kernel} B; inventory \
+         took {}, found {} tracked already",
+        cache_objects(&usage, &["dentry"]),
+        usage.accounted_bytes,
+        status.inventory.objects_added,
+        status.inventory.already_tracked
+    );
+    assert!(
+        cache_objects(&usage, &["dentry"]) < all + first_files / 10,
+        "counted twice: {}",
+        held(Some(&usage))
+    );
+    assert!(
+        within(usage.accounted_bytes, kernel, 0.10),
+        "accounted {} vs kernel {kernel}",
+        usage.accounted_bytes
+    );
+    assert!(
+        status.inventory.already_tracked >= first_files,
+        "{:#?}",
+        status.inventory
+    );
+    let deleter = TestCgroup::new("pinned-deleter");
+    deleter.run(&["delete-files", &dir]);
+    deleter.run(&["delete-files", &format!("{dir}-gap")]);
+    second.wait_for(cgroup.path(), Duration::from_secs(20), "freed", |u| {
+        u.is_none_or(|u| cache_objects(u, &["dentry"]) < all / 100)
+    });
+    assert!(second.stop().success());
+    let unpinned = Command::new(kmemcg_tests::kmemcg_bin())
+        .args(["agent", "--unpin", "--pin-dir", &pin_dir])
+        .output()
+        .expect("kmemcg agent --unpin");
+    assert!(unpinned.status.success());
 }
