@@ -463,7 +463,7 @@ fn check_object(walk: &SweepWalk, object: &LiveObject) -> Option<Verdict> {
         return Some(Verdict::FreedPage);
     }
     let index = (offset - red_left_pad).checked_div(size)?;
-    let (_, objects) = slab_counts(head)?;
+    let (inuse, objects) = slab_counts(head)?;
     if index >= objects {
         return Some(Verdict::FreedPage);
     }
@@ -492,10 +492,15 @@ fn check_object(walk: &SweepWalk, object: &LiveObject) -> Option<Verdict> {
     }
     // Never had an owner record (unaccounted, or charged to no memcg): free if it is on its
     // slab's freelist or, for a CPU's slab (frozen), on that CPU's freelist.
+    let frozen = slab_frozen(head)?;
+    if !frozen && inuse >= objects {
+        // A full slab that no CPU holds has no free object.
+        return Some(Verdict::Live);
+    }
     let mut walk = freelist_walk(cache, ptr)?;
     walk.next = read(head + layout!(slab_freelist_offset) as u64)?;
-    run_loop(objects, freelist_step, &mut walk);
-    if walk.found == 0 && slab_frozen(head)? {
+    run_loop(objects.min(MAX_FREELIST_STEPS), freelist_step, &mut walk);
+    if walk.found == 0 && frozen {
         let mut cpus = CpuFreelists {
             cpu_slab: read(cache + layout!(kmem_cache_cpu_slab_offset) as u64)?,
             slab: head,
@@ -548,10 +553,18 @@ extern "C" fn cpu_freelist(cpu: u64, ctx: *mut c_void) -> i64 {
         return 1;
     };
     cpus.walk.next = first;
-    run_loop(cpus.objects, freelist_step, &mut cpus.walk);
+    run_loop(
+        cpus.objects.min(MAX_FREELIST_STEPS),
+        freelist_step,
+        &mut cpus.walk,
+    );
     // A slab is the CPU slab of one CPU only.
     1
 }
+
+/// Longest freelist stretch followed for one object: bounds a sweep's cost on slabs of many
+/// small objects (an object further down is found at a later sweep or at address reuse).
+const MAX_FREELIST_STEPS: u64 = 128;
 
 #[repr(C)]
 struct FreelistWalk {

@@ -34,9 +34,9 @@ fn total(usage: Option<&CgroupUsage>) -> u64 {
     usage.map_or(0, |u| u.slab_bytes + u.percpu_bytes)
 }
 
-/// vmalloc keeps the `vmap_area` objects of freed ranges in per-node pools and hands them
-/// out again without an allocation tracepoint: live, unaccounted objects that no cgroup owns
-/// any more, which kmemcg leaves with the cgroup that allocated them (README, "Semantics and
+/// vmalloc frees the `vmap_area` objects of freed ranges lazily, in batches, and keeps some in
+/// per-node pools that it hands out again without an allocation tracepoint: live, unaccounted
+/// objects, which kmemcg leaves with the cgroup that allocated them (README, "Semantics and
 /// limits"). The residual bound leaves them out and the test reports them.
 const VMALLOC_POOLED: &str = "vmap_area";
 
