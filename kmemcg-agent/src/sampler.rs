@@ -33,6 +33,7 @@ pub struct Sampler {
 
 impl Sampler {
     pub fn new(tracer: Tracer) -> Self {
+        let sweeper = Sweeper::start(&tracer);
         let tree = CgroupTree::new(tracer.cgroup2_mount());
         Self {
             tracer,
@@ -42,7 +43,7 @@ impl Sampler {
             unknown_last_time: HashSet::new(),
             max_sample_ms: 0.0,
             lost_cgroup_events: 0,
-            sweeper: Sweeper::default(),
+            sweeper,
         }
     }
 
@@ -60,8 +61,6 @@ impl Sampler {
     pub fn sample(&mut self) -> Result<Snapshot, ReadError> {
         let started = Instant::now();
         self.poll_cgroup_events();
-        // Before reading, so that objects freed without a tracepoint are uncharged.
-        self.sweeper.maybe_sweep(&self.tracer);
         let raw = self.tracer.read()?;
         if raw.counters.lost_cgroup_events > self.lost_cgroup_events {
             self.lost_cgroup_events = raw.counters.lost_cgroup_events;

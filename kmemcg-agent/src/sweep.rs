@@ -4,60 +4,95 @@
 //! uncharges an object when the slab says it is free: its owner record, seen set before, is
 //! cleared (accounted objects); its page is no longer a slab of its cache; or it is on its
 //! slab's freelist (objects without an owner record).
-use std::time::{Duration, Instant};
+use std::{
+    os::fd::{AsFd as _, AsRawFd as _},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
 
+use aya::programs::ProgramFd;
 use kmemcg_common::{
     CPU_OFFSET_PROGRAM, MAX_CPUS, PERCPU_AREAS, PERCPU_OFFSETS, SWEEP_PROGRAM, SWEEP_SLOTS_PER_RUN,
     TruthCounters,
 };
 
-use crate::{api::SweepStatus, error::ReadError, tracer::Tracer};
+use crate::{api::SweepStatus, bpf_batch, tracer::Tracer};
 
-/// Shortest time between two sweeps: samples may come every 250 ms while limits are in force.
+/// Time from the start of one sweep to the start of the next.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
 
 #[derive(Default)]
-pub struct Sweeper {
-    last: Option<Instant>,
+struct SweepState {
     sweeps: u64,
     last_ms: f64,
     max_ms: f64,
     error: Option<String>,
 }
 
-impl Sweeper {
-    /// Sweeps the live-object table when the last sweep is [`SWEEP_INTERVAL`] old.
-    pub fn maybe_sweep(&mut self, tracer: &Tracer) {
-        if tracer.slab_walk_unavailable().is_some()
-            || self.last.is_some_and(|t| t.elapsed() < SWEEP_INTERVAL)
-        {
-            return;
+/// Sweeps in a thread of its own, so that a large table (0.3 s for 800,000 objects on the
+/// test VM) never delays a sample; stopped when dropped.
+#[derive(Default)]
+pub struct Sweeper {
+    state: Arc<Mutex<SweepState>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Sweeper {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
-        let started = Instant::now();
-        self.last = Some(started);
-        match sweep(tracer) {
-            Ok(()) => self.error = None,
+    }
+}
+
+impl Sweeper {
+    /// Starts sweeping `tracer`'s live-object table every [`SWEEP_INTERVAL`], unless this
+    /// kernel allows no slab walk.
+    pub fn start(tracer: &Tracer) -> Self {
+        let mut sweeper = Self::default();
+        if tracer.slab_walk_unavailable().is_some() {
+            return sweeper;
+        }
+        let fd = match tracer.slab_walk_fd(SWEEP_PROGRAM) {
+            Ok(fd) => fd,
             Err(e) => {
-                tracing::warn!(error = %e, "sweep failed");
-                self.error = Some(format!("the last sweep failed: {e}"));
+                sweeper.state.lock().expect("sweep state").error = Some(e.to_string());
+                return sweeper;
+            }
+        };
+        let slots = tracer.config().max_objects.next_power_of_two();
+        let (state, stop) = (sweeper.state.clone(), sweeper.stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("kmemcg-sweep".into())
+            .spawn(move || sweep_loop(&fd, slots, &state, &stop));
+        match thread {
+            Ok(thread) => sweeper.thread = Some(thread),
+            Err(e) => {
+                sweeper.state.lock().expect("sweep state").error =
+                    Some(format!("cannot start the sweep thread: {e}"))
             }
         }
-        self.sweeps += 1;
-        self.last_ms = started.elapsed().as_secs_f64() * 1000.0;
-        self.max_ms = self.max_ms.max(self.last_ms);
+        sweeper
     }
 
     pub fn status(&self, tracer: &Tracer, counters: &TruthCounters) -> SweepStatus {
+        let state = self.state.lock().expect("sweep state");
         let reason = tracer
             .slab_walk_unavailable()
             .map(str::to_string)
-            .or_else(|| self.error.clone());
+            .or_else(|| state.error.clone());
         SweepStatus {
             available: tracer.slab_walk_unavailable().is_none(),
             reason,
-            sweeps: self.sweeps,
-            last_ms: self.last_ms,
-            max_ms: self.max_ms,
+            sweeps: state.sweeps,
+            last_ms: state.last_ms,
+            max_ms: state.max_ms,
             checked: counters.swept_checked,
             swept_objects: counters.swept_objects,
             swept_bytes: counters.swept_bytes,
@@ -136,13 +171,35 @@ fn parse_cpu_list(text: &str) -> Vec<u32> {
         .collect()
 }
 
-fn sweep(tracer: &Tracer) -> Result<(), ReadError> {
-    let slots = tracer.config().max_objects.next_power_of_two();
+fn sweep_loop(fd: &ProgramFd, slots: u32, state: &Mutex<SweepState>, stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        let started = Instant::now();
+        let result = sweep(fd, slots, stop);
+        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+        {
+            let mut state = state.lock().expect("sweep state");
+            state.sweeps += 1;
+            state.last_ms = elapsed_ms;
+            state.max_ms = state.max_ms.max(elapsed_ms);
+            state.error = result.err().map(|e| {
+                tracing::warn!(error = %e, "sweep failed");
+                format!("the last sweep failed: {e}")
+            });
+        }
+        while started.elapsed() < SWEEP_INTERVAL && !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// One pass over the table, a slice per call (a call holds its CPU for at most a few ms).
+fn sweep(fd: &ProgramFd, slots: u32, stop: &AtomicBool) -> std::io::Result<()> {
     let mut start = 0;
-    while start < slots {
+    while start < slots && !stop.load(Ordering::Relaxed) {
         let count = SWEEP_SLOTS_PER_RUN.min(slots - start);
-        tracer.run_slab_walk(SWEEP_PROGRAM, &[start.into(), count.into()])?;
+        bpf_batch::run_raw_tracepoint(fd.as_fd().as_raw_fd(), &[start.into(), count.into()], None)?;
         start += count;
+        std::thread::yield_now();
     }
     Ok(())
 }

@@ -4,7 +4,7 @@ use std::{os::unix::fs::MetadataExt, path::PathBuf};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, MapData, RingBuf},
-    programs::{BtfTracePoint, RawTracePoint},
+    programs::{BtfTracePoint, ProgramFd, RawTracePoint},
 };
 use kmemcg_common::{
     CGROUP_CACHE_STATS, CGROUP_EVENTS, CGROUP_HOOKS, CPU_OFFSET_PROGRAM, CgroupEvent, HOOKS,
@@ -221,6 +221,19 @@ impl Tracer {
     /// Runs the inventory or the sweep program once with these arguments.
     pub fn run_slab_walk(&self, program: &'static str, args: &[u64]) -> Result<u32, ReadError> {
         self.run_slab_walk_on(program, args, None)
+    }
+
+    /// A file descriptor of a slab walk program, for a thread of its own.
+    pub fn slab_walk_fd(&self, program: &'static str) -> Result<ProgramFd, ReadError> {
+        let prog: &RawTracePoint = self
+            .ebpf
+            .program(program)
+            .ok_or(ReadError::MissingMap(program))?
+            .try_into()
+            .map_err(|_| ReadError::MissingMap(program))?;
+        prog.fd()
+            .and_then(|fd| fd.try_clone().map_err(Into::into))
+            .map_err(|_| ReadError::MissingMap(program))
     }
 
     /// Runs a slab walk program once, on `cpu` if given.
