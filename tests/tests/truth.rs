@@ -158,7 +158,9 @@ fn churn_leaves_no_phantoms() {
     );
     let mut residual = (0, 0, 0, 0);
     let mut rows = String::new();
-    wait_until(Duration::from_secs(20), || {
+    // maple_node objects freed into slab sheaves stay charged until their address is reused
+    // (README, "Semantics and limits"): give the host's own allocations time for that.
+    wait_until(Duration::from_secs(40), || {
         let u = agent.cgroup(cgroup.path());
         let kernel = cgroup.kmem_usage().unwrap_or(0);
         residual = (
