@@ -215,4 +215,74 @@ pub struct Status {
     /// nested ones): how far kmemcg's accounted bytes are from the kernel's, host-wide.
     #[serde(default)]
     pub kernel_drift_bytes: Option<i64>,
+    /// The inventory of objects that were live before kmemcg started.
+    #[serde(default)]
+    pub inventory: InventoryStatus,
+    /// The sweep that uncharges objects freed without a free tracepoint.
+    #[serde(default)]
+    pub sweep: SweepStatus,
+}
+
+/// The inventory at start: live accounted slab objects found in the kernel's owner records
+/// (`slab->obj_exts`) and taken into tracking.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct InventoryStatus {
+    /// Whether this kernel allowed it; when not, `reason` says why.
+    pub available: bool,
+    pub reason: Option<String>,
+    /// When it started (seconds since the Unix epoch) and how long it took.
+    pub started_at: u64,
+    pub duration_ms: f64,
+    /// Page frames walked and slab pages among them.
+    pub pages_walked: u64,
+    pub slab_pages: u64,
+    /// Objects with an owner record (accounted to a memcg), and their bytes.
+    pub objects_found: u64,
+    pub bytes_found: u64,
+    /// Of those, taken into tracking (charged to their cgroup and cache) and found tracked
+    /// already (allocated since the hooks attached, or kept in pinned maps).
+    pub objects_added: u64,
+    pub bytes_added: u64,
+    pub already_tracked: u64,
+    /// Owned by a memory cgroup with no cgroup v2 counterpart of the same path, or by the
+    /// root cgroup while it is not tracked: found but not attributed.
+    pub unmapped_objects: u64,
+    pub unmapped_bytes: u64,
+    /// Not taken because a table was full, or because the inventory takes at most half of
+    /// the live-object table.
+    pub dropped: u64,
+    /// Host-wide: slab bytes in use when it ran, and the part no memcg owns (unaccounted,
+    /// allocated before start): kmemcg cannot attribute it. Slabs held by a CPU count as in
+    /// use, so this is an upper bound.
+    pub host_slab_bytes: u64,
+    pub unattributable_slab_bytes: u64,
+    /// Host-wide percpu memory (/proc/meminfo); percpu allocations from before start are not
+    /// inventoried.
+    pub host_percpu_bytes: u64,
+}
+
+/// The sweep: tracked objects checked against the slab, and those found freed without a free
+/// tracepoint (kfree_rcu batches, slab sheaves, kmem_cache_free_bulk), uncharged.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SweepStatus {
+    pub available: bool,
+    pub reason: Option<String>,
+    /// Sweeps done, and how long the last and the slowest took.
+    pub sweeps: u64,
+    pub last_ms: f64,
+    pub max_ms: f64,
+    /// Cumulative: tracked objects checked, and found freed (objects and bytes).
+    pub checked: u64,
+    pub swept_objects: u64,
+    pub swept_bytes: u64,
+    /// How the swept were found freed: owner record cleared, slab page freed or reused, on
+    /// the slab's freelist.
+    pub by_owner_record: u64,
+    pub by_page: u64,
+    pub by_freelist: u64,
+    /// Whether CPU freelists are looked at too (else only slab freelists), and why not.
+    #[serde(default)]
+    pub cpu_freelists: bool,
+    #[serde(default)]
+    pub cpu_freelists_reason: Option<String>,
 }

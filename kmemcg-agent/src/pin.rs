@@ -23,7 +23,8 @@ use thiserror::Error;
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/kmemcg";
 
 /// Bump when the meaning of a pinned map's bytes changes without its size changing.
-const LAYOUT_REVISION: u32 = 2;
+/// 3: bit 30 of a live object's size is the sweep's OBJECT_OWNER_SEEN flag.
+const LAYOUT_REVISION: u32 = 3;
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 

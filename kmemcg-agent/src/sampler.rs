@@ -14,6 +14,7 @@ use crate::{
     kernel,
     kernel_figures::{KernelFigures, KernelFiguresCache},
     report::{self, Report},
+    sweep::Sweeper,
     tracer::Tracer,
 };
 
@@ -27,10 +28,12 @@ pub struct Sampler {
     max_sample_ms: f64,
     lost_cgroup_events: u64,
     kernel_figures: KernelFiguresCache,
+    sweeper: Sweeper,
 }
 
 impl Sampler {
     pub fn new(tracer: Tracer) -> Self {
+        let sweeper = Sweeper::start(&tracer);
         let tree = CgroupTree::new(tracer.cgroup2_mount());
         let kernel_figures = KernelFiguresCache::new(KernelFigures::detect(tracer.cgroup2_mount()));
         Self {
@@ -42,6 +45,7 @@ impl Sampler {
             unknown_last_time: HashSet::new(),
             max_sample_ms: 0.0,
             lost_cgroup_events: 0,
+            sweeper,
         }
     }
 
@@ -142,6 +146,7 @@ impl Sampler {
     ) -> Status {
         let config = self.tracer.config();
         let c = &raw.counters;
+        let truth = self.tracer.truth_counters().unwrap_or_default();
         Status {
             version: env!("CARGO_PKG_VERSION").into(),
             kernel_version: self.kernel_version.clone(),
@@ -175,6 +180,8 @@ impl Sampler {
             updated_at: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
+            inventory: self.tracer.inventory().clone(),
+            sweep: self.sweeper.status(&self.tracer, &truth),
         }
     }
 }

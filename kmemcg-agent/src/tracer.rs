@@ -3,18 +3,21 @@ use std::{os::unix::fs::MetadataExt, path::PathBuf};
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{MapData, RingBuf},
-    programs::BtfTracePoint,
+    maps::{Array, HashMap as BpfHashMap, MapData, RingBuf},
+    programs::{BtfTracePoint, ProgramFd, RawTracePoint},
 };
 use kmemcg_common::{
-    CGROUP_CACHE_STATS, CGROUP_EVENTS, CGROUP_HOOKS, CgroupEvent, HOOKS, LIVE_OBJECTS,
-    RootCgroupMode, STATS_KEYS, globals,
+    CGROUP_CACHE_STATS, CGROUP_EVENTS, CGROUP_HOOKS, CPU_OFFSET_PROGRAM, CgroupEvent, HOOKS,
+    INVENTORY_PROGRAM, LIVE_OBJECTS, MEMCG_CGROUP_IDS, RootCgroupMode, SLAB_LAYOUT, STATS_KEYS,
+    SWEEP_PROGRAM, SlabLayout, TRUTH_COUNTERS, TruthCounters, globals,
 };
 
 use crate::{
+    api::InventoryStatus,
     collector::{self, RawSnapshot},
     error::{ReadError, StartError},
-    kernel::{self, btf::KernelLayout, caps, cgroupfs},
+    inventory,
+    kernel::{self, btf::KernelLayout, caps, cgroupfs, slab_layout},
     pin::{self, PinnedMaps},
 };
 
@@ -69,6 +72,11 @@ pub struct Tracer {
     hooks: Vec<String>,
     cgroup2_mount: PathBuf,
     cgroup_events: RingBuf<MapData>,
+    /// The slab layout the inventory and the sweep run with, or why they cannot run here.
+    slab_walk: Result<SlabLayout, String>,
+    inventory: InventoryStatus,
+    /// CPUs whose freelists the sweep looks at, or why none.
+    cpu_freelists: Result<usize, String>,
     /// Dropped after `ebpf` (field order): the lock outlives the attached programs.
     pinned: Option<PinnedMaps>,
 }
@@ -102,6 +110,8 @@ impl Tracer {
         };
         let root_mode = config.root_mode as u32;
         let possible_cpus = kernel::possible_cpus() as u64;
+        let slab_walk = slab_layout::from_running_kernel();
+        let slab_layout_global = slab_walk.clone().unwrap_or_default();
         let mut loader = EbpfLoader::new();
         if let Some(pinned) = &pinned {
             for map in pin::PINNED_MAPS {
@@ -145,6 +155,7 @@ impl Tracer {
                 &layout.cgroup_root_hierarchy_id_offset,
                 true,
             )
+            .override_global(SLAB_LAYOUT, &slab_layout_global, true)
             .override_global(globals::LIVE_SLOT_MASK, &live_slot_mask, true)
             .override_global(globals::STATS_SLOT_MASK, &stats_slot_mask, true)
             .map_max_entries(STATS_KEYS, stats_slots)
@@ -153,6 +164,12 @@ impl Tracer {
             .load(EBPF_OBJECT)
             .map_err(StartError::from_load)?;
         let hooks = attach_hooks(&mut ebpf)?;
+        // After the hooks: an object allocated from now on is theirs, one allocated before is
+        // the inventory's, and one allocated in between is found by both and taken once.
+        let slab_walk = slab_walk.and_then(|layout| {
+            load_slab_walk_programs(&mut ebpf)?;
+            Ok(layout)
+        });
         let cgroup_events = ebpf
             .take_map(CGROUP_EVENTS)
             .map(RingBuf::try_from)
@@ -166,14 +183,156 @@ impl Tracer {
         if let Some(p) = &pinned {
             tracing::info!(dir = %p.dir().display(), reused = ?p.reused(), "maps pinned");
         }
-        Ok(Self {
+        let mut tracer = Self {
             ebpf,
             config,
             hooks,
             cgroup2_mount,
             cgroup_events,
+            slab_walk,
+            inventory: InventoryStatus::default(),
+            cpu_freelists: Err("not looked for yet".into()),
             pinned,
+        };
+        tracer.cpu_freelists = crate::sweep::find_cpu_offsets(&mut tracer);
+        tracer.inventory = inventory::run(&mut tracer);
+        Ok(tracer)
+    }
+
+    /// Why the inventory and the sweep cannot run on this kernel, if they cannot.
+    pub fn slab_walk_unavailable(&self) -> Option<&str> {
+        self.slab_walk.as_ref().err().map(String::as_str)
+    }
+
+    pub fn slab_layout(&self) -> Option<&SlabLayout> {
+        self.slab_walk.as_ref().ok()
+    }
+
+    /// How many CPUs' freelists the sweep looks at, or why none.
+    pub fn cpu_freelists(&self) -> Result<usize, &str> {
+        self.cpu_freelists.as_ref().copied().map_err(String::as_str)
+    }
+
+    /// What the inventory at start found.
+    pub fn inventory(&self) -> &InventoryStatus {
+        &self.inventory
+    }
+
+    /// Runs the inventory or the sweep program once with these arguments.
+    pub fn run_slab_walk(&self, program: &'static str, args: &[u64]) -> Result<u32, ReadError> {
+        self.run_slab_walk_on(program, args, None)
+    }
+
+    /// A file descriptor of a slab walk program, for a thread of its own.
+    pub fn slab_walk_fd(&self, program: &'static str) -> Result<ProgramFd, ReadError> {
+        let prog: &RawTracePoint = self
+            .ebpf
+            .program(program)
+            .ok_or(ReadError::MissingMap(program))?
+            .try_into()
+            .map_err(|_| ReadError::MissingMap(program))?;
+        prog.fd()
+            .and_then(|fd| fd.try_clone().map_err(Into::into))
+            .map_err(|_| ReadError::MissingMap(program))
+    }
+
+    /// Runs a slab walk program once, on `cpu` if given.
+    pub fn run_slab_walk_on(
+        &self,
+        program: &'static str,
+        args: &[u64],
+        cpu: Option<u32>,
+    ) -> Result<u32, ReadError> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let prog: &RawTracePoint = self
+            .ebpf
+            .program(program)
+            .ok_or(ReadError::MissingMap(program))?
+            .try_into()
+            .map_err(|_| ReadError::MissingMap(program))?;
+        let fd = prog.fd().map_err(|_| ReadError::MissingMap(program))?;
+        crate::bpf_batch::run_raw_tracepoint(fd.as_fd().as_raw_fd(), args, cpu).map_err(
+            |io_error| ReadError::Map {
+                map: program,
+                source: Box::new(aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                    call: "bpf_prog_test_run",
+                    io_error,
+                })),
+            },
+        )
+    }
+
+    /// What the inventory and the sweep did so far.
+    pub fn truth_counters(&self) -> Result<TruthCounters, ReadError> {
+        let map = self
+            .ebpf
+            .map(TRUTH_COUNTERS)
+            .ok_or(ReadError::MissingMap(TRUTH_COUNTERS))?;
+        let array: Array<&MapData, TruthCounters> =
+            Array::try_from(map).map_err(|e| ReadError::Map {
+                map: TRUTH_COUNTERS,
+                source: Box::new(e),
+            })?;
+        array.get(&0, 0).map_err(|e| ReadError::Map {
+            map: TRUTH_COUNTERS,
+            source: Box::new(e),
         })
+    }
+
+    /// An array map of u64 of the slab walk programs, as a vector by index.
+    pub fn read_u64_array(&self, name: &'static str) -> Result<Vec<u64>, ReadError> {
+        let map = self.ebpf.map(name).ok_or(ReadError::MissingMap(name))?;
+        let array: Array<&MapData, u64> = Array::try_from(map).map_err(|e| ReadError::Map {
+            map: name,
+            source: Box::new(e),
+        })?;
+        array
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ReadError::Map {
+                map: name,
+                source: Box::new(e),
+            })
+    }
+
+    /// Writes `values` at indexes 0.. of an array map of u64 of the slab walk programs.
+    pub fn write_u64_array(&mut self, name: &'static str, values: &[u64]) -> Result<(), ReadError> {
+        let map = self.ebpf.map_mut(name).ok_or(ReadError::MissingMap(name))?;
+        let mut array: Array<&mut MapData, u64> =
+            Array::try_from(map).map_err(|e| ReadError::Map {
+                map: name,
+                source: Box::new(e),
+            })?;
+        for (index, value) in values.iter().enumerate() {
+            array
+                .set(index as u32, value, 0)
+                .map_err(|e| ReadError::Map {
+                    map: name,
+                    source: Box::new(e),
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Tells the inventory which cgroup v2 id to charge for each memory cgroup (by the memory
+    /// cgroup's id); needed where the memory controller is on cgroup v1.
+    pub fn set_memcg_cgroup_ids(&mut self, pairs: &[(u64, u64)]) -> Result<(), ReadError> {
+        let map = self
+            .ebpf
+            .map_mut(MEMCG_CGROUP_IDS)
+            .ok_or(ReadError::MissingMap(MEMCG_CGROUP_IDS))?;
+        let mut ids: BpfHashMap<&mut MapData, u64, u64> =
+            BpfHashMap::try_from(map).map_err(|e| ReadError::Map {
+                map: MEMCG_CGROUP_IDS,
+                source: Box::new(e),
+            })?;
+        for (memcg, cgroup) in pairs {
+            ids.insert(memcg, cgroup, 0).map_err(|e| ReadError::Map {
+                map: MEMCG_CGROUP_IDS,
+                source: Box::new(e),
+            })?;
+        }
+        Ok(())
     }
 
     /// Kernel BPF statistics of the programs: (run time in ns, runs).
@@ -222,6 +381,22 @@ impl Tracer {
     pub fn cgroup2_mount(&self) -> &std::path::Path {
         &self.cgroup2_mount
     }
+}
+
+/// Loads (without attaching: the agent runs them) the inventory and sweep programs.
+fn load_slab_walk_programs(ebpf: &mut Ebpf) -> Result<(), String> {
+    for name in [INVENTORY_PROGRAM, SWEEP_PROGRAM, CPU_OFFSET_PROGRAM] {
+        let prog: &mut RawTracePoint = ebpf
+            .program_mut(name)
+            .ok_or_else(|| format!("the eBPF object has no {name} program"))?
+            .try_into()
+            .map_err(|e| format!("{name}: {e}"))?;
+        prog.load().map_err(|e| {
+            tracing::warn!(program = name, error = ?e, "slab walk program refused");
+            format!("the kernel refused the {name} program: {e}")
+        })?;
+    }
+    Ok(())
 }
 
 /// Attaches the programs named in [`HOOKS`] to their tracepoints, frees first: an object

@@ -166,6 +166,11 @@ impl CacheKind {
 
 /// Top bit of [`LiveObject::size_and_flags`]: the kernel's memcg charges the object too.
 pub const OBJECT_ACCOUNTED: u32 = 1 << 31;
+/// Bit 30 of [`LiveObject::size_and_flags`]: the kernel's owner record of the object
+/// (`slabobj_ext.objcg`) was seen set, so its clearing later means the object was freed.
+pub const OBJECT_OWNER_SEEN: u32 = 1 << 30;
+/// Bits of [`LiveObject::size_and_flags`] that are flags, not size.
+pub const OBJECT_FLAGS: u32 = OBJECT_ACCOUNTED | OBJECT_OWNER_SEEN;
 
 /// A slot of [`STATS_KEYS`].
 #[repr(C)]
@@ -193,7 +198,7 @@ pub struct LiveObject {
 impl LiveObject {
     #[inline(always)]
     pub const fn bytes(&self) -> u32 {
-        self.size_and_flags & !OBJECT_ACCOUNTED
+        self.size_and_flags & !OBJECT_FLAGS
     }
 
     #[inline(always)]
@@ -201,6 +206,9 @@ impl LiveObject {
         self.size_and_flags & OBJECT_ACCOUNTED != 0
     }
 }
+
+pub mod truth;
+pub use truth::*;
 
 /// Per-CPU counters of one (cgroup, cache). Live figures are signed: an object allocated on one
 /// CPU and freed on another makes one CPU's value negative; the sum over CPUs is what counts.
@@ -311,6 +319,9 @@ impl CacheName {
 
 const _: () = assert!(core::mem::size_of::<StatsKey>() == 16);
 const _: () = assert!(core::mem::size_of::<LiveObject>() == 16);
+// The sweep sets OBJECT_OWNER_SEEN with a 64-bit atomic OR on the word at stats_slot.
+const _: () = assert!(core::mem::offset_of!(LiveObject, stats_slot) == 8);
+const _: () = assert!(core::mem::offset_of!(LiveObject, size_and_flags) == 12);
 const _: () = assert!(core::mem::size_of::<CacheStats>() == 48);
 const _: () = assert!(core::mem::size_of::<GlobalCounters>() == 40);
 const _: () = assert!(core::mem::size_of::<CgroupEvent>() == 16 + CGROUP_PATH_LEN);
@@ -327,6 +338,8 @@ mod user {
     unsafe impl aya::Pod for GlobalCounters {}
     unsafe impl aya::Pod for CacheName {}
     unsafe impl aya::Pod for CgroupEvent {}
+    unsafe impl aya::Pod for SlabLayout {}
+    unsafe impl aya::Pod for TruthCounters {}
 }
 
 #[cfg(test)]

@@ -27,8 +27,11 @@ use aya_ebpf::{
 use kmemcg_common::{
     CACHE_ID_PERCPU, CGROUP_EVENT_MKDIR, CGROUP_EVENT_RENAME, CGROUP_EVENT_RMDIR, CacheName,
     CacheStats, CgroupEvent, GlobalCounters, LIVE_PROBES, LiveObject, OBJECT_ACCOUNTED,
-    RootCgroupMode, STATS_PROBES, StatsKey, kmalloc_cache_id, live_slot_hash, stats_slot_hash,
+    OBJECT_FLAGS, RootCgroupMode, STATS_PROBES, StatsKey, kmalloc_cache_id, live_slot_hash,
+    stats_slot_hash,
 };
+
+mod truth;
 
 // Load-time configuration, written by the agent (EbpfLoader::set_global). Read-only and frozen,
 // so the verifier treats them as constants.
@@ -318,7 +321,7 @@ fn on_alloc(alloc: Allocation) {
     let object = LiveObject {
         ptr: alloc.ptr,
         stats_slot: slot,
-        size_and_flags: alloc.bytes as u32 & !OBJECT_ACCOUNTED
+        size_and_flags: alloc.bytes as u32 & !OBJECT_FLAGS
             | if alloc.accounted { OBJECT_ACCOUNTED } else { 0 },
     };
     match remember(&object) {
@@ -395,6 +398,31 @@ fn remember(object: &LiveObject) -> Remembered {
         }
     }
     Remembered::Full
+}
+
+/// Puts `object` in a free slot unless its address is tracked already (the inventory's
+/// insert): Some(true) when taken, Some(false) when tracked already, None when full.
+#[inline(always)]
+fn remember_new(object: &LiveObject) -> Option<bool> {
+    for probe in 0..LIVE_PROBES {
+        let slot = live_slot(object.ptr, probe)?;
+        // SAFETY: a slot of the array map.
+        if unsafe { core::ptr::read_volatile(&raw const (*slot).ptr) } == object.ptr {
+            return Some(false);
+        }
+    }
+    for probe in 0..LIVE_PROBES {
+        let slot = live_slot(object.ptr, probe)?;
+        // SAFETY: as in `remember`.
+        unsafe {
+            let claim = &raw mut (*slot).ptr;
+            if core::ptr::read_volatile(claim) == 0 && compare_and_swap(claim, 0, object.ptr) {
+                write_owner(slot, object);
+                return Some(true);
+            }
+        }
+    }
+    None
 }
 
 /// Writes everything but the (already claimed) address.

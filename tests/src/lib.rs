@@ -123,6 +123,11 @@ impl TestCgroup {
         &self.v2_dir
     }
 
+    /// The v1 memory cgroup of the same path, where the memory controller is on v1.
+    pub fn memory_dir(&self) -> Option<&Path> {
+        self.memory_dir.as_deref()
+    }
+
     /// The directories a workload joins.
     pub fn join_dirs(&self) -> Vec<PathBuf> {
         std::iter::once(self.v2_dir.clone())

@@ -62,6 +62,19 @@ enum Work {
     /// Start COUNT threads that sleep (a kernel stack each), print `ready`, hold them until
     /// stdin closes.
     Threads { count: u32 },
+    /// Create COUNT Unix socketpairs, print `ready`, hold them until stdin closes.
+    Socketpairs { count: u32 },
+    /// For SECONDS: create a batch of files in DIR, socketpairs and a forked child that exits,
+    /// then delete and close them all; nothing is left when it returns.
+    ChurnMix { dir: PathBuf, seconds: f64 },
+    /// For each of COUNT child cgroups of the cgroup directories PARENTS (comma separated:
+    /// v2 and v1 memory of the same path, this process being in them): create them, move in,
+    /// create a file in DIR, a socketpair and a child that exits, move back, remove them.
+    ChurnUse {
+        parents: String,
+        dir: PathBuf,
+        count: u32,
+    },
     /// Allocation-heavy mix for the benchmark for SECONDS: open/close, create/unlink,
     /// sockets, pipes and percpu maps in DIR. Prints operations per second.
     Mix { dir: PathBuf, seconds: f64 },
@@ -95,6 +108,21 @@ fn main() -> anyhow::Result<()> {
             file_loop(&dir, rate)
         }
         Work::Churn { parent, dir, count } => churn(&parent, &dir, count),
+        Work::Socketpairs { count } => {
+            let pairs = (0..count)
+                .map(|_| std::os::unix::net::UnixStream::pair())
+                .collect::<Result<Vec<_>, _>>()
+                .context("creating socketpairs")?;
+            hold(|| Ok(()))?;
+            drop(pairs);
+            Ok(())
+        }
+        Work::ChurnMix { dir, seconds } => churn_mix(&dir, Duration::from_secs_f64(seconds)),
+        Work::ChurnUse {
+            parents,
+            dir,
+            count,
+        } => churn_use(&parents, &dir, count),
         Work::Mix { dir, seconds } => mix(&dir, Duration::from_secs_f64(seconds)),
     }
 }
@@ -240,6 +268,68 @@ fn churn(parent: &Path, dir: &Path, count: u32) -> anyhow::Result<()> {
         std::fs::File::create(dir.join(format!("c{i}")))?;
         join(parent)?;
         std::fs::remove_dir(&cgroup).with_context(|| format!("removing {}", cgroup.display()))?;
+    }
+    println!("{count} cgroups in {:.1} s", start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Forks a child that exits at once, and reaps it.
+fn fork_exit() -> anyhow::Result<()> {
+    // SAFETY: the child only calls _exit.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: in the child.
+        unsafe { libc::_exit(0) };
+    }
+    anyhow::ensure!(pid > 0, "fork failed");
+    let mut status = 0;
+    // SAFETY: waits for our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    Ok(())
+}
+
+fn churn_mix(dir: &Path, duration: Duration) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let start = Instant::now();
+    let mut rounds = 0u64;
+    while start.elapsed() < duration {
+        let mut files = Vec::new();
+        for i in 0..100 {
+            let path = dir.join(format!("c{i}"));
+            files.push(std::fs::File::create(&path)?);
+        }
+        let pairs = (0..20)
+            .map(|_| std::os::unix::net::UnixStream::pair())
+            .collect::<Result<Vec<_>, _>>()?;
+        fork_exit()?;
+        drop(pairs);
+        drop(files);
+        for i in 0..100 {
+            std::fs::remove_file(dir.join(format!("c{i}")))?;
+        }
+        rounds += 1;
+    }
+    println!("{rounds} rounds");
+    Ok(())
+}
+
+fn churn_use(parents: &str, dir: &Path, count: u32) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let parents: Vec<PathBuf> = parents.split(',').map(PathBuf::from).collect();
+    let start = Instant::now();
+    for i in 0..count {
+        let children: Vec<PathBuf> = parents.iter().map(|p| p.join(format!("use-{i}"))).collect();
+        for child in &children {
+            std::fs::create_dir(child).with_context(|| format!("creating {}", child.display()))?;
+            join(child)?;
+        }
+        std::fs::File::create(dir.join(format!("u{i}")))?;
+        drop(std::os::unix::net::UnixStream::pair()?);
+        fork_exit()?;
+        for (parent, child) in parents.iter().zip(&children) {
+            join(parent)?;
+            std::fs::remove_dir(child).with_context(|| format!("removing {}", child.display()))?;
+        }
     }
     println!("{count} cgroups in {:.1} s", start.elapsed().as_secs_f64());
     Ok(())

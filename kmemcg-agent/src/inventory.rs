@@ -1,0 +1,220 @@
+//! The inventory at start: kmemcg's hooks see only what is allocated after they attach, but
+//! the kernel keeps an owner record (`slab->obj_exts[i].objcg`) for every live accounted slab
+//! object. Right after attaching, the tracer runs the `inventory` program over every page
+//! frame, a slice at a time; it takes each owned object into the live-object table, charged to
+//! its memcg's cgroup, so that it shows at once and its later free uncharges it. Objects
+//! tracked already (allocated since the hooks attached, or kept in pinned maps across a
+//! restart) are left as they are, so nothing is counted twice.
+use std::{
+    collections::HashMap,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    time::{Instant, SystemTime, UNIX_EPOCH},
+};
+
+use kmemcg_common::{INVENTORY_PFNS_PER_RUN, INVENTORY_PROGRAM, TruthCounters};
+
+use crate::{api::InventoryStatus, kernel::slab_layout, tracer::Tracer};
+
+/// Most memory cgroups mapped to a cgroup v2 id (the map's capacity).
+const MAX_MEMCG_PAIRS: usize = 1 << 16;
+
+pub fn run(tracer: &mut Tracer) -> InventoryStatus {
+    let mut status = InventoryStatus {
+        started_at: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        host_percpu_bytes: meminfo_bytes("Percpu").unwrap_or(0),
+        ..InventoryStatus::default()
+    };
+    if let Some(reason) = tracer.slab_walk_unavailable() {
+        status.reason = Some(reason.to_string());
+        tracing::warn!(reason, "no inventory of objects allocated before start");
+        return status;
+    }
+    let started = Instant::now();
+    let before = tracer.truth_counters().unwrap_or_default();
+    if let Some(memory) = memcg_v1_mount() {
+        let pairs = memcg_pairs(&memory, tracer.cgroup2_mount());
+        if let Err(e) = tracer.set_memcg_cgroup_ids(&pairs) {
+            tracing::warn!(error = %e, "memory cgroups not mapped to cgroup v2 ids");
+        }
+    }
+    // At most half the live-object table, so that new allocations still find room.
+    let budget =
+        before.added_objects + u64::from(tracer.config().max_objects.next_power_of_two() / 2);
+    let zoneinfo = std::fs::read_to_string("/proc/zoneinfo").unwrap_or_default();
+    for range in slab_layout::pfn_ranges(&zoneinfo) {
+        let mut start = range.start;
+        while start < range.end {
+            let count = INVENTORY_PFNS_PER_RUN.min(range.end - start);
+            if let Err(e) = tracer.run_slab_walk(INVENTORY_PROGRAM, &[start, count, budget]) {
+                status.reason = Some(format!("the inventory stopped at page frame {start}: {e}"));
+                tracing::warn!(error = %e, "inventory stopped");
+                return status;
+            }
+            status.pages_walked += count;
+            start += count;
+            // Each run holds its CPU for about a millisecond; let others in between.
+            std::thread::yield_now();
+        }
+    }
+    status.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+    match tracer.truth_counters() {
+        Ok(after) => fill(&mut status, &difference(&after, &before)),
+        Err(e) => status.reason = Some(format!("cannot read the inventory's counters: {e}")),
+    }
+    status.available = status.reason.is_none();
+    tracing::info!(
+        duration_ms = status.duration_ms,
+        objects = status.objects_added,
+        bytes = status.bytes_added,
+        already_tracked = status.already_tracked,
+        "inventory of objects allocated before start"
+    );
+    status
+}
+
+fn fill(status: &mut InventoryStatus, c: &TruthCounters) {
+    status.slab_pages = c.slab_pages;
+    status.objects_found = c.accounted_objects;
+    status.bytes_found = c.accounted_bytes;
+    status.objects_added = c.added_objects;
+    status.bytes_added = c.added_bytes;
+    status.already_tracked = c.already_tracked;
+    status.unmapped_objects = c.unmapped_objects;
+    status.unmapped_bytes = c.unmapped_bytes;
+    status.dropped = c.dropped;
+    status.host_slab_bytes = c.slab_bytes_in_use;
+    status.unattributable_slab_bytes = c.slab_bytes_in_use.saturating_sub(c.accounted_bytes);
+}
+
+fn difference(after: &TruthCounters, before: &TruthCounters) -> TruthCounters {
+    let d = |a: u64, b: u64| a.saturating_sub(b);
+    TruthCounters {
+        slab_pages: d(after.slab_pages, before.slab_pages),
+        slab_objects_in_use: d(after.slab_objects_in_use, before.slab_objects_in_use),
+        slab_bytes_in_use: d(after.slab_bytes_in_use, before.slab_bytes_in_use),
+        accounted_objects: d(after.accounted_objects, before.accounted_objects),
+        accounted_bytes: d(after.accounted_bytes, before.accounted_bytes),
+        added_objects: d(after.added_objects, before.added_objects),
+        added_bytes: d(after.added_bytes, before.added_bytes),
+        already_tracked: d(after.already_tracked, before.already_tracked),
+        unmapped_objects: d(after.unmapped_objects, before.unmapped_objects),
+        unmapped_bytes: d(after.unmapped_bytes, before.unmapped_bytes),
+        dropped: d(after.dropped, before.dropped),
+        ..TruthCounters::default()
+    }
+}
+
+/// A /proc/meminfo figure in bytes.
+fn meminfo_bytes(field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    parse_meminfo(&text, field)
+}
+
+fn parse_meminfo(text: &str, field: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let (name, rest) = line.split_once(':')?;
+        (name == field).then(|| {
+            let kib: u64 = rest.split_whitespace().next()?.parse().ok()?;
+            Some(kib * 1024)
+        })?
+    })
+}
+
+/// Where the cgroup v1 memory controller is mounted, on hybrid hosts.
+fn memcg_v1_mount() -> Option<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    parse_memcg_v1_mount(&mountinfo)
+}
+
+fn parse_memcg_v1_mount(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let mut fields = left.split_whitespace();
+        let root = fields.nth(3)?;
+        let mount_point = fields.next()?;
+        let mut right = right.split_whitespace();
+        let (fstype, _source, options) = (right.next()?, right.next()?, right.next()?);
+        (fstype == "cgroup" && root == "/" && options.split(',').any(|o| o == "memory"))
+            .then(|| PathBuf::from(mount_point))
+    })
+}
+
+/// (memory cgroup id, cgroup v2 id) of every v1 memory cgroup with a v2 cgroup at the same
+/// path: the obj_cgroup's memcg is the v1 one, kmemcg charges the v2 one.
+fn memcg_pairs(memory: &Path, cgroup2: &Path) -> Vec<(u64, u64)> {
+    let mut pairs = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(relative) = stack.pop() {
+        if pairs.len() >= MAX_MEMCG_PAIRS {
+            tracing::warn!("more than {MAX_MEMCG_PAIRS} memory cgroups: the rest not mapped");
+            break;
+        }
+        let dir = memory.join(&relative);
+        let (Ok(v1), Ok(v2)) = (
+            std::fs::metadata(&dir),
+            std::fs::metadata(cgroup2.join(&relative)),
+        ) else {
+            continue;
+        };
+        pairs.push((v1.ino(), v2.ino()));
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(relative.join(entry.file_name()));
+            }
+        }
+    }
+    // A cgroup seen twice (a rename during the walk) keeps its last pairing.
+    pairs
+        .into_iter()
+        .collect::<HashMap<u64, u64>>()
+        .into_iter()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_v1_memory_mount() {
+        let mountinfo = "35 24 0:30 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw\n\
+                         36 24 0:31 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu,cpuacct\n\
+                         37 24 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
+        assert_eq!(
+            parse_memcg_v1_mount(mountinfo),
+            Some(PathBuf::from("/sys/fs/cgroup/memory"))
+        );
+        assert_eq!(parse_memcg_v1_mount(&mountinfo[..100]), None);
+    }
+
+    #[test]
+    fn meminfo_in_bytes() {
+        let text = "MemTotal:       24684084 kB\nPercpu:             3648 kB\n";
+        assert_eq!(parse_meminfo(text, "Percpu"), Some(3648 * 1024));
+        assert_eq!(parse_meminfo(text, "Slab"), None);
+    }
+
+    #[test]
+    fn counters_since_a_start() {
+        let before = TruthCounters {
+            accounted_objects: 5,
+            added_bytes: 100,
+            ..TruthCounters::default()
+        };
+        let after = TruthCounters {
+            accounted_objects: 12,
+            added_bytes: 400,
+            swept_objects: 3,
+            ..TruthCounters::default()
+        };
+        let d = difference(&after, &before);
+        assert_eq!((d.accounted_objects, d.added_bytes), (7, 300));
+        assert_eq!(d.swept_objects, 0);
+    }
+}

@@ -1,0 +1,298 @@
+//! The layout the inventory and the sweep need to go from an object's address to its slab and
+//! owner record: `struct page`, `struct slab`, `struct slabobj_ext`, `struct obj_cgroup` and
+//! friends from BTF; the memory map's bases and size from /proc. A kernel without one of them
+//! (no `obj_exts`: before 6.10, or without CONFIG_MEMCG) gets no inventory and no sweep, with
+//! the reason in the status; tracing works as before.
+use std::path::Path;
+
+use btf_rs::{Btf, Type};
+use fallible_iterator::FallibleIterator;
+use kmemcg_common::SlabLayout;
+
+/// Bases of the 4-level x86_64 memory map without randomization (Documentation/arch/x86/
+/// x86_64/mm.rst); randomized kernels have variables holding them, found in /proc/kallsyms.
+const DEFAULT_VMEMMAP_BASE: u64 = 0xffff_ea00_0000_0000;
+const DEFAULT_PAGE_OFFSET_BASE: u64 = 0xffff_8880_0000_0000;
+
+/// Reads the layout from the running kernel, or says why it cannot.
+pub fn from_running_kernel() -> Result<SlabLayout, String> {
+    if !cfg!(target_arch = "x86_64") {
+        return Err("the slab walk knows only the x86_64 memory map".into());
+    }
+    let btf = Btf::from_file(Path::new(super::btf::VMLINUX_BTF))
+        .map_err(|e| format!("cannot parse the kernel's BTF: {e}"))?;
+    let mut layout = from_btf(&btf)?;
+    let symbols = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
+    let (vmemmap_symbol, page_offset_symbol) = (
+        kallsyms_address(&symbols, "vmemmap_base"),
+        kallsyms_address(&symbols, "page_offset_base"),
+    );
+    match (vmemmap_symbol, page_offset_symbol) {
+        (Some(0), _) | (_, Some(0)) => {
+            return Err(
+                "this kernel randomizes its memory map and /proc/kallsyms hides the \
+                        addresses of vmemmap_base and page_offset_base (give kmemcg \
+                        CAP_SYSLOG or run it as root)"
+                    .into(),
+            );
+        }
+        (vmemmap, page_offset) => {
+            layout.vmemmap_base_symbol = vmemmap.unwrap_or(0);
+            layout.page_offset_base_symbol = page_offset.unwrap_or(0);
+        }
+    }
+    layout.vmemmap_base = DEFAULT_VMEMMAP_BASE;
+    layout.page_offset_base = DEFAULT_PAGE_OFFSET_BASE;
+    let zoneinfo = std::fs::read_to_string("/proc/zoneinfo")
+        .map_err(|e| format!("cannot read /proc/zoneinfo: {e}"))?;
+    layout.max_pfn = pfn_ranges(&zoneinfo)
+        .iter()
+        .map(|r| r.end)
+        .max()
+        .ok_or("no memory zone in /proc/zoneinfo")?;
+    // SAFETY: sysconf has no preconditions.
+    let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
+    layout.page_shift = page_size.trailing_zeros();
+    Ok(layout)
+}
+
+/// The address of a kernel symbol (0 when /proc/kallsyms hides it), None when absent.
+fn kallsyms_address(kallsyms: &str, name: &str) -> Option<u64> {
+    kallsyms.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let address = fields.next()?;
+        let _kind = fields.next()?;
+        (fields.next()? == name).then(|| u64::from_str_radix(address, 16).unwrap_or(0))
+    })
+}
+
+/// Page frame ranges of the memory zones that span any.
+pub fn pfn_ranges(zoneinfo: &str) -> Vec<std::ops::Range<u64>> {
+    let mut ranges = Vec::new();
+    let mut spanned = None;
+    for line in zoneinfo.lines() {
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next()) {
+            (Some("Node"), _) => spanned = None,
+            (Some("spanned"), Some(n)) => spanned = n.parse::<u64>().ok(),
+            (Some("start_pfn:"), Some(n)) => {
+                if let (Some(len), Ok(start)) = (spanned.take(), n.parse::<u64>())
+                    && len > 0
+                {
+                    ranges.push(start..start + len);
+                }
+            }
+            _ => {}
+        }
+    }
+    ranges
+}
+
+pub fn from_btf(btf: &Btf) -> Result<SlabLayout, String> {
+    let page = find_struct(btf, "page")?;
+    let slab = find_struct(btf, "slab")?;
+    let ext = find_struct(btf, "slabobj_ext")?;
+    let cache = find_struct(btf, "kmem_cache")?;
+    let bytes = |st: &btf_rs::Struct, name: &str, field: &str| -> Result<u32, String> {
+        find_member(btf, st, field)
+            .map(|(bits, _)| bits / 8)
+            .ok_or_else(|| format!("struct {name} has no field `{field}`"))
+    };
+    let counters = bytes(&slab, "slab", "counters")?;
+    let bitfield = |field: &str| -> Result<(u32, u32), String> {
+        match find_member(btf, &slab, field) {
+            Some((bit, Some(width))) if width > 0 && bit >= counters * 8 => {
+                Ok((bit - counters * 8, width))
+            }
+            _ => Err(format!("struct slab has no bit field `{field}`")),
+        }
+    };
+    let (inuse_shift, inuse_bits) = bitfield("inuse")?;
+    let (objects_shift, objects_bits) = bitfield("objects")?;
+    let field = |name: &str, field: &str| bytes(&find_struct(btf, name)?, name, field);
+    let flags_count = enum_value(btf, "__NR_OBJEXTS_FLAGS")
+        .or_else(|| enum_value(btf, "__NR_MEMCG_DATA_FLAGS"))
+        .ok_or("the kernel's BTF has no obj_exts flags (__NR_OBJEXTS_FLAGS)")?;
+    let random = find_member(btf, &cache, "random");
+    let cpu = cpu_freelist_layout(btf).unwrap_or_else(|why| {
+        tracing::info!(why, "CPU freelists will not be checked by the sweep");
+        [0; 9]
+    });
+    Ok(SlabLayout {
+        slab_frozen_shift: cpu[0],
+        kmem_cache_cpu_slab_offset: cpu[1],
+        kmem_cache_cpu_freelist_offset: cpu[2],
+        kmem_cache_cpu_slab_field_offset: cpu[3],
+        task_se_offset: cpu[4],
+        se_cfs_rq_offset: cpu[5],
+        cfs_rq_rq_offset: cpu[6],
+        runqueues_offset: cpu[7],
+        this_cpu_off_offset: cpu[8],
+        obj_exts_flags_mask: u64::from(flags_count.next_power_of_two() - 1),
+        struct_page_size: page.size() as u32,
+        page_compound_head_offset: bytes(&page, "page", "compound_head")?,
+        slab_cache_offset: bytes(&slab, "slab", "slab_cache")?,
+        slab_freelist_offset: bytes(&slab, "slab", "freelist")?,
+        slab_counters_offset: counters,
+        slab_inuse_shift: inuse_shift,
+        slab_inuse_bits: inuse_bits,
+        slab_objects_shift: objects_shift,
+        slab_objects_bits: objects_bits,
+        slab_page_type_offset: bytes(&slab, "slab", "__page_type")?,
+        slab_obj_exts_offset: bytes(&slab, "slab", "obj_exts")
+            .map_err(|_| "struct slab has no obj_exts (Linux 6.10 or later with CONFIG_MEMCG)")?,
+        pgty_slab: enum_value(btf, "PGTY_slab").ok_or("the kernel's BTF has no PGTY_slab")?,
+        // Absent before large kmalloc pages had a type; 0 then matches no typed page.
+        pgty_large_kmalloc: enum_value(btf, "PGTY_large_kmalloc").unwrap_or(0),
+        obj_ext_size: ext.size() as u32,
+        obj_ext_objcg_offset: bytes(&ext, "slabobj_ext", "objcg")?,
+        objcg_memcg_offset: field("obj_cgroup", "memcg")?,
+        memcg_css_offset: field("mem_cgroup", "css")?,
+        css_cgroup_offset: field("cgroup_subsys_state", "cgroup")?,
+        kmem_cache_offset_offset: bytes(&cache, "kmem_cache", "offset")?,
+        kmem_cache_random_offset: random.map_or(0, |(bits, _)| bits / 8),
+        kmem_cache_red_left_pad_offset: bytes(&cache, "kmem_cache", "red_left_pad")?,
+        freelist_hardened: u32::from(random.is_some()),
+        slab_kmalloc: 1 << enum_value(btf, "_SLAB_KMALLOC").ok_or("no _SLAB_KMALLOC")?,
+        ..SlabLayout::default()
+    })
+}
+
+/// What the sweep needs to look at CPU freelists, all zero when this kernel lacks a piece
+/// (e.g. no `struct kmem_cache_cpu` on kernels without CPU slabs, no `sched_entity::cfs_rq`
+/// without CONFIG_FAIR_GROUP_SCHED).
+fn cpu_freelist_layout(btf: &Btf) -> Result<[u32; 9], String> {
+    let offset = |name: &str, field: &str| -> Result<u32, String> {
+        find_member(btf, &find_struct(btf, name)?, field)
+            .map(|(bits, _)| bits / 8)
+            .ok_or_else(|| format!("struct {name} has no field `{field}`"))
+    };
+    let slab = find_struct(btf, "slab")?;
+    let counters = offset("slab", "counters")?;
+    let frozen = match find_member(btf, &slab, "frozen") {
+        Some((bit, Some(1))) if bit >= counters * 8 => bit - counters * 8,
+        _ => return Err("struct slab has no `frozen` bit".into()),
+    };
+    Ok([
+        frozen,
+        offset("kmem_cache", "cpu_slab")?,
+        offset("kmem_cache_cpu", "freelist")?,
+        offset("kmem_cache_cpu", "slab")?,
+        offset("task_struct", "se")?,
+        offset("sched_entity", "cfs_rq")?,
+        offset("cfs_rq", "rq")?,
+        percpu_variable_offset(btf, "runqueues")?,
+        percpu_variable_offset(btf, "this_cpu_off")?,
+    ])
+}
+
+/// Offset of a percpu variable in the kernel's percpu section (`.data..percpu`).
+fn percpu_variable_offset(btf: &Btf, name: &str) -> Result<u32, String> {
+    let sections = btf
+        .resolve_types_by_name(".data..percpu")
+        .map_err(|_| "the kernel's BTF has no percpu section".to_string())?;
+    for section in sections {
+        let Type::Datasec(section) = section else {
+            continue;
+        };
+        for variable in &section.variables {
+            if let Ok(Type::Var(var)) = btf.resolve_chained_type(variable)
+                && btf.resolve_name(&var).is_ok_and(|n| n == name)
+            {
+                return Ok(variable.offset());
+            }
+        }
+    }
+    Err(format!("no percpu variable {name} in the kernel's BTF"))
+}
+
+fn find_struct(btf: &Btf, name: &str) -> Result<btf_rs::Struct, String> {
+    btf.resolve_types_by_name(name)
+        .ok()
+        .into_iter()
+        .flatten()
+        .find_map(|t| match t {
+            Type::Struct(s) if !s.members.is_empty() => Some(s),
+            _ => None,
+        })
+        .ok_or_else(|| format!("struct {name} is not in the kernel's BTF"))
+}
+
+/// (bit offset, bit-field width) of a member, looking into anonymous structs and unions.
+fn find_member(btf: &Btf, st: &btf_rs::Struct, field: &str) -> Option<(u32, Option<u32>)> {
+    for member in &st.members {
+        let name = btf.resolve_name(member).unwrap_or_default();
+        if name == field {
+            return Some((member.bit_offset(), member.bitfield_size()));
+        }
+        if name.is_empty() {
+            let inner = match btf.resolve_chained_type(member) {
+                Ok(Type::Struct(s)) | Ok(Type::Union(s)) => s,
+                _ => continue,
+            };
+            if let Some((bits, width)) = find_member(btf, &inner, field) {
+                return Some((member.bit_offset() + bits, width));
+            }
+        }
+    }
+    None
+}
+
+fn enum_value(btf: &Btf, enumerator: &str) -> Option<u32> {
+    let mut types = btf.type_iter();
+    while let Ok(Some(ty)) = types.next() {
+        if let Type::Enum(e) = ty {
+            for member in &e.members {
+                if btf.resolve_name(member).is_ok_and(|n| n == enumerator) {
+                    return Some(member.val());
+                }
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zone_ranges_from_zoneinfo() {
+        let zoneinfo = "Node 0, zone      DMA\n  pages free 1\n        spanned  4095\n  \
+                        start_pfn:           1\nNode 0, zone    DMA32\n        spanned  1044480\n  \
+                        start_pfn:           4096\nNode 0, zone  Movable\n        spanned  0\n";
+        assert_eq!(pfn_ranges(zoneinfo), vec![1..4096, 4096..1_048_576]);
+    }
+
+    #[test]
+    fn kallsyms_addresses() {
+        let text = "ffffffff81000000 T _text\nffffffff82a1b2c0 D page_offset_base\n\
+                    0000000000000000 D vmemmap_base\n";
+        assert_eq!(
+            kallsyms_address(text, "page_offset_base"),
+            Some(0xffff_ffff_82a1_b2c0)
+        );
+        assert_eq!(kallsyms_address(text, "vmemmap_base"), Some(0));
+        assert_eq!(kallsyms_address(text, "max_pfn"), None);
+    }
+
+    #[test]
+    fn reads_the_running_kernels_slab_layout() {
+        if !Path::new(super::super::btf::VMLINUX_BTF).exists() {
+            return;
+        }
+        let btf = Btf::from_file(Path::new(super::super::btf::VMLINUX_BTF)).unwrap();
+        let Ok(layout) = from_btf(&btf) else {
+            return; // a kernel without obj_exts: nothing to check
+        };
+        assert!(layout.struct_page_size >= 64);
+        assert_eq!(layout.slab_inuse_bits + layout.slab_objects_bits, 31);
+        assert!(layout.obj_ext_size >= 8);
+        assert!(layout.obj_exts_flags_mask.count_ones() >= 1);
+        assert!(layout.slab_obj_exts_offset > layout.slab_cache_offset);
+        if layout.this_cpu_off_offset != 0 {
+            assert_eq!(layout.slab_frozen_shift, 31);
+            assert!(layout.runqueues_offset != layout.this_cpu_off_offset);
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! The contract of the two programs the agent runs itself (never on an event): the inventory,
+//! which finds the accounted slab objects that were live before kmemcg started, and the sweep,
+//! which uncharges tracked objects that were freed without a free tracepoint.
+
+/// Program that walks a range of page frames and takes the accounted slab objects it finds
+/// into [`crate::LIVE_OBJECTS`]. Run with `BPF_PROG_TEST_RUN`, arguments (first pfn, count).
+pub const INVENTORY_PROGRAM: &str = "inventory";
+/// Program that checks a range of [`crate::LIVE_OBJECTS`] slots against the slab and
+/// uncharges objects that are no longer allocated. Arguments (first slot, count).
+pub const SWEEP_PROGRAM: &str = "sweep";
+/// Program that finds this CPU's percpu offset (`__per_cpu_offset[cpu]`), run once on each
+/// CPU; results in [`PERCPU_OFFSETS`] and [`PERCPU_AREAS`].
+pub const CPU_OFFSET_PROGRAM: &str = "cpu_offset";
+/// Array map, by CPU: the percpu offset the sweep adds to `kmem_cache::cpu_slab` to reach a
+/// CPU's `struct kmem_cache_cpu` (0: unknown, that CPU's freelist is not checked).
+pub const PERCPU_OFFSETS: &str = "PERCPU_OFFSETS";
+/// Array map, by CPU: where the CPU's percpu area starts, as found by [`CPU_OFFSET_PROGRAM`]
+/// (for the agent's consistency check: area - offset is the same on every CPU).
+pub const PERCPU_AREAS: &str = "PERCPU_AREAS";
+/// Most CPUs whose freelists the sweep checks.
+pub const MAX_CPUS: u32 = 1024;
+/// Page frames one inventory run walks: a run keeps its CPU for about a millisecond on a paravirtualized guest.
+pub const INVENTORY_PFNS_PER_RUN: u64 = 4 * 1024;
+/// Live-object slots one sweep run checks.
+pub const SWEEP_SLOTS_PER_RUN: u32 = 16 * 1024;
+
+/// Hash map: cgroup id of a memory cgroup (the cgroup behind an `obj_cgroup`) -> the cgroup
+/// v2 id kmemcg charges. Filled by the agent on hosts where the memory controller is on
+/// cgroup v1 (by path); on cgroup v2 the memcg's cgroup is the v2 cgroup itself.
+pub const MEMCG_CGROUP_IDS: &str = "MEMCG_CGROUP_IDS";
+/// One [`TruthCounters`] (an array map of one entry, updated atomically).
+pub const TRUTH_COUNTERS: &str = "TRUTH_COUNTERS";
+/// Name of the load-time global holding the [`SlabLayout`].
+pub const SLAB_LAYOUT: &str = "SLAB_LAYOUT";
+
+/// How to go from an object's address to its slab and owner record on this kernel: the
+/// memory map's bases and the `struct page`/`struct slab`/`struct kmem_cache` layout, all from
+/// BTF and /proc at load time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlabLayout {
+    /// Base of the `struct page` array and of the direct map, used when the kernel has no
+    /// variables for them (no memory-layout randomization).
+    pub vmemmap_base: u64,
+    pub page_offset_base: u64,
+    /// Addresses of the kernel's `vmemmap_base` and `page_offset_base` variables (randomized
+    /// layouts), read at run time; 0 when absent.
+    pub vmemmap_base_symbol: u64,
+    pub page_offset_base_symbol: u64,
+    /// One past the highest page frame number.
+    pub max_pfn: u64,
+    /// Mask of the flag bits in `slab->obj_exts`.
+    pub obj_exts_flags_mask: u64,
+    pub page_shift: u32,
+    pub struct_page_size: u32,
+    pub page_compound_head_offset: u32,
+    pub slab_cache_offset: u32,
+    pub slab_freelist_offset: u32,
+    /// Offset of the word holding `inuse` and `objects`, and their bit positions and widths.
+    pub slab_counters_offset: u32,
+    pub slab_inuse_shift: u32,
+    pub slab_inuse_bits: u32,
+    pub slab_objects_shift: u32,
+    pub slab_objects_bits: u32,
+    pub slab_page_type_offset: u32,
+    pub slab_obj_exts_offset: u32,
+    /// Page types (`page_type >> 24`) of slab pages and of large kmalloc pages.
+    pub pgty_slab: u32,
+    pub pgty_large_kmalloc: u32,
+    pub obj_ext_size: u32,
+    pub obj_ext_objcg_offset: u32,
+    pub objcg_memcg_offset: u32,
+    /// `struct mem_cgroup::css` and `struct cgroup_subsys_state::cgroup`.
+    pub memcg_css_offset: u32,
+    pub css_cgroup_offset: u32,
+    /// `struct kmem_cache`: where a free object keeps its next-free pointer, the freelist
+    /// pointer key (hardened freelists) and the red zone before each object.
+    pub kmem_cache_offset_offset: u32,
+    pub kmem_cache_random_offset: u32,
+    pub kmem_cache_red_left_pad_offset: u32,
+    /// 1 when freelist pointers are obfuscated (`CONFIG_SLAB_FREELIST_HARDENED`).
+    pub freelist_hardened: u32,
+    /// `SLAB_KMALLOC` as a mask: such caches are named as kmalloc buckets.
+    pub slab_kmalloc: u32,
+    /// Bit of `frozen` in the counters word: the slab is a CPU's, whose free objects are on
+    /// that CPU's freelist.
+    pub slab_frozen_shift: u32,
+    /// `struct kmem_cache::cpu_slab`, `struct kmem_cache_cpu::{freelist, slab}`.
+    pub kmem_cache_cpu_slab_offset: u32,
+    pub kmem_cache_cpu_freelist_offset: u32,
+    pub kmem_cache_cpu_slab_field_offset: u32,
+    /// To find a CPU's percpu area from the task running on it: `task_struct::se`,
+    /// `sched_entity::cfs_rq`, `cfs_rq::rq`, and the offsets of the percpu variables
+    /// `runqueues` and `this_cpu_off` in the percpu section.
+    pub task_se_offset: u32,
+    pub se_cfs_rq_offset: u32,
+    pub cfs_rq_rq_offset: u32,
+    pub runqueues_offset: u32,
+    pub this_cpu_off_offset: u32,
+    pub _pad: u32,
+}
+
+/// What the inventory and the sweep did, cumulative (value of [`TRUTH_COUNTERS`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TruthCounters {
+    /// Slab pages walked, and the objects and bytes the slab reports in use on them.
+    pub slab_pages: u64,
+    pub slab_objects_in_use: u64,
+    pub slab_bytes_in_use: u64,
+    /// Objects with an owner record (accounted to a memcg), and their bytes.
+    pub accounted_objects: u64,
+    pub accounted_bytes: u64,
+    /// Of those: taken into the live-object table, already tracked, owned by a memcg with no
+    /// cgroup v2 counterpart (or the root cgroup when it is not tracked), or dropped because
+    /// a table was full.
+    pub added_objects: u64,
+    pub added_bytes: u64,
+    pub already_tracked: u64,
+    pub unmapped_objects: u64,
+    pub unmapped_bytes: u64,
+    pub dropped: u64,
+    /// Tracked objects the sweep checked, and those it found freed and uncharged.
+    pub swept_checked: u64,
+    pub swept_objects: u64,
+    pub swept_bytes: u64,
+    /// Of the swept: found by the owner record cleared, by the slab page gone or reused,
+    /// by the object on its slab's freelist.
+    pub swept_by_owner: u64,
+    pub swept_by_page: u64,
+    pub swept_by_freelist: u64,
+}
+
+impl TruthCounters {
+    /// Number of u64 fields, for atomic updates by index.
+    pub const FIELDS: usize = core::mem::size_of::<Self>() / 8;
+}
+
+const _: () = assert!(core::mem::size_of::<SlabLayout>() == 6 * 8 + 34 * 4);
+const _: () = assert!(core::mem::size_of::<TruthCounters>() == 17 * 8);

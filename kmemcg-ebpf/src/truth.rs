@@ -1,0 +1,333 @@
+//! Two programs the agent runs itself with `BPF_PROG_TEST_RUN`, never on an event, so the
+//! allocation and free hooks do not pay for them:
+//!
+//! - `inventory` walks a range of page frames; on each slab page with owner records
+//!   (`slab->obj_exts`) it takes every object whose record names an `obj_cgroup` into the
+//!   live-object table, charged to that memcg's cgroup, unless the object is tracked already.
+//! - `sweep` checks a range of live-object slots against the slab: an object whose page is no
+//!   longer a slab of its cache, whose owner record was seen set and is now cleared, or which
+//!   sits on its slab's freelist, was freed without a free tracepoint; it is uncharged.
+//!
+//! Every read of kernel memory goes through `bpf_probe_read_kernel`: the pages walked change
+//! under the programs, so a read may fail (a hole in the memory map) and then nothing is
+//! concluded. An object is uncharged only on positive evidence that it is free.
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{bpf_get_current_task, bpf_get_smp_processor_id, bpf_loop, bpf_probe_read_kernel},
+    macros::{map, raw_tracepoint},
+    maps::{Array, HashMap},
+    programs::RawTracePointContext,
+};
+use kmemcg_common::{
+    KERNEL_ADDRESS_MIN, LiveObject, MAX_CPUS, OBJECT_ACCOUNTED, OBJECT_FLAGS, OBJECT_OWNER_SEEN,
+    RootCgroupMode, SlabLayout, StatsKey, TruthCounters, kmalloc_cache_id,
+};
+
+use crate::{
+    CGROUP_KN_OFFSET, CGROUP_ROOT_HIERARCHY_ID_OFFSET, CGROUP_ROOT_OFFSET, KERNFS_NODE_ID_OFFSET,
+    KMEM_CACHE_FLAGS_OFFSET, KMEM_CACHE_SIZE_OFFSET, ROOT_CGROUP_ID, ROOT_CGROUP_MODE, charge,
+    global, remember_new, stats_slot,
+};
+
+#[unsafe(no_mangle)]
+static SLAB_LAYOUT: SlabLayout = unsafe { core::mem::zeroed() };
+
+#[map]
+static MEMCG_CGROUP_IDS: HashMap<u64, u64> = HashMap::with_max_entries(1 << 16, 0);
+#[map]
+static TRUTH_COUNTERS: Array<TruthCounters> = Array::with_max_entries(1, 0);
+#[map]
+static PERCPU_OFFSETS: Array<u64> = Array::with_max_entries(MAX_CPUS, 0);
+#[map]
+static PERCPU_AREAS: Array<u64> = Array::with_max_entries(MAX_CPUS, 0);
+
+/// A field of the load-time layout.
+macro_rules! layout {
+    ($field:ident) => {
+        // SAFETY: a field of a static of the program.
+        unsafe { core::ptr::read_volatile(&raw const SLAB_LAYOUT.$field) }
+    };
+}
+
+#[inline(always)]
+fn read<T>(addr: u64) -> Option<T> {
+    // SAFETY: the fault-safe helper; a failed read yields None.
+    unsafe { bpf_probe_read_kernel(addr as *const T) }.ok()
+}
+
+#[inline(always)]
+fn bump(n: u64, field: impl FnOnce(&mut TruthCounters) -> &mut u64) {
+    use core::intrinsics::{AtomicOrdering::Relaxed, atomic_xadd};
+    if let Some(counters) = TRUTH_COUNTERS.get_ptr_mut(0) {
+        // SAFETY: a field of the map's only value; updated atomically (both programs may run
+        // on several CPUs at once).
+        unsafe {
+            atomic_xadd::<u64, u64, { Relaxed }>(field(&mut *counters), n);
+        }
+    }
+}
+
+/// Where the `struct page` array and the direct map start, and where the latter ends.
+struct Bases {
+    vmemmap: u64,
+    page_offset: u64,
+    end: u64,
+}
+
+#[inline(always)]
+fn bases() -> Option<Bases> {
+    let symbol = layout!(vmemmap_base_symbol);
+    let vmemmap = if symbol != 0 {
+        read::<u64>(symbol)?
+    } else {
+        layout!(vmemmap_base)
+    };
+    let symbol = layout!(page_offset_base_symbol);
+    let page_offset = if symbol != 0 {
+        read::<u64>(symbol)?
+    } else {
+        layout!(page_offset_base)
+    };
+    Some(Bases {
+        vmemmap,
+        page_offset,
+        end: page_offset + (layout!(max_pfn) << layout!(page_shift)),
+    })
+}
+
+/// (inuse, objects) of the slab whose `struct slab` (head page) is at `slab`.
+#[inline(always)]
+fn slab_counts(slab: u64) -> Option<(u64, u64)> {
+    let word: u64 = read(slab + layout!(slab_counters_offset) as u64)?;
+    let field = |shift: u32, bits: u32| (word >> shift) & ((1u64 << bits) - 1);
+    Some((
+        field(layout!(slab_inuse_shift), layout!(slab_inuse_bits)),
+        field(layout!(slab_objects_shift), layout!(slab_objects_bits)),
+    ))
+}
+
+#[inline(always)]
+fn run_loop<C>(count: u64, callback: extern "C" fn(u64, *mut c_void) -> i64, ctx: &mut C) {
+    // SAFETY: the callback takes the context this frame owns for the call.
+    unsafe {
+        bpf_loop(
+            count as u32,
+            callback as *const () as *mut c_void,
+            ctx as *mut C as *mut c_void,
+            0,
+        );
+    }
+}
+
+// ---- percpu offsets ----
+
+/// Run on one CPU (BPF_F_TEST_RUN_ON_CPU): the task running here is on this CPU's run queue,
+/// a percpu variable (`runqueues`), so the run queue's address less the variable's offset is
+/// where this CPU's percpu area starts; the area's `this_cpu_off` holds the CPU's percpu
+/// offset. The agent checks that area - offset agrees on every CPU before the sweep uses it.
+#[raw_tracepoint(tracepoint = "kmemcg_cpu_offset")]
+pub fn cpu_offset(_ctx: RawTracePointContext) -> i32 {
+    match find_cpu_offset() {
+        Some(()) => 0,
+        None => 1,
+    }
+}
+
+#[inline(always)]
+fn find_cpu_offset() -> Option<()> {
+    // SAFETY: helpers without preconditions.
+    let (task, cpu) = unsafe { (bpf_get_current_task(), bpf_get_smp_processor_id()) };
+    let cfs_rq: u64 =
+        read(task + layout!(task_se_offset) as u64 + layout!(se_cfs_rq_offset) as u64)?;
+    let rq: u64 = read(cfs_rq + layout!(cfs_rq_rq_offset) as u64)?;
+    let area = rq.checked_sub(layout!(runqueues_offset) as u64)?;
+    let offset: u64 = read(area + layout!(this_cpu_off_offset) as u64)?;
+    let (Some(o), Some(a)) = (
+        PERCPU_OFFSETS.get_ptr_mut(cpu),
+        PERCPU_AREAS.get_ptr_mut(cpu),
+    ) else {
+        return None;
+    };
+    // SAFETY: values of array maps.
+    unsafe {
+        *o = offset;
+        *a = area;
+    }
+    Some(())
+}
+
+// ---- inventory ----
+
+#[repr(C)]
+struct PfnWalk {
+    start: u64,
+    vmemmap: u64,
+    page_offset: u64,
+    /// Most objects the inventory may add in all (it leaves room for new allocations).
+    budget: u64,
+}
+
+#[repr(C)]
+struct SlabWalk {
+    budget: u64,
+    exts: u64,
+    first_object: u64,
+    size: u64,
+    cache_id: u64,
+    last_objcg: u64,
+    last_cgroup: u64,
+}
+
+#[raw_tracepoint(tracepoint = "kmemcg_inventory")]
+pub fn inventory(ctx: RawTracePointContext) -> i32 {
+    let args = ctx.as_ptr() as *const u64;
+    // SAFETY: the three u64 arguments the agent passes (ctx_in of BPF_PROG_TEST_RUN).
+    let (start, count, budget) = unsafe { (*args, *args.add(1), *args.add(2)) };
+    let Some(bases) = bases() else {
+        return 1;
+    };
+    let mut walk = PfnWalk {
+        start,
+        vmemmap: bases.vmemmap,
+        page_offset: bases.page_offset,
+        budget,
+    };
+    run_loop(count, inventory_page, &mut walk);
+    0
+}
+
+#[inline(never)]
+extern "C" fn inventory_page(index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: the caller's PfnWalk.
+    let walk = unsafe { &*(ctx as *const PfnWalk) };
+    let _ = inventory_slab(walk, walk.start + index);
+    0
+}
+
+#[inline(always)]
+fn inventory_slab(walk: &PfnWalk, pfn: u64) -> Option<()> {
+    let page = walk.vmemmap + pfn * layout!(struct_page_size) as u64;
+    let page_type: u32 = read(page + layout!(slab_page_type_offset) as u64)?;
+    if page_type >> 24 != layout!(pgty_slab) {
+        return None;
+    }
+    let cache: u64 = read(page + layout!(slab_cache_offset) as u64)?;
+    let (inuse, objects) = slab_counts(page)?;
+    let size: u32 = read(cache + global(&KMEM_CACHE_SIZE_OFFSET) as u64)?;
+    let flags: u32 = read(cache + global(&KMEM_CACHE_FLAGS_OFFSET) as u64)?;
+    bump(1, |c| &mut c.slab_pages);
+    bump(inuse, |c| &mut c.slab_objects_in_use);
+    bump(inuse * size as u64, |c| &mut c.slab_bytes_in_use);
+    let exts =
+        read::<u64>(page + layout!(slab_obj_exts_offset) as u64)? & !layout!(obj_exts_flags_mask);
+    if exts == 0 {
+        return None;
+    }
+    let red_left_pad: u32 = read(cache + layout!(kmem_cache_red_left_pad_offset) as u64)?;
+    // kmalloc caches are named like the kmalloc hook names their objects.
+    let cache_id = if flags & layout!(slab_kmalloc) != 0 {
+        kmalloc_cache_id(size as u64, true)
+    } else {
+        cache
+    };
+    let mut slab = SlabWalk {
+        budget: walk.budget,
+        exts,
+        first_object: walk.page_offset + (pfn << layout!(page_shift)) + red_left_pad as u64,
+        size: size as u64,
+        cache_id,
+        last_objcg: 0,
+        last_cgroup: 0,
+    };
+    run_loop(objects, inventory_object, &mut slab);
+    Some(())
+}
+
+#[inline(never)]
+extern "C" fn inventory_object(index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: the caller's SlabWalk.
+    let slab = unsafe { &mut *(ctx as *mut SlabWalk) };
+    let record =
+        slab.exts + index * layout!(obj_ext_size) as u64 + layout!(obj_ext_objcg_offset) as u64;
+    let Some(objcg) = read::<u64>(record) else {
+        return 0;
+    };
+    if objcg == 0 {
+        return 0;
+    }
+    // Neighbouring objects mostly share an owner.
+    if objcg != slab.last_objcg {
+        slab.last_cgroup = cgroup_of_objcg(objcg).unwrap_or(0);
+        slab.last_objcg = objcg;
+    }
+    take_object(
+        slab.budget,
+        slab.last_cgroup,
+        slab.cache_id,
+        slab.first_object + index * slab.size,
+        slab.size,
+    );
+    0
+}
+
+/// The cgroup v2 id that kmemcg charges for the memcg behind `objcg` (0: none).
+#[inline(always)]
+fn cgroup_of_objcg(objcg: u64) -> Option<u64> {
+    let memcg: u64 = read(objcg + layout!(objcg_memcg_offset) as u64)?;
+    let cgroup: u64 =
+        read(memcg + layout!(memcg_css_offset) as u64 + layout!(css_cgroup_offset) as u64)?;
+    let kn: u64 = read(cgroup + global(&CGROUP_KN_OFFSET) as u64)?;
+    let id: u64 = read(kn + global(&KERNFS_NODE_ID_OFFSET) as u64)?;
+    let root: u64 = read(cgroup + global(&CGROUP_ROOT_OFFSET) as u64)?;
+    let hierarchy: i32 = read(root + global(&CGROUP_ROOT_HIERARCHY_ID_OFFSET) as u64)?;
+    if hierarchy == 0 {
+        return Some(id);
+    }
+    // SAFETY: a plain value of a hash map, copied out at once.
+    unsafe { MEMCG_CGROUP_IDS.get(&id) }.copied()
+}
+
+#[inline(always)]
+fn take_object(budget: u64, cgroup_id: u64, cache_id: u64, ptr: u64, size: u64) {
+    bump(1, |c| &mut c.accounted_objects);
+    bump(size, |c| &mut c.accounted_bytes);
+    let added = TRUTH_COUNTERS.get(0).map_or(0, |c| c.added_objects);
+    if added >= budget {
+        bump(1, |c| &mut c.dropped);
+        return;
+    }
+    let untracked_root = cgroup_id == global(&ROOT_CGROUP_ID)
+        && RootCgroupMode::from_u32(global(&ROOT_CGROUP_MODE)) != Some(RootCgroupMode::Track);
+    if cgroup_id == 0 || untracked_root {
+        bump(1, |c| &mut c.unmapped_objects);
+        bump(size, |c| &mut c.unmapped_bytes);
+        return;
+    }
+    let key = StatsKey {
+        cgroup_id,
+        cache_id,
+    };
+    let Some((slot, stats)) = stats_slot(&key, cache_id >= KERNEL_ADDRESS_MIN) else {
+        bump(1, |c| &mut c.dropped);
+        return;
+    };
+    let object = LiveObject {
+        ptr,
+        stats_slot: slot,
+        size_and_flags: size as u32 & !OBJECT_FLAGS | OBJECT_ACCOUNTED | OBJECT_OWNER_SEEN,
+    };
+    match remember_new(&object) {
+        Some(true) => {
+            // SAFETY: this CPU's counters.
+            charge(unsafe { &mut *stats }, &object, 1);
+            bump(1, |c| &mut c.added_objects);
+            bump(size, |c| &mut c.added_bytes);
+        }
+        Some(false) => bump(1, |c| &mut c.already_tracked),
+        None => bump(1, |c| &mut c.dropped),
+    }
+}
+
+mod sweep;
