@@ -70,7 +70,13 @@ fn main() -> anyhow::Result<()> {
             }
             build()?;
             // One test at a time: the tests share the kernel (cgroups, tracepoints).
-            let mut args = vec!["test", "--release", "--", "--test-threads=1"];
+            let mut args = vec![
+                "test",
+                "--release",
+                "--no-fail-fast",
+                "--",
+                "--test-threads=1",
+            ];
             args.extend(test_args.iter().map(String::as_str));
             cargo_test(&args)
         }

@@ -60,7 +60,7 @@ pub struct AgentArgs {
     /// What to do with allocations of tasks in the root cgroup (kernel threads and unconfined
     /// services): count them without tracking objects, track them like any cgroup (fills the
     /// map on busy hosts), or ignore them [default: count].
-    #[arg(long, env = "KMEMCG_ROOT_CGROUP", value_parser = parse_root_mode)]
+    #[arg(long, env = "KMEMCG_ROOT_CGROUP", value_parser = root_mode_parser())]
     pub root_cgroup: Option<RootCgroupMode>,
     /// How often the maps are read, in seconds [default: 1].
     #[arg(long, env = "KMEMCG_INTERVAL", value_parser = parse_interval)]
@@ -103,8 +103,11 @@ pub struct AgentArgs {
     pub audit_file: Option<PathBuf>,
 }
 
-fn parse_root_mode(s: &str) -> Result<RootCgroupMode, String> {
-    s.parse().map_err(|e| format!("`{s}`: {e}"))
+/// `ignore`, `count`, `track`, as clap lists them in errors and `--help`.
+fn root_mode_parser() -> impl clap::builder::TypedValueParser<Value = RootCgroupMode> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(RootCgroupMode::ALL.map(RootCgroupMode::as_str))
+        .try_map(|s| s.parse::<RootCgroupMode>().map_err(|e| e.to_string()))
 }
 
 fn parse_interval(s: &str) -> Result<f64, String> {
