@@ -51,14 +51,6 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
     })
 }
 
-/// Runs the agent until `shutdown` completes.
-pub async fn run(
-    config: AgentConfig,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    run_with_reload(config, shutdown, None).await
-}
-
 /// Runs the agent until `shutdown` completes; on SIGHUP, `reload` (if any) is called and what
 /// can change without a restart (metrics settings, interval, limits) is applied.
 pub async fn run_with_reload(

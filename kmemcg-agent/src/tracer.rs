@@ -223,15 +223,19 @@ impl Tracer {
         self.run_slab_walk_on(program, args, None)
     }
 
-    /// A file descriptor of a slab walk program, for a thread of its own.
-    pub fn slab_walk_fd(&self, program: &'static str) -> Result<ProgramFd, ReadError> {
-        let prog: &RawTracePoint = self
-            .ebpf
+    /// A loaded (not attached) slab walk program.
+    fn slab_walk_program(&self, program: &'static str) -> Result<&RawTracePoint, ReadError> {
+        self.ebpf
             .program(program)
             .ok_or(ReadError::MissingMap(program))?
             .try_into()
-            .map_err(|_| ReadError::MissingMap(program))?;
-        prog.fd()
+            .map_err(|_| ReadError::MissingMap(program))
+    }
+
+    /// A file descriptor of a slab walk program, for a thread of its own.
+    pub fn slab_walk_fd(&self, program: &'static str) -> Result<ProgramFd, ReadError> {
+        self.slab_walk_program(program)?
+            .fd()
             .and_then(|fd| fd.try_clone().map_err(Into::into))
             .map_err(|_| ReadError::MissingMap(program))
     }
@@ -244,13 +248,10 @@ impl Tracer {
         cpu: Option<u32>,
     ) -> Result<u32, ReadError> {
         use std::os::fd::{AsFd as _, AsRawFd as _};
-        let prog: &RawTracePoint = self
-            .ebpf
-            .program(program)
-            .ok_or(ReadError::MissingMap(program))?
-            .try_into()
+        let fd = self
+            .slab_walk_program(program)?
+            .fd()
             .map_err(|_| ReadError::MissingMap(program))?;
-        let fd = prog.fd().map_err(|_| ReadError::MissingMap(program))?;
         crate::bpf_batch::run_raw_tracepoint(fd.as_fd().as_raw_fd(), args, cpu).map_err(
             |io_error| ReadError::Map {
                 map: program,

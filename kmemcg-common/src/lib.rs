@@ -27,6 +27,15 @@ pub const CGROUP_CACHE_STATS: &str = "CGROUP_CACHE_STATS";
 /// Slots a key may occupy in [`STATS_KEYS`], from its hash on.
 pub const STATS_PROBES: u32 = 32;
 
+/// Offset from a key's first slot of its `probe`th candidate: triangular numbers (0, 1, 3, 6,
+/// ...), which visit every slot of a power-of-two table and, unlike consecutive slots, do not
+/// pile keys into long runs (measured: 4 keys of 60,000 dropped at half the capacity with
+/// consecutive probing).
+#[inline(always)]
+pub const fn stats_probe_offset(probe: u32) -> u32 {
+    probe * (probe + 1) / 2
+}
+
 /// First slot of a key in [`STATS_KEYS`] (before masking to the table's size).
 #[inline(always)]
 pub const fn stats_slot_hash(key: &StatsKey) -> u32 {
@@ -378,6 +387,33 @@ mod tests {
         slots.sort_unstable();
         let distinct = 1 + slots.windows(2).filter(|w| w[0] != w[1]).count();
         assert!(distinct >= 56, "{distinct} distinct slots of 64");
+    }
+
+    /// The agent's churn test at the default capacity on 2 CPUs: 5,000 cgroups of 12 caches
+    /// each in 131,072 slots, placed as the eBPF programs place them.
+    #[test]
+    fn half_full_stats_table_drops_no_key() {
+        extern crate std;
+        let mask = (1u32 << 17) - 1;
+        let mut taken = std::vec![false; (mask + 1) as usize];
+        let mut dropped = 0;
+        for cgroup in 0..5000u64 {
+            for cache in 0..12u64 {
+                let key = StatsKey {
+                    cgroup_id: 10_000 + cgroup,
+                    cache_id: 0xffff_8880_0100_0000 + 0x200 * cache,
+                };
+                let first = stats_slot_hash(&key);
+                let free = (0..STATS_PROBES)
+                    .map(|p| (first.wrapping_add(stats_probe_offset(p)) & mask) as usize)
+                    .find(|i| !taken[*i]);
+                match free {
+                    Some(i) => taken[i] = true,
+                    None => dropped += 1,
+                }
+            }
+        }
+        assert_eq!(dropped, 0);
     }
 
     #[test]

@@ -28,7 +28,7 @@ use kmemcg_common::{
     CACHE_ID_PERCPU, CGROUP_EVENT_MKDIR, CGROUP_EVENT_RENAME, CGROUP_EVENT_RMDIR, CacheName,
     CacheStats, CgroupEvent, GlobalCounters, LIVE_PROBES, LiveObject, OBJECT_ACCOUNTED,
     OBJECT_FLAGS, RootCgroupMode, STATS_PROBES, StatsKey, kmalloc_cache_id, live_slot_hash,
-    stats_slot_hash,
+    stats_probe_offset, stats_slot_hash,
 };
 
 mod truth;
@@ -510,7 +510,7 @@ fn stats_slot(key: &StatsKey, is_slab: bool) -> Option<(u32, *mut CacheStats)> {
     let first = stats_slot_hash(key);
     let mut free = STATS_PROBES;
     for probe in 0..STATS_PROBES {
-        let index = first.wrapping_add(probe) & mask;
+        let index = first.wrapping_add(stats_probe_offset(probe)) & mask;
         let slot = STATS_KEYS.get_ptr_mut(index)?;
         // SAFETY: a slot of the array map. A claim writes the cgroup first (atomically) and
         // the cache next; cache ids are never 0, so a half-written slot matches nothing.
@@ -529,7 +529,7 @@ fn stats_slot(key: &StatsKey, is_slab: bool) -> Option<(u32, *mut CacheStats)> {
     }
     // New key. Two CPUs may claim two slots for one key at once: the agent sums them.
     for probe in free..STATS_PROBES {
-        let index = first.wrapping_add(probe) & mask;
+        let index = first.wrapping_add(stats_probe_offset(probe)) & mask;
         let slot = STATS_KEYS.get_ptr_mut(index)?;
         // SAFETY: as above; the claim is atomic.
         unsafe {

@@ -5,30 +5,17 @@ use std::{
     collections::BTreeSet,
     path::{Path, PathBuf},
     process::Command,
-    sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
 
 use kmemcg_tests::{
-    AgentProcess, TestCgroup, Tmpfs, cache_objects, free_addr, kmemcg,
+    AgentProcess, Bpffs, TestCgroup, Tmpfs, cache_objects, free_addr, kmemcg,
     prometheus::{Prometheus, http_get, promtool},
-    require_root,
+    require_root, scratch_dir,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
 const FILES: u64 = 3000;
-
-static SEQUENCE: AtomicU32 = AtomicU32::new(0);
-
-fn scratch_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "kmemcg-test-{name}-{}-{}",
-        std::process::id(),
-        SEQUENCE.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).expect("creating a scratch directory");
-    dir
-}
 
 fn deploy(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -52,35 +39,6 @@ fn sample(text: &str, name: &str, path: &str, extra: &str) -> Option<f64> {
         .find(|l| l.contains(&cgroup) && l.contains(extra))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
-}
-
-/// A private bpffs instance: what the tests pin is gone once it is unmounted on drop.
-struct Bpffs {
-    dir: PathBuf,
-}
-
-impl Bpffs {
-    fn new() -> Self {
-        let dir = scratch_dir("bpffs");
-        let status = Command::new("mount")
-            .args(["-t", "bpf", "kmemcg-test"])
-            .arg(&dir)
-            .status()
-            .expect("running mount");
-        assert!(status.success(), "mounting bpffs at {}", dir.display());
-        Self { dir }
-    }
-
-    fn pin_dir(&self) -> String {
-        self.dir.join("kmemcg").display().to_string()
-    }
-}
-
-impl Drop for Bpffs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-        let _ = std::fs::remove_dir(&self.dir);
-    }
 }
 
 #[test]

@@ -5,23 +5,13 @@ use std::{
     os::{fd::FromRawFd as _, unix::process::CommandExt as _},
     path::PathBuf,
     process::Command,
-    sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
 
 use kmemcg_agent::{api::Status, limits::LimitRule, limits::audit::AuditRecord};
-use kmemcg_tests::{AgentProcess, TestCgroup, Tmpfs, get_json, kmemcg, kmemcg_bin, require_root};
-
-static SEQUENCE: AtomicU32 = AtomicU32::new(0);
-
-/// A path in the temporary directory that nothing else uses.
-fn scratch(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!(
-        "kmemcg-test-{name}-{}-{}",
-        std::process::id(),
-        SEQUENCE.fetch_add(1, Ordering::Relaxed)
-    ))
-}
+use kmemcg_tests::{
+    AgentProcess, TestCgroup, Tmpfs, get_json, kmemcg, kmemcg_bin, require_root, scratch,
+};
 
 /// An agent keeping its rules and audit records in files of its own.
 fn agent_with_files(extra: &[&str]) -> (AgentProcess, PathBuf, PathBuf) {

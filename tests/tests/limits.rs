@@ -3,27 +3,16 @@
 use std::{
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
-    sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
 
 use kmemcg_agent::limits::{LimitRule, audit::AuditRecord};
-use kmemcg_tests::{AgentProcess, TestCgroup, Tmpfs, get_json, kmemcg, require_root};
+use kmemcg_tests::{AgentProcess, TestCgroup, Tmpfs, get_json, kmemcg, require_root, scratch};
 
 const WAIT: Duration = Duration::from_secs(30);
 const MIB: u64 = 1 << 20;
 /// Files per second: about 10 MiB of dentries and inodes per second.
 const RATE: &str = "10000";
-
-static SEQUENCE: AtomicU32 = AtomicU32::new(0);
-
-fn scratch(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!(
-        "kmemcg-test-{name}-{}-{}",
-        std::process::id(),
-        SEQUENCE.fetch_add(1, Ordering::Relaxed)
-    ))
-}
 
 /// An agent whose runtime rules and audit records go to files of its own.
 struct Limited {

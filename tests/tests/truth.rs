@@ -3,13 +3,12 @@
 //! cgroups listed as dying only while they hold something. The kernel's truth is the v1
 //! memory cgroup of the same path (`memory.kmem.usage_in_bytes`).
 use std::{
-    path::PathBuf,
     process::Command,
     time::{Duration, Instant},
 };
 
 use kmemcg_tests::{
-    AgentProcess, CGROUP_PREFIX, CgroupUsage, TestCgroup, Tmpfs, cache_objects, require_root,
+    AgentProcess, Bpffs, CgroupUsage, TestCgroup, Tmpfs, cache_objects, require_root,
 };
 
 const KIB: u64 = 1024;
@@ -269,7 +268,9 @@ fn removed_cgroups_are_dying_only_while_they_hold_memory() {
                     .all(|c| c.accounted_bytes == 0 && c.name != VMALLOC_POOLED)
             })
             .collect();
-        if !unreal.is_empty() {
+        // Unaccounted objects parked in slab sheaves look allocated until their address is
+        // reused (README, "Semantics and limits"): a few may stay, no more than 1 in 200.
+        if unreal.len() > count / 200 {
             return Err(format!(
                 "{} removed cgroups listed dying with no accounted object, e.g. {:?}",
                 unreal.len(),
@@ -302,36 +303,6 @@ fn removed_cgroups_are_dying_only_while_they_hold_memory() {
             .sum::<u64>(),
         status.sweep.swept_objects
     );
-}
-
-/// A private bpffs instance for pinned maps, unmounted on drop.
-struct Bpffs {
-    dir: PathBuf,
-}
-
-impl Bpffs {
-    fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!("{CGROUP_PREFIX}bpffs-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("creating a bpffs mount point");
-        let status = Command::new("mount")
-            .args(["-t", "bpf", "kmemcg-test"])
-            .arg(&dir)
-            .status()
-            .expect("running mount");
-        assert!(status.success(), "mounting bpffs at {}", dir.display());
-        Self { dir }
-    }
-
-    fn pin_dir(&self) -> String {
-        self.dir.join("kmemcg").display().to_string()
-    }
-}
-
-impl Drop for Bpffs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-        let _ = std::fs::remove_dir(&self.dir);
-    }
 }
 
 #[test]

@@ -183,12 +183,17 @@ fn ensure_bpf_linker(toolchain: &str) -> anyhow::Result<()> {
     )
 }
 
-fn ensure_apt_packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
+/// The packages of (command, package) pairs whose command is not on PATH.
+fn missing_packages<'a>(packages: &[(&str, &'a str)]) -> Vec<&'a str> {
+    packages
         .iter()
         .filter(|(command, _)| output(Command::new("which").arg(command)).is_none())
         .map(|(_, package)| *package)
-        .collect();
+        .collect()
+}
+
+fn ensure_apt_packages() -> anyhow::Result<()> {
+    let missing = missing_packages(APT_PACKAGES);
     if missing.is_empty() {
         return Ok(());
     }
@@ -206,11 +211,7 @@ fn ensure_apt_packages() -> anyhow::Result<()> {
 }
 
 fn ensure_pip_packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> = PIP_PACKAGES
-        .iter()
-        .filter(|(command, _)| output(Command::new("which").arg(command)).is_none())
-        .map(|(_, package)| *package)
-        .collect();
+    let missing = missing_packages(PIP_PACKAGES);
     if missing.is_empty() {
         return Ok(());
     }

@@ -113,7 +113,8 @@ fn check_hook(btf: &Btf, hook: &str) -> Result<(), StartError> {
     Ok(())
 }
 
-fn find_struct(btf: &Btf, name: &str) -> Result<btf_rs::Struct, StartError> {
+/// The definition (not a forward declaration) of `struct name`.
+pub(crate) fn struct_named(btf: &Btf, name: &str) -> Option<btf_rs::Struct> {
     btf.resolve_types_by_name(name)
         .ok()
         .into_iter()
@@ -122,10 +123,13 @@ fn find_struct(btf: &Btf, name: &str) -> Result<btf_rs::Struct, StartError> {
             Type::Struct(s) if !s.members.is_empty() => Some(s),
             _ => None,
         })
-        .ok_or_else(|| StartError::BadBtf {
-            what: format!("struct {name}"),
-            reason: "not found in the kernel's BTF".into(),
-        })
+}
+
+fn find_struct(btf: &Btf, name: &str) -> Result<btf_rs::Struct, StartError> {
+    struct_named(btf, name).ok_or_else(|| StartError::BadBtf {
+        what: format!("struct {name}"),
+        reason: "not found in the kernel's BTF".into(),
+    })
 }
 
 fn member_offset(

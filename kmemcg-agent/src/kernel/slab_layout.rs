@@ -207,14 +207,7 @@ fn percpu_variable_offset(btf: &Btf, name: &str) -> Result<u32, String> {
 }
 
 fn find_struct(btf: &Btf, name: &str) -> Result<btf_rs::Struct, String> {
-    btf.resolve_types_by_name(name)
-        .ok()
-        .into_iter()
-        .flatten()
-        .find_map(|t| match t {
-            Type::Struct(s) if !s.members.is_empty() => Some(s),
-            _ => None,
-        })
+    super::btf::struct_named(btf, name)
         .ok_or_else(|| format!("struct {name} is not in the kernel's BTF"))
 }
 

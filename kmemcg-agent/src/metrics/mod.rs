@@ -58,6 +58,7 @@ impl Default for Exporter {
 
 impl Exporter {
     /// The text exposition of `snapshot` plus the process's own metrics.
+    #[cfg(test)]
     pub fn render(&self, snapshot: &Snapshot, config: &MetricsConfig) -> String {
         self.render_with(snapshot, config, Vec::new())
     }
