@@ -85,6 +85,11 @@ pub const PINNED_MAPS: [MapLayout; 5] = [
 
 /// `layout-<8 hex digits>`: FNV-1a over the revision and every pinned map's name, type and
 /// sizes.
+fn is_layout_dir_name(name: &str) -> bool {
+    name.strip_prefix("layout-")
+        .is_some_and(|hex| hex.len() == 8 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 pub fn layout_dir_name() -> String {
     let mut text = format!("r{LAYOUT_REVISION}");
     for m in PINNED_MAPS {
@@ -295,11 +300,14 @@ fn check_bpffs(base: &Path) -> Result<(), PinError> {
 }
 
 /// Names of the `layout-*` directories (and anything else) found in `base`.
+/// The directories of `base` that a kmemcg made (`layout-` and eight hex digits); anything
+/// else there belongs to another tool and is left alone.
 fn layout_dirs(base: &Path) -> Result<Vec<String>, PinError> {
     let entries = std::fs::read_dir(base).map_err(io("list", base))?;
     let mut names: Vec<String> = entries
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| is_layout_dir_name(name))
         .collect();
     names.sort();
     Ok(names)
@@ -392,22 +400,43 @@ pub fn remove_all(base: &Path) -> Result<Vec<PathBuf>, PinError> {
             });
         }
         let _lock = lock(&dir)?;
-        for entry in std::fs::read_dir(&dir).map_err(io("list", &dir))?.flatten() {
-            let path = entry.path();
-            std::fs::remove_file(&path).map_err(io("unpin", &path))?;
-            removed.push(path);
+        // Only the maps kmemcg pins: anything else someone put there stays.
+        for m in PINNED_MAPS {
+            let path = dir.join(m.name);
+            if path.exists() {
+                std::fs::remove_file(&path).map_err(io("unpin", &path))?;
+                removed.push(path);
+            }
         }
-        std::fs::remove_dir(&dir).map_err(io("remove", &dir))?;
-        removed.push(dir);
+        if std::fs::remove_dir(&dir).is_ok() {
+            removed.push(dir);
+        }
     }
-    std::fs::remove_dir(base).map_err(io("remove", base))?;
-    removed.push(base.to_path_buf());
+    // Removed only when empty: other tools' pins in it stay.
+    if std::fs::remove_dir(base).is_ok() {
+        removed.push(base.to_path_buf());
+    }
     Ok(removed)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_kmemcg_layout_directories_are_kmemcgs() {
+        assert!(is_layout_dir_name(&layout_dir_name()));
+        assert!(is_layout_dir_name("layout-0123abcd"));
+        for other in [
+            "cilium",
+            "layout-",
+            "layout-0123abcdx",
+            "layout-xyz12345",
+            "tc",
+        ] {
+            assert!(!is_layout_dir_name(other), "{other}");
+        }
+    }
 
     #[test]
     fn layout_name_is_stable_and_covers_every_pinned_map() {

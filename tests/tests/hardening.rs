@@ -10,7 +10,7 @@ use std::{
 
 use kmemcg_agent::{api::Status, limits::LimitRule, limits::audit::AuditRecord};
 use kmemcg_tests::{
-    AgentProcess, TestCgroup, Tmpfs, get_json, kmemcg, kmemcg_bin, require_root, scratch,
+    AgentProcess, Bpffs, TestCgroup, Tmpfs, get_json, kmemcg, kmemcg_bin, require_root, scratch,
 };
 
 /// An agent keeping its rules and audit records in files of its own.
@@ -329,4 +329,25 @@ fn bad_config_files_and_closed_outputs_are_handled() {
             .expect("kmemcg")
     };
     assert_ne!(status.code(), Some(101), "panicked on a closed stdout");
+}
+
+#[test]
+fn pinning_leaves_other_tools_pins_alone() {
+    require_root();
+    let bpffs = Bpffs::new();
+    let pin_dir = bpffs.pin_dir();
+    let foreign = std::path::Path::new(&pin_dir).join("other-tool");
+    std::fs::create_dir_all(&foreign).expect("another tool's directory in the pin dir");
+    let agent = AgentProcess::start(&["--pin-dir", &pin_dir]);
+    assert_eq!(agent.stop().code(), Some(0));
+    let out = kmemcg(&["agent", "--unpin", "--pin-dir", &pin_dir]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(foreign.is_dir(), "--unpin removed another tool's directory");
+    let left: Vec<String> = std::fs::read_dir(&pin_dir)
+        .expect("the pin dir stays: it is not empty")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["other-tool"]);
+    std::fs::remove_dir(&foreign).expect("cleaning up");
 }
