@@ -51,6 +51,10 @@ pub struct CgroupUsage {
     pub total_accounted_bytes: u64,
     #[serde(default)]
     pub total_unaccounted_bytes: u64,
+    /// Allocations were dropped (a full map) while this cgroup or a descendant allocated:
+    /// its figures may be below what it holds.
+    #[serde(default)]
+    pub unreliable: bool,
     /// What the kernel's memcg charges this cgroup (and its descendants) for kernel memory;
     /// null where the kernel keeps no figure for it (no memory controller on it).
     #[serde(default)]

@@ -34,3 +34,4 @@ mod timefmt;
 pub mod tracer;
 mod tui;
 mod units;
+mod unreliable;

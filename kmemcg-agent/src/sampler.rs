@@ -16,6 +16,7 @@ use crate::{
     report::{self, Report},
     sweep::Sweeper,
     tracer::Tracer,
+    unreliable::Unreliable,
 };
 
 pub struct Sampler {
@@ -28,6 +29,7 @@ pub struct Sampler {
     max_sample_ms: f64,
     lost_cgroup_events: u64,
     kernel_figures: KernelFiguresCache,
+    unreliable: Unreliable,
     sweeper: Sweeper,
 }
 
@@ -38,6 +40,7 @@ impl Sampler {
         let kernel_figures = KernelFiguresCache::new(KernelFigures::detect(tracer.cgroup2_mount()));
         Self {
             kernel_figures,
+            unreliable: Unreliable::default(),
             tracer,
             tree,
             started: Instant::now(),
@@ -74,6 +77,9 @@ impl Sampler {
             self.tree.nodes(),
             self.tree.root_id(),
         );
+        let c = &raw.counters;
+        self.unreliable
+            .annotate(&mut cgroups, c.dropped_live_full + c.dropped_stats_full);
         let kernel_drift = self
             .kernel_figures
             .annotate(&mut cgroups, self.tree.root_id());

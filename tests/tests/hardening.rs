@@ -351,3 +351,52 @@ fn pinning_leaves_other_tools_pins_alone() {
     assert_eq!(left, ["other-tool"]);
     std::fs::remove_dir(&foreign).expect("cleaning up");
 }
+
+#[test]
+fn a_full_map_does_not_let_a_cgroup_evade_its_limit() {
+    require_root();
+    let (agent, state, audit) = agent_with_files(&["--max-objects", "1024"]);
+    let cgroup = TestCgroup::new("evade");
+    if cgroup.kmem_usage().is_none() {
+        eprintln!("no v1 memory cgroup here: no kernel figure to fall back on");
+        return;
+    }
+    let tmpfs = Tmpfs::new();
+    let (ok, text) = limit(
+        &agent,
+        &["set", cgroup.path(), "--max", "8M", "--action", "freeze"],
+    );
+    assert!(ok, "{text}");
+    let workload = cgroup.hold(&["file-loop", &tmpfs.sub("files"), "10000"]);
+    wait_until(
+        "frozen on the kernel's figure",
+        Duration::from_secs(30),
+        || frozen(&cgroup),
+    );
+    let records: Vec<AuditRecord> = get_json(agent.addr(), "/api/v1/enforcement").expect("audit");
+    let freeze = records
+        .iter()
+        .find(|r| r.action == "freeze")
+        .unwrap_or_else(|| panic!("no freeze record: {records:#?}"));
+    assert!(freeze.unreliable, "{freeze:?}");
+    let usage = agent.cgroup(cgroup.path()).expect("listed");
+    assert!(usage.unreliable, "{usage:#?}");
+    assert!(
+        usage.total_slab_bytes < 8 << 20,
+        "kmemcg's own figure ({}) stays under the limit: the fallback acted",
+        usage.total_slab_bytes
+    );
+    let metrics = reqwest::blocking::get(format!("http://{}/metrics", agent.addr()))
+        .and_then(|r| r.text())
+        .expect("metrics");
+    assert!(
+        metrics.contains("kmemcg_limit_figures_unreliable{"),
+        "{metrics}"
+    );
+    let (ok, text) = limit(&agent, &["rm", cgroup.path()]);
+    assert!(ok, "{text}");
+    wait_until("thawed", Duration::from_secs(5), || !frozen(&cgroup));
+    drop(workload);
+    let _ = std::fs::remove_file(state);
+    let _ = std::fs::remove_file(audit);
+}

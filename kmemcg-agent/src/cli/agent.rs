@@ -90,6 +90,11 @@ pub struct AgentArgs {
     /// Per-cache series only for caches holding at least this many bytes [default: 65536].
     #[arg(long, env = "KMEMCG_CACHE_MIN_BYTES")]
     pub cache_min_bytes: Option<u64>,
+    /// Where a cgroup's figures miss allocations dropped by a full map: compare limits with
+    /// the kernel's own charge where it is larger (kernel), or with kmemcg's figures as they
+    /// are (kmemcg) [default: kernel; config: limits.on_unreliable].
+    #[arg(long, env = "KMEMCG_ON_UNRELIABLE", value_parser = ["kernel", "kmemcg"])]
+    pub on_unreliable: Option<String>,
     /// Enforce no limit: decide, log and audit only [config: limits.dry_run].
     #[arg(long, env = "KMEMCG_DRY_RUN")]
     pub dry_run: bool,
@@ -136,6 +141,7 @@ impl AgentArgs {
             dry_run: self.dry_run,
             limits_file: self.limits_file.clone(),
             audit_file: self.audit_file.clone(),
+            on_unreliable: self.on_unreliable.as_deref().and_then(|s| s.parse().ok()),
             socket: self.socket.clone(),
             no_socket: self.no_socket,
             write_token_file: self.write_token_file.clone(),
@@ -221,5 +227,6 @@ fn print_config(path: Option<&Path>, c: &AgentConfig) {
         None => println!("# audit_file unset: audit records are only served by the API"),
     }
     println!("protected = {:?}", l.protected);
+    println!("on_unreliable = \"{}\"", l.on_unreliable.as_str());
     println!("# {} rule(s) in the config file", l.rules.len());
 }

@@ -90,6 +90,7 @@ pub struct FileApi {
 #[serde(deny_unknown_fields)]
 pub struct FileLimits {
     pub dry_run: Option<bool>,
+    pub on_unreliable: Option<String>,
     pub state_file: Option<PathBuf>,
     pub audit_file: Option<PathBuf>,
     pub protected: Option<Vec<String>>,
@@ -120,6 +121,7 @@ pub struct Overrides {
     pub dry_run: bool,
     pub limits_file: Option<PathBuf>,
     pub audit_file: Option<PathBuf>,
+    pub on_unreliable: Option<crate::limits::OnUnreliable>,
     pub socket: Option<PathBuf>,
     pub no_socket: bool,
     pub write_token_file: Option<PathBuf>,
@@ -346,12 +348,20 @@ fn resolve_limits(
                 .map_err(|r| bad(&format!("limits.rule[{i}] (path {})", spec.path), r))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let from_file = f
+        .on_unreliable
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(|r| bad("limits.on_unreliable", r))?;
+    let on_unreliable = over.on_unreliable.or(from_file).unwrap_or_default();
     Ok(LimitsConfig {
         dry_run: over.dry_run || f.dry_run.unwrap_or(false),
         state_file,
         audit_file,
         protected,
         rules,
+        on_unreliable,
     })
 }
 

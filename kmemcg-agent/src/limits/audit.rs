@@ -37,6 +37,9 @@ pub struct AuditRecord {
     /// `uid 0 pid 1234 (unix socket)`, `token from 10.0.0.5:4321`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub by: Option<String>,
+    /// The cgroup's figures missed dropped allocations when this was decided.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unreliable: bool,
 }
 
 #[derive(Debug, Default)]
@@ -111,6 +114,7 @@ mod tests {
             dry_run: true,
             outcome: "dry-run".into(),
             by: None,
+            unreliable: false,
         };
         log.push(record.clone());
         log.push(record.clone());

@@ -8,7 +8,7 @@ use std::{
 };
 
 use super::{
-    EnforcementMetrics, Error, LimitRule, LimitsConfig, MAX_RULES,
+    EnforcementMetrics, Error, LimitRule, LimitsConfig, MAX_RULES, OnUnreliable,
     actions::{self, Outcome},
     audit::{AuditLog, AuditRecord},
     engine::{Decision, Engine, Step, Usage},
@@ -24,6 +24,7 @@ struct Inner {
     protected: Protected,
     dry_run: bool,
     state_file: Option<PathBuf>,
+    on_unreliable: OnUnreliable,
     engine: Engine,
     audit: AuditLog,
     metrics: EnforcementMetrics,
@@ -82,6 +83,7 @@ impl Enforcer {
                 protected,
                 dry_run: config.dry_run,
                 state_file: config.state_file.clone(),
+                on_unreliable: config.on_unreliable,
                 engine: Engine::default(),
                 audit: AuditLog::new(config.audit_file.clone()),
                 metrics: EnforcementMetrics::default(),
@@ -101,6 +103,7 @@ impl Enforcer {
                 protected: Protected::new(&[], None),
                 dry_run: false,
                 state_file: None,
+                on_unreliable: OnUnreliable::default(),
                 engine: Engine::default(),
                 audit: AuditLog::new(None),
                 metrics: EnforcementMetrics::default(),
@@ -122,6 +125,7 @@ impl Enforcer {
         let old = std::mem::replace(&mut inner.config_rules, config.rules.clone());
         inner.protected = protected;
         inner.dry_run = config.dry_run;
+        inner.on_unreliable = config.on_unreliable;
         for rule in old {
             let kept = config.rules.iter().find(|r| r.spec.path == rule.spec.path);
             self.rule_gone(&mut inner, &rule, kept, "configuration reload");
@@ -240,12 +244,14 @@ impl Enforcer {
             .chain(&inner.runtime_rules)
             .cloned()
             .collect();
+        let on_unreliable = inner.on_unreliable;
         let usages: Vec<Usage> = cgroups
             .iter()
             .map(|c| Usage {
                 path: &c.path,
-                slab: c.total_slab_bytes,
+                slab: self.slab_or_kernel(c, on_unreliable),
                 percpu: c.total_percpu_bytes,
+                unreliable: c.unreliable,
                 whole: all
                     .iter()
                     .any(|r| r.spec.max_kernel.is_some() && r.matches(&c.path))
@@ -273,6 +279,15 @@ impl Enforcer {
                 })
             })
             .collect();
+        inner.metrics.unreliable = all
+            .iter()
+            .flat_map(|r| {
+                usages
+                    .iter()
+                    .filter(|u| u.unreliable && r.matches(u.path))
+                    .map(|u| (r.spec.path.clone(), u.path.to_string()))
+            })
+            .collect();
         for d in decisions {
             let outcome = if d.dry_run {
                 Outcome::DryRun
@@ -295,6 +310,23 @@ impl Enforcer {
             (Step::Act, Action::Freeze) => actions::freeze(&dir, true),
             (Step::Act, Action::Kill) => actions::kill(&dir),
         }
+    }
+
+    /// The slab bytes a rule compares: kmemcg's, or where they miss dropped allocations and
+    /// the fallback says so, the kernel's own charge less the percpu part when it is larger.
+    fn slab_or_kernel(&self, c: &CgroupUsage, on_unreliable: OnUnreliable) -> u64 {
+        if !c.unreliable || on_unreliable != OnUnreliable::Kernel {
+            return c.total_slab_bytes;
+        }
+        let kernel =
+            self.kernel_figures
+                .read(&c.path)
+                .and_then(|k| match (k.slab_bytes, k.percpu_bytes) {
+                    (Some(slab), Some(percpu)) => Some(slab + percpu),
+                    _ => k.kernel_bytes,
+                });
+        let charged = kernel.unwrap_or(0).saturating_sub(c.total_percpu_bytes);
+        c.total_slab_bytes.max(charged)
     }
 
     /// All of a cgroup's kernel memory, read fresh: the kernel's charge (slab, percpu,
@@ -330,6 +362,7 @@ impl Enforcer {
                 usage: 0,
                 limit: rule.limit(),
                 dry_run: false,
+                unreliable: false,
             };
             inner.record_by(&d, outcome, Some(by));
         }
@@ -402,6 +435,7 @@ impl Inner {
             dry_run: spec.dry_run,
             outcome: format!("{} ({})", spec.action.as_str(), "rule change"),
             by: Some(by.to_string()),
+            unreliable: false,
         });
     }
 
@@ -443,6 +477,7 @@ impl Inner {
             dry_run: d.dry_run,
             outcome: outcome.text(),
             by: by.map(str::to_string),
+            unreliable: d.unreliable,
         });
     }
 }

@@ -33,6 +33,8 @@ pub struct Decision {
     pub usage: u64,
     pub limit: u64,
     pub dry_run: bool,
+    /// The cgroup's figures miss dropped allocations (see `CgroupUsage::unreliable`).
+    pub unreliable: bool,
 }
 
 /// One cgroup's usage, recursive.
@@ -44,6 +46,7 @@ pub struct Usage<'a> {
     /// All its kernel memory (the kernel's charge plus kmemcg's unaccounted bytes), where
     /// known and needed (a rule with `max_kernel` matches it).
     pub whole: Option<u64>,
+    pub unreliable: bool,
 }
 
 /// A (rule, cgroup) pair acted on and not yet back under the limit.
@@ -114,6 +117,7 @@ impl Engine {
                     usage: u,
                     limit: l,
                     dry_run: dry_run || rule.spec.dry_run,
+                    unreliable: usage.unreliable,
                 };
                 let total = rule.measure(usage.slab, usage.percpu, usage.whole);
                 match (
@@ -228,6 +232,7 @@ mod tests {
             slab: mib * MIB,
             percpu: 0,
             whole: None,
+            unreliable: false,
         }
     }
 
@@ -260,6 +265,7 @@ mod tests {
             slab: 15 * MIB / 2,
             percpu: 0,
             whole: None,
+            unreliable: false,
         };
         assert!(
             e.evaluate(&rules, &[just_under], &p, at(3.0), false)

@@ -43,6 +43,40 @@ pub struct LimitsConfig {
     pub protected: Vec<String>,
     /// Rules of the config file.
     pub rules: Vec<Rule>,
+    /// What a rule compares with where kmemcg's figures miss dropped allocations.
+    pub on_unreliable: OnUnreliable,
+}
+
+/// Where a cgroup's figures are unreliable (allocations dropped while it allocated).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnUnreliable {
+    /// The kernel's own charge where it is larger (memory.stat slab + percpu, or the v1 kmem
+    /// counter, which also counts stacks and page tables): the limit is not evaded.
+    #[default]
+    Kernel,
+    /// kmemcg's figures as they are (they may be low); the decision is marked unreliable.
+    Kmemcg,
+}
+
+impl OnUnreliable {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnUnreliable::Kernel => "kernel",
+            OnUnreliable::Kmemcg => "kmemcg",
+        }
+    }
+}
+
+impl std::str::FromStr for OnUnreliable {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "kernel" => Ok(OnUnreliable::Kernel),
+            "kmemcg" => Ok(OnUnreliable::Kmemcg),
+            _ => Err(format!("`{s}` is not a fallback: use kernel or kmemcg")),
+        }
+    }
 }
 
 impl Default for LimitsConfig {
@@ -53,6 +87,7 @@ impl Default for LimitsConfig {
             audit_file: Some(DEFAULT_AUDIT_FILE.into()),
             protected: Vec::new(),
             rules: Vec::new(),
+            on_unreliable: OnUnreliable::default(),
         }
     }
 }
@@ -72,6 +107,8 @@ pub struct EnforcementMetrics {
     pub actions: BTreeMap<(String, String, bool), u64>,
     /// Per (rule, cgroup) matched: usage and limit, bytes.
     pub usage: Vec<(String, String, u64, u64)>,
+    /// (rule, cgroup) pairs whose cgroup's figures are unreliable.
+    pub unreliable: Vec<(String, String)>,
 }
 
 #[cfg(test)]

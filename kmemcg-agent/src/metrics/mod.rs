@@ -179,7 +179,19 @@ pub fn enforcement(m: &EnforcementMetrics) -> Vec<MetricFamily> {
         usage.add(&labels, *used as f64);
         limit.add(&labels, *max as f64);
     }
-    vec![actions.finish(), usage.finish(), limit.finish()]
+    let mut unreliable = Family::gauge(
+        "kmemcg_limit_figures_unreliable",
+        "1 for each (rule, cgroup) pair whose cgroup's figures miss allocations dropped because          a map was full (the limit then falls back as limits.on_unreliable says).",
+    );
+    for (rule, cgroup) in &m.unreliable {
+        unreliable.add(&[("rule", rule.as_str()), ("cgroup", cgroup.as_str())], 1.0);
+    }
+    vec![
+        actions.finish(),
+        usage.finish(),
+        limit.finish(),
+        unreliable.finish(),
+    ]
 }
 
 /// The cgroup's identifying labels: path and, when enabled, container metadata.
