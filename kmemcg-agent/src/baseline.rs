@@ -1,4 +1,4 @@
-//! Empty programs on the same six hooks, the baseline the benchmark measures kmemcg against.
+//! Empty programs on the same memory hooks, the baseline the benchmark measures kmemcg against.
 use aya::{Ebpf, EbpfLoader};
 
 use crate::{error::StartError, kernel::caps, tracer};

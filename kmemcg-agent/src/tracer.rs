@@ -1,4 +1,5 @@
-//! Loads kmemcg's eBPF programs with this kernel's layout and attaches them to the six hooks.
+//! Loads kmemcg's eBPF programs with this kernel's layout and attaches them to the hooks
+//! ([`kmemcg_common::HOOKS`]).
 use std::{os::unix::fs::MetadataExt, path::PathBuf};
 
 use aya::{
@@ -7,7 +8,7 @@ use aya::{
     programs::{BtfTracePoint, ProgramFd, RawTracePoint},
 };
 use kmemcg_common::{
-    CGROUP_CACHE_STATS, CGROUP_EVENTS, CGROUP_HOOKS, CPU_OFFSET_PROGRAM, CgroupEvent, HOOKS,
+    CGROUP_CACHE_STATS, CGROUP_EVENTS, CPU_OFFSET_PROGRAM, CgroupEvent, HOOKS, HookKind,
     INVENTORY_PROGRAM, LIVE_OBJECTS, MEMCG_CGROUP_IDS, RootCgroupMode, SLAB_LAYOUT, STATS_KEYS,
     SWEEP_PROGRAM, SlabLayout, TRUTH_COUNTERS, TruthCounters, globals,
 };
@@ -401,23 +402,23 @@ fn load_slab_walk_programs(ebpf: &mut Ebpf) -> Result<(), String> {
 }
 
 /// Attaches the programs named in [`HOOKS`] to their tracepoints, frees first: an object
-/// allocated while the alloc hooks attach must not miss its free. Returns the tracepoints.
+/// allocated while the alloc hooks attach must not miss its free. Programs the object does not
+/// have (the benchmark's empty programs have no cgroup hooks) are skipped. Returns the
+/// tracepoints.
 pub(crate) fn attach_hooks(ebpf: &mut Ebpf) -> Result<Vec<String>, StartError> {
     let btf = Btf::from_sys_fs().map_err(|e| StartError::BadBtf {
         what: "aya's BTF parser".into(),
         reason: e.to_string(),
     })?;
     let mut hooks = Vec::new();
-    for (program, tracepoint) in HOOKS.iter().rev() {
-        attach(ebpf, program, tracepoint, &btf)?;
-        hooks.push(tracepoint.to_string());
-    }
-    for (program, tracepoint) in CGROUP_HOOKS {
-        // Not in the benchmark's empty programs.
-        if ebpf.program(program).is_some() {
-            attach(ebpf, program, tracepoint, &btf)?;
-            hooks.push(tracepoint.to_string());
+    let memory = HOOKS.iter().filter(|h| h.kind == HookKind::Memory).rev();
+    let cgroup = HOOKS.iter().filter(|h| h.kind == HookKind::Cgroup);
+    for hook in memory.chain(cgroup) {
+        if hook.kind == HookKind::Cgroup && ebpf.program(hook.name).is_none() {
+            continue;
         }
+        attach(ebpf, hook.name, hook.name, &btf)?;
+        hooks.push(hook.name.to_string());
     }
     hooks.sort();
     Ok(hooks)

@@ -83,23 +83,55 @@ pub mod globals {
     pub const CGROUP_ROOT_HIERARCHY_ID_OFFSET: &str = "CGROUP_ROOT_HIERARCHY_ID_OFFSET";
 }
 
-/// The six hooks, as (program name in the object, tracepoint name).
-pub const HOOKS: [(&str, &str); 6] = [
-    ("kmem_cache_alloc", "kmem_cache_alloc"),
-    ("kmalloc", "kmalloc"),
-    ("kmem_cache_free", "kmem_cache_free"),
-    ("kfree", "kfree"),
-    ("percpu_alloc_percpu", "percpu_alloc_percpu"),
-    ("percpu_free_percpu", "percpu_free_percpu"),
+/// A BTF tracepoint kmemcg attaches a program of the same name to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hook {
+    /// The tracepoint, and the program's name in the object.
+    pub name: &'static str,
+    /// Arguments the program reads, counted as in the tracepoint's TP_PROTO (checked in the
+    /// kernel's BTF before loading).
+    pub arity: usize,
+    pub kind: HookKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HookKind {
+    /// Slab and percpu allocations and frees; the benchmark's empty programs have these too.
+    Memory,
+    /// cgroup v2 tree changes.
+    Cgroup,
+}
+
+/// Every hook: the one table the loader, the BTF check, the benchmark and the status use.
+pub const HOOKS: [Hook; 9] = [
+    Hook::memory("kmem_cache_alloc", 5),
+    Hook::memory("kmalloc", 6),
+    Hook::memory("kmem_cache_free", 3),
+    Hook::memory("kfree", 2),
+    Hook::memory("percpu_alloc_percpu", 10),
+    Hook::memory("percpu_free_percpu", 3),
+    Hook::cgroup("cgroup_mkdir", 2),
+    Hook::cgroup("cgroup_rmdir", 2),
+    Hook::cgroup("cgroup_rename", 2),
 ];
 
-/// cgroup v2 tree changes as (program name, tracepoint). The benchmark's empty programs do
-/// not have them.
-pub const CGROUP_HOOKS: [(&str, &str); 3] = [
-    ("cgroup_mkdir", "cgroup_mkdir"),
-    ("cgroup_rmdir", "cgroup_rmdir"),
-    ("cgroup_rename", "cgroup_rename"),
-];
+impl Hook {
+    const fn memory(name: &'static str, arity: usize) -> Self {
+        Self {
+            name,
+            arity,
+            kind: HookKind::Memory,
+        }
+    }
+
+    const fn cgroup(name: &'static str, arity: usize) -> Self {
+        Self {
+            name,
+            arity,
+            kind: HookKind::Cgroup,
+        }
+    }
+}
 
 /// What the programs do with allocations made by tasks in the root cgroup (kernel threads and,
 /// on many hosts, most system services).
@@ -414,6 +446,17 @@ mod tests {
             }
         }
         assert_eq!(dropped, 0);
+    }
+
+    #[test]
+    fn hook_names_are_unique() {
+        for (i, a) in HOOKS.iter().enumerate() {
+            assert!(
+                HOOKS[i + 1..].iter().all(|b| b.name != a.name),
+                "{}",
+                a.name
+            );
+        }
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! kmemcg's eBPF programs: BTF-typed raw tracepoints on the six kmem/percpu hooks.
+//! kmemcg's eBPF programs: BTF-typed raw tracepoints on the kmem/percpu and cgroup hooks
+//! (`kmemcg_common::HOOKS`), and the inventory and sweep programs the agent runs.
 //!
 //! On allocation the allocating task's cgroup is charged in per-CPU counters, and the object's
 //! owner is remembered by address; on free, whichever task or context frees it, the owner found

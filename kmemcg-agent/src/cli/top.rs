@@ -67,11 +67,9 @@ pub struct TopArgs {
     flat: bool,
 }
 
+/// `1`, `0.5`, `500ms`, `2s` (see [`crate::units::parse_duration`]), 0.1 to 3600 seconds.
 fn parse_delay(s: &str) -> Result<f64, String> {
-    let v: f64 = s
-        .trim_end_matches('s')
-        .parse()
-        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    let v = crate::units::parse_duration(s)?.as_secs_f64();
     if (0.1..=3600.0).contains(&v) {
         Ok(v)
     } else {

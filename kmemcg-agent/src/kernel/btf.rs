@@ -1,11 +1,11 @@
 //! What the programs need to know about this kernel's types, read from its BTF at load time:
 //! `struct kmem_cache` field offsets, the `__GFP_ACCOUNT` and `SLAB_ACCOUNT` bits, and the
-//! argument lists of the six tracepoints.
+//! argument lists of the hooks' tracepoints.
 use std::path::Path;
 
 use btf_rs::{Btf, Type};
 use fallible_iterator::FallibleIterator;
-use kmemcg_common::{CGROUP_HOOKS, HOOKS};
+use kmemcg_common::HOOKS;
 
 use crate::error::StartError;
 
@@ -25,19 +25,6 @@ pub struct KernelLayout {
     pub cgroup_root_hierarchy_id_offset: u32,
 }
 
-/// Number of arguments each hook's program reads, counted as in the tracepoint's TP_PROTO.
-const HOOK_ARITY: [(&str, usize); 9] = [
-    ("cgroup_mkdir", 2),
-    ("cgroup_rmdir", 2),
-    ("cgroup_rename", 2),
-    ("kmem_cache_alloc", 5),
-    ("kmalloc", 6),
-    ("kmem_cache_free", 3),
-    ("kfree", 2),
-    ("percpu_alloc_percpu", 10),
-    ("percpu_free_percpu", 3),
-];
-
 impl KernelLayout {
     /// Reads the layout from the running kernel's BTF.
     pub fn from_running_kernel() -> Result<Self, StartError> {
@@ -54,7 +41,7 @@ impl KernelLayout {
             what: format!("cannot parse {}", path.display()),
             reason: e.to_string(),
         })?;
-        for (hook, _) in HOOKS.iter().chain(&CGROUP_HOOKS) {
+        for hook in HOOKS.iter().map(|h| h.name) {
             check_hook(&btf, hook)?;
         }
         let kmem_cache = find_struct(&btf, "kmem_cache")?;
@@ -100,10 +87,7 @@ fn check_hook(btf: &Btf, hook: &str) -> Result<(), StartError> {
         .ok_or_else(missing)?;
     // The first parameter is the tracepoint's private `void *__data`, not passed to programs.
     let arity = proto.parameters.len().saturating_sub(1);
-    let expected = HOOK_ARITY
-        .iter()
-        .find(|(name, _)| *name == hook)
-        .map_or(0, |(_, n)| *n);
+    let expected = HOOKS.iter().find(|h| h.name == hook).map_or(0, |h| h.arity);
     if arity != expected {
         return Err(StartError::BadBtf {
             what: format!("tracepoint {hook}"),

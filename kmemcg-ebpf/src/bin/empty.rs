@@ -1,4 +1,4 @@
-//! Empty programs on kmemcg's six hooks: the benchmark's baseline for what attaching anything
+//! Empty programs on kmemcg's memory hooks: the benchmark's baseline for what attaching anything
 //! to these tracepoints costs.
 #![no_std]
 #![no_main]

@@ -1,5 +1,5 @@
 //! kmemcg's overhead benchmark: an allocation-heavy workload in a non-root cgroup, run
-//! interleaved with no tracing, with empty programs on the same six hooks, and with kmemcg
+//! interleaved with no tracing, with empty programs on the same memory hooks, and with kmemcg
 //! (programs plus the agent's sampling every second). Prints throughput ratios and the kernel's
 //! own per-program run time (BPF_ENABLE_STATS) per event.
 use std::{
