@@ -57,6 +57,8 @@ pub async fn run(args: StatArgs) -> anyhow::Result<()> {
         if args.cgroup.is_some() {
             println!();
             println!("{}", caches_table(&cgroups[0]));
+            println!();
+            println!("{}", kernel_line(&cgroups[0]));
         }
     }
     Ok(())
@@ -191,6 +193,23 @@ pub fn cgroups_table(cgroups: &[CgroupUsage]) -> Table {
 
 /// The caches holding something now; those with no live object (only past allocations) are
 /// counted in a last line instead of listed as 0 B.
+/// What the kernel's memcg charges the cgroup, beside kmemcg's accounted bytes.
+fn kernel_line(c: &CgroupUsage) -> String {
+    let Some(k) = &c.kernel else {
+        return "kernel: no figure (no memory cgroup at this path)".into();
+    };
+    let charged = k.kernel_bytes.map_or("-".into(), iec);
+    let drift = k.drift_bytes.map_or("-".into(), |d| {
+        let sign = if d < 0 { "-" } else { "+" };
+        format!("{sign}{}", iec(d.unsigned_abs()))
+    });
+    format!(
+        "kernel ({}): {charged} charged; kmemcg's accounted {} (recursive), drift {drift}",
+        k.source,
+        iec(c.total_accounted_bytes)
+    )
+}
+
 pub fn caches_table(cgroup: &CgroupUsage) -> Table {
     let mut t = table(&["CACHE", "BYTES", "OBJECTS", "ACCOUNTED", "ALLOCS", "FREES"]);
     let empty = cgroup.caches.iter().filter(|c| c.bytes == 0).count();
@@ -215,6 +234,26 @@ pub fn caches_table(cgroup: &CgroupUsage) -> Table {
 mod tests {
     use super::*;
     use crate::api::CacheUsage;
+
+    #[test]
+    fn the_kernel_line_says_where_there_is_no_figure() {
+        let mut c = CgroupUsage {
+            total_accounted_bytes: 2 << 20,
+            ..Default::default()
+        };
+        assert!(kernel_line(&c).contains("no figure"));
+        c.kernel = Some(Box::new(crate::api::KernelMemory {
+            source: "memory.kmem.usage_in_bytes".into(),
+            kernel_bytes: Some(3 << 20),
+            drift_bytes: Some(-(1 << 20)),
+            ..Default::default()
+        }));
+        let line = kernel_line(&c);
+        assert!(
+            line.contains("3 MiB charged") && line.contains("drift -1 MiB"),
+            "{line}"
+        );
+    }
 
     #[test]
     fn tables_show_iec_sizes() {

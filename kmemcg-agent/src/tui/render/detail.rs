@@ -33,6 +33,22 @@ pub(super) fn render(frame: &mut Frame, area: Rect, app: &mut App) {
     if c.is_dying() {
         title.push(Span::styled(" (dying)", Style::new().fg(Color::Red)));
     }
+    // The kernel's own charge beside kmemcg's figures, where it keeps one.
+    if let Cgroup::Live(u) = c
+        && let Some(k) = &u.kernel
+        && let Some(kernel) = k.kernel_bytes
+    {
+        title.push(label("  kernel charges ".into()));
+        title.push(Span::raw(fmt::size(kernel, exact)));
+        if let Some(drift) = k.drift_bytes {
+            title.push(label("  drift ".into()));
+            let sign = if drift < 0 { "-" } else { "+" };
+            title.push(Span::raw(format!(
+                "{sign}{}",
+                fmt::size(drift.unsigned_abs(), exact)
+            )));
+        }
+    }
     let mut facts = vec![
         label("slab ".into()),
         Span::raw(format!(
@@ -159,6 +175,30 @@ mod tests {
             s[6].contains("dentry") && s[7].contains("percpu"),
             "{}",
             s.join("\n")
+        );
+    }
+
+    #[test]
+    fn drill_in_shows_the_kernels_own_charge() {
+        let mut cgroups = sample();
+        for c in &mut cgroups {
+            c.kernel = Some(Box::new(crate::api::KernelMemory {
+                source: "memory.stat".into(),
+                kernel_bytes: Some(3 << 20),
+                drift_bytes: Some(-(1 << 20)),
+                ..Default::default()
+            }));
+        }
+        let mut app = app_with(cgroups);
+        act(
+            &mut app,
+            &[Action::ToggleLayout, Action::First, Action::DrillIn],
+        );
+        let s = screen(&mut app, 100, 12);
+        let text = s.join("\n");
+        assert!(
+            s[3].contains("kernel charges 3.00 MiB") && s[3].contains("drift -1.00 MiB"),
+            "{text}"
         );
     }
 
