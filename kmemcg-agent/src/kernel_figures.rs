@@ -104,15 +104,19 @@ pub fn parse_memory_stat(text: &str) -> KernelMemory {
     m
 }
 
-/// kmemcg's recursive accounted bytes minus what the kernel charges for the same: its slab and
-/// percpu (v2), else its whole kmem counter (v1).
+/// What the kernel charges for what kmemcg accounts: its slab and percpu (v2), else its whole
+/// kmem counter (v1, which also counts stacks and page tables).
+pub fn charged_slab_percpu(kernel: &KernelMemory) -> Option<u64> {
+    match (kernel.slab_bytes, kernel.percpu_bytes) {
+        (Some(slab), Some(percpu)) => Some(slab + percpu),
+        (Some(slab), None) => Some(slab),
+        _ => kernel.kernel_bytes,
+    }
+}
+
+/// kmemcg's recursive accounted bytes minus [`charged_slab_percpu`].
 pub fn drift(accounted: u64, kernel: &KernelMemory) -> Option<i64> {
-    let charged = match (kernel.slab_bytes, kernel.percpu_bytes) {
-        (Some(slab), Some(percpu)) => slab + percpu,
-        (Some(slab), None) => slab,
-        _ => kernel.kernel_bytes?,
-    };
-    Some(accounted as i64 - charged as i64)
+    Some(accounted as i64 - charged_slab_percpu(kernel)? as i64)
 }
 
 /// The mount point of the v1 hierarchy with the memory controller, from mountinfo text.

@@ -16,7 +16,11 @@ use super::{
     rules::{Action, Rule, RuleSpec},
     signals, state,
 };
-use crate::{api::CgroupUsage, cgroup_path, kernel_figures::KernelFigures};
+use crate::{
+    api::CgroupUsage,
+    cgroup_path,
+    kernel_figures::{KernelFigures, charged_slab_percpu},
+};
 
 struct Inner {
     config_rules: Vec<Rule>,
@@ -318,13 +322,10 @@ impl Enforcer {
         if !c.unreliable || on_unreliable != OnUnreliable::Kernel {
             return c.total_slab_bytes;
         }
-        let kernel =
-            self.kernel_figures
-                .read(&c.path)
-                .and_then(|k| match (k.slab_bytes, k.percpu_bytes) {
-                    (Some(slab), Some(percpu)) => Some(slab + percpu),
-                    _ => k.kernel_bytes,
-                });
+        let kernel = self
+            .kernel_figures
+            .read(&c.path)
+            .and_then(|k| charged_slab_percpu(&k));
         let charged = kernel.unwrap_or(0).saturating_sub(c.total_percpu_bytes);
         c.total_slab_bytes.max(charged)
     }
