@@ -3,6 +3,7 @@
 use std::{
     future::IntoFuture as _,
     net::SocketAddr,
+    os::fd::AsFd,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -23,6 +24,7 @@ use crate::{
     sampler::Sampler,
     server::{self, AppState, Settings},
     tracer::{Tracer, TracerConfig},
+    wake::{self, Wake},
 };
 
 #[derive(Clone, Debug, PartialEq)]
@@ -239,15 +241,27 @@ pub fn restart_only_changes(running: &AgentConfig, new: &AgentConfig) -> Vec<&'s
     .collect()
 }
 
-/// While limits are in force the maps are read at least this often, so that a cgroup crossing
-/// its limit is acted on well within a second.
-const ENFORCEMENT_INTERVAL: Duration = Duration::from_millis(250);
 /// cgroup tree events are followed this often between samples, so that their ring buffer
 /// never fills.
 const CGROUP_EVENTS_INTERVAL: Duration = Duration::from_millis(50);
+/// Early samples are at least this far apart, and at least four samples' time, so that a
+/// cgroup hovering at its limit cannot keep the agent sampling more than a fifth of the time.
+const MIN_EARLY_GAP: Duration = Duration::from_millis(5);
 
-/// Map reads are syscalls: they run on their own thread, not on the async runtime, on a fixed
-/// schedule (a sample every interval from the last one's start) that HTTP load cannot stretch.
+/// Why the sampling thread stopped waiting.
+#[derive(Debug, PartialEq, Eq)]
+enum Woken {
+    /// The interval is over.
+    Schedule,
+    /// A watched cgroup crossed its budget, or the rules changed: sample now.
+    Early,
+    Stop,
+}
+
+/// Map reads run on their own thread, not on the async runtime, on a fixed schedule (a sample
+/// every interval from the last scheduled one's start) that HTTP load cannot stretch, plus an
+/// early sample whenever the programs see a watched cgroup cross its budget or the rules
+/// change: limits are acted on within milliseconds without sampling more often.
 fn spawn_sampling(
     mut sampler: Sampler,
     tx: watch::Sender<Arc<Snapshot>>,
@@ -256,37 +270,58 @@ fn spawn_sampling(
     stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
-        let mut next = Instant::now();
-        while !stop.load(Ordering::Relaxed) {
-            let interval = if enforcer.has_rules() {
-                settings.interval().min(ENFORCEMENT_INTERVAL)
-            } else {
-                settings.interval()
-            };
-            // A sample late by more than an interval starts the schedule again from now.
-            next = (next + interval).max(Instant::now());
-            wait_until(next, &stop, &mut sampler);
+        let mut next = Instant::now() + settings.interval();
+        let mut last = Instant::now();
+        let mut took = Duration::ZERO;
+        loop {
+            let earliest = last + MIN_EARLY_GAP.max(took * 4);
+            match wait(next, earliest, &stop, &mut sampler, &enforcer) {
+                Woken::Stop => return,
+                // A sample late by more than an interval starts the schedule again from now.
+                Woken::Schedule => next = (next + settings.interval()).max(Instant::now()),
+                Woken::Early => {}
+            }
+            last = Instant::now();
             match sampler.sample() {
                 Ok(snapshot) => {
-                    // Right after the sample: the reaction time is at most one interval.
-                    enforcer.evaluate(&snapshot.cgroups);
+                    let headroom = enforcer.evaluate(&snapshot.cgroups);
+                    sampler.watch(&headroom);
                     tx.send_replace(Arc::new(snapshot));
                 }
                 Err(e) => tracing::warn!(error = %e, "reading the eBPF maps failed"),
             }
+            took = last.elapsed();
         }
     })
 }
 
-/// Waits until `deadline`, following cgroup events meanwhile.
-fn wait_until(deadline: Instant, stop: &AtomicBool, sampler: &mut Sampler) {
+/// Waits until `deadline` or an early wake-up (not before `earliest`), following cgroup
+/// events meanwhile.
+fn wait(
+    deadline: Instant,
+    earliest: Instant,
+    stop: &AtomicBool,
+    sampler: &mut Sampler,
+    enforcer: &Enforcer,
+) -> Woken {
     loop {
-        let now = Instant::now();
-        if now >= deadline || stop.load(Ordering::Relaxed) {
-            return;
+        if stop.load(Ordering::Relaxed) {
+            return Woken::Stop;
         }
-        std::thread::sleep(CGROUP_EVENTS_INTERVAL.min(deadline - now));
-        sampler.poll_cgroup_events();
+        let now = Instant::now();
+        if now >= deadline {
+            return Woken::Schedule;
+        }
+        let mut fds = vec![sampler.limit_events_fd()];
+        fds.extend(enforcer.changes().map(AsFd::as_fd));
+        wake::wait_readable(&fds, CGROUP_EVENTS_INTERVAL.min(deadline - now));
+        let due = sampler.poll_cgroup_events(|path| enforcer.covers(path));
+        let crossed = sampler.take_limit_events() || due;
+        let changed = enforcer.changes().is_some_and(Wake::take);
+        if crossed || changed {
+            std::thread::sleep(earliest.saturating_duration_since(Instant::now()));
+            return Woken::Early;
+        }
     }
 }
 

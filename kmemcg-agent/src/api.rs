@@ -209,6 +209,13 @@ pub struct Status {
     pub last_sample_ms: f64,
     #[serde(default)]
     pub max_sample_ms: f64,
+    /// Samples taken since start: at the interval, and early ones when a watched cgroup
+    /// crossed its budget or the rules changed.
+    #[serde(default)]
+    pub samples: u64,
+    /// Cgroups that limit rules match, whose budgets the eBPF programs watch between samples.
+    #[serde(default)]
+    pub watched_cgroups: u64,
     /// When the data was read, seconds since the Unix epoch.
     pub updated_at: u64,
     /// Where the kernel's own figures come from (`memory.stat`, `memory.kmem.usage_in_bytes`),

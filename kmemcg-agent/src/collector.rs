@@ -1,19 +1,24 @@
-//! Reads the programs' maps and sums the per-CPU values.
+//! Reads the programs' counters: the slots in use only, in place (`mmap`), summed over CPUs.
+//! The programs report each slot they claim, so a sample costs what is in use, not what the
+//! tables could hold.
 use std::{
-    collections::HashMap,
-    os::fd::{AsFd as _, AsRawFd as _, RawFd},
+    collections::{BTreeSet, HashMap},
+    mem::offset_of,
 };
 
 use aya::{
     Ebpf,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
 };
 use kmemcg_common::{
-    CACHE_NAMES, CGROUP_CACHE_STATS, CacheName, CacheStats, GLOBAL_COUNTERS, GlobalCounters,
-    STATS_KEYS, StatsKey,
+    CACHE_NAMES, CGROUP_CACHE_STATS, CacheKind, CacheName, CacheStats, GLOBAL_COUNTERS,
+    GlobalCounters, LIMIT_BUDGETS, STATS_KEYS, STATS_SLOT_EVENTS, StatsKey,
 };
 
-use crate::{bpf_batch, error::ReadError, kernel};
+use crate::{
+    error::{ReadError, StartError},
+    mapped::MappedArray,
+};
 
 /// The maps' content at one moment, summed over CPUs.
 #[derive(Clone, Debug, Default)]
@@ -27,18 +32,223 @@ pub struct RawSnapshot {
     pub cache_names: HashMap<u64, String>,
 }
 
-pub fn read(ebpf: &Ebpf) -> Result<RawSnapshot, ReadError> {
-    let (stats, stats_slots) = read_stats(ebpf)?;
-    Ok(RawSnapshot {
-        stats,
-        stats_slots,
-        counters: read_counters(ebpf)?,
-        cache_names: read_cache_names(ebpf)?,
-    })
+/// The counter tables, mapped, and what the agent knows of their use.
+pub struct Collector {
+    keys: MappedArray<StatsKey>,
+    /// One block of `slots` per CPU.
+    counters: MappedArray<CacheStats>,
+    budgets: MappedArray<i64>,
+    slots: usize,
+    cpus: usize,
+    slot_events: RingBuf<MapData>,
+    /// Slots of the key table in use, in slot order.
+    used: BTreeSet<u32>,
+    /// `lost_slot_events` when the key table was last scanned; None before the first scan.
+    scanned_at: Option<u64>,
+    cache_names: HashMap<u64, String>,
 }
 
-fn map<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a aya::maps::Map, ReadError> {
-    ebpf.map(name).ok_or(ReadError::MissingMap(name))
+fn mapped<T: aya::Pod>(
+    ebpf: &Ebpf,
+    name: &'static str,
+    len: usize,
+) -> Result<MappedArray<T>, StartError> {
+    let Some(aya::maps::Map::Array(data)) = ebpf.map(name) else {
+        return Err(StartError::MissingMap(name));
+    };
+    MappedArray::new(data.fd(), len).map_err(|source| StartError::Mmap { map: name, source })
+}
+
+impl Collector {
+    /// Maps the tables of `ebpf`, made with `slots` key slots for `cpus` CPUs.
+    pub fn new(ebpf: &mut Ebpf, slots: usize, cpus: usize) -> Result<Self, StartError> {
+        let slot_events = ebpf
+            .take_map(STATS_SLOT_EVENTS)
+            .ok_or(StartError::MissingMap(STATS_SLOT_EVENTS))
+            .and_then(|map| {
+                RingBuf::try_from(map)
+                    .map_err(|e| StartError::Load(Box::new(aya::EbpfError::MapError(e))))
+            })?;
+        Ok(Self {
+            keys: mapped(ebpf, STATS_KEYS, slots)?,
+            counters: mapped(ebpf, CGROUP_CACHE_STATS, slots * cpus)?,
+            budgets: mapped(ebpf, LIMIT_BUDGETS, kmemcg_common::MAX_WATCHED as usize)?,
+            slots,
+            cpus,
+            slot_events,
+            used: BTreeSet::new(),
+            scanned_at: None,
+            cache_names: HashMap::new(),
+        })
+    }
+
+    /// Slots claimed since the last call (also learnt by the next [`Self::read`]).
+    pub fn take_new_slots(&mut self) -> Vec<u32> {
+        let mut new = Vec::new();
+        while let Some(item) = self.slot_events.next() {
+            if let Ok(bytes) = <[u8; 4]>::try_from(&item[..item.len().min(4)]) {
+                let slot = u32::from_ne_bytes(bytes);
+                if (slot as usize) < self.slots && self.used.insert(slot) {
+                    new.push(slot);
+                }
+            }
+        }
+        new
+    }
+
+    pub fn read(&mut self, ebpf: &Ebpf) -> Result<RawSnapshot, ReadError> {
+        let counters = read_counters(ebpf)?;
+        self.take_new_slots();
+        if self.scanned_at != Some(counters.lost_slot_events) {
+            self.scan(self.scanned_at.is_none());
+            self.scanned_at = Some(counters.lost_slot_events);
+        }
+        let (stats, stats_slots) = self.read_stats();
+        self.learn_cache_names(ebpf, &stats)?;
+        Ok(RawSnapshot {
+            stats,
+            stats_slots,
+            counters,
+            cache_names: self.cache_names.clone(),
+        })
+    }
+
+    /// Finds the slots in use by scanning the key table: at start (slots claimed before, by
+    /// the inventory or a previous agent whose maps are pinned) and when slot events were lost.
+    /// At start, budgets a previous agent left are cleared.
+    fn scan(&mut self, first: bool) {
+        for slot in 0..self.slots {
+            if self.keys.get(slot).is_some_and(|k| k.cgroup_id != 0) {
+                self.used.insert(slot as u32);
+                if first {
+                    self.set_budgets(slot as u32, 0);
+                }
+            }
+        }
+    }
+
+    /// The used slots' keys, and their counters summed over CPUs and over the slots of one
+    /// key (two CPUs may claim two slots for one new key at once).
+    fn read_stats(&mut self) -> (Vec<(StatsKey, CacheStats)>, Vec<(u32, StatsKey)>) {
+        let mut slots = Vec::with_capacity(self.used.len());
+        let mut freed = Vec::new();
+        for &slot in &self.used {
+            match self.keys.get(slot as usize) {
+                // A claim writes the cgroup first and the cache next.
+                Some(key) if key.cgroup_id != 0 && key.cache_id != 0 => slots.push((slot, key)),
+                Some(key) if key.cgroup_id == 0 => freed.push(slot),
+                _ => {}
+            }
+        }
+        for slot in freed {
+            self.used.remove(&slot);
+        }
+        let mut stats: Vec<(StatsKey, CacheStats)> = slots
+            .iter()
+            .map(|&(slot, key)| {
+                let mut sum = CacheStats::default();
+                for cpu in 0..self.cpus {
+                    if let Some(c) = self.counters.get(cpu * self.slots + slot as usize) {
+                        sum.add(&c);
+                    }
+                }
+                (key, sum)
+            })
+            .collect();
+        stats.sort_unstable_by_key(|(key, _)| *key);
+        stats.dedup_by(|(key, later), (first_key, first)| {
+            let same = key == first_key;
+            if same {
+                first.add(later);
+            }
+            same
+        });
+        (stats, slots)
+    }
+
+    /// Names of slab caches not seen before. A name never changes for a cache id.
+    fn learn_cache_names(
+        &mut self,
+        ebpf: &Ebpf,
+        stats: &[(StatsKey, CacheStats)],
+    ) -> Result<(), ReadError> {
+        let unknown: Vec<u64> = stats
+            .iter()
+            .map(|(key, _)| key.cache_id)
+            .filter(|id| matches!(CacheKind::of(*id), CacheKind::Slab(_)))
+            .filter(|id| !self.cache_names.contains_key(id))
+            .collect();
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        let map = ebpf
+            .map(CACHE_NAMES)
+            .ok_or(ReadError::MissingMap(CACHE_NAMES))?;
+        let names: BpfHashMap<&MapData, u64, CacheName> =
+            BpfHashMap::try_from(map).map_err(map_error(CACHE_NAMES))?;
+        for id in unknown {
+            // Recorded by the programs right after the key; absent only for a moment.
+            if let Ok(name) = names.get(&id, 0) {
+                let name = String::from_utf8_lossy(name.as_bytes()).into_owned();
+                self.cache_names.insert(id, name);
+            }
+        }
+        Ok(())
+    }
+
+    /// Frees counter slots (of removed cgroups that hold nothing any more): counters first,
+    /// then the key, so that a new key claiming the slot starts from zero.
+    pub fn clear_slots(&mut self, slots: &[u32]) {
+        for &slot in slots {
+            for cpu in 0..self.cpus {
+                self.counters
+                    .set(cpu * self.slots + slot as usize, CacheStats::default());
+            }
+        }
+        for &slot in slots {
+            self.keys.set(slot as usize, StatsKey::default());
+            self.used.remove(&slot);
+        }
+    }
+
+    /// The key in `slot`, if it is claimed.
+    pub fn key(&self, slot: u32) -> Option<StatsKey> {
+        self.keys
+            .get(slot as usize)
+            .filter(|k| k.cgroup_id != 0 && k.cache_id != 0)
+    }
+
+    /// Sets the budget indexes a slot's allocations spend from, on every CPU.
+    pub fn set_budgets(&self, slot: u32, budgets: u64) {
+        for cpu in 0..self.cpus {
+            self.counters.set_u64_at(
+                cpu * self.slots + slot as usize,
+                offset_of!(CacheStats, budgets),
+                budgets,
+            );
+        }
+    }
+
+    /// Sets what a watched cgroup may still allocate.
+    pub fn set_budget(&self, index: u32, bytes: i64) {
+        self.budgets.set(index as usize, bytes);
+    }
+
+    /// Takes `bytes` from a watched cgroup's budget, as the programs do: true when that took
+    /// it below zero.
+    pub fn spend_budget(&self, index: u32, bytes: i64) -> bool {
+        self.budgets
+            .fetch_add(index as usize, -bytes)
+            .is_some_and(|before| before >= 0 && before < bytes)
+    }
+
+    /// Live bytes of a slot, summed over CPUs.
+    pub fn slot_live_bytes(&self, slot: u32) -> i64 {
+        (0..self.cpus)
+            .filter_map(|cpu| self.counters.get(cpu * self.slots + slot as usize))
+            .map(|c| c.live_bytes)
+            .sum()
+    }
 }
 
 fn map_error(map: &'static str) -> impl Fn(aya::maps::MapError) -> ReadError {
@@ -48,95 +258,14 @@ fn map_error(map: &'static str) -> impl Fn(aya::maps::MapError) -> ReadError {
     }
 }
 
-fn map_fd(ebpf: &Ebpf, name: &'static str) -> Result<RawFd, ReadError> {
-    let data = match map(ebpf, name)? {
-        aya::maps::Map::Array(data) | aya::maps::Map::PerCpuArray(data) => data,
-        _ => return Err(ReadError::MissingMap(name)),
-    };
-    Ok(data.fd().as_fd().as_raw_fd())
-}
-
-fn batch_error(map: &'static str, call: &'static str) -> impl Fn(std::io::Error) -> ReadError {
-    move |io_error| ReadError::Map {
-        map,
-        source: Box::new(aya::maps::MapError::SyscallError(aya::sys::SyscallError {
-            call,
-            io_error,
-        })),
-    }
-}
-
-/// The used slots of the counter table, and the counters summed over CPUs and over the slots
-/// of one key (two CPUs may claim two slots for one new key at once).
-type Stats = (Vec<(StatsKey, CacheStats)>, Vec<(u32, StatsKey)>);
-
-fn read_stats(ebpf: &Ebpf) -> Result<Stats, ReadError> {
-    let slots: Vec<(u32, StatsKey)> = bpf_batch::lookup_all(
-        map_fd(ebpf, STATS_KEYS)?,
-        1,
-        |_: &u32, key: &StatsKey| key.cgroup_id != 0 && key.cache_id != 0,
-        |key: &mut StatsKey, value: &StatsKey| *key = *value,
-    )
-    .map_err(batch_error(STATS_KEYS, "bpf_map_lookup_batch"))?;
-    // Both reads come in slot order: match them up without a lookup table.
-    let counters = bpf_batch::lookup_all(
-        map_fd(ebpf, CGROUP_CACHE_STATS)?,
-        kernel::possible_cpus(),
-        |index: &u32, _: &CacheStats| slots.binary_search_by_key(index, |(i, _)| *i).is_ok(),
-        CacheStats::add,
-    )
-    .map_err(batch_error(CGROUP_CACHE_STATS, "bpf_map_lookup_batch"))?;
-    let mut stats: Vec<(StatsKey, CacheStats)> = counters
-        .into_iter()
-        .filter_map(|(index, counters)| {
-            let at = slots.binary_search_by_key(&index, |(i, _)| *i).ok()?;
-            Some((slots[at].1, counters))
-        })
-        .collect();
-    stats.sort_unstable_by_key(|(key, _)| *key);
-    stats.dedup_by(|(key, later), (first_key, first)| {
-        let same = key == first_key;
-        if same {
-            first.add(later);
-        }
-        same
-    });
-    Ok((stats, slots))
-}
-
-/// Frees counter slots (of removed cgroups that hold nothing any more): counters first, then
-/// the key, so that a new key claiming the slot starts from zero.
-pub fn clear_stats_slots(ebpf: &Ebpf, slots: &[u32]) -> Result<(), ReadError> {
-    bpf_batch::update_all(
-        map_fd(ebpf, CGROUP_CACHE_STATS)?,
-        slots,
-        &CacheStats::default(),
-        kernel::possible_cpus(),
-    )
-    .map_err(batch_error(CGROUP_CACHE_STATS, "bpf_map_update_batch"))?;
-    let free = StatsKey {
-        cgroup_id: 0,
-        cache_id: 0,
-    };
-    bpf_batch::update_all(map_fd(ebpf, STATS_KEYS)?, slots, &free, 1)
-        .map_err(batch_error(STATS_KEYS, "bpf_map_update_batch"))
-}
-
 fn read_counters(ebpf: &Ebpf) -> Result<GlobalCounters, ReadError> {
+    let map = ebpf
+        .map(GLOBAL_COUNTERS)
+        .ok_or(ReadError::MissingMap(GLOBAL_COUNTERS))?;
     let counters: PerCpuArray<&MapData, GlobalCounters> =
-        PerCpuArray::try_from(map(ebpf, GLOBAL_COUNTERS)?).map_err(map_error(GLOBAL_COUNTERS))?;
+        PerCpuArray::try_from(map).map_err(map_error(GLOBAL_COUNTERS))?;
     let per_cpu = counters.get(&0, 0).map_err(map_error(GLOBAL_COUNTERS))?;
     let mut sum = GlobalCounters::default();
     per_cpu.iter().for_each(|cpu| sum.add(cpu));
     Ok(sum)
-}
-
-fn read_cache_names(ebpf: &Ebpf) -> Result<HashMap<u64, String>, ReadError> {
-    let names: BpfHashMap<&MapData, u64, CacheName> =
-        BpfHashMap::try_from(map(ebpf, CACHE_NAMES)?).map_err(map_error(CACHE_NAMES))?;
-    Ok(names
-        .iter()
-        .filter_map(Result::ok)
-        .map(|(id, name)| (id, String::from_utf8_lossy(name.as_bytes()).into_owned()))
-        .collect())
 }

@@ -38,6 +38,17 @@ pub enum StartError {
     NoProgramsEmbedded,
     #[error(transparent)]
     Pin(#[from] crate::pin::PinError),
+    #[error("map {0} is missing from kmemcg's eBPF object: this binary is broken, rebuild it")]
+    MissingMap(&'static str),
+    #[error(
+        "mapping map {map} into memory failed: {source}; the kernel must allow mmap of BPF \
+         arrays (Linux 5.5 or later)"
+    )]
+    Mmap {
+        map: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("loading kmemcg's eBPF programs failed: {0}")]
     Load(#[source] Box<aya::EbpfError>),
     #[error(

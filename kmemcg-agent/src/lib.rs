@@ -1,15 +1,16 @@
 //! kmemcg's agent library: the data path from the kernel to the user, one module per step.
 //!
 //! kernel (facts) -> tracer (load, attach; inventory of what was there before) -> sweep
-//! (uncharge what was freed unseen) -> collector (read, sum maps) -> cgroups (id ->
-//! path) -> report (per-cgroup usage) -> sampler (snapshots) -> server (HTTP API, metrics) -> cli.
+//! (uncharge what was freed unseen) -> collector (read the counters in use, in place) ->
+//! cgroups (id -> path) -> report (per-cgroup usage) -> sampler (snapshots) -> limits (decide,
+//! act) and watch (limit budgets in the programs, for an early sample) -> server (HTTP API,
+//! metrics) -> cli.
 //! Daemon concerns beside the path: config (file, env, flags), pin (bpffs), metadata (pod and
 //! container from a cgroup path), metrics (Prometheus exposition).
 mod access;
 mod agent;
 pub mod api;
 pub mod baseline;
-mod bpf_batch;
 mod cgroup_path;
 mod cgroups;
 pub mod cli;
@@ -23,6 +24,7 @@ pub mod kernel;
 mod kernel_figures;
 pub mod limits;
 mod listener;
+mod mapped;
 mod metadata;
 mod metrics;
 mod pin;
@@ -30,8 +32,11 @@ mod report;
 pub mod sampler;
 mod server;
 mod sweep;
+mod test_run;
 mod timefmt;
 pub mod tracer;
 mod tui;
 mod units;
 mod unreliable;
+mod wake;
+mod watch;

@@ -24,7 +24,8 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/kmemcg";
 
 /// Bump when the meaning of a pinned map's bytes changes without its size changing.
 /// 3: bit 30 of a live object's size is the sweep's OBJECT_OWNER_SEEN flag.
-const LAYOUT_REVISION: u32 = 3;
+/// 4: the counters are one block of slots per CPU in a plain array, with limit budgets.
+const LAYOUT_REVISION: u32 = 4;
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
@@ -62,7 +63,7 @@ pub const PINNED_MAPS: [MapLayout; 5] = [
     },
     MapLayout {
         name: CGROUP_CACHE_STATS,
-        map_type: MapType::PerCpuArray,
+        map_type: MapType::Array,
         key_size: size::<u32>(),
         value_size: size::<CacheStats>(),
         configured_capacity: true,
@@ -219,6 +220,8 @@ pub struct Capacities {
     pub live_slots: u32,
     /// Slots of the counter table (`max_stats` rounded up to a power of two).
     pub stats_slots: u32,
+    /// Possible CPUs: the counters have a block of `stats_slots` per CPU.
+    pub cpus: u32,
 }
 
 /// Prepares `base` for pinning: checks it is on bpffs, that nothing incompatible is pinned
@@ -250,6 +253,7 @@ pub fn open(base: &Path, capacities: Capacities) -> Result<PinnedMaps, PinError>
         }
         let want = layout.configured_capacity.then_some(match layout.name {
             LIVE_OBJECTS => capacities.live_slots,
+            CGROUP_CACHE_STATS => capacities.stats_slots * capacities.cpus,
             _ => capacities.stats_slots,
         });
         check_map(&path, &layout, want)?;
@@ -464,6 +468,7 @@ mod tests {
             Capacities {
                 live_slots: 1024,
                 stats_slots: 64,
+                cpus: 2,
             },
         )
         .expect_err("tmp is not bpffs")

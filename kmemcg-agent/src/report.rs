@@ -301,6 +301,7 @@ mod tests {
             accounted_objects: live_objects,
             allocs: live_objects.max(0) as u64 + 1,
             frees: 1,
+            budgets: 0,
         }
     }
 

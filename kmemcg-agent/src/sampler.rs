@@ -13,11 +13,14 @@ use crate::{
     error::ReadError,
     kernel,
     kernel_figures::{KernelFigures, KernelFiguresCache},
+    limits::Headroom,
     report::{self, Report},
     sweep::Sweeper,
     tracer::Tracer,
     unreliable::Unreliable,
+    watch::Watch,
 };
+use kmemcg_common::StatsKey;
 
 pub struct Sampler {
     tracer: Tracer,
@@ -31,6 +34,10 @@ pub struct Sampler {
     kernel_figures: KernelFiguresCache,
     unreliable: Unreliable,
     sweeper: Sweeper,
+    watch: Watch,
+    /// Counter slots in use at the last sample.
+    slots: Vec<(u32, StatsKey)>,
+    samples: u64,
 }
 
 impl Sampler {
@@ -49,6 +56,9 @@ impl Sampler {
             max_sample_ms: 0.0,
             lost_cgroup_events: 0,
             sweeper,
+            watch: Watch::default(),
+            slots: Vec::new(),
+            samples: 0,
         }
     }
 
@@ -56,16 +66,49 @@ impl Sampler {
         &self.tracer
     }
 
-    /// Applies the cgroup tree changes reported since the last call. Called often (every 50
-    /// ms by the agent) so that the ring buffer never fills.
-    pub fn poll_cgroup_events(&mut self) {
+    /// Applies the cgroup tree changes reported since the last call, and gives new counter
+    /// slots of watched cgroups their budgets. Called often (every 50 ms by the agent) so that
+    /// the ring buffers never fill. True when a sample is due at once: a budget went below
+    /// zero, or a cgroup that `limited` says a rule covers (path given) started allocating
+    /// without being watched.
+    pub fn poll_cgroup_events(&mut self, limited: impl Fn(&str) -> bool) -> bool {
         let events = self.tracer.take_cgroup_events();
         self.tree.apply(&events);
+        let new = self.tracer.take_new_slots();
+        let nodes = self.tree.nodes();
+        let (crossed, unwatched) = self
+            .watch
+            .arm_new_slots(&new, nodes, self.tracer.collector());
+        crossed
+            || unwatched
+                .iter()
+                .filter_map(|id| nodes.get(id))
+                .any(|node| limited(&node.path))
+    }
+
+    /// Has the programs watch these cgroups' budgets until the next call (see [`crate::watch`]).
+    pub fn watch(&mut self, headroom: &[Headroom]) {
+        self.watch.arm(
+            headroom,
+            &self.slots,
+            self.tree.nodes(),
+            self.tracer.collector(),
+        );
+    }
+
+    /// Readable when an allocation took a watched cgroup below its budget.
+    pub fn limit_events_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.tracer.limit_events_fd()
+    }
+
+    /// Whether a budget went below zero since the last call; clears the events.
+    pub fn take_limit_events(&mut self) -> bool {
+        self.tracer.take_limit_events() > 0
     }
 
     pub fn sample(&mut self) -> Result<Snapshot, ReadError> {
         let started = Instant::now();
-        self.poll_cgroup_events();
+        self.poll_cgroup_events(|_| false);
         let raw = self.tracer.read()?;
         if raw.counters.lost_cgroup_events > self.lost_cgroup_events {
             self.lost_cgroup_events = raw.counters.lost_cgroup_events;
@@ -83,13 +126,14 @@ impl Sampler {
         let kernel_drift = self
             .kernel_figures
             .annotate(&mut cgroups, self.tree.root_id());
-        self.release_removed(&raw)?;
+        self.release_removed(&raw);
         // Hand the reading's transient buffers back to the OS, so that the agent's resident
         // memory follows the current state rather than its largest burst.
         // SAFETY: malloc_trim has no preconditions.
         unsafe { libc::malloc_trim(0) };
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
         self.max_sample_ms = self.max_sample_ms.max(elapsed_ms);
+        self.samples += 1;
         let status = self.status(&raw, &cgroups, &dying, elapsed_ms, kernel_drift);
         Ok(Snapshot {
             cgroups,
@@ -100,7 +144,7 @@ impl Sampler {
 
     /// Deletes the counter entries of removed cgroups whose objects are all freed, and forgets
     /// those cgroups.
-    fn release_removed(&mut self, raw: &RawSnapshot) -> Result<(), ReadError> {
+    fn release_removed(&mut self, raw: &RawSnapshot) {
         let mut live: HashMap<u64, i64> = HashMap::new();
         for (key, s) in &raw.stats {
             *live.entry(key.cgroup_id).or_default() += s.live_objects;
@@ -131,7 +175,8 @@ impl Sampler {
                 .filter(|(_, key)| released.contains(&key.cgroup_id))
                 .map(|(slot, _)| *slot)
                 .collect();
-            self.tracer.clear_stats_slots(&slots)?;
+            self.tracer.clear_stats_slots(&slots);
+            self.watch.forget_slots(&slots);
         }
         let holding: HashSet<u64> = live
             .iter()
@@ -139,7 +184,12 @@ impl Sampler {
             .map(|(id, _)| *id)
             .collect();
         self.tree.forget_released(&holding);
-        Ok(())
+        self.slots = raw
+            .stats_slots
+            .iter()
+            .filter(|(_, key)| !released.contains(&key.cgroup_id))
+            .copied()
+            .collect();
     }
 
     fn status(
@@ -181,6 +231,8 @@ impl Sampler {
             cgroup_rescans: self.tree.rescans,
             last_sample_ms: elapsed_ms,
             max_sample_ms: self.max_sample_ms,
+            samples: self.samples,
+            watched_cgroups: self.watch.watched() as u64,
             kernel_figures_source: self.kernel_figures.source().map(Into::into),
             kernel_drift_bytes,
             updated_at: SystemTime::now()

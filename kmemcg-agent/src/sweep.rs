@@ -20,7 +20,7 @@ use kmemcg_common::{
     TruthCounters,
 };
 
-use crate::{api::SweepStatus, bpf_batch, tracer::Tracer};
+use crate::{api::SweepStatus, test_run, tracer::Tracer};
 
 /// Time from the start of one sweep to the start of the next.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
@@ -197,7 +197,7 @@ fn sweep(fd: &ProgramFd, slots: u32, stop: &AtomicBool) -> std::io::Result<()> {
     let mut start = 0;
     while start < slots && !stop.load(Ordering::Relaxed) {
         let count = SWEEP_SLOTS_PER_RUN.min(slots - start);
-        bpf_batch::run_raw_tracepoint(fd.as_fd().as_raw_fd(), &[start.into(), count.into()], None)?;
+        test_run::run_raw_tracepoint(fd.as_fd().as_raw_fd(), &[start.into(), count.into()], None)?;
         start += count;
         std::thread::yield_now();
     }

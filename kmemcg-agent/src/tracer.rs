@@ -9,13 +9,13 @@ use aya::{
 };
 use kmemcg_common::{
     CGROUP_CACHE_STATS, CGROUP_EVENTS, CPU_OFFSET_PROGRAM, CgroupEvent, HOOKS, HookKind,
-    INVENTORY_PROGRAM, LIVE_OBJECTS, MEMCG_CGROUP_IDS, RootCgroupMode, SLAB_LAYOUT, STATS_KEYS,
-    SWEEP_PROGRAM, SlabLayout, TRUTH_COUNTERS, TruthCounters, globals,
+    INVENTORY_PROGRAM, LIMIT_EVENTS, LIVE_OBJECTS, MEMCG_CGROUP_IDS, RootCgroupMode, SLAB_LAYOUT,
+    STATS_KEYS, SWEEP_PROGRAM, SlabLayout, StatsKey, TRUTH_COUNTERS, TruthCounters, globals,
 };
 
 use crate::{
     api::InventoryStatus,
-    collector::{self, RawSnapshot},
+    collector::{Collector, RawSnapshot},
     error::{ReadError, StartError},
     inventory,
     kernel::{self, btf::KernelLayout, caps, cgroupfs, slab_layout},
@@ -73,6 +73,9 @@ pub struct Tracer {
     hooks: Vec<String>,
     cgroup2_mount: PathBuf,
     cgroup_events: RingBuf<MapData>,
+    /// Budgets taken below zero (see [`crate::watch`]).
+    limit_events: RingBuf<MapData>,
+    collector: Collector,
     /// The slab layout the inventory and the sweep run with, or why they cannot run here.
     slab_walk: Result<SlabLayout, String>,
     inventory: InventoryStatus,
@@ -99,18 +102,19 @@ impl Tracer {
         let live_slot_mask = live_slots - 1;
         let stats_slots = config.max_stats.next_power_of_two();
         let stats_slot_mask = stats_slots - 1;
+        let possible_cpus = kernel::possible_cpus() as u64;
         let pinned = match &config.pin_dir {
             Some(dir) => Some(pin::open(
                 dir,
                 pin::Capacities {
                     live_slots,
                     stats_slots,
+                    cpus: possible_cpus as u32,
                 },
             )?),
             None => None,
         };
         let root_mode = config.root_mode as u32;
-        let possible_cpus = kernel::possible_cpus() as u64;
         let slab_walk = slab_layout::from_running_kernel();
         let slab_layout_global = slab_walk.clone().unwrap_or_default();
         let mut loader = EbpfLoader::new();
@@ -161,7 +165,7 @@ impl Tracer {
             .override_global(globals::STATS_SLOT_MASK, &stats_slot_mask, true)
             .map_max_entries(STATS_KEYS, stats_slots)
             .map_max_entries(LIVE_OBJECTS, live_slots)
-            .map_max_entries(CGROUP_CACHE_STATS, stats_slots)
+            .map_max_entries(CGROUP_CACHE_STATS, stats_slots * possible_cpus as u32)
             .load(EBPF_OBJECT)
             .map_err(StartError::from_load)?;
         let hooks = attach_hooks(&mut ebpf)?;
@@ -171,15 +175,9 @@ impl Tracer {
             load_slab_walk_programs(&mut ebpf)?;
             Ok(layout)
         });
-        let cgroup_events = ebpf
-            .take_map(CGROUP_EVENTS)
-            .map(RingBuf::try_from)
-            .transpose()
-            .map_err(|e| StartError::Load(Box::new(aya::EbpfError::MapError(e))))?
-            .ok_or_else(|| StartError::BadBtf {
-                what: "the eBPF object".into(),
-                reason: format!("it has no {CGROUP_EVENTS} map"),
-            })?;
+        let cgroup_events = take_ring(&mut ebpf, CGROUP_EVENTS)?;
+        let limit_events = take_ring(&mut ebpf, LIMIT_EVENTS)?;
+        let collector = Collector::new(&mut ebpf, stats_slots as usize, possible_cpus as usize)?;
         tracing::info!(hooks = ?hooks, root_mode = ?config.root_mode, "eBPF programs attached");
         if let Some(p) = &pinned {
             tracing::info!(dir = %p.dir().display(), reused = ?p.reused(), "maps pinned");
@@ -190,6 +188,8 @@ impl Tracer {
             hooks,
             cgroup2_mount,
             cgroup_events,
+            limit_events,
+            collector,
             slab_walk,
             inventory: InventoryStatus::default(),
             cpu_freelists: Err("not looked for yet".into()),
@@ -253,15 +253,15 @@ impl Tracer {
             .slab_walk_program(program)?
             .fd()
             .map_err(|_| ReadError::MissingMap(program))?;
-        crate::bpf_batch::run_raw_tracepoint(fd.as_fd().as_raw_fd(), args, cpu).map_err(
-            |io_error| ReadError::Map {
+        crate::test_run::run_raw_tracepoint(fd.as_fd().as_raw_fd(), args, cpu).map_err(|io_error| {
+            ReadError::Map {
                 map: program,
                 source: Box::new(aya::maps::MapError::SyscallError(aya::sys::SyscallError {
                     call: "bpf_prog_test_run",
                     io_error,
                 })),
-            },
-        )
+            }
+        })
     }
 
     /// What the inventory and the sweep did so far.
@@ -355,14 +355,43 @@ impl Tracer {
         events
     }
 
-    /// Reads and sums the maps.
-    pub fn read(&self) -> Result<RawSnapshot, ReadError> {
-        collector::read(&self.ebpf)
+    /// Reads and sums the counters in use.
+    pub fn read(&mut self) -> Result<RawSnapshot, ReadError> {
+        self.collector.read(&self.ebpf)
+    }
+
+    /// Counter slots claimed since the last call, with their keys.
+    pub fn take_new_slots(&mut self) -> Vec<(u32, StatsKey)> {
+        let slots = self.collector.take_new_slots();
+        slots
+            .into_iter()
+            .filter_map(|slot| Some((slot, self.collector.key(slot)?)))
+            .collect()
     }
 
     /// Frees the counter slots of removed cgroups that hold nothing.
-    pub fn clear_stats_slots(&mut self, slots: &[u32]) -> Result<(), ReadError> {
-        collector::clear_stats_slots(&self.ebpf, slots)
+    pub fn clear_stats_slots(&mut self, slots: &[u32]) {
+        self.collector.clear_slots(slots)
+    }
+
+    pub fn collector(&self) -> &Collector {
+        &self.collector
+    }
+
+    /// The ring buffer the programs write to when a limit budget goes below zero: readable
+    /// means "sample now".
+    pub fn limit_events_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd as _;
+        self.limit_events.as_fd()
+    }
+
+    /// Empties [`Self::limit_events_fd`]: how many budgets went below zero since the last call.
+    pub fn take_limit_events(&mut self) -> usize {
+        let mut count = 0;
+        while self.limit_events.next().is_some() {
+            count += 1;
+        }
+        count
     }
 
     pub fn config(&self) -> &TracerConfig {
@@ -426,6 +455,11 @@ pub(crate) fn attach_hooks(ebpf: &mut Ebpf) -> Result<Vec<String>, StartError> {
 
 /// Kernel BPF statistics of the attached programs, summed: (run time in ns, runs). They only
 /// count while BPF_ENABLE_STATS is on.
+fn take_ring(ebpf: &mut Ebpf, name: &'static str) -> Result<RingBuf<MapData>, StartError> {
+    let map = ebpf.take_map(name).ok_or(StartError::MissingMap(name))?;
+    RingBuf::try_from(map).map_err(|e| StartError::Load(Box::new(aya::EbpfError::MapError(e))))
+}
+
 pub fn program_stats(ebpf: &Ebpf) -> (u64, u64) {
     ebpf.programs()
         .filter_map(|(_, p)| p.info().ok())

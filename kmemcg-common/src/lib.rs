@@ -21,8 +21,27 @@ pub const fn live_slot_hash(ptr: u64) -> u32 {
 /// (cgroup, cache) keys: an open-addressing table of [`StatsKey`] slots (an array map; a free
 /// slot has cgroup id 0), found through [`stats_slot_hash`].
 pub const STATS_KEYS: &str = "STATS_KEYS";
-/// Per-CPU [`CacheStats`] of the key at the same index of [`STATS_KEYS`] (a per-CPU array).
+/// [`CacheStats`] per CPU of the key at the same slot of [`STATS_KEYS`]: an array of one
+/// block of slots per CPU (slot `s` of CPU `c` at `c * slots + s`), so that each CPU updates
+/// memory of its own and the agent reads the slots in use, in place, through `mmap`.
 pub const CGROUP_CACHE_STATS: &str = "CGROUP_CACHE_STATS";
+/// Ring buffer of u32 slot indexes of [`STATS_KEYS`]: a new (cgroup, cache) key took the slot.
+/// The agent follows it to know the slots in use without scanning the table.
+pub const STATS_SLOT_EVENTS: &str = "STATS_SLOT_EVENTS";
+
+/// i64 bytes per watched cgroup (array, `mmap`ed by the agent; index 0 is never used): what
+/// the cgroup may still allocate before its tightest limit, as the agent computed at its last
+/// sample, less what the programs saw allocated since (plus what they saw freed).
+pub const LIMIT_BUDGETS: &str = "LIMIT_BUDGETS";
+/// Slots of [`LIMIT_BUDGETS`]: at most this many cgroups minus one are watched at once.
+pub const MAX_WATCHED: u32 = 4096;
+/// Ring buffer of u32 indexes of [`LIMIT_BUDGETS`] that an allocation took below zero: the
+/// agent wakes up and samples at once instead of at its next interval.
+pub const LIMIT_EVENTS: &str = "LIMIT_EVENTS";
+/// Budgets one (cgroup, cache) slot spends from: the 16-bit indexes packed in
+/// [`CacheStats::budgets`], of the nearest watched cgroups among the key's cgroup and its
+/// ancestors.
+pub const BUDGETS_PER_SLOT: u32 = 4;
 
 /// Slots a key may occupy in [`STATS_KEYS`], from its hash on.
 pub const STATS_PROBES: u32 = 32;
@@ -73,7 +92,7 @@ pub mod globals {
     pub const POSSIBLE_CPUS: &str = "POSSIBLE_CPUS";
     /// Slots of LIVE_OBJECTS minus one (u32); the table's size is a power of two.
     pub const LIVE_SLOT_MASK: &str = "LIVE_SLOT_MASK";
-    /// Slots of STATS_KEYS (and CGROUP_CACHE_STATS) minus one (u32).
+    /// Slots of STATS_KEYS (and of each CPU's block of CGROUP_CACHE_STATS) minus one (u32).
     pub const STATS_SLOT_MASK: &str = "STATS_SLOT_MASK";
     /// Byte offsets of `struct cgroup::kn`, `struct cgroup::root`, `struct kernfs_node::id`
     /// and `struct cgroup_root::hierarchy_id`, from BTF.
@@ -266,6 +285,9 @@ pub struct CacheStats {
     pub allocs: u64,
     /// Frees of tracked objects.
     pub frees: u64,
+    /// Indexes of the [`LIMIT_BUDGETS`] this slot's allocations spend from (16 bits each, 0
+    /// for none); written by the agent, the same on every CPU. Not a counter.
+    pub budgets: u64,
 }
 
 impl CacheStats {
@@ -277,6 +299,13 @@ impl CacheStats {
         self.accounted_objects += other.accounted_objects;
         self.allocs += other.allocs;
         self.frees += other.frees;
+    }
+
+    /// The budget indexes of [`Self::budgets`] in use.
+    pub fn budget_indexes(budgets: u64) -> impl Iterator<Item = u32> {
+        (0..BUDGETS_PER_SLOT)
+            .map(move |k| (budgets >> (16 * k)) as u32 & 0xffff)
+            .filter(|&index| index != 0)
     }
 }
 
@@ -296,6 +325,9 @@ pub struct GlobalCounters {
     pub stale_objects: u64,
     /// cgroup events lost because the ring buffer was full (the agent then rescans).
     pub lost_cgroup_events: u64,
+    /// [`STATS_SLOT_EVENTS`] lost because the ring buffer was full (the agent then scans the
+    /// key table).
+    pub lost_slot_events: u64,
 }
 
 impl GlobalCounters {
@@ -305,6 +337,7 @@ impl GlobalCounters {
         self.untracked_frees += other.untracked_frees;
         self.stale_objects += other.stale_objects;
         self.lost_cgroup_events += other.lost_cgroup_events;
+        self.lost_slot_events += other.lost_slot_events;
     }
 }
 
@@ -363,8 +396,8 @@ const _: () = assert!(core::mem::size_of::<LiveObject>() == 16);
 // The sweep sets OBJECT_OWNER_SEEN with a 64-bit atomic OR on the word at stats_slot.
 const _: () = assert!(core::mem::offset_of!(LiveObject, stats_slot) == 8);
 const _: () = assert!(core::mem::offset_of!(LiveObject, size_and_flags) == 12);
-const _: () = assert!(core::mem::size_of::<CacheStats>() == 48);
-const _: () = assert!(core::mem::size_of::<GlobalCounters>() == 40);
+const _: () = assert!(core::mem::size_of::<CacheStats>() == 56);
+const _: () = assert!(core::mem::size_of::<GlobalCounters>() == 48);
 const _: () = assert!(core::mem::size_of::<CgroupEvent>() == 16 + CGROUP_PATH_LEN);
 const _: () = assert!(core::mem::size_of::<CacheName>() == CACHE_NAME_LEN);
 

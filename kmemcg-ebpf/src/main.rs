@@ -6,9 +6,9 @@
 //! by address is uncharged. Names, paths, sums over CPUs and the hierarchy are the agent's job.
 //!
 //! Both tables are lock-free open-addressing arrays with slots claimed by compare-and-swap:
-//! live objects by address, and (cgroup, cache) keys whose per-CPU counters sit at the same
-//! index of a per-CPU array. A live object remembers its counters' index, so a free needs no
-//! key lookup. Hash-map updates take a bucket lock with interrupts disabled and a freelist
+//! live objects by address, and (cgroup, cache) keys whose counters sit at the same slot of
+//! each CPU's block of the counter array. A live object remembers its counters' slot, so a
+//! free needs no key lookup. Hash-map updates take a bucket lock with interrupts disabled and a freelist
 //! lock, which cost several times the rest of the programs.
 #![no_std]
 #![no_main]
@@ -19,17 +19,20 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_cgroup_id, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes},
+    bindings::{BPF_F_MMAPABLE, BPF_NOEXIST, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_smp_processor_id, bpf_probe_read_kernel,
+        bpf_probe_read_kernel_str_bytes,
+    },
     macros::{btf_tracepoint, map},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::BtfTracePointContext,
 };
 use kmemcg_common::{
-    CACHE_ID_PERCPU, CGROUP_EVENT_MKDIR, CGROUP_EVENT_RENAME, CGROUP_EVENT_RMDIR, CacheName,
-    CacheStats, CgroupEvent, GlobalCounters, LIVE_PROBES, LiveObject, OBJECT_ACCOUNTED,
-    OBJECT_FLAGS, RootCgroupMode, STATS_PROBES, StatsKey, kmalloc_cache_id, live_slot_hash,
-    stats_probe_offset, stats_slot_hash,
+    BUDGETS_PER_SLOT, CACHE_ID_PERCPU, CGROUP_EVENT_MKDIR, CGROUP_EVENT_RENAME, CGROUP_EVENT_RMDIR,
+    CacheName, CacheStats, CgroupEvent, GlobalCounters, LIVE_PROBES, LiveObject, MAX_WATCHED,
+    OBJECT_ACCOUNTED, OBJECT_FLAGS, RootCgroupMode, STATS_PROBES, StatsKey, kmalloc_cache_id,
+    live_slot_hash, stats_probe_offset, stats_slot_hash,
 };
 
 mod truth;
@@ -55,7 +58,7 @@ static POSSIBLE_CPUS: u64 = 1;
 /// Slots of LIVE_OBJECTS minus one (a power of two minus one).
 #[unsafe(no_mangle)]
 static LIVE_SLOT_MASK: u32 = (1 << 20) - 1;
-/// Slots of STATS_KEYS and CGROUP_CACHE_STATS minus one.
+/// Slots of STATS_KEYS (and of each CPU's block of CGROUP_CACHE_STATS) minus one.
 #[unsafe(no_mangle)]
 static STATS_SLOT_MASK: u32 = (1 << 16) - 1;
 #[unsafe(no_mangle)]
@@ -70,11 +73,18 @@ static CGROUP_ROOT_HIERARCHY_ID_OFFSET: u32 = 0;
 // Sizes here are defaults; the agent sets the capacities it is configured with.
 #[map]
 static LIVE_OBJECTS: Array<LiveObject> = Array::with_max_entries(1 << 20, 0);
-// (cgroup, cache) keys and, at the same index, their per-CPU counters. Sized by the agent.
+// (cgroup, cache) keys and, at the same slot of each CPU's block, their counters. Sized by the
+// agent, which reads both in place (mmap).
 #[map]
-static STATS_KEYS: Array<StatsKey> = Array::with_max_entries(1 << 16, 0);
+static STATS_KEYS: Array<StatsKey> = Array::with_max_entries(1 << 16, BPF_F_MMAPABLE);
 #[map]
-static CGROUP_CACHE_STATS: PerCpuArray<CacheStats> = PerCpuArray::with_max_entries(1 << 16, 0);
+static CGROUP_CACHE_STATS: Array<CacheStats> = Array::with_max_entries(1 << 17, BPF_F_MMAPABLE);
+#[map]
+static STATS_SLOT_EVENTS: RingBuf = RingBuf::with_byte_size(256 << 10, 0);
+#[map]
+static LIMIT_BUDGETS: Array<i64> = Array::with_max_entries(MAX_WATCHED, BPF_F_MMAPABLE);
+#[map]
+static LIMIT_EVENTS: RingBuf = RingBuf::with_byte_size(4 << 10, 0);
 #[map]
 static CACHE_NAMES: HashMap<u64, CacheName> = HashMap::with_max_entries(4096, 0);
 #[map]
@@ -313,7 +323,7 @@ fn on_alloc(alloc: Allocation) {
         with_global_counters(|c| c.dropped_stats_full += 1);
         return;
     };
-    // SAFETY: per-CPU value of this CPU.
+    // SAFETY: this CPU's counters.
     let stats = unsafe { &mut *stats };
     stats.allocs += 1;
     if count_only {
@@ -464,8 +474,8 @@ fn uncharge(ptr: u64) -> bool {
 
 #[inline(always)]
 fn uncharge_owner(object: &LiveObject) {
-    if let Some(stats) = CGROUP_CACHE_STATS.get_ptr_mut(object.stats_slot) {
-        // SAFETY: per-CPU value of this CPU.
+    if let Some(stats) = cpu_counters(object.stats_slot) {
+        // SAFETY: this CPU's counters.
         let stats = unsafe { &mut *stats };
         stats.frees += 1;
         charge(stats, object, -1);
@@ -501,6 +511,58 @@ fn charge(stats: &mut CacheStats, object: &LiveObject, sign: i64) {
         atomic_add(&mut stats.accounted_bytes, bytes);
         atomic_add(&mut stats.accounted_objects, sign);
     }
+    // SAFETY: a field of this CPU's counters, written by the agent only.
+    let budgets = unsafe { core::ptr::read_volatile(&raw const stats.budgets) };
+    if budgets != 0 {
+        spend(budgets, bytes);
+    }
+}
+
+/// Takes `bytes` (given back when negative) from the budgets of the watched cgroups this
+/// slot counts for, and wakes the agent when one goes below zero: a cgroup crossing a limit
+/// is acted on at once, not at the next sample.
+#[inline(never)]
+fn spend(budgets: u64, bytes: i64) {
+    for k in 0..BUDGETS_PER_SLOT {
+        let index = (budgets >> (16 * k)) as u32 & 0xffff;
+        if index == 0 {
+            continue;
+        }
+        let Some(budget) = LIMIT_BUDGETS.get_ptr_mut(index) else {
+            continue;
+        };
+        if take_from(budget, bytes) {
+            // Lost only when the agent has 500 wake-ups pending: it samples anyway.
+            let _ = LIMIT_EVENTS.output::<u32>(&index, BPF_RB_FORCE_WAKEUP as u64);
+        }
+    }
+}
+
+/// Takes `bytes` from a budget shared by all CPUs: true when that took it below zero. With
+/// compare-and-swap, as the BPF target's base instruction set has no fetching add.
+#[inline(always)]
+fn take_from(budget: *mut i64, bytes: i64) -> bool {
+    let word = budget as *mut u64;
+    for _ in 0..4 {
+        // SAFETY: an aligned element of the array map, updated atomically.
+        let before = unsafe { core::ptr::read_volatile(budget) };
+        if unsafe { compare_and_swap(word, before as u64, before.wrapping_sub(bytes) as u64) } {
+            return bytes > 0 && before >= 0 && before < bytes;
+        }
+    }
+    // Contended: keep the budget right; a crossing missed here is seen at the next sample.
+    // SAFETY: as above.
+    atomic_add(unsafe { &mut *budget }, -bytes);
+    false
+}
+
+/// This CPU's counters of a slot.
+#[inline(always)]
+fn cpu_counters(slot: u32) -> Option<*mut CacheStats> {
+    let slots = global(&STATS_SLOT_MASK) + 1;
+    // SAFETY: a helper without preconditions (inlined by the kernel).
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    CGROUP_CACHE_STATS.get_ptr_mut(cpu * slots + (slot & (slots - 1)))
 }
 
 /// The slot of `key` and this CPU's counters there; the slot is claimed when the key is new
@@ -522,7 +584,7 @@ fn stats_slot(key: &StatsKey, is_slab: bool) -> Option<(u32, *mut CacheStats)> {
             )
         };
         if cgroup_id == key.cgroup_id && cache_id == key.cache_id {
-            return Some((index, CGROUP_CACHE_STATS.get_ptr_mut(index)?));
+            return Some((index, cpu_counters(index)?));
         }
         if cgroup_id == 0 && free == STATS_PROBES {
             free = probe;
@@ -540,7 +602,13 @@ fn stats_slot(key: &StatsKey, is_slab: bool) -> Option<(u32, *mut CacheStats)> {
                 if is_slab {
                     record_cache_name(key.cache_id);
                 }
-                return Some((index, CGROUP_CACHE_STATS.get_ptr_mut(index)?));
+                if STATS_SLOT_EVENTS
+                    .output::<u32>(&index, BPF_RB_NO_WAKEUP as u64)
+                    .is_err()
+                {
+                    with_global_counters(|c| c.lost_slot_events += 1);
+                }
+                return Some((index, cpu_counters(index)?));
             }
         }
     }

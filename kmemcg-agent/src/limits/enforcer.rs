@@ -20,7 +20,16 @@ use crate::{
     api::CgroupUsage,
     cgroup_path,
     kernel_figures::{KernelFigures, charged_slab_percpu},
+    wake::Wake,
 };
+
+/// What one cgroup a rule matches may still allocate before its tightest limit (negative:
+/// over it), for the programs to watch until the next sample.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Headroom {
+    pub cgroup_id: u64,
+    pub bytes: i64,
+}
 
 struct Inner {
     config_rules: Vec<Rule>,
@@ -40,6 +49,14 @@ pub struct Enforcer {
     /// For `max_kernel` rules: the kernel's own figures.
     kernel_figures: KernelFigures,
     started: Instant,
+    /// Notified when the rules change, so that the sampling thread samples at once.
+    changes: Option<Wake>,
+}
+
+fn changes_wake() -> Option<Wake> {
+    Wake::new()
+        .map_err(|e| tracing::warn!(error = %e, "rule changes will wait for the next sample"))
+        .ok()
 }
 
 /// Checks a configuration's rules: each valid, none on a protected cgroup, no path twice.
@@ -95,6 +112,7 @@ impl Enforcer {
             kernel_figures: KernelFigures::detect(&cgroup_root),
             cgroup_root,
             started: Instant::now(),
+            changes: changes_wake(),
         })
     }
 
@@ -115,6 +133,18 @@ impl Enforcer {
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
             kernel_figures: KernelFigures::None,
             started: Instant::now(),
+            changes: changes_wake(),
+        }
+    }
+
+    /// Readable when the rules changed since the sampling thread last looked.
+    pub fn changes(&self) -> Option<&Wake> {
+        self.changes.as_ref()
+    }
+
+    fn changed(&self) {
+        if let Some(wake) = &self.changes {
+            wake.notify();
         }
     }
 
@@ -134,6 +164,7 @@ impl Enforcer {
             let kept = config.rules.iter().find(|r| r.spec.path == rule.spec.path);
             self.rule_gone(&mut inner, &rule, kept, "configuration reload");
         }
+        self.changed();
     }
 
     pub fn rules(&self) -> Vec<LimitRule> {
@@ -190,6 +221,7 @@ impl Enforcer {
             tracing::warn!(path = %path, "limit set on a cgroup that does not exist (yet): it applies once the cgroup is created");
         }
         inner.audit_change(&rule.spec, "limit-set", by);
+        self.changed();
         tracing::info!(path = %path, max = rule.limit(), action = rule.spec.action.as_str(), dry_run = rule.spec.dry_run, by, "limit set");
         Ok(LimitRule {
             source: "runtime".into(),
@@ -212,6 +244,7 @@ impl Enforcer {
         let rule = inner.runtime_rules.remove(i);
         self.rule_gone(&mut inner, &rule, None, by);
         inner.audit_change(&rule.spec, "limit-removed", by);
+        self.changed();
         tracing::info!(path = %path, by, "limit removed");
         inner.save().map_err(|reason| Error::NotSaved {
             path,
@@ -229,6 +262,31 @@ impl Enforcer {
         self.lock().metrics.clone()
     }
 
+    /// Whether a rule matches the cgroup at `path` or one of its ancestors (whose limits count
+    /// its memory too).
+    pub fn covers(&self, path: &str) -> bool {
+        let inner = self.lock();
+        let rules: Vec<&Rule> = inner
+            .config_rules
+            .iter()
+            .chain(&inner.runtime_rules)
+            .collect();
+        if rules.is_empty() {
+            return false;
+        }
+        let mut current = path;
+        loop {
+            if rules.iter().any(|r| r.matches(current)) {
+                return true;
+            }
+            match current.rfind('/') {
+                Some(0) if current.len() > 1 => current = "/",
+                Some(i) if i > 0 => current = &current[..i],
+                _ => return false,
+            }
+        }
+    }
+
     /// Whether any rule is in force (from the config or set at runtime).
     pub fn has_rules(&self) -> bool {
         let inner = self.lock();
@@ -236,11 +294,12 @@ impl Enforcer {
     }
 
     /// Decides and acts on the latest sample (live cgroups only, as the API lists them).
-    pub fn evaluate(&self, cgroups: &[CgroupUsage]) {
+    /// Returns what each cgroup a rule matches may still allocate.
+    pub fn evaluate(&self, cgroups: &[CgroupUsage]) -> Vec<Headroom> {
         let mut inner = self.lock();
         if inner.config_rules.is_empty() && inner.runtime_rules.is_empty() {
             inner.metrics.usage.clear();
-            return;
+            return Vec::new();
         }
         let all: Vec<Rule> = inner
             .config_rules
@@ -266,6 +325,22 @@ impl Enforcer {
         let now = self.started.elapsed();
         let dry_run = inner.dry_run;
         inner.protected.refresh_agent();
+        let headroom: Vec<Headroom> = cgroups
+            .iter()
+            .zip(&usages)
+            .filter(|(_, u)| !inner.protected.covers(u.path))
+            .filter_map(|(c, u)| {
+                let bytes = all
+                    .iter()
+                    .filter(|r| r.matches(u.path))
+                    .map(|r| r.headroom(u.slab, u.percpu, u.whole))
+                    .min()?;
+                Some(Headroom {
+                    cgroup_id: c.id,
+                    bytes,
+                })
+            })
+            .collect();
         let Inner {
             engine, protected, ..
         } = &mut *inner;
@@ -302,6 +377,7 @@ impl Enforcer {
             inner.engine.record_outcome(&d, failed, now);
             inner.record(&d, outcome);
         }
+        headroom
     }
 
     fn act(&self, d: &Decision) -> Outcome {

@@ -17,7 +17,7 @@ use std::{collections::BTreeMap, path::PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use enforcer::{Enforcer, check};
+pub use enforcer::{Enforcer, Headroom, check};
 pub use error::Error;
 pub use rules::{Action, Rule, RuleSpec, Size};
 pub use signals::parse as parse_signal;
@@ -169,6 +169,40 @@ mod tests {
         assert!(matches!(gone, Error::NotFound { .. }), "{gone}");
         assert_eq!(gone.http_status(), 404);
         let _ = std::fs::remove_file(&file);
+    }
+
+    #[test]
+    fn rules_cover_their_cgroups_descendants_and_say_so_on_change() {
+        let e = in_memory(true);
+        assert!(!e.covers("/kmemcg-test-a/b"), "no rules");
+        let wake = e.changes().expect("a wake-up");
+        assert!(!wake.take());
+        e.set(spec("/kmemcg-test-a", Action::Freeze), "test")
+            .expect("allowed");
+        assert!(wake.take(), "a rule change wakes the sampling thread");
+        assert!(e.covers("/kmemcg-test-a"));
+        assert!(e.covers("/kmemcg-test-a/b/c"));
+        assert!(!e.covers("/kmemcg-test-ab"));
+        assert!(!e.covers("/"));
+        let headroom = e.evaluate(&[
+            CgroupUsage {
+                id: 7,
+                ..usage("/kmemcg-test-a", 300 << 10)
+            },
+            CgroupUsage {
+                id: 8,
+                ..usage("/kmemcg-test-b", 300 << 10)
+            },
+        ]);
+        assert_eq!(
+            headroom,
+            [Headroom {
+                cgroup_id: 7,
+                bytes: (1 << 20) - (300 << 10)
+            }]
+        );
+        e.remove("/kmemcg-test-a", "test").expect("removed");
+        assert!(wake.take());
     }
 
     #[test]

@@ -279,6 +279,19 @@ impl Rule {
         None
     }
 
+    /// What may still be allocated before the first of the limits is crossed (negative: over
+    /// one). Limits on `whole` count when the kernel keeps that figure.
+    pub fn headroom(&self, slab: u64, percpu: u64, whole: Option<u64>) -> i64 {
+        let left = |limit: Option<Size>, usage: Option<u64>| match (limit, usage) {
+            (Some(l), Some(u)) => l.0 as i64 - u as i64,
+            _ => i64::MAX,
+        };
+        left(self.spec.max, Some(slab + percpu))
+            .min(left(self.spec.max_kernel, whole))
+            .min(left(self.spec.slab, Some(slab)))
+            .min(left(self.spec.percpu, Some(percpu)))
+    }
+
     /// Back under the limits with a margin: a new crossing is a new event.
     pub fn rearmed(&self, slab: u64, percpu: u64, whole: Option<u64>) -> bool {
         let under = |usage: u64, limit: u64| (usage as f64) < limit as f64 * REARM_FRACTION;
@@ -388,6 +401,22 @@ mod tests {
         assert_eq!(r.over(40, 40, None), None);
         assert!(!r.rearmed(46, 40, None));
         assert!(r.rearmed(40, 40, None));
+    }
+
+    #[test]
+    fn headroom_is_the_distance_to_the_nearest_limit() {
+        let mut s = spec("/a", 100, Action::Freeze);
+        s.slab = Some(Size(50));
+        let r = Rule::new(s.clone()).expect("valid");
+        assert_eq!(r.headroom(10, 20, None), 40, "slab 40 below its 50");
+        assert_eq!(r.headroom(10, 85, None), 5, "slab + percpu 5 below 100");
+        assert_eq!(r.headroom(60, 50, None), -10);
+        s.max = None;
+        s.slab = None;
+        s.max_kernel = Some(Size(1000));
+        let r = Rule::new(s).expect("valid");
+        assert_eq!(r.headroom(0, 0, Some(900)), 100);
+        assert_eq!(r.headroom(0, 0, None), i64::MAX, "no kernel figure");
     }
 
     #[test]
