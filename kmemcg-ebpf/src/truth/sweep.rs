@@ -42,24 +42,39 @@ pub fn sweep(ctx: RawTracePointContext) -> i32 {
         page_offset: bases.page_offset,
         end: bases.end,
     };
-    run_loop(count, sweep_slot, &mut walk);
+    run_loop(count.div_ceil(SWEEP_CHUNK), sweep_chunk, &mut walk);
+    0
+}
+
+/// Slots one loop iteration looks at: most are free, and a loop callback costs more than
+/// looking at a free slot.
+const SWEEP_CHUNK: u64 = 64;
+
+#[inline(never)]
+extern "C" fn sweep_chunk(index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: the caller's SweepWalk.
+    let walk = unsafe { &*(ctx as *const SweepWalk) };
+    let first = walk.start + index * SWEEP_CHUNK;
+    for i in 0..SWEEP_CHUNK {
+        let Some(slot) = LIVE_OBJECTS.get_ptr_mut((first + i) as u32 & global(&LIVE_SLOT_MASK))
+        else {
+            return 1;
+        };
+        // SAFETY: a slot of the array map.
+        if unsafe { core::ptr::read_volatile(&raw const (*slot).ptr) } != 0 {
+            sweep_slot(walk, slot);
+        }
+    }
     0
 }
 
 #[inline(never)]
-extern "C" fn sweep_slot(index: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: the caller's SweepWalk.
-    let walk = unsafe { &*(ctx as *const SweepWalk) };
-    let Some(slot) =
-        LIVE_OBJECTS.get_ptr_mut((walk.start + index) as u32 & global(&LIVE_SLOT_MASK))
-    else {
-        return 1;
-    };
+fn sweep_slot(walk: &SweepWalk, slot: *mut LiveObject) {
     // SAFETY: a slot of the array map; hooks may rewrite it meanwhile, which the
     // compare-and-swap below detects for the address.
     let object = unsafe { core::ptr::read_volatile(slot) };
     if object.ptr == 0 {
-        return 0;
+        return;
     }
     bump(1, |c| &mut c.swept_checked);
     let verdict = match check_object(walk, &object) {
@@ -74,16 +89,16 @@ extern "C" fn sweep_slot(index: u64, ctx: *mut c_void) -> i64 {
                     (OBJECT_OWNER_SEEN as u64) << 32,
                 );
             }
-            return 0;
+            return;
         }
-        Some(Verdict::Live) | None => return 0,
+        Some(Verdict::Live) | None => return,
         Some(freed) => freed,
     };
     // The slot must still hold what was checked (an allocation at the same address since
     // would have rewritten its owner); whoever swaps the address out owns the release.
     // SAFETY: as above.
     if unsafe { core::ptr::read_volatile(slot) } != object {
-        return 0;
+        return;
     }
     // SAFETY: as above.
     if unsafe { compare_and_swap(&raw mut (*slot).ptr, object.ptr, 0) } {
@@ -96,7 +111,6 @@ extern "C" fn sweep_slot(index: u64, ctx: *mut c_void) -> i64 {
         bump(1, |c| &mut c.swept_objects);
         bump(object.bytes() as u64, |c| &mut c.swept_bytes);
     }
-    0
 }
 
 #[inline(always)]
