@@ -28,4 +28,9 @@ impl EmptyPrograms {
     pub fn program_stats(&self) -> (u64, u64) {
         tracer::program_stats(&self.ebpf)
     }
+
+    /// Kernel BPF statistics of each program: (name, run time in ns, runs).
+    pub fn program_stats_by_name(&self) -> Vec<(String, u64, u64)> {
+        tracer::program_stats_by_name(&self.ebpf)
+    }
 }

@@ -342,6 +342,11 @@ impl Tracer {
         program_stats(&self.ebpf)
     }
 
+    /// Kernel BPF statistics of each program: (name, run time in ns, runs).
+    pub fn program_stats_by_name(&self) -> Vec<(String, u64, u64)> {
+        program_stats_by_name(&self.ebpf)
+    }
+
     /// cgroup tree changes reported since the last call, in order.
     pub fn take_cgroup_events(&mut self) -> Vec<CgroupEvent> {
         let mut events = Vec::new();
@@ -469,6 +474,21 @@ pub fn program_stats(ebpf: &Ebpf) -> (u64, u64) {
                 runs + info.run_count(),
             )
         })
+}
+
+/// Kernel BPF statistics of each loaded program, by its name in the object: (name, run time
+/// in ns, runs). They only count while BPF_ENABLE_STATS is on.
+pub fn program_stats_by_name(ebpf: &Ebpf) -> Vec<(String, u64, u64)> {
+    ebpf.programs()
+        .filter_map(|(name, p)| {
+            let info = p.info().ok()?;
+            Some((
+                name.to_string(),
+                info.run_time().as_nanos() as u64,
+                info.run_count(),
+            ))
+        })
+        .collect()
 }
 
 fn attach(ebpf: &mut Ebpf, program: &str, tracepoint: &str, btf: &Btf) -> Result<(), StartError> {

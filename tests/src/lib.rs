@@ -364,6 +364,16 @@ impl AgentProcess {
     /// Starts `kmemcg agent` sampling every 100 ms (see [`sample_interval`]), with `extra`
     /// flags, and waits until its API answers.
     pub fn start(extra: &[&str]) -> Self {
+        let interval = sample_interval();
+        let mut args = vec!["--interval", interval.as_str()];
+        args.extend_from_slice(extra);
+        Self::start_with(&args)
+    }
+
+    /// Starts `kmemcg agent` with exactly `args` (its own configuration decides the interval),
+    /// on a free loopback port and with a socket of its own unless `args` name one, and waits
+    /// until its API answers.
+    pub fn start_with(args: &[&str]) -> Self {
         let addr = free_addr();
         let log = std::env::temp_dir().join(format!("{}.log", unique("agent")));
         let log_file = std::fs::File::create(&log).expect("agent log file");
@@ -371,22 +381,16 @@ impl AgentProcess {
             .join(unique("agent-socket"))
             .join("kmemcg.sock");
         let mut own_socket = vec![];
-        if !extra
+        if !args
             .iter()
             .any(|a| a.starts_with("--socket") || *a == "--no-socket")
         {
             own_socket = vec!["--socket".to_string(), socket.display().to_string()];
         }
         let child = Command::new(kmemcg_bin())
-            .args([
-                "agent",
-                "--interval",
-                &sample_interval(),
-                "--listen",
-                &addr.to_string(),
-            ])
+            .args(["agent", "--listen", &addr.to_string()])
             .args(&own_socket)
-            .args(extra)
+            .args(args)
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()

@@ -38,7 +38,8 @@ enum Task {
     },
     /// Set up, build and run the overhead benchmark (needs root).
     Bench {
-        /// Extra arguments for kmemcg-bench (--rounds N, --seconds S).
+        /// Extra arguments for kmemcg-bench (--rounds N, --seconds S, --no-deploy,
+        /// --deploy-interval S, --max-objects N).
         #[arg(last = true)]
         args: Vec<String>,
     },
