@@ -27,12 +27,25 @@ impl Limited {
     }
 
     fn start_with(state: PathBuf, audit: PathBuf) -> Self {
-        let agent = AgentProcess::start(&[
+        Self::start_sampling(state, audit, None)
+    }
+
+    /// With `interval` (seconds), else the tests' short one.
+    fn start_sampling(state: PathBuf, audit: PathBuf, interval: Option<&str>) -> Self {
+        let files = [
             "--limits-file",
             state.to_str().expect("utf-8 path"),
             "--audit-file",
             audit.to_str().expect("utf-8 path"),
-        ]);
+        ];
+        let agent = match interval {
+            Some(interval) => {
+                let mut args = vec!["--interval", interval];
+                args.extend_from_slice(&files);
+                AgentProcess::start_with(&args)
+            }
+            None => AgentProcess::start(&files),
+        };
         Self {
             agent,
             state,
@@ -154,10 +167,12 @@ fn reaction(dir: &Path, record: &AuditRecord) -> Option<f64> {
     Some(record.time - ctime(&dir.join(format!("f{}", crossing.saturating_sub(1))))?)
 }
 
+/// At the default interval (1 s): the programs wake the agent when the cgroup crosses its
+/// limit, so the freeze comes within milliseconds, not at the next sample.
 #[test]
 fn a_cgroup_past_its_limit_is_frozen_and_thawed_below_the_watermark() {
     require_root();
-    let agent = Limited::start();
+    let agent = Limited::start_sampling(scratch("limits.json"), scratch("audit.jsonl"), Some("1"));
     let cgroup = TestCgroup::new("freeze");
     let tmpfs = Tmpfs::new();
     let dir = tmpfs.sub("files");
@@ -181,9 +196,10 @@ fn a_cgroup_past_its_limit_is_frozen_and_thawed_below_the_watermark() {
     assert_eq!(record.limit_bytes, 8 * MIB);
     assert_eq!(record.outcome, "done");
     assert!(!record.dry_run);
-    // Frozen before it got much further: the agent samples every 100 ms.
+    // Frozen before it got much further: at 10 MiB/s, 2 MiB past the limit is 200 ms, and
+    // waiting for the next sample would take up to a second.
     assert!(
-        record.usage_bytes < 12 * MIB,
+        record.usage_bytes < 10 * MIB,
         "frozen only at {} bytes",
         record.usage_bytes
     );
@@ -224,6 +240,41 @@ fn a_cgroup_past_its_limit_is_frozen_and_thawed_below_the_watermark() {
         ),
         "{metrics}"
     );
+}
+
+/// A rule set on a cgroup already past it is acted on at once, not at the next sample (1 s),
+/// and the cgroup is watched by the programs from then on.
+#[test]
+fn a_rule_set_past_the_usage_acts_at_once() {
+    require_root();
+    let agent = Limited::start_sampling(scratch("limits.json"), scratch("audit.jsonl"), Some("1"));
+    let cgroup = TestCgroup::new("late-rule");
+    let tmpfs = Tmpfs::new();
+    let dir = tmpfs.sub("files");
+    let workload = cgroup.hold(&["file-loop", &dir, "2000"]);
+    let _thaw = ThawOnDrop(cgroup.v2_dir().to_path_buf());
+    wait_until("4 MiB charged to the cgroup", || {
+        agent
+            .agent
+            .cgroup(cgroup.path())
+            .is_some_and(|c| c.total_slab_bytes > 4 * MIB)
+    });
+    let set_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    agent.set(&[cgroup.path(), "--max", "2M", "--action", "freeze"]);
+    let record = agent.wait_record("the freeze", |r| r.action == "freeze");
+    let after = record.time - set_at;
+    eprintln!("frozen {:.0} ms after the rule was set", after * 1000.0);
+    assert!(after < 0.5, "frozen {after:.3} s after the rule was set");
+    wait_until("cgroup.events shows frozen 1", || frozen(&cgroup));
+    wait_until("the cgroup watched by the programs", || {
+        agent.agent.status().watched_cgroups >= 1
+    });
+    agent.limit(&["rm", cgroup.path()]);
+    wait_until("thawed when its rule is removed", || !frozen(&cgroup));
+    drop(workload);
 }
 
 #[test]
