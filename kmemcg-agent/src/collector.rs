@@ -32,6 +32,9 @@ pub struct RawSnapshot {
     pub cache_names: HashMap<u64, String>,
 }
 
+/// Counters per key, and the used slots with their keys.
+type Stats = (Vec<(StatsKey, CacheStats)>, Vec<(u32, StatsKey)>);
+
 /// The counter tables, mapped, and what the agent knows of their use.
 pub struct Collector {
     keys: MappedArray<StatsKey>,
@@ -129,7 +132,7 @@ impl Collector {
 
     /// The used slots' keys, and their counters summed over CPUs and over the slots of one
     /// key (two CPUs may claim two slots for one new key at once).
-    fn read_stats(&mut self) -> (Vec<(StatsKey, CacheStats)>, Vec<(u32, StatsKey)>) {
+    fn read_stats(&mut self) -> Stats {
         let mut slots = Vec::with_capacity(self.used.len());
         let mut freed = Vec::new();
         for &slot in &self.used {

@@ -26,7 +26,7 @@ impl<T: Pod> MappedArray<T> {
     /// Maps the `len` elements of the array map `fd` (created with `BPF_F_MMAPABLE`).
     pub fn new(fd: impl AsFd, len: usize) -> io::Result<Self> {
         // The kernel lays the elements out every round_up(value_size, 8) bytes.
-        const { assert!(size_of::<T>() % 8 == 0) };
+        const { assert!(size_of::<T>().is_multiple_of(8)) };
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
         let bytes = (len * size_of::<T>()).div_ceil(page).max(1) * page;
@@ -71,7 +71,7 @@ impl<T: Pod> MappedArray<T> {
     /// Overwrites the u64 at `offset` bytes into element `index`, and nothing else of it (the
     /// programs update the other fields meanwhile).
     pub fn set_u64_at(&self, index: usize, offset: usize, value: u64) {
-        assert!(offset % 8 == 0 && offset + 8 <= size_of::<T>());
+        assert!(offset.is_multiple_of(8) && offset + 8 <= size_of::<T>());
         if let Some(element) = self.element(index) {
             // SAFETY: an aligned u64 inside an element of the live mapping.
             unsafe {

@@ -29,7 +29,7 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 /// An object takes one of the 8 slots its address hashes to, so the table holds about 80% of
 /// its slots before allocations start being dropped.
 pub const DEFAULT_MAX_OBJECTS: u32 = 1 << 20;
-/// Kernel memory the (cgroup, cache) counter table gets by default. A slot costs 16 + 48 x
+/// Kernel memory the (cgroup, cache) counter table gets by default. A slot costs 16 + 56 x
 /// CPUs bytes (key and per-CPU counters); a cgroup uses one slot per cache it allocates from
 /// (typically 10 to 40).
 pub const STATS_MEMORY_BUDGET: usize = 16 << 20;
@@ -37,7 +37,8 @@ pub const STATS_MEMORY_BUDGET: usize = 16 << 20;
 /// Default slots of the counter table on this machine: the largest power of two within
 /// [`STATS_MEMORY_BUDGET`], between 8,192 and 262,144 (131,072 with 2 CPUs, 8,192 with 64).
 pub fn default_max_stats() -> u32 {
-    let per_slot = 16 + 48 * kernel::possible_cpus();
+    let per_slot = size_of::<kmemcg_common::StatsKey>()
+        + size_of::<kmemcg_common::CacheStats>() * kernel::possible_cpus();
     let fits = (STATS_MEMORY_BUDGET / per_slot).max(1);
     let power_of_two = 1usize << (usize::BITS - 1 - fits.leading_zeros());
     power_of_two.clamp(8192, 1 << 18) as u32

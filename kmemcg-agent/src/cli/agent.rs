@@ -51,7 +51,7 @@ pub struct AgentArgs {
           value_parser = clap::value_parser!(u32)
               .range(config::MAX_OBJECTS_RANGE.0..=config::MAX_OBJECTS_RANGE.1))]
     pub max_objects: Option<u32>,
-    /// Slots of the (cgroup, cache) counter table, rounded up to a power of two; 16 + 48 x
+    /// Slots of the (cgroup, cache) counter table, rounded up to a power of two; 16 + 56 x
     /// CPUs bytes each [default: 16 MiB worth, at least 8192].
     #[arg(long, env = "KMEMCG_MAX_STATS",
           value_parser = clap::value_parser!(u32)
