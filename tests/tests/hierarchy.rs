@@ -142,14 +142,16 @@ fn a_removed_cgroups_objects_move_to_its_parent_until_freed() {
     }
 }
 
-/// Resident memory (KiB) and CPU time (clock ticks) of a process.
+/// The process's own resident memory (KiB: heap and stacks, `RssAnon`, not the mapped
+/// binary nor the eBPF counter tables it maps, which are the kernel's memory) and CPU time
+/// (clock ticks).
 fn rss_kib_and_cpu_ticks(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
     let rss = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix("RssAnon:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .expect("VmRSS");
+        .expect("RssAnon");
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
     let fields: Vec<&str> = stat
         .rsplit(')')
@@ -284,7 +286,7 @@ fn cgroup_churn_leaves_no_stale_state() {
     let cpu_secs = (cpu_after - cpu_before) as f64 / ticks_per_sec;
     let wall = started.elapsed().as_secs_f64();
     eprintln!(
-        "churn: {churn_report}; agent max RSS {} KiB, CPU {cpu_secs:.2} s over {wall:.1} s \
+        "churn: {churn_report}; agent max RssAnon {} KiB, CPU {cpu_secs:.2} s over {wall:.1} s \
          ({:.1}% of a core), slowest sample {:.1} ms, churn phase {churn_secs:.1} s",
         max_rss,
         100.0 * cpu_secs / wall,
