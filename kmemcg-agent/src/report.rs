@@ -106,17 +106,22 @@ fn by_cgroup(
     cache_names: &HashMap<u64, String>,
 ) -> BTreeMap<u64, Caches> {
     let mut by_cgroup: BTreeMap<u64, Caches> = BTreeMap::new();
+    // A few hundred caches among thousands of entries: each name is made once.
+    let mut names: HashMap<u64, (String, MemoryKind)> = HashMap::new();
     for (key, s) in stats {
-        let (name, kind) = cache_name(key.cache_id, cache_names);
-        let cache = by_cgroup
-            .entry(key.cgroup_id)
-            .or_default()
-            .entry(name.clone())
-            .or_insert_with(|| CacheUsage {
-                name,
-                kind,
+        let (name, kind) = names
+            .entry(key.cache_id)
+            .or_insert_with(|| cache_name(key.cache_id, cache_names));
+        let caches = by_cgroup.entry(key.cgroup_id).or_default();
+        if !caches.contains_key(name.as_str()) {
+            let usage = CacheUsage {
+                name: name.clone(),
+                kind: *kind,
                 ..Default::default()
-            });
+            };
+            caches.insert(name.clone(), usage);
+        }
+        let cache = caches.get_mut(name.as_str()).expect("just inserted");
         // Sums over CPUs are never negative; clamp a torn read to zero.
         cache.bytes += s.live_bytes.max(0) as u64;
         cache.objects += s.live_objects.max(0) as u64;
@@ -157,6 +162,7 @@ fn merge<'a>(
     caches: impl Iterator<Item = &'a CacheUsage>,
     counters: bool,
 ) {
+    let fresh = usage.caches.is_empty();
     for c in caches {
         if c.kind.is_percpu() {
             usage.percpu_bytes += c.bytes;
@@ -166,7 +172,13 @@ fn merge<'a>(
             usage.slab_objects += c.objects;
         }
         usage.accounted_bytes += c.accounted_bytes;
-        let mine = match usage.caches.iter_mut().find(|m| m.name == c.name) {
+        // Into a cgroup's own, empty usage, its caches go in as they are (names are unique).
+        let existing = if fresh {
+            None
+        } else {
+            usage.caches.iter_mut().position(|m| m.name == c.name)
+        };
+        let mine = match existing.map(|i| &mut usage.caches[i]) {
             Some(m) => m,
             None => {
                 usage.caches.push(CacheUsage {
