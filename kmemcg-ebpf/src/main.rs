@@ -537,39 +537,28 @@ fn charge(stats: &mut CacheStats, object: &LiveObject, sign: i64) {
 /// Takes `bytes` (given back when negative) from the budgets of the watched cgroups this
 /// slot counts for, and wakes the agent when one goes below zero: a cgroup crossing a limit
 /// is acted on at once, not at the next sample.
-#[inline(never)]
+#[inline(always)]
 fn spend(budgets: u64, bytes: i64) {
     for k in 0..BUDGETS_PER_SLOT {
         let index = (budgets >> (16 * k)) as u32 & 0xffff;
         if index == 0 {
-            continue;
+            break;
         }
         let Some(budget) = LIMIT_BUDGETS.get_ptr_mut(index) else {
             continue;
         };
-        if take_from(budget, bytes) {
+        // SAFETY: an element of the array map, shared by all CPUs: updated atomically.
+        let budget = unsafe { &mut *budget };
+        atomic_add(budget, -bytes);
+        // Read after the add (the BPF target's base instruction set has no fetching add): a
+        // crossing that another CPU's update hides here is seen at the next sample.
+        // SAFETY: as above.
+        let after = unsafe { core::ptr::read_volatile(budget) };
+        if bytes > 0 && after < 0 && after + bytes >= 0 {
             // Lost only when the agent has 500 wake-ups pending: it samples anyway.
             let _ = LIMIT_EVENTS.output::<u32>(&index, BPF_RB_FORCE_WAKEUP as u64);
         }
     }
-}
-
-/// Takes `bytes` from a budget shared by all CPUs: true when that took it below zero. With
-/// compare-and-swap, as the BPF target's base instruction set has no fetching add.
-#[inline(always)]
-fn take_from(budget: *mut i64, bytes: i64) -> bool {
-    let word = budget as *mut u64;
-    for _ in 0..4 {
-        // SAFETY: an aligned element of the array map, updated atomically.
-        let before = unsafe { core::ptr::read_volatile(budget) };
-        if unsafe { compare_and_swap(word, before as u64, before.wrapping_sub(bytes) as u64) } {
-            return bytes > 0 && before >= 0 && before < bytes;
-        }
-    }
-    // Contended: keep the budget right; a crossing missed here is seen at the next sample.
-    // SAFETY: as above.
-    atomic_add(unsafe { &mut *budget }, -bytes);
-    false
 }
 
 /// This CPU's counters of a slot.
