@@ -218,7 +218,8 @@ impl Sampler {
             dropped_stats_map_full: c.dropped_stats_full,
             untracked_frees: c.untracked_frees,
             stale_objects: c.stale_objects,
-            stats_entries: raw.stats_slots.len() as u64,
+            // After this sample released the slots of cgroups that hold nothing.
+            stats_entries: self.slots.len() as u64,
             stats_capacity: config.max_stats.next_power_of_two().into(),
             attached_hooks: self.tracer.hooks().to_vec(),
             root_cgroup_mode: config.root_mode.as_str().into(),
