@@ -244,9 +244,11 @@ pub fn restart_only_changes(running: &AgentConfig, new: &AgentConfig) -> Vec<&'s
 /// cgroup tree events are followed this often between samples, so that their ring buffer
 /// never fills.
 const CGROUP_EVENTS_INTERVAL: Duration = Duration::from_millis(50);
-/// Early samples are at least this far apart, and at least four samples' time, so that a
-/// cgroup hovering at its limit cannot keep the agent sampling more than a fifth of the time.
+/// Early samples are at least four samples' time apart, so that a cgroup hovering at its
+/// limit cannot keep the agent sampling more than a fifth of the time, but within these
+/// bounds: a slow sample (a busy host, the first ones) must not delay a reaction by seconds.
 const MIN_EARLY_GAP: Duration = Duration::from_millis(5);
+const MAX_EARLY_GAP: Duration = Duration::from_millis(50);
 
 /// Why the sampling thread stopped waiting.
 #[derive(Debug, PartialEq, Eq)]
@@ -274,7 +276,7 @@ fn spawn_sampling(
         let mut last = Instant::now();
         let mut took = Duration::ZERO;
         loop {
-            let earliest = last + MIN_EARLY_GAP.max(took * 4);
+            let earliest = last + (took * 4).clamp(MIN_EARLY_GAP, MAX_EARLY_GAP);
             match wait(next, earliest, &stop, &mut sampler, &enforcer) {
                 Woken::Stop => return,
                 // A sample late by more than an interval starts the schedule again from now.

@@ -267,11 +267,25 @@ fn a_rule_set_past_the_usage_acts_at_once() {
     let record = agent.wait_record("the freeze", |r| r.action == "freeze");
     let after = record.time - set_at;
     eprintln!("frozen {:.0} ms after the rule was set", after * 1000.0);
-    assert!(after < 0.5, "frozen {after:.3} s after the rule was set");
+    let status = agent.agent.status();
+    assert!(
+        after < 0.5,
+        "frozen {after:.3} s after the rule was set (samples: last {:.1} ms, slowest {:.1} ms)",
+        status.last_sample_ms,
+        status.max_sample_ms
+    );
     wait_until("cgroup.events shows frozen 1", || frozen(&cgroup));
     wait_until("the cgroup watched by the programs", || {
         agent.agent.status().watched_cgroups >= 1
     });
+    let metrics = reqwest::blocking::get(format!("http://{}/metrics", agent.addr()))
+        .and_then(|r| r.text())
+        .expect("GET /metrics");
+    assert!(
+        metrics.contains("\nkmemcg_watched_cgroups 1\n"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("\nkmemcg_samples_total "), "{metrics}");
     agent.limit(&["rm", cgroup.path()]);
     wait_until("thawed when its rule is removed", || !frozen(&cgroup));
     drop(workload);

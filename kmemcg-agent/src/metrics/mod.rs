@@ -415,6 +415,22 @@ fn agent_families(snapshot: &Snapshot) -> Vec<MetricFamily> {
             s.last_sample_ms / 1000.0,
         ),
         single(
+            Family::counter(
+                "kmemcg_samples_total",
+                "Readings of the eBPF maps since start: one per interval, plus early ones when a \
+                 cgroup under a limit crossed its budget or the rules changed.",
+            ),
+            s.samples as f64,
+        ),
+        single(
+            Family::gauge(
+                "kmemcg_watched_cgroups",
+                "cgroups that limit rules match, whose budgets the eBPF programs watch between \
+                 samples.",
+            ),
+            s.watched_cgroups as f64,
+        ),
+        single(
             Family::gauge(
                 "kmemcg_tracked_objects",
                 "Objects whose owning cgroup kmemcg remembers.",
