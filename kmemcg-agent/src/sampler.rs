@@ -88,12 +88,19 @@ impl Sampler {
 
     /// Has the programs watch these cgroups' budgets until the next call (see [`crate::watch`]).
     pub fn watch(&mut self, headroom: &[Headroom]) {
+        let unwatched_before = self.watch.unwatched;
         self.watch.arm(
             headroom,
             &self.slots,
             self.tree.nodes(),
             self.tracer.collector(),
         );
+        if self.watch.unwatched > 0 && unwatched_before == 0 {
+            tracing::warn!(
+                unwatched = self.watch.unwatched,
+                "more cgroups match limit rules than the programs can watch: those are checked at each sample only"
+            );
+        }
     }
 
     /// Readable when an allocation took a watched cgroup below its budget.
