@@ -58,8 +58,8 @@ pub struct Report {
     pub dying: Vec<DyingCgroup>,
 }
 
-/// Per-cache figures of one cgroup id, as read from the maps.
-type Caches = BTreeMap<String, CacheUsage>;
+/// Per-cache figures of one cgroup id, as read from the maps, one row per cache name.
+type Caches = Vec<CacheUsage>;
 
 /// Builds the report. `nodes` is the cgroup tree; ids missing from it are taken as removed
 /// unseen, charged to `root_id`.
@@ -72,23 +72,23 @@ pub fn build(
     let raw = by_cgroup(stats, cache_names);
     let mut own: BTreeMap<u64, CgroupUsage> = BTreeMap::new();
     let mut dying = Vec::new();
-    for (id, caches) in &raw {
-        let node = nodes.get(id);
+    for (id, caches) in raw {
+        let node = nodes.get(&id);
         if node.is_some_and(|n| n.alive) {
-            let usage = own.entry(*id).or_insert_with(|| empty_usage(*id, nodes));
-            merge(usage, caches.values(), true);
+            let usage = own.entry(id).or_insert_with(|| empty_usage(id, nodes));
+            merge(usage, caches, true);
             continue;
         }
         // Removed: what it holds is charged to the nearest live ancestor, as the kernel's
         // obj_cgroup reparenting does; its allocation counters stay its own.
-        let ancestor = nearest_live_ancestor(*id, nodes, root_id);
+        let ancestor = nearest_live_ancestor(id, nodes, root_id);
         let usage = own
             .entry(ancestor)
             .or_insert_with(|| empty_usage(ancestor, nodes));
         let before = usage.total_bytes();
-        merge(usage, caches.values(), false);
+        merge(usage, caches.iter().cloned(), false);
         usage.reparented_bytes += usage.total_bytes() - before;
-        if let Some(d) = dying_cgroup(*id, node, caches, ancestor, nodes) {
+        if let Some(d) = dying_cgroup(id, node, &caches, ancestor, nodes) {
             dying.push(d);
         }
     }
@@ -113,15 +113,17 @@ fn by_cgroup(
             .entry(key.cache_id)
             .or_insert_with(|| cache_name(key.cache_id, cache_names));
         let caches = by_cgroup.entry(key.cgroup_id).or_default();
-        if !caches.contains_key(name.as_str()) {
-            let usage = CacheUsage {
-                name: name.clone(),
-                kind: *kind,
-                ..Default::default()
-            };
-            caches.insert(name.clone(), usage);
-        }
-        let cache = caches.get_mut(name.as_str()).expect("just inserted");
+        let cache = match caches.iter().position(|c| c.name == *name) {
+            Some(i) => &mut caches[i],
+            None => {
+                caches.push(CacheUsage {
+                    name: name.clone(),
+                    kind: *kind,
+                    ..Default::default()
+                });
+                caches.last_mut().expect("just pushed")
+            }
+        };
         // Sums over CPUs are never negative; clamp a torn read to zero.
         cache.bytes += s.live_bytes.max(0) as u64;
         cache.objects += s.live_objects.max(0) as u64;
@@ -156,12 +158,8 @@ fn empty_usage(id: u64, nodes: &Nodes) -> CgroupUsage {
     }
 }
 
-/// Adds `caches` to `usage`; with `counters`, the allocation counters too.
-fn merge<'a>(
-    usage: &mut CgroupUsage,
-    caches: impl Iterator<Item = &'a CacheUsage>,
-    counters: bool,
-) {
+/// Adds `caches` (one row per name) to `usage`; with `counters`, the allocation counters too.
+fn merge(usage: &mut CgroupUsage, caches: impl IntoIterator<Item = CacheUsage>, counters: bool) {
     let fresh = usage.caches.is_empty();
     for c in caches {
         if c.kind.is_percpu() {
@@ -178,25 +176,27 @@ fn merge<'a>(
         } else {
             usage.caches.iter_mut().position(|m| m.name == c.name)
         };
+        let (bytes, objects, accounted_bytes, allocs, frees) =
+            (c.bytes, c.objects, c.accounted_bytes, c.allocs, c.frees);
         let mine = match existing.map(|i| &mut usage.caches[i]) {
             Some(m) => m,
             None => {
                 usage.caches.push(CacheUsage {
-                    name: c.name.clone(),
+                    name: c.name,
                     kind: c.kind,
                     ..Default::default()
                 });
                 usage.caches.last_mut().expect("just pushed")
             }
         };
-        mine.bytes += c.bytes;
-        mine.objects += c.objects;
-        mine.accounted_bytes += c.accounted_bytes;
+        mine.bytes += bytes;
+        mine.objects += objects;
+        mine.accounted_bytes += accounted_bytes;
         if counters {
-            usage.allocs += c.allocs;
-            usage.frees += c.frees;
-            mine.allocs += c.allocs;
-            mine.frees += c.frees;
+            usage.allocs += allocs;
+            usage.frees += frees;
+            mine.allocs += allocs;
+            mine.frees += frees;
         }
     }
     usage.unaccounted_bytes = usage.total_bytes().saturating_sub(usage.accounted_bytes);
@@ -214,7 +214,7 @@ fn dying_cgroup(
     nodes: &Nodes,
 ) -> Option<DyingCgroup> {
     let mut held: Vec<CacheUsage> = caches
-        .values()
+        .iter()
         .filter(|c| c.bytes > 0 || c.objects > 0)
         .cloned()
         .collect();
