@@ -34,9 +34,32 @@ pub fn normalize(path: &str) -> Result<String, String> {
     Ok(format!("/{}", parts.join("/")))
 }
 
+/// `/a/b` -> `/a`, `/a` -> `/`, `/` -> `/`.
+pub fn parent(path: &str) -> &str {
+    match path.rfind('/') {
+        Some(0) | None => "/",
+        Some(i) => &path[..i],
+    }
+}
+
+/// `/a/b`, `/a`, `/`: a normalised path and its ancestors, nearest first.
+pub fn self_and_ancestors(path: &str) -> impl Iterator<Item = &str> {
+    std::iter::successors(Some(path), |p| (*p != "/").then(|| parent(p)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parents_and_ancestors() {
+        assert_eq!(parent("/a/b"), "/a");
+        assert_eq!(parent("/a"), "/");
+        assert_eq!(parent("/"), "/");
+        let all: Vec<&str> = self_and_ancestors("/a/b").collect();
+        assert_eq!(all, ["/a/b", "/a", "/"]);
+        assert_eq!(self_and_ancestors("/").collect::<Vec<_>>(), ["/"]);
+    }
 
     #[test]
     fn normalises_and_refuses() {

@@ -13,6 +13,8 @@ use std::{
 
 use kmemcg_common::{CGROUP_EVENT_MKDIR, CGROUP_EVENT_RENAME, CGROUP_EVENT_RMDIR, CgroupEvent};
 
+use crate::cgroup_path;
+
 /// One cgroup as the tree knows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Node {
@@ -75,7 +77,7 @@ impl CgroupTree {
                 continue;
             };
             match event.kind {
-                CGROUP_EVENT_MKDIR => match self.by_path.get(parent_path(&path)).copied() {
+                CGROUP_EVENT_MKDIR => match self.by_path.get(cgroup_path::parent(&path)).copied() {
                     Some(parent) => self.insert(event.id, path, Some(parent)),
                     None => rescan = true,
                 },
@@ -198,14 +200,6 @@ impl CgroupTree {
     }
 }
 
-/// `/a/b` -> `/a`, `/a` -> `/`.
-fn parent_path(path: &str) -> &str {
-    match path.rfind('/') {
-        Some(0) | None => "/",
-        Some(i) => &path[..i],
-    }
-}
-
 fn child_path(parent: &str, name: &str) -> String {
     if parent == "/" {
         format!("/{name}")
@@ -320,8 +314,6 @@ mod tests {
         assert_eq!(tree.rescans, rescans + 1);
         // The scan sees the real directories again.
         assert_eq!(tree.nodes()[&y].path, "/x/y");
-        assert_eq!(parent_path("/a/b"), "/a");
-        assert_eq!(parent_path("/a"), "/");
     }
 
     #[test]

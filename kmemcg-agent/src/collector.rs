@@ -28,8 +28,6 @@ pub struct RawSnapshot {
     /// Used slots of the counter table.
     pub stats_slots: Vec<(u32, StatsKey)>,
     pub counters: GlobalCounters,
-    /// `struct kmem_cache` address -> name.
-    pub cache_names: HashMap<u64, String>,
 }
 
 /// Counters per key, and the used slots with their keys.
@@ -48,6 +46,7 @@ pub struct Collector {
     used: BTreeSet<u32>,
     /// `lost_slot_events` when the key table was last scanned; None before the first scan.
     scanned_at: Option<u64>,
+    /// `struct kmem_cache` address -> name, of the caches seen so far.
     cache_names: HashMap<u64, String>,
 }
 
@@ -112,7 +111,6 @@ impl Collector {
             stats,
             stats_slots,
             counters,
-            cache_names: self.cache_names.clone(),
         })
     }
 
@@ -212,6 +210,11 @@ impl Collector {
             self.keys.set(slot as usize, StatsKey::default());
             self.used.remove(&slot);
         }
+    }
+
+    /// `struct kmem_cache` address -> name, of the caches in the last reading (and before).
+    pub fn cache_names(&self) -> &HashMap<u64, String> {
+        &self.cache_names
     }
 
     /// The key in `slot`, if it is claimed.

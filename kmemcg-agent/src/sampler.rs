@@ -123,7 +123,7 @@ impl Sampler {
         }
         let Report { mut cgroups, dying } = report::build(
             &raw.stats,
-            &raw.cache_names,
+            self.tracer.collector().cache_names(),
             self.tree.nodes(),
             self.tree.root_id(),
         );

@@ -24,10 +24,11 @@ use crate::{api::SweepStatus, test_run, tracer::Tracer};
 
 /// Time from the start of one sweep to the start of the next, at least.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
-/// At most this long: a sweep of a large table waits longer, so that sweeping takes at most
-/// 2% of a core (a 0.3 s sweep of 830,000 objects runs every 15 s).
+/// A long sweep is followed by this many times its duration (capped at
+/// [`SWEEP_INTERVAL_MAX`]), so that sweeping takes at most 2% of a core: a 0.3 s sweep of
+/// 830,000 objects runs every 15 s.
+const SWEEP_WAIT_FACTOR: u32 = 50;
 const SWEEP_INTERVAL_MAX: Duration = Duration::from_secs(60);
-const SWEEP_CPU_SHARE: u32 = 50;
 
 #[derive(Default)]
 struct SweepState {
@@ -191,7 +192,7 @@ fn sweep_loop(fd: &ProgramFd, slots: u32, state: &Mutex<SweepState>, stop: &Atom
             });
         }
         let interval =
-            (started.elapsed() * SWEEP_CPU_SHARE).clamp(SWEEP_INTERVAL, SWEEP_INTERVAL_MAX);
+            (started.elapsed() * SWEEP_WAIT_FACTOR).clamp(SWEEP_INTERVAL, SWEEP_INTERVAL_MAX);
         while started.elapsed() < interval && !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -459,22 +459,17 @@ pub(crate) fn attach_hooks(ebpf: &mut Ebpf) -> Result<Vec<String>, StartError> {
     Ok(hooks)
 }
 
-/// Kernel BPF statistics of the attached programs, summed: (run time in ns, runs). They only
-/// count while BPF_ENABLE_STATS is on.
 fn take_ring(ebpf: &mut Ebpf, name: &'static str) -> Result<RingBuf<MapData>, StartError> {
     let map = ebpf.take_map(name).ok_or(StartError::MissingMap(name))?;
     RingBuf::try_from(map).map_err(|e| StartError::Load(Box::new(aya::EbpfError::MapError(e))))
 }
 
+/// Kernel BPF statistics of the attached programs, summed: (run time in ns, runs). They only
+/// count while BPF_ENABLE_STATS is on.
 pub fn program_stats(ebpf: &Ebpf) -> (u64, u64) {
-    ebpf.programs()
-        .filter_map(|(_, p)| p.info().ok())
-        .fold((0, 0), |(ns, runs), info| {
-            (
-                ns + info.run_time().as_nanos() as u64,
-                runs + info.run_count(),
-            )
-        })
+    program_stats_by_name(ebpf)
+        .into_iter()
+        .fold((0, 0), |(ns, runs), (_, n, r)| (ns + n, runs + r))
 }
 
 /// Kernel BPF statistics of each loaded program, by its name in the object: (name, run time

@@ -6,7 +6,7 @@
 //! on its own figures.
 use std::collections::HashMap;
 
-use kmemcg_common::{BUDGETS_PER_SLOT, MAX_WATCHED, StatsKey};
+use kmemcg_common::{BUDGETS_PER_SLOT, CacheStats, MAX_WATCHED, StatsKey};
 
 use crate::{cgroups::Nodes, collector::Collector, limits::Headroom};
 
@@ -115,7 +115,7 @@ impl Watch {
             collector.set_budgets(slot, word);
             self.armed.insert(slot, word);
             let held = collector.slot_live_bytes(slot);
-            for index in kmemcg_common::CacheStats::budget_indexes(word) {
+            for index in CacheStats::budget_indexes(word) {
                 crossed |= collector.spend_budget(index, held);
             }
         }
@@ -147,7 +147,7 @@ impl Watch {
                 break;
             }
             if let Some(&index) = self.indexes.get(&current) {
-                word |= u64::from(index) << (16 * taken);
+                word = CacheStats::with_budget_index(word, taken, index);
                 taken += 1;
             }
             id = nodes.get(&current).and_then(|n| n.parent);
@@ -188,8 +188,7 @@ mod tests {
         assert_eq!(watch.word(4, &nodes), 9 | 7 << 16);
         assert_eq!(watch.word(3, &nodes), 7);
         assert_eq!(watch.word(1, &nodes), 0);
-        let indexes: Vec<u32> =
-            kmemcg_common::CacheStats::budget_indexes(watch.word(4, &nodes)).collect();
+        let indexes: Vec<u32> = CacheStats::budget_indexes(watch.word(4, &nodes)).collect();
         assert_eq!(indexes, [9, 7]);
     }
 
@@ -203,7 +202,7 @@ mod tests {
             watch.indexes.insert(id, id as u32 * 10);
         }
         let word = watch.word(8, &nodes);
-        let indexes: Vec<u32> = kmemcg_common::CacheStats::budget_indexes(word).collect();
+        let indexes: Vec<u32> = CacheStats::budget_indexes(word).collect();
         assert_eq!(indexes, [80, 70, 60, 50]);
     }
 

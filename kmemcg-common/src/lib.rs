@@ -301,11 +301,22 @@ impl CacheStats {
         self.frees += other.frees;
     }
 
+    /// The `k`th budget index of a [`Self::budgets`] word (0: none, and none after it).
+    #[inline(always)]
+    pub const fn budget_index(budgets: u64, k: u32) -> u32 {
+        (budgets >> (16 * k)) as u32 & 0xffff
+    }
+
+    /// `budgets` with `index` as its `k`th budget index (`index` below 2^16).
+    pub const fn with_budget_index(budgets: u64, k: u32, index: u32) -> u64 {
+        budgets | (index as u64) << (16 * k)
+    }
+
     /// The budget indexes of [`Self::budgets`] in use.
     pub fn budget_indexes(budgets: u64) -> impl Iterator<Item = u32> {
         (0..BUDGETS_PER_SLOT)
-            .map(move |k| (budgets >> (16 * k)) as u32 & 0xffff)
-            .filter(|&index| index != 0)
+            .map(move |k| Self::budget_index(budgets, k))
+            .take_while(|&index| index != 0)
     }
 }
 

@@ -8,8 +8,8 @@
 //! Both tables are lock-free open-addressing arrays with slots claimed by compare-and-swap:
 //! live objects by address, and (cgroup, cache) keys whose counters sit at the same slot of
 //! each CPU's block of the counter array. A live object remembers its counters' slot, so a
-//! free needs no key lookup. Hash-map updates take a bucket lock with interrupts disabled and a freelist
-//! lock, which cost several times the rest of the programs.
+//! free needs no key lookup. Hash-map updates take a bucket lock with interrupts disabled and
+//! a freelist lock, which cost several times the rest of the programs.
 #![no_std]
 #![no_main]
 // Atomic compare-and-swap and add on map values (BPF_ATOMIC): the bpf target's `core` has no
@@ -540,7 +540,7 @@ fn charge(stats: &mut CacheStats, object: &LiveObject, sign: i64) {
 #[inline(always)]
 fn spend(budgets: u64, bytes: i64) {
     for k in 0..BUDGETS_PER_SLOT {
-        let index = (budgets >> (16 * k)) as u32 & 0xffff;
+        let index = CacheStats::budget_index(budgets, k);
         if index == 0 {
             break;
         }
@@ -555,7 +555,8 @@ fn spend(budgets: u64, bytes: i64) {
         // SAFETY: as above.
         let after = unsafe { core::ptr::read_volatile(budget) };
         if bytes > 0 && after < 0 && after + bytes >= 0 {
-            // Lost only when the agent has 500 wake-ups pending: it samples anyway.
+            // Lost only when 256 wake-ups are pending (4 KiB of 16-byte records): the agent
+            // samples anyway.
             let _ = LIMIT_EVENTS.output::<u32>(&index, BPF_RB_FORCE_WAKEUP as u64);
         }
     }

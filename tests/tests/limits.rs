@@ -26,6 +26,11 @@ impl Limited {
         Self::start_with(scratch("limits.json"), scratch("audit.jsonl"))
     }
 
+    /// Sampling at the default interval (1 s), as deployed, not the tests' short one.
+    fn at_default_interval() -> Self {
+        Self::start_sampling(scratch("limits.json"), scratch("audit.jsonl"), Some("1"))
+    }
+
     fn start_with(state: PathBuf, audit: PathBuf) -> Self {
         Self::start_sampling(state, audit, None)
     }
@@ -172,7 +177,7 @@ fn reaction(dir: &Path, record: &AuditRecord) -> Option<f64> {
 #[test]
 fn a_cgroup_past_its_limit_is_frozen_and_thawed_below_the_watermark() {
     require_root();
-    let agent = Limited::start_sampling(scratch("limits.json"), scratch("audit.jsonl"), Some("1"));
+    let agent = Limited::at_default_interval();
     let cgroup = TestCgroup::new("freeze");
     let tmpfs = Tmpfs::new();
     let dir = tmpfs.sub("files");
@@ -247,7 +252,7 @@ fn a_cgroup_past_its_limit_is_frozen_and_thawed_below_the_watermark() {
 #[test]
 fn a_rule_set_past_the_usage_acts_at_once() {
     require_root();
-    let agent = Limited::start_sampling(scratch("limits.json"), scratch("audit.jsonl"), Some("1"));
+    let agent = Limited::at_default_interval();
     let cgroup = TestCgroup::new("late-rule");
     let tmpfs = Tmpfs::new();
     let dir = tmpfs.sub("files");

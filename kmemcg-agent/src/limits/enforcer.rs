@@ -266,47 +266,18 @@ impl Enforcer {
     /// its memory too).
     pub fn covers(&self, path: &str) -> bool {
         let inner = self.lock();
-        let rules: Vec<&Rule> = inner
-            .config_rules
-            .iter()
-            .chain(&inner.runtime_rules)
-            .collect();
-        if rules.is_empty() {
-            return false;
-        }
-        let mut current = path;
-        loop {
-            if rules.iter().any(|r| r.matches(current)) {
-                return true;
-            }
-            match current.rfind('/') {
-                Some(0) if current.len() > 1 => current = "/",
-                Some(i) if i > 0 => current = &current[..i],
-                _ => return false,
-            }
-        }
-    }
-
-    /// Whether any rule is in force (from the config or set at runtime).
-    pub fn has_rules(&self) -> bool {
-        let inner = self.lock();
-        !(inner.config_rules.is_empty() && inner.runtime_rules.is_empty())
+        cgroup_path::self_and_ancestors(path).any(|p| inner.all_rules().any(|r| r.matches(p)))
     }
 
     /// Decides and acts on the latest sample (live cgroups only, as the API lists them).
     /// Returns what each cgroup a rule matches may still allocate.
     pub fn evaluate(&self, cgroups: &[CgroupUsage]) -> Vec<Headroom> {
         let mut inner = self.lock();
-        if inner.config_rules.is_empty() && inner.runtime_rules.is_empty() {
+        let all: Vec<Rule> = inner.all_rules().cloned().collect();
+        if all.is_empty() {
             inner.metrics.usage.clear();
             return Vec::new();
         }
-        let all: Vec<Rule> = inner
-            .config_rules
-            .iter()
-            .chain(&inner.runtime_rules)
-            .cloned()
-            .collect();
         let on_unreliable = inner.on_unreliable;
         let usages: Vec<Usage> = cgroups
             .iter()
@@ -485,6 +456,11 @@ fn restore(path: &std::path::Path, protected: &Protected, config_rules: &[Rule])
 }
 
 impl Inner {
+    /// The rules in force: from the config file, then set at runtime.
+    fn all_rules(&self) -> impl Iterator<Item = &Rule> {
+        self.config_rules.iter().chain(&self.runtime_rules)
+    }
+
     fn save(&self) -> Result<(), String> {
         match &self.state_file {
             Some(path) => state::save(path, &self.runtime_rules).map_err(|e| e.to_string()),
