@@ -247,7 +247,8 @@ pub struct InventoryStatus {
     /// Page frames walked and slab pages among them.
     pub pages_walked: u64,
     pub slab_pages: u64,
-    /// Objects with an owner record (accounted to a memcg), and their bytes.
+    /// Slab objects and percpu allocations with an owner record (accounted to a memcg), and
+    /// their bytes.
     pub objects_found: u64,
     pub bytes_found: u64,
     /// Of those, taken into tracking (charged to their cgroup and cache) and found tracked
@@ -267,9 +268,27 @@ pub struct InventoryStatus {
     /// use, so this is an upper bound.
     pub host_slab_bytes: u64,
     pub unattributable_slab_bytes: u64,
-    /// Host-wide percpu memory (/proc/meminfo); percpu allocations from before start are not
-    /// inventoried.
+    /// Host-wide percpu memory (/proc/meminfo), and the part no memcg owns (static percpu
+    /// variables, unaccounted allocations, free space in populated chunks): an upper bound of
+    /// what kmemcg cannot attribute.
     pub host_percpu_bytes: u64,
+    #[serde(default)]
+    pub unattributable_percpu_bytes: u64,
+    /// Whether percpu allocations were looked for (else `percpu_reason` says why), how long
+    /// reading the chunks took (part of `duration_ms`), the percpu chunks found, and the accounted allocations on them (bytes for every possible
+    /// CPU, as kmemcg counts percpu memory); included in `objects_found` and `bytes_found`.
+    #[serde(default)]
+    pub percpu_available: bool,
+    #[serde(default)]
+    pub percpu_reason: Option<String>,
+    #[serde(default)]
+    pub percpu_duration_ms: f64,
+    #[serde(default)]
+    pub percpu_chunks: u64,
+    #[serde(default)]
+    pub percpu_objects_found: u64,
+    #[serde(default)]
+    pub percpu_bytes_found: u64,
 }
 
 /// The sweep: tracked objects checked against the slab, and those found freed without a free

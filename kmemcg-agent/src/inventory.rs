@@ -5,6 +5,9 @@
 //! its memcg's cgroup, so that it shows at once and its later free uncharges it. Objects
 //! tracked already (allocated since the hooks attached, or kept in pinned maps across a
 //! restart) are left as they are, so nothing is counted twice.
+//!
+//! Percpu memory has owner records too, one per 4-byte unit of each chunk: the page walk notes
+//! the chunks it meets, and `inventory_percpu` then takes every owned allocation of each.
 use std::{
     collections::HashMap,
     os::unix::fs::MetadataExt as _,
@@ -12,7 +15,11 @@ use std::{
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
-use kmemcg_common::{INVENTORY_PFNS_PER_RUN, INVENTORY_PROGRAM, TruthCounters};
+use aya::maps::{MapData, PerCpuArray};
+use kmemcg_common::{
+    INVENTORY_PFNS_PER_RUN, INVENTORY_PROGRAM, PERCPU_ENTRIES_PER_RUN, PERCPU_INVENTORY_PROGRAM,
+    PERCPU_POINTER_DELTA, TruthCounters,
+};
 
 use crate::{api::InventoryStatus, kernel::slab_layout, tracer::Tracer};
 
@@ -59,6 +66,16 @@ pub fn run(tracer: &mut Tracer) -> InventoryStatus {
             std::thread::yield_now();
         }
     }
+    let percpu_started = Instant::now();
+    let percpu = inventory_percpu(tracer, budget);
+    status.percpu_duration_ms = percpu_started.elapsed().as_secs_f64() * 1000.0;
+    match percpu {
+        Ok(()) => status.percpu_available = true,
+        Err(why) => {
+            tracing::warn!(why, "no inventory of percpu allocations made before start");
+            status.percpu_reason = Some(why);
+        }
+    }
     status.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
     match tracer.truth_counters() {
         Ok(after) => fill(&mut status, &difference(&after, &before)),
@@ -69,16 +86,82 @@ pub fn run(tracer: &mut Tracer) -> InventoryStatus {
         duration_ms = status.duration_ms,
         objects = status.objects_added,
         bytes = status.bytes_added,
+        percpu_bytes = status.percpu_bytes_found,
         already_tracked = status.already_tracked,
         "inventory of objects allocated before start"
     );
     status
 }
 
+/// Takes the accounted allocations of every percpu chunk the page walk found.
+fn inventory_percpu(tracer: &mut Tracer, budget: u64) -> Result<(), String> {
+    if let Some(why) = tracer.percpu_walk_unavailable() {
+        return Err(why.to_string());
+    }
+    learn_pointer_delta(tracer)?;
+    let chunks = tracer
+        .percpu_chunks()
+        .map_err(|e| format!("cannot read the percpu chunks found: {e}"))?;
+    for (chunk, entries) in dynamic_chunks(chunks) {
+        let mut first = 0;
+        while first < entries {
+            let count = PERCPU_ENTRIES_PER_RUN.min(entries - first);
+            match tracer.run_slab_walk(PERCPU_INVENTORY_PROGRAM, &[chunk, first, count, budget]) {
+                Ok(0) => {}
+                // Freed since the page walk, most likely.
+                Ok(_) => tracing::debug!(chunk, first, "percpu chunk not read"),
+                Err(e) => return Err(format!("the percpu inventory stopped: {e}")),
+            }
+            first += count;
+            std::thread::yield_now();
+        }
+    }
+    Ok(())
+}
+
+/// Makes sure the percpu allocation hook has seen one allocation, from which it learns how
+/// percpu pointers relate to chunk addresses: creating a one-entry percpu map makes one.
+fn learn_pointer_delta(tracer: &Tracer) -> Result<(), String> {
+    let known = || {
+        tracer
+            .read_u64_array(PERCPU_POINTER_DELTA)
+            .is_ok_and(|v| v.get(1) == Some(&1))
+    };
+    if !known() {
+        let map = PerCpuArray::<MapData, u64>::create(1, 0)
+            .map_err(|e| format!("cannot create a percpu map to learn percpu pointers: {e}"))?;
+        drop(map);
+    }
+    known()
+        .then_some(())
+        .ok_or_else(|| "the percpu hook saw no allocation to learn percpu pointers from".into())
+}
+
+/// The chunks whose size is the common one: every chunk after the first spans the same pages
+/// (the first has no owner records), so one of another size is not a chunk.
+fn dynamic_chunks(chunks: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    let mut sizes: HashMap<u64, usize> = HashMap::new();
+    for (_, entries) in &chunks {
+        *sizes.entry(*entries).or_default() += 1;
+    }
+    let Some(common) = sizes
+        .into_iter()
+        .max_by_key(|&(entries, n)| (n, entries))
+        .map(|(entries, _)| entries)
+    else {
+        return Vec::new();
+    };
+    chunks.into_iter().filter(|&(_, e)| e == common).collect()
+}
+
 fn fill(status: &mut InventoryStatus, c: &TruthCounters) {
     status.slab_pages = c.slab_pages;
-    status.objects_found = c.accounted_objects;
-    status.bytes_found = c.accounted_bytes;
+    status.objects_found = c.accounted_objects + c.percpu_objects;
+    status.bytes_found = c.accounted_bytes + c.percpu_bytes;
+    status.percpu_chunks = c.percpu_chunks;
+    status.percpu_objects_found = c.percpu_objects;
+    status.percpu_bytes_found = c.percpu_bytes;
+    status.unattributable_percpu_bytes = status.host_percpu_bytes.saturating_sub(c.percpu_bytes);
     status.objects_added = c.added_objects;
     status.bytes_added = c.added_bytes;
     status.already_tracked = c.already_tracked;
@@ -103,6 +186,9 @@ fn difference(after: &TruthCounters, before: &TruthCounters) -> TruthCounters {
         unmapped_objects: d(after.unmapped_objects, before.unmapped_objects),
         unmapped_bytes: d(after.unmapped_bytes, before.unmapped_bytes),
         dropped: d(after.dropped, before.dropped),
+        percpu_chunks: d(after.percpu_chunks, before.percpu_chunks),
+        percpu_objects: d(after.percpu_objects, before.percpu_objects),
+        percpu_bytes: d(after.percpu_bytes, before.percpu_bytes),
         ..TruthCounters::default()
     }
 }
@@ -198,6 +284,17 @@ mod tests {
         let text = "MemTotal:       24684084 kB\nPercpu:             3648 kB\n";
         assert_eq!(parse_meminfo(text, "Percpu"), Some(3648 * 1024));
         assert_eq!(parse_meminfo(text, "Slab"), None);
+    }
+
+    #[test]
+    fn chunks_of_the_common_size_only() {
+        let chunks = vec![(0x10, 32768), (0x20, 32768), (0x30, 512), (0x40, 32768)];
+        assert_eq!(
+            dynamic_chunks(chunks),
+            vec![(0x10, 32768), (0x20, 32768), (0x40, 32768)]
+        );
+        assert_eq!(dynamic_chunks(vec![(0x10, 64)]), vec![(0x10, 64)]);
+        assert!(dynamic_chunks(Vec::new()).is_empty());
     }
 
     #[test]

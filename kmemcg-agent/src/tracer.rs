@@ -9,8 +9,9 @@ use aya::{
 };
 use kmemcg_common::{
     CGROUP_CACHE_STATS, CGROUP_EVENTS, CPU_OFFSET_PROGRAM, CgroupEvent, HOOKS, HookKind,
-    INVENTORY_PROGRAM, LIMIT_EVENTS, LIVE_OBJECTS, MEMCG_CGROUP_IDS, RootCgroupMode, SLAB_LAYOUT,
-    STATS_KEYS, SWEEP_PROGRAM, SlabLayout, StatsKey, TRUTH_COUNTERS, TruthCounters, globals,
+    INVENTORY_PROGRAM, LIMIT_EVENTS, LIVE_OBJECTS, MEMCG_CGROUP_IDS, PERCPU_CHUNKS,
+    PERCPU_INVENTORY_PROGRAM, PERCPU_LAYOUT, RootCgroupMode, SLAB_LAYOUT, STATS_KEYS,
+    SWEEP_PROGRAM, SlabLayout, StatsKey, TRUTH_COUNTERS, TruthCounters, globals,
 };
 
 use crate::{
@@ -18,7 +19,7 @@ use crate::{
     collector::{Collector, RawSnapshot},
     error::{ReadError, StartError},
     inventory,
-    kernel::{self, btf::KernelLayout, caps, cgroupfs, slab_layout},
+    kernel::{self, btf::KernelLayout, caps, cgroupfs, percpu_layout, slab_layout},
     pin::{self, PinnedMaps},
 };
 
@@ -79,6 +80,8 @@ pub struct Tracer {
     collector: Collector,
     /// The slab layout the inventory and the sweep run with, or why they cannot run here.
     slab_walk: Result<SlabLayout, String>,
+    /// Whether the inventory can read percpu chunks' owner records here, or why not.
+    percpu_walk: Result<(), String>,
     inventory: InventoryStatus,
     /// CPUs whose freelists the sweep looks at, or why none.
     cpu_freelists: Result<usize, String>,
@@ -118,6 +121,10 @@ impl Tracer {
         let root_mode = config.root_mode as u32;
         let slab_walk = slab_layout::from_running_kernel();
         let slab_layout_global = slab_walk.clone().unwrap_or_default();
+        let percpu_walk = slab_walk
+            .clone()
+            .and_then(|_| percpu_layout::from_running_kernel());
+        let percpu_layout_global = percpu_walk.clone().unwrap_or_default();
         let mut loader = EbpfLoader::new();
         if let Some(pinned) = &pinned {
             for map in pin::PINNED_MAPS {
@@ -162,6 +169,7 @@ impl Tracer {
                 true,
             )
             .override_global(SLAB_LAYOUT, &slab_layout_global, true)
+            .override_global(PERCPU_LAYOUT, &percpu_layout_global, true)
             .override_global(globals::LIVE_SLOT_MASK, &live_slot_mask, true)
             .override_global(globals::STATS_SLOT_MASK, &stats_slot_mask, true)
             .map_max_entries(STATS_KEYS, stats_slots)
@@ -176,6 +184,11 @@ impl Tracer {
             load_slab_walk_programs(&mut ebpf)?;
             Ok(layout)
         });
+        // The percpu step runs with the slab walk's programs, or not at all.
+        let percpu_walk = match (&slab_walk, percpu_walk) {
+            (Err(why), _) => Err(why.clone()),
+            (Ok(_), percpu) => percpu.map(|_| ()),
+        };
         let cgroup_events = take_ring(&mut ebpf, CGROUP_EVENTS)?;
         let limit_events = take_ring(&mut ebpf, LIMIT_EVENTS)?;
         let collector = Collector::new(&mut ebpf, stats_slots as usize, possible_cpus as usize)?;
@@ -191,6 +204,7 @@ impl Tracer {
             cgroup_events,
             limit_events,
             collector,
+            percpu_walk,
             slab_walk,
             inventory: InventoryStatus::default(),
             cpu_freelists: Err("not looked for yet".into()),
@@ -204,6 +218,11 @@ impl Tracer {
     /// Why the inventory and the sweep cannot run on this kernel, if they cannot.
     pub fn slab_walk_unavailable(&self) -> Option<&str> {
         self.slab_walk.as_ref().err().map(String::as_str)
+    }
+
+    /// Why the inventory cannot read percpu owner records on this kernel, if it cannot.
+    pub fn percpu_walk_unavailable(&self) -> Option<&str> {
+        self.percpu_walk.as_ref().err().map(String::as_str)
     }
 
     pub fn slab_layout(&self) -> Option<&SlabLayout> {
@@ -280,6 +299,26 @@ impl Tracer {
             map: TRUTH_COUNTERS,
             source: Box::new(e),
         })
+    }
+
+    /// The percpu chunks the inventory's page walk found: (address, owner-vector entries).
+    pub fn percpu_chunks(&self) -> Result<Vec<(u64, u64)>, ReadError> {
+        let map = self
+            .ebpf
+            .map(PERCPU_CHUNKS)
+            .ok_or(ReadError::MissingMap(PERCPU_CHUNKS))?;
+        let chunks: BpfHashMap<&MapData, u64, u64> =
+            BpfHashMap::try_from(map).map_err(|e| ReadError::Map {
+                map: PERCPU_CHUNKS,
+                source: Box::new(e),
+            })?;
+        chunks
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ReadError::Map {
+                map: PERCPU_CHUNKS,
+                source: Box::new(e),
+            })
     }
 
     /// An array map of u64 of the slab walk programs, as a vector by index.
@@ -422,7 +461,12 @@ impl Tracer {
 
 /// Loads (without attaching: the agent runs them) the inventory and sweep programs.
 fn load_slab_walk_programs(ebpf: &mut Ebpf) -> Result<(), String> {
-    for name in [INVENTORY_PROGRAM, SWEEP_PROGRAM, CPU_OFFSET_PROGRAM] {
+    for name in [
+        INVENTORY_PROGRAM,
+        PERCPU_INVENTORY_PROGRAM,
+        SWEEP_PROGRAM,
+        CPU_OFFSET_PROGRAM,
+    ] {
         let prog: &mut RawTracePoint = ebpf
             .program_mut(name)
             .ok_or_else(|| format!("the eBPF object has no {name} program"))?

@@ -424,6 +424,7 @@ mod user {
     unsafe impl aya::Pod for CacheName {}
     unsafe impl aya::Pod for CgroupEvent {}
     unsafe impl aya::Pod for SlabLayout {}
+    unsafe impl aya::Pod for PercpuLayout {}
     unsafe impl aya::Pod for TruthCounters {}
 }
 

@@ -1,6 +1,7 @@
-//! The contract of the two programs the agent runs itself (never on an event): the inventory,
-//! which finds the accounted slab objects that were live before kmemcg started, and the sweep,
-//! which uncharges tracked objects that were freed without a free tracepoint.
+//! The contract of the programs the agent runs itself (never on an event): the inventory,
+//! which finds the accounted slab objects and percpu allocations that were live before kmemcg
+//! started, and the sweep, which uncharges tracked objects that were freed without a free
+//! tracepoint.
 
 /// Program that walks a range of page frames and takes the accounted slab objects it finds
 /// into [`crate::LIVE_OBJECTS`]. Run with `BPF_PROG_TEST_RUN`, arguments (first pfn, count).
@@ -23,6 +24,26 @@ pub const MAX_CPUS: u32 = 1024;
 pub const INVENTORY_PFNS_PER_RUN: u64 = 4 * 1024;
 /// Live-object slots one sweep run checks.
 pub const SWEEP_SLOTS_PER_RUN: u32 = 16 * 1024;
+
+/// Program that takes the accounted allocations of one percpu chunk (found by the inventory's
+/// page walk, in [`PERCPU_CHUNKS`]) into [`crate::LIVE_OBJECTS`]. Arguments (chunk address,
+/// first owner-vector entry, entries, budget).
+pub const PERCPU_INVENTORY_PROGRAM: &str = "inventory_percpu";
+/// Hash map: address of a `struct pcpu_chunk` that the inventory's page walk found (from the
+/// chunk pointer its pages hold) -> entries of the chunk's owner vector (`obj_exts`).
+pub const PERCPU_CHUNKS: &str = "PERCPU_CHUNKS";
+pub const MAX_PERCPU_CHUNKS: u32 = 4096;
+/// Owner-vector entries one `inventory_percpu` run looks at (a multiple of a 4 KiB read).
+pub const PERCPU_ENTRIES_PER_RUN: u64 = 64 * 1024;
+/// Array map of two u64: a percpu pointer less its chunk address (`ptr - (base_addr + off)`
+/// in the percpu tracepoints, the same for every allocation), and 1 once the percpu
+/// allocation hook has recorded it.
+pub const PERCPU_POINTER_DELTA: &str = "PERCPU_POINTER_DELTA";
+/// The percpu allocator's unit: one owner-vector entry and one bitmap bit per 4 bytes
+/// (`PCPU_MIN_ALLOC_SIZE`, a constant of mm/percpu-internal.h that BTF does not carry).
+pub const PERCPU_MIN_ALLOC_SIZE: u64 = 4;
+/// Name of the load-time global holding the [`PercpuLayout`].
+pub const PERCPU_LAYOUT: &str = "PERCPU_LAYOUT";
 
 /// Hash map: cgroup id of a memory cgroup (the cgroup behind an `obj_cgroup`) -> the cgroup
 /// v2 id kmemcg charges. Filled by the agent on hosts where the memory controller is on
@@ -100,6 +121,27 @@ pub struct SlabLayout {
     pub _pad: u32,
 }
 
+/// How to find percpu chunks and their owner records on this kernel, from BTF at load time.
+/// All zero (`chunk_obj_exts_offset` 0) when the kernel lacks a piece: no percpu inventory.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PercpuLayout {
+    /// `struct page::mapping`; `index` and `private` follow it (checked at load time): a
+    /// percpu chunk's pages have no mapping and hold the chunk's address in `private`
+    /// (`index` before Linux 6.15).
+    pub page_mapping_offset: u32,
+    /// `struct pcpu_chunk`: `list`, `base_addr`, `bound_map`, `obj_exts` (or `obj_cgroups`
+    /// before 6.10), `nr_pages`.
+    pub chunk_list_offset: u32,
+    pub chunk_base_addr_offset: u32,
+    pub chunk_bound_map_offset: u32,
+    pub chunk_obj_exts_offset: u32,
+    pub chunk_nr_pages_offset: u32,
+    /// `struct pcpuobj_ext`: size and `cgroup` (8 and 0 for a plain `obj_cgroup *` vector).
+    pub obj_ext_size: u32,
+    pub obj_ext_objcg_offset: u32,
+}
+
 /// What the inventory and the sweep did, cumulative (value of [`TRUTH_COUNTERS`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -108,10 +150,11 @@ pub struct TruthCounters {
     pub slab_pages: u64,
     pub slab_objects_in_use: u64,
     pub slab_bytes_in_use: u64,
-    /// Objects with an owner record (accounted to a memcg), and their bytes.
+    /// Slab objects with an owner record (accounted to a memcg), and their bytes.
     pub accounted_objects: u64,
     pub accounted_bytes: u64,
-    /// Of those: taken into the live-object table, already tracked, owned by a memcg with no
+    /// Of those and the percpu allocations found: taken into the live-object table, already
+    /// tracked, owned by a memcg with no
     /// cgroup v2 counterpart (or the root cgroup when it is not tracked), or dropped because
     /// a table was full.
     pub added_objects: u64,
@@ -129,6 +172,11 @@ pub struct TruthCounters {
     pub swept_by_owner: u64,
     pub swept_by_page: u64,
     pub swept_by_freelist: u64,
+    /// Percpu chunks the inventory found, and the accounted percpu allocations on them (their
+    /// bytes counted for every possible CPU, as the hooks count them).
+    pub percpu_chunks: u64,
+    pub percpu_objects: u64,
+    pub percpu_bytes: u64,
 }
 
 impl TruthCounters {
@@ -137,4 +185,5 @@ impl TruthCounters {
 }
 
 const _: () = assert!(core::mem::size_of::<SlabLayout>() == 6 * 8 + 34 * 4);
-const _: () = assert!(core::mem::size_of::<TruthCounters>() == 17 * 8);
+const _: () = assert!(core::mem::size_of::<TruthCounters>() == 20 * 8);
+const _: () = assert!(core::mem::size_of::<PercpuLayout>() == 8 * 4);

@@ -201,11 +201,14 @@ pub fn percpu_alloc_percpu(ctx: BtfTracePointContext) -> i32 {
     // TP_PROTO(unsigned long call_site, bool reserved, bool is_atomic, size_t size, size_t align,
     //          void *base_addr, int off, void __percpu *ptr, size_t bytes_alloc, gfp_t gfp_flags)
     let size: u64 = ctx.arg(3);
+    let base_addr: u64 = ctx.arg(5);
+    let off: i32 = ctx.arg(6);
     let ptr: u64 = ctx.arg(7);
     let gfp: u64 = ctx.arg(9);
     if ptr == 0 {
         return 0;
     }
+    truth::percpu::record_pointer_delta(ptr, base_addr.wrapping_add(off as i64 as u64));
     // The memory taken in the percpu chunks. The tracepoint's bytes_alloc also counts memcg's
     // notional share of the chunk's obj_cgroup vector (8 bytes per 4-byte unit), which was
     // allocated with the chunk, not by this allocation.

@@ -1,9 +1,11 @@
-//! Two programs the agent runs itself with `BPF_PROG_TEST_RUN`, never on an event, so the
+//! Programs the agent runs itself with `BPF_PROG_TEST_RUN`, never on an event, so the
 //! allocation and free hooks do not pay for them:
 //!
 //! - `inventory` walks a range of page frames; on each slab page with owner records
 //!   (`slab->obj_exts`) it takes every object whose record names an `obj_cgroup` into the
 //!   live-object table, charged to that memcg's cgroup, unless the object is tracked already.
+//!   On the other pages it notes the percpu chunks they belong to, whose accounted
+//!   allocations `inventory_percpu` then takes the same way (see `percpu`).
 //! - `sweep` checks a range of live-object slots against the slab: an object whose page is no
 //!   longer a slab of its cache, whose owner record was seen set and is now cleared, or which
 //!   sits on its slab's freelist, was freed without a free tracepoint; it is uncharged.
@@ -165,6 +167,8 @@ struct PfnWalk {
     start: u64,
     vmemmap: u64,
     page_offset: u64,
+    /// End of the direct map.
+    end: u64,
     /// Most objects the inventory may add in all (it leaves room for new allocations).
     budget: u64,
 }
@@ -192,6 +196,7 @@ pub fn inventory(ctx: RawTracePointContext) -> i32 {
         start,
         vmemmap: bases.vmemmap,
         page_offset: bases.page_offset,
+        end: bases.end,
         budget,
     };
     run_loop(count, inventory_page, &mut walk);
@@ -211,6 +216,7 @@ fn inventory_slab(walk: &PfnWalk, pfn: u64) -> Option<()> {
     let page = walk.vmemmap + pfn * layout!(struct_page_size) as u64;
     let page_type: u32 = read(page + layout!(slab_page_type_offset) as u64)?;
     if page_type >> 24 != layout!(pgty_slab) {
+        percpu::note_chunk(walk, page, page_type);
         return None;
     }
     let cache: u64 = read(page + layout!(slab_cache_offset) as u64)?;
@@ -262,6 +268,8 @@ extern "C" fn inventory_object(index: u64, ctx: *mut c_void) -> i64 {
         slab.last_cgroup = cgroup_of_objcg(objcg).unwrap_or(0);
         slab.last_objcg = objcg;
     }
+    bump(1, |c| &mut c.accounted_objects);
+    bump(slab.size, |c| &mut c.accounted_bytes);
     take_object(
         slab.budget,
         slab.last_cgroup,
@@ -289,21 +297,21 @@ fn cgroup_of_objcg(objcg: u64) -> Option<u64> {
     unsafe { MEMCG_CGROUP_IDS.get(&id) }.copied()
 }
 
+/// Takes a live accounted object of `cgroup_id` into tracking unless it is tracked already;
+/// true when taken.
 #[inline(always)]
-fn take_object(budget: u64, cgroup_id: u64, cache_id: u64, ptr: u64, size: u64) {
-    bump(1, |c| &mut c.accounted_objects);
-    bump(size, |c| &mut c.accounted_bytes);
+fn take_object(budget: u64, cgroup_id: u64, cache_id: u64, ptr: u64, size: u64) -> bool {
     let added = TRUTH_COUNTERS.get(0).map_or(0, |c| c.added_objects);
     if added >= budget {
         bump(1, |c| &mut c.dropped);
-        return;
+        return false;
     }
     let untracked_root = cgroup_id == global(&ROOT_CGROUP_ID)
         && RootCgroupMode::from_u32(global(&ROOT_CGROUP_MODE)) != Some(RootCgroupMode::Track);
     if cgroup_id == 0 || untracked_root {
         bump(1, |c| &mut c.unmapped_objects);
         bump(size, |c| &mut c.unmapped_bytes);
-        return;
+        return false;
     }
     let key = StatsKey {
         cgroup_id,
@@ -311,7 +319,7 @@ fn take_object(budget: u64, cgroup_id: u64, cache_id: u64, ptr: u64, size: u64) 
     };
     let Some((slot, stats)) = stats_slot(&key, cache_id >= KERNEL_ADDRESS_MIN) else {
         bump(1, |c| &mut c.dropped);
-        return;
+        return false;
     };
     let object = LiveObject {
         ptr,
@@ -324,10 +332,18 @@ fn take_object(budget: u64, cgroup_id: u64, cache_id: u64, ptr: u64, size: u64) 
             charge(unsafe { &mut *stats }, &object, 1);
             bump(1, |c| &mut c.added_objects);
             bump(size, |c| &mut c.added_bytes);
+            true
         }
-        Some(false) => bump(1, |c| &mut c.already_tracked),
-        None => bump(1, |c| &mut c.dropped),
+        Some(false) => {
+            bump(1, |c| &mut c.already_tracked);
+            false
+        }
+        None => {
+            bump(1, |c| &mut c.dropped);
+            false
+        }
     }
 }
 
+pub(crate) mod percpu;
 mod sweep;

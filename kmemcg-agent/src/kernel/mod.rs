@@ -3,6 +3,7 @@
 pub mod btf;
 pub mod caps;
 pub mod cgroupfs;
+pub mod percpu_layout;
 pub mod slab_layout;
 
 /// The kernel release (`uname -r`).

@@ -206,13 +206,17 @@ fn percpu_variable_offset(btf: &Btf, name: &str) -> Result<u32, String> {
     Err(format!("no percpu variable {name} in the kernel's BTF"))
 }
 
-fn find_struct(btf: &Btf, name: &str) -> Result<btf_rs::Struct, String> {
+pub(super) fn find_struct(btf: &Btf, name: &str) -> Result<btf_rs::Struct, String> {
     super::btf::struct_named(btf, name)
         .ok_or_else(|| format!("struct {name} is not in the kernel's BTF"))
 }
 
 /// (bit offset, bit-field width) of a member, looking into anonymous structs and unions.
-fn find_member(btf: &Btf, st: &btf_rs::Struct, field: &str) -> Option<(u32, Option<u32>)> {
+pub(super) fn find_member(
+    btf: &Btf,
+    st: &btf_rs::Struct,
+    field: &str,
+) -> Option<(u32, Option<u32>)> {
     for member in &st.members {
         let name = btf.resolve_name(member).unwrap_or_default();
         if name == field {

@@ -29,6 +29,10 @@ enum Work {
     CreateFiles { dir: PathBuf, count: u32 },
     /// Remove every file in DIR, then exit.
     DeleteFiles { dir: PathBuf },
+    /// Create directories d0..d(COUNT-1) in DIR, then exit. In a cgroup v1 memory directory
+    /// each is a memory cgroup whose percpu statistics the kernel charges to this process's
+    /// memory cgroup.
+    MakeDirs { dir: PathBuf, count: u32 },
     /// Create COUNT percpu array maps of ENTRIES values of VALUE_SIZE bytes (one percpu
     /// allocation per value), print `ready`, hold them until stdin closes.
     PercpuMaps {
@@ -88,6 +92,10 @@ fn main() -> anyhow::Result<()> {
     match args.work {
         Work::CreateFiles { dir, count } => create_files(&dir, count),
         Work::DeleteFiles { dir } => delete_files(&dir),
+        Work::MakeDirs { dir, count } => (0..count).try_for_each(|i| {
+            let path = dir.join(format!("d{i}"));
+            std::fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))
+        }),
         Work::PercpuMaps {
             count,
             entries,
