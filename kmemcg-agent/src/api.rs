@@ -310,6 +310,10 @@ pub struct SweepStatus {
     pub by_owner_record: u64,
     pub by_page: u64,
     pub by_freelist: u64,
+    /// `vmap_area` objects whose range was handed back to vmalloc (they wait in its lazy
+    /// list, pools or free tree, no longer the allocating cgroup's).
+    #[serde(default)]
+    pub by_vmalloc: u64,
     /// Whether CPU freelists are looked at too (else only slab freelists), and why not.
     #[serde(default)]
     pub cpu_freelists: bool,

@@ -104,6 +104,7 @@ impl Sweeper {
             by_owner_record: counters.swept_by_owner,
             by_page: counters.swept_by_page,
             by_freelist: counters.swept_by_freelist,
+            by_vmalloc: counters.swept_by_vmalloc,
             cpu_freelists: tracer.cpu_freelists().is_ok(),
             cpu_freelists_reason: tracer.cpu_freelists().err().map(str::to_string),
         }

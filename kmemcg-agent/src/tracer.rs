@@ -11,7 +11,8 @@ use kmemcg_common::{
     CGROUP_CACHE_STATS, CGROUP_EVENTS, CPU_OFFSET_PROGRAM, CgroupEvent, HOOKS, HookKind,
     INVENTORY_PROGRAM, LIMIT_EVENTS, LIVE_OBJECTS, MEMCG_CGROUP_IDS, PERCPU_CHUNKS,
     PERCPU_INVENTORY_PROGRAM, PERCPU_LAYOUT, RootCgroupMode, SLAB_LAYOUT, STATS_KEYS,
-    SWEEP_PROGRAM, SlabLayout, StatsKey, TRUTH_COUNTERS, TruthCounters, globals,
+    SWEEP_PROGRAM, SlabLayout, StatsKey, TRUTH_COUNTERS, TruthCounters, VMALLOC_LAYOUT,
+    VMAP_AREA_CACHE, VMAP_AREA_CACHE_NAME, VmallocLayout, globals,
 };
 
 use crate::{
@@ -19,7 +20,7 @@ use crate::{
     collector::{Collector, RawSnapshot},
     error::{ReadError, StartError},
     inventory,
-    kernel::{self, btf::KernelLayout, caps, cgroupfs, percpu_layout, slab_layout},
+    kernel::{self, btf::KernelLayout, caps, cgroupfs, percpu_layout, slab_layout, vmalloc_layout},
     pin::{self, PinnedMaps},
 };
 
@@ -85,6 +86,8 @@ pub struct Tracer {
     inventory: InventoryStatus,
     /// CPUs whose freelists the sweep looks at, or why none.
     cpu_freelists: Result<usize, String>,
+    /// Whether the sweep was told which cache holds `vmap_area` objects.
+    vmap_area_cache_known: bool,
     /// Dropped after `ebpf` (field order): the lock outlives the attached programs.
     pinned: Option<PinnedMaps>,
 }
@@ -119,12 +122,24 @@ impl Tracer {
             None => None,
         };
         let root_mode = config.root_mode as u32;
+        let obj_exts_allocator =
+            kernel::kallsyms::function_range(&kernel::kallsyms::read(), "alloc_slab_obj_exts")
+                .unwrap_or(0..0);
         let slab_walk = slab_layout::from_running_kernel();
         let slab_layout_global = slab_walk.clone().unwrap_or_default();
+        let vmlinux = btf_rs::Btf::from_file(std::path::Path::new(kernel::btf::VMLINUX_BTF))
+            .map_err(|e| format!("cannot parse the kernel's BTF: {e}"));
         let percpu_walk = slab_walk
             .clone()
-            .and_then(|_| percpu_layout::from_running_kernel());
+            .and(vmlinux.as_ref().map_err(Clone::clone))
+            .and_then(percpu_layout::from_btf);
         let percpu_layout_global = percpu_walk.clone().unwrap_or_default();
+        let vmalloc_layout = vmlinux
+            .and_then(|btf| vmalloc_layout::from_btf(&btf))
+            .unwrap_or_else(|why| {
+                tracing::info!(why, "the sweep will not look at vmap_area objects");
+                VmallocLayout::default()
+            });
         let mut loader = EbpfLoader::new();
         if let Some(pinned) = &pinned {
             for map in pin::PINNED_MAPS {
@@ -152,6 +167,16 @@ impl Tracer {
                 true,
             )
             .override_global(globals::POSSIBLE_CPUS, &possible_cpus, true)
+            .override_global(
+                globals::OBJ_EXTS_ALLOCATOR_START,
+                &obj_exts_allocator.start,
+                true,
+            )
+            .override_global(
+                globals::OBJ_EXTS_ALLOCATOR_SIZE,
+                &(obj_exts_allocator.end - obj_exts_allocator.start),
+                true,
+            )
             .override_global(globals::CGROUP_KN_OFFSET, &layout.cgroup_kn_offset, true)
             .override_global(
                 globals::CGROUP_ROOT_OFFSET,
@@ -170,6 +195,7 @@ impl Tracer {
             )
             .override_global(SLAB_LAYOUT, &slab_layout_global, true)
             .override_global(PERCPU_LAYOUT, &percpu_layout_global, true)
+            .override_global(VMALLOC_LAYOUT, &vmalloc_layout, true)
             .override_global(globals::LIVE_SLOT_MASK, &live_slot_mask, true)
             .override_global(globals::STATS_SLOT_MASK, &stats_slot_mask, true)
             .map_max_entries(STATS_KEYS, stats_slots)
@@ -208,6 +234,7 @@ impl Tracer {
             slab_walk,
             inventory: InventoryStatus::default(),
             cpu_freelists: Err("not looked for yet".into()),
+            vmap_area_cache_known: false,
             pinned,
         };
         tracer.cpu_freelists = crate::sweep::find_cpu_offsets(&mut tracer);
@@ -402,7 +429,28 @@ impl Tracer {
 
     /// Reads and sums the counters in use.
     pub fn read(&mut self) -> Result<RawSnapshot, ReadError> {
-        self.collector.read(&self.ebpf)
+        let snapshot = self.collector.read(&self.ebpf)?;
+        if !self.vmap_area_cache_known {
+            self.tell_vmap_area_cache();
+        }
+        Ok(snapshot)
+    }
+
+    /// Tells the sweep which cache holds `vmap_area` objects once a cache of that name has
+    /// been charged (see kmemcg-ebpf's `truth::vmalloc`).
+    fn tell_vmap_area_cache(&mut self) {
+        let Some(&cache) = self
+            .collector
+            .cache_names()
+            .iter()
+            .find_map(|(id, name)| (name == VMAP_AREA_CACHE_NAME).then_some(id))
+        else {
+            return;
+        };
+        match self.write_u64_array(VMAP_AREA_CACHE, &[cache]) {
+            Ok(()) => self.vmap_area_cache_known = true,
+            Err(e) => tracing::warn!(error = %e, "the sweep will not look at vmap_area objects"),
+        }
     }
 
     /// Counter slots claimed since the last call, with their keys.
@@ -482,7 +530,8 @@ fn load_slab_walk_programs(ebpf: &mut Ebpf) -> Result<(), String> {
 
 /// Attaches the programs named in [`HOOKS`] to their tracepoints, frees first: an object
 /// allocated while the alloc hooks attach must not miss its free. Programs the object does not
-/// have (the benchmark's empty programs have no cgroup hooks) are skipped. Returns the
+/// have (the benchmark's empty programs have only the memory hooks), and vmalloc hooks whose
+/// tracepoint this kernel lacks, are skipped. Returns the
 /// tracepoints.
 pub(crate) fn attach_hooks(ebpf: &mut Ebpf) -> Result<Vec<String>, StartError> {
     let btf = Btf::from_sys_fs().map_err(|e| StartError::BadBtf {
@@ -491,9 +540,16 @@ pub(crate) fn attach_hooks(ebpf: &mut Ebpf) -> Result<Vec<String>, StartError> {
     })?;
     let mut hooks = Vec::new();
     let memory = HOOKS.iter().filter(|h| h.kind == HookKind::Memory).rev();
-    let cgroup = HOOKS.iter().filter(|h| h.kind == HookKind::Cgroup);
-    for hook in memory.chain(cgroup) {
-        if hook.kind == HookKind::Cgroup && ebpf.program(hook.name).is_none() {
+    let others = HOOKS.iter().filter(|h| h.kind != HookKind::Memory);
+    for hook in memory.chain(others) {
+        if hook.kind != HookKind::Memory && ebpf.program(hook.name).is_none() {
+            continue;
+        }
+        if hook.kind == HookKind::Vmalloc && !kernel::btf::hook_available(hook.name) {
+            tracing::info!(
+                hook = hook.name,
+                "no such tracepoint here: the sweep will not look at vmap_area objects"
+            );
             continue;
         }
         attach(ebpf, hook.name, hook.name, &btf)?;

@@ -82,6 +82,11 @@ pub mod globals {
     pub const GFP_ACCOUNT: &str = "GFP_ACCOUNT";
     /// `SLAB_ACCOUNT` as a mask, from BTF (`_SLAB_ACCOUNT`).
     pub const SLAB_ACCOUNT: &str = "SLAB_ACCOUNT";
+    /// Where the kernel function that allocates a new slab's owner-record vector
+    /// (`alloc_slab_obj_exts`) starts, and its length (u64; 0 when /proc/kallsyms hides it):
+    /// kmalloc calls from there are the slab's metadata, not the allocating cgroup's.
+    pub const OBJ_EXTS_ALLOCATOR_START: &str = "OBJ_EXTS_ALLOCATOR_START";
+    pub const OBJ_EXTS_ALLOCATOR_SIZE: &str = "OBJ_EXTS_ALLOCATOR_SIZE";
     /// Byte offset of `struct kmem_cache::flags`, from BTF.
     pub const KMEM_CACHE_FLAGS_OFFSET: &str = "KMEM_CACHE_FLAGS_OFFSET";
     /// Byte offset of `struct kmem_cache::size`, from BTF.
@@ -119,10 +124,13 @@ pub enum HookKind {
     Memory,
     /// cgroup v2 tree changes.
     Cgroup,
+    /// vmalloc ranges handed back to vmalloc and taken again, for the sweep (see
+    /// [`truth::VMALLOC_FREED`]). Optional: attached where the kernel has the tracepoints.
+    Vmalloc,
 }
 
 /// Every hook: the one table the loader, the BTF check, the benchmark and the status use.
-pub const HOOKS: [Hook; 9] = [
+pub const HOOKS: [Hook; 11] = [
     Hook::memory("kmem_cache_alloc", 5),
     Hook::memory("kmalloc", 6),
     Hook::memory("kmem_cache_free", 3),
@@ -132,6 +140,8 @@ pub const HOOKS: [Hook; 9] = [
     Hook::cgroup("cgroup_mkdir", 2),
     Hook::cgroup("cgroup_rmdir", 2),
     Hook::cgroup("cgroup_rename", 2),
+    Hook::vmalloc("alloc_vmap_area", 6),
+    Hook::vmalloc("free_vmap_area_noflush", 3),
 ];
 
 impl Hook {
@@ -148,6 +158,14 @@ impl Hook {
             name,
             arity,
             kind: HookKind::Cgroup,
+        }
+    }
+
+    const fn vmalloc(name: &'static str, arity: usize) -> Self {
+        Self {
+            name,
+            arity,
+            kind: HookKind::Vmalloc,
         }
     }
 }
@@ -425,6 +443,7 @@ mod user {
     unsafe impl aya::Pod for CgroupEvent {}
     unsafe impl aya::Pod for SlabLayout {}
     unsafe impl aya::Pod for PercpuLayout {}
+    unsafe impl aya::Pod for VmallocLayout {}
     unsafe impl aya::Pod for TruthCounters {}
 }
 

@@ -45,6 +45,20 @@ pub const PERCPU_MIN_ALLOC_SIZE: u64 = 4;
 /// Name of the load-time global holding the [`PercpuLayout`].
 pub const PERCPU_LAYOUT: &str = "PERCPU_LAYOUT";
 
+/// LRU hash map: start address of each vmalloc range handed back to vmalloc
+/// (`free_vmap_area_noflush`) and not taken again since (`alloc_vmap_area`). The range's
+/// `struct vmap_area` then waits in vmalloc's lazy list or pools, unaccounted, to serve a later
+/// range without an allocation tracepoint: it is no longer the cgroup's that allocated it.
+pub const VMALLOC_FREED: &str = "VMALLOC_FREED";
+pub const MAX_VMALLOC_FREED: u32 = 1 << 16;
+/// Array map of one u64: the `struct kmem_cache` of `vmap_area` objects (0: not known yet),
+/// written by the agent once the cache has a name.
+pub const VMAP_AREA_CACHE: &str = "VMAP_AREA_CACHE";
+/// The name of that cache.
+pub const VMAP_AREA_CACHE_NAME: &str = "vmap_area";
+/// Name of the load-time global holding the [`VmallocLayout`].
+pub const VMALLOC_LAYOUT: &str = "VMALLOC_LAYOUT";
+
 /// Hash map: cgroup id of a memory cgroup (the cgroup behind an `obj_cgroup`) -> the cgroup
 /// v2 id kmemcg charges. Filled by the agent on hosts where the memory controller is on
 /// cgroup v1 (by path); on cgroup v2 the memcg's cgroup is the v2 cgroup itself.
@@ -142,6 +156,16 @@ pub struct PercpuLayout {
     pub obj_ext_objcg_offset: u32,
 }
 
+/// `struct vmap_area`: `va_start`, and the word that holds `vm` while the range is in use and
+/// `subtree_max_size` (a size, not a pointer) while the object describes a free range. All
+/// zero when the kernel's BTF lacks them: the sweep then leaves `vmap_area` objects alone.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VmallocLayout {
+    pub va_start_offset: u32,
+    pub va_vm_offset: u32,
+}
+
 /// What the inventory and the sweep did, cumulative (value of [`TRUTH_COUNTERS`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -177,6 +201,8 @@ pub struct TruthCounters {
     pub percpu_chunks: u64,
     pub percpu_objects: u64,
     pub percpu_bytes: u64,
+    /// Of the swept: `vmap_area` objects whose range was handed back to vmalloc.
+    pub swept_by_vmalloc: u64,
 }
 
 impl TruthCounters {
@@ -185,5 +211,6 @@ impl TruthCounters {
 }
 
 const _: () = assert!(core::mem::size_of::<SlabLayout>() == 6 * 8 + 34 * 4);
-const _: () = assert!(core::mem::size_of::<TruthCounters>() == 20 * 8);
+const _: () = assert!(core::mem::size_of::<TruthCounters>() == 21 * 8);
+const _: () = assert!(core::mem::size_of::<VmallocLayout>() == 2 * 4);
 const _: () = assert!(core::mem::size_of::<PercpuLayout>() == 8 * 4);

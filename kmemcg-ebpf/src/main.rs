@@ -47,6 +47,10 @@ static GFP_ACCOUNT: u64 = 0;
 #[unsafe(no_mangle)]
 static SLAB_ACCOUNT: u32 = 0;
 #[unsafe(no_mangle)]
+static OBJ_EXTS_ALLOCATOR_START: u64 = 0;
+#[unsafe(no_mangle)]
+static OBJ_EXTS_ALLOCATOR_SIZE: u64 = 0;
+#[unsafe(no_mangle)]
 static KMEM_CACHE_FLAGS_OFFSET: u32 = 0;
 #[unsafe(no_mangle)]
 static KMEM_CACHE_SIZE_OFFSET: u32 = 0;
@@ -179,10 +183,17 @@ pub fn kmem_cache_alloc(ctx: BtfTracePointContext) -> i32 {
 pub fn kmalloc(ctx: BtfTracePointContext) -> i32 {
     // TP_PROTO(unsigned long call_site, const void *ptr, size_t bytes_req, size_t bytes_alloc,
     //          gfp_t gfp_flags, int node)
+    let call_site: u64 = ctx.arg(0);
     let ptr: u64 = ctx.arg(1);
     let bytes: u64 = ctx.arg(3);
     let gfp: u64 = ctx.arg(4);
     if ptr <= ZERO_SIZE_PTR {
+        return 0;
+    }
+    // The owner-record vector of a new slab: it lives as long as the slab, whose objects
+    // belong to any cgroup, and is no more the cgroup's whose allocation needed the slab.
+    if call_site.wrapping_sub(global(&OBJ_EXTS_ALLOCATOR_START)) < global(&OBJ_EXTS_ALLOCATOR_SIZE)
+    {
         return 0;
     }
     let accounted = gfp & global(&GFP_ACCOUNT) != 0;

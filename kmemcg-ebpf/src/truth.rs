@@ -8,7 +8,8 @@
 //!   allocations `inventory_percpu` then takes the same way (see `percpu`).
 //! - `sweep` checks a range of live-object slots against the slab: an object whose page is no
 //!   longer a slab of its cache, whose owner record was seen set and is now cleared, or which
-//!   sits on its slab's freelist, was freed without a free tracepoint; it is uncharged.
+//!   sits on its slab's freelist, was freed without a free tracepoint; it is uncharged, as is
+//!   a `vmap_area` that vmalloc took back (see `vmalloc`).
 //!
 //! Every read of kernel memory goes through `bpf_probe_read_kernel`: the pages walked change
 //! under the programs, so a read may fail (a hole in the memory map) and then nothing is
@@ -347,3 +348,4 @@ fn take_object(budget: u64, cgroup_id: u64, cache_id: u64, ptr: u64, size: u64) 
 
 pub(crate) mod percpu;
 mod sweep;
+mod vmalloc;

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use btf_rs::{Btf, Type};
 use fallible_iterator::FallibleIterator;
-use kmemcg_common::HOOKS;
+use kmemcg_common::{HOOKS, HookKind};
 
 use crate::error::StartError;
 
@@ -41,8 +41,9 @@ impl KernelLayout {
             what: format!("cannot parse {}", path.display()),
             reason: e.to_string(),
         })?;
-        for hook in HOOKS.iter().map(|h| h.name) {
-            check_hook(&btf, hook)?;
+        // vmalloc hooks are optional (see `hook_available`).
+        for hook in HOOKS.iter().filter(|h| h.kind != HookKind::Vmalloc) {
+            check_hook(&btf, hook.name)?;
         }
         let kmem_cache = find_struct(&btf, "kmem_cache")?;
         let offset = |field: &str| member_offset(&btf, &kmem_cache, "kmem_cache", field);
@@ -62,6 +63,11 @@ impl KernelLayout {
             kmem_cache_name_offset: offset("name")?,
         })
     }
+}
+
+/// Whether an optional hook's tracepoint is in the running kernel, as the program expects it.
+pub fn hook_available(hook: &str) -> bool {
+    Btf::from_file(Path::new(VMLINUX_BTF)).is_ok_and(|btf| check_hook(&btf, hook).is_ok())
 }
 
 /// The tracepoint exists (`btf_trace_<hook>`) and passes the arguments the program reads.

@@ -3,8 +3,10 @@
 pub mod btf;
 pub mod caps;
 pub mod cgroupfs;
+pub mod kallsyms;
 pub mod percpu_layout;
 pub mod slab_layout;
+pub mod vmalloc_layout;
 
 /// The kernel release (`uname -r`).
 pub fn release() -> String {

@@ -2,19 +2,10 @@
 //! page`'s pointer words, `struct pcpu_chunk` and `struct pcpuobj_ext`, from BTF. A kernel
 //! without an owner vector in its chunks (no memcg accounting of percpu memory) gets no
 //! percpu inventory, with the reason in the status.
-use std::path::Path;
-
 use btf_rs::Btf;
 use kmemcg_common::PercpuLayout;
 
 use super::slab_layout::{find_member, find_struct};
-
-/// Reads the layout from the running kernel, or says why it cannot.
-pub fn from_running_kernel() -> Result<PercpuLayout, String> {
-    let btf = Btf::from_file(Path::new(super::btf::VMLINUX_BTF))
-        .map_err(|e| format!("cannot parse the kernel's BTF: {e}"))?;
-    from_btf(&btf)
-}
 
 pub fn from_btf(btf: &Btf) -> Result<PercpuLayout, String> {
     let page = find_struct(btf, "page")?;
@@ -59,6 +50,8 @@ pub fn from_btf(btf: &Btf) -> Result<PercpuLayout, String> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     #[test]

@@ -22,10 +22,10 @@ pub fn from_running_kernel() -> Result<SlabLayout, String> {
     let btf = Btf::from_file(Path::new(super::btf::VMLINUX_BTF))
         .map_err(|e| format!("cannot parse the kernel's BTF: {e}"))?;
     let mut layout = from_btf(&btf)?;
-    let symbols = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
+    let symbols = super::kallsyms::read();
     let (vmemmap_symbol, page_offset_symbol) = (
-        kallsyms_address(&symbols, "vmemmap_base"),
-        kallsyms_address(&symbols, "page_offset_base"),
+        super::kallsyms::address(&symbols, "vmemmap_base"),
+        super::kallsyms::address(&symbols, "page_offset_base"),
     );
     match (vmemmap_symbol, page_offset_symbol) {
         (Some(0), _) | (_, Some(0)) => {
@@ -54,16 +54,6 @@ pub fn from_running_kernel() -> Result<SlabLayout, String> {
     let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
     layout.page_shift = page_size.trailing_zeros();
     Ok(layout)
-}
-
-/// The address of a kernel symbol (0 when /proc/kallsyms hides it), None when absent.
-fn kallsyms_address(kallsyms: &str, name: &str) -> Option<u64> {
-    kallsyms.lines().find_map(|line| {
-        let mut fields = line.split_whitespace();
-        let address = fields.next()?;
-        let _kind = fields.next()?;
-        (fields.next()? == name).then(|| u64::from_str_radix(address, 16).unwrap_or(0))
-    })
 }
 
 /// Page frame ranges of the memory zones that span any.
@@ -259,18 +249,6 @@ mod tests {
                         start_pfn:           1\nNode 0, zone    DMA32\n        spanned  1044480\n  \
                         start_pfn:           4096\nNode 0, zone  Movable\n        spanned  0\n";
         assert_eq!(pfn_ranges(zoneinfo), vec![1..4096, 4096..1_048_576]);
-    }
-
-    #[test]
-    fn kallsyms_addresses() {
-        let text = "ffffffff81000000 T _text\nffffffff82a1b2c0 D page_offset_base\n\
-                    0000000000000000 D vmemmap_base\n";
-        assert_eq!(
-            kallsyms_address(text, "page_offset_base"),
-            Some(0xffff_ffff_82a1_b2c0)
-        );
-        assert_eq!(kallsyms_address(text, "vmemmap_base"), Some(0));
-        assert_eq!(kallsyms_address(text, "max_pfn"), None);
     }
 
     #[test]

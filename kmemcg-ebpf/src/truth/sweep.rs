@@ -26,6 +26,8 @@ enum Verdict {
     FreedOwner,
     FreedPage,
     FreedFreelist,
+    /// A `vmap_area` whose range was handed back to vmalloc.
+    HandedBack,
 }
 
 #[raw_tracepoint(tracepoint = "kmemcg_sweep")]
@@ -106,6 +108,7 @@ fn sweep_slot(walk: &SweepWalk, slot: *mut LiveObject) {
         match verdict {
             Verdict::FreedOwner => bump(1, |c| &mut c.swept_by_owner),
             Verdict::FreedPage => bump(1, |c| &mut c.swept_by_page),
+            Verdict::HandedBack => bump(1, |c| &mut c.swept_by_vmalloc),
             _ => bump(1, |c| &mut c.swept_by_freelist),
         }
         bump(1, |c| &mut c.swept_objects);
@@ -181,6 +184,9 @@ fn check_object(walk: &SweepWalk, object: &LiveObject) -> Option<Verdict> {
             // The slab that held its record was freed; this one is another.
             return Some(Verdict::FreedPage);
         }
+    }
+    if super::vmalloc::handed_back(cache, ptr) {
+        return Some(Verdict::HandedBack);
     }
     // Never had an owner record (unaccounted, or charged to no memcg): free if it is on its
     // slab's freelist or, for a CPU's slab (frozen), on that CPU's freelist.
