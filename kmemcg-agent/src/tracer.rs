@@ -124,7 +124,13 @@ impl Tracer {
         let root_mode = config.root_mode as u32;
         let obj_exts_allocator =
             kernel::kallsyms::function_range(&kernel::kallsyms::read(), "alloc_slab_obj_exts")
-                .unwrap_or(0..0);
+                .unwrap_or_else(|| {
+                    tracing::info!(
+                        "alloc_slab_obj_exts not in /proc/kallsyms (or hidden): slab owner-record \
+                         vectors are charged to the cgroup whose allocation needed a new slab"
+                    );
+                    0..0
+                });
         let slab_walk = slab_layout::from_running_kernel();
         let slab_layout_global = slab_walk.clone().unwrap_or_default();
         let vmlinux = btf_rs::Btf::from_file(std::path::Path::new(kernel::btf::VMLINUX_BTF))
