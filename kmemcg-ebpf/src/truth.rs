@@ -330,4 +330,5 @@ fn take_object(budget: u64, cgroup_id: u64, cache_id: u64, ptr: u64, size: u64) 
     }
 }
 
+mod sheaves;
 mod sweep;
