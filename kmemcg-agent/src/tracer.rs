@@ -10,7 +10,8 @@ use aya::{
 use kmemcg_common::{
     CGROUP_CACHE_STATS, CGROUP_EVENTS, CPU_OFFSET_PROGRAM, CgroupEvent, HOOKS, HookKind,
     INVENTORY_PROGRAM, LIMIT_EVENTS, LIVE_OBJECTS, MEMCG_CGROUP_IDS, RootCgroupMode, SLAB_LAYOUT,
-    STATS_KEYS, SWEEP_PROGRAM, SlabLayout, StatsKey, TRUTH_COUNTERS, TruthCounters, globals,
+    STATS_KEYS, SWEEP_PROGRAM, SWEEP_SHEAVES_PROGRAM, SlabLayout, StatsKey, TRUTH_COUNTERS,
+    TruthCounters, globals,
 };
 
 use crate::{
@@ -82,6 +83,8 @@ pub struct Tracer {
     inventory: InventoryStatus,
     /// CPUs whose freelists the sweep looks at, or why none.
     cpu_freelists: Result<usize, String>,
+    /// Whether the sweep can look at slab sheaves, or why not.
+    sheaves: Result<(), String>,
     /// Dropped after `ebpf` (field order): the lock outlives the attached programs.
     pinned: Option<PinnedMaps>,
 }
@@ -176,6 +179,17 @@ impl Tracer {
             load_slab_walk_programs(&mut ebpf)?;
             Ok(layout)
         });
+        let sheaves = match &slab_walk {
+            Ok(layout) if layout.sheaves.kmem_cache_cpu_sheaves_offset != 0 => {
+                load_program(&mut ebpf, SWEEP_SHEAVES_PROGRAM)
+            }
+            Ok(_) => Err(
+                "this kernel has no slab sheaves, or its BTF lacks their layout (see \
+                          the agent's log)"
+                    .into(),
+            ),
+            Err(why) => Err(why.clone()),
+        };
         let cgroup_events = take_ring(&mut ebpf, CGROUP_EVENTS)?;
         let limit_events = take_ring(&mut ebpf, LIMIT_EVENTS)?;
         let collector = Collector::new(&mut ebpf, stats_slots as usize, possible_cpus as usize)?;
@@ -194,6 +208,7 @@ impl Tracer {
             slab_walk,
             inventory: InventoryStatus::default(),
             cpu_freelists: Err("not looked for yet".into()),
+            sheaves,
             pinned,
         };
         tracer.cpu_freelists = crate::sweep::find_cpu_offsets(&mut tracer);
@@ -213,6 +228,11 @@ impl Tracer {
     /// How many CPUs' freelists the sweep looks at, or why none.
     pub fn cpu_freelists(&self) -> Result<usize, &str> {
         self.cpu_freelists.as_ref().copied().map_err(String::as_str)
+    }
+
+    /// Whether the sweep can look at slab sheaves, or why not.
+    pub fn sheaves(&self) -> Result<(), &str> {
+        self.sheaves.as_ref().copied().map_err(String::as_str)
     }
 
     /// What the inventory at start found.
@@ -423,17 +443,22 @@ impl Tracer {
 /// Loads (without attaching: the agent runs them) the inventory and sweep programs.
 fn load_slab_walk_programs(ebpf: &mut Ebpf) -> Result<(), String> {
     for name in [INVENTORY_PROGRAM, SWEEP_PROGRAM, CPU_OFFSET_PROGRAM] {
-        let prog: &mut RawTracePoint = ebpf
-            .program_mut(name)
-            .ok_or_else(|| format!("the eBPF object has no {name} program"))?
-            .try_into()
-            .map_err(|e| format!("{name}: {e}"))?;
-        prog.load().map_err(|e| {
-            tracing::warn!(program = name, error = ?e, "slab walk program refused");
-            format!("the kernel refused the {name} program: {e}")
-        })?;
+        load_program(ebpf, name)?;
     }
     Ok(())
+}
+
+/// Loads (without attaching) one program the agent runs itself.
+fn load_program(ebpf: &mut Ebpf, name: &'static str) -> Result<(), String> {
+    let prog: &mut RawTracePoint = ebpf
+        .program_mut(name)
+        .ok_or_else(|| format!("the eBPF object has no {name} program"))?
+        .try_into()
+        .map_err(|e| format!("{name}: {e}"))?;
+    prog.load().map_err(|e| {
+        tracing::warn!(program = name, error = ?e, "slab walk program refused");
+        format!("the kernel refused the {name} program: {e}")
+    })
 }
 
 /// Attaches the programs named in [`HOOKS`] to their tracepoints, frees first: an object
