@@ -8,7 +8,7 @@ use std::{
 };
 
 use kmemcg_tests::{
-    AgentProcess, Bpffs, CgroupUsage, TestCgroup, Tmpfs, cache_objects, require_root,
+    AgentProcess, Bpffs, CgroupUsage, DyingCgroup, TestCgroup, Tmpfs, cache_objects, require_root,
 };
 
 const KIB: u64 = 1024;
@@ -140,6 +140,35 @@ fn objects_made_before_start_are_found_and_uncharged_when_freed() {
     });
 }
 
+/// Bytes held in caches with slab sheaves (`/sys/kernel/slab/<cache>/sheaf_capacity` > 0:
+/// maple_node and vm_area_struct on 6.18), whose free objects the sweep finds in the sheaves.
+fn in_sheaf_caches(usage: Option<&CgroupUsage>) -> u64 {
+    usage.map_or(0, |u| {
+        u.caches
+            .iter()
+            .filter(|c| has_sheaves(&c.name))
+            .map(|c| c.bytes)
+            .sum()
+    })
+}
+
+fn has_sheaves(cache: &str) -> bool {
+    std::fs::read_to_string(format!("/sys/kernel/slab/{cache}/sheaf_capacity"))
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok())
+        .is_some_and(|capacity| capacity > 0)
+}
+
+/// What the churn may leave in caches with sheaves: a node or so of a tree still live (256 B
+/// measured on the test VM; 0.5 to 33 KB, some of it for more than 20 s, when sheaves were
+/// not swept).
+const SHEAVED_LEFT: u64 = 4 * KIB;
+
+/// What the churn may leave charged besides vmap_area: a few objects still live or in a
+/// kfree_rcu() batch (20-21 KB measured on the test VM; 17-53 KB when slab sheaves were not
+/// swept).
+const UNPOOLED_LEFT: u64 = 32 * KIB;
+
 #[test]
 fn churn_leaves_no_phantoms() {
     require_root();
@@ -157,9 +186,10 @@ fn churn_leaves_no_phantoms() {
     );
     let mut residual = (0, 0, 0, 0);
     let mut rows = String::new();
-    // maple_node objects freed into slab sheaves stay charged until their address is reused
-    // (README, "Semantics and limits"): give the host's own allocations time for that.
-    wait_until(Duration::from_secs(40), || {
+    let churned = Instant::now();
+    // Objects freed without a tracepoint (kfree_rcu() batches, bulk frees into slab sheaves)
+    // are uncharged by the next sweep: every 2 s, later when a sweep is long.
+    wait_until(Duration::from_secs(20), || {
         let u = agent.cgroup(cgroup.path());
         let kernel = cgroup.kmem_usage().unwrap_or(0);
         residual = (
@@ -170,7 +200,10 @@ fn churn_leaves_no_phantoms() {
         );
         rows = held(u.as_ref());
         let unpooled = total(u.as_ref()) - pooled(u.as_ref());
-        if accounted(u.as_ref()).abs_diff(kernel) > 64 * KIB || unpooled >= 64 * KIB {
+        if accounted(u.as_ref()).abs_diff(kernel) > 64 * KIB
+            || unpooled >= UNPOOLED_LEFT
+            || in_sheaf_caches(u.as_ref()) > SHEAVED_LEFT
+        {
             return Err(format!(
                 "accounted {} total {} kernel {kernel}: {}",
                 accounted(u.as_ref()),
@@ -180,10 +213,12 @@ fn churn_leaves_no_phantoms() {
         }
         Ok(())
     });
+    let settled = churned.elapsed();
     let status = agent.status();
     eprintln!(
-        "after churn: accounted {} B, total {} B (of which {} B vmap_area), kernel {} B; swept {} objects ({} B; owner \
-         record {}, page {}, freelist {}), stale {}; left: {rows}",
+        "after churn (settled in {:.1} s): accounted {} B, total {} B (of which {} B vmap_area), kernel {} B; swept {} objects ({} B; owner \
+         record {}, page {}, freelist {}, sheaf {}), stale {}; left: {rows}",
+        settled.as_secs_f64(),
         residual.0,
         residual.1,
         residual.3,
@@ -193,6 +228,7 @@ fn churn_leaves_no_phantoms() {
         status.sweep.by_owner_record,
         status.sweep.by_page,
         status.sweep.by_freelist,
+        status.sweep.by_sheaf,
         status.stale_objects,
     );
 }
@@ -260,19 +296,19 @@ fn removed_cgroups_are_dying_only_while_they_hold_memory() {
                 held(own.as_ref())
             ));
         }
-        let unreal: Vec<_> = churned(&agent)
-            .into_iter()
-            .filter(|d| {
-                d.caches
-                    .iter()
-                    .all(|c| c.accounted_bytes == 0 && c.name != VMALLOC_POOLED)
-            })
-            .collect();
-        // Unaccounted objects parked in slab sheaves look allocated until their address is
-        // reused (README, "Semantics and limits"): a few may stay, no more than 1 in 200.
-        if unreal.len() > count / 200 {
+        let unreal = unreal(churned(&agent));
+        // None of them for objects in caches with sheaves, which the sweep finds there. A few
+        // (at most 1 in 200) hold an unaccounted kmalloc object for longer than this test
+        // waits, whether sheaves are swept or not: 1 or 2 removed cgroups of 2,000 on the test
+        // VM, at times 8 or 19 (kmalloc-192, cause not known).
+        let sheaved = unreal
+            .iter()
+            .filter(|d| d.caches.iter().any(|c| has_sheaves(&c.name)))
+            .count();
+        if sheaved > 0 || unreal.len() > count / 200 {
             return Err(format!(
-                "{} removed cgroups listed dying with no accounted object, e.g. {:?}",
+                "{} removed cgroups listed dying with no accounted object ({sheaved} of them with \
+                 objects of caches with sheaves), e.g. {:?}",
                 unreal.len(),
                 unreal
                     .iter()
@@ -289,10 +325,11 @@ fn removed_cgroups_are_dying_only_while_they_hold_memory() {
     });
     let left = churned(&agent);
     let status = agent.status();
+    let unaccounted = unreal(left.clone());
     eprintln!(
         "after the churn of {count} cgroups: kernel charges {kernel_left} B to the parent, \
-         kmemcg {} B ({}); {} removed cgroups listed dying ({} B, of which {} B accounted); \
-         swept {} objects",
+         kmemcg {} B ({}); {} removed cgroups listed dying ({} B, of which {} B accounted), \
+         {} of them with unaccounted objects only ({}); swept {} objects ({} from sheaves)",
         accounted(own.as_ref()),
         held(own.as_ref()),
         left.len(),
@@ -301,8 +338,29 @@ fn removed_cgroups_are_dying_only_while_they_hold_memory() {
             .flat_map(|d| &d.caches)
             .map(|c| c.accounted_bytes)
             .sum::<u64>(),
-        status.sweep.swept_objects
+        unaccounted.len(),
+        unaccounted
+            .iter()
+            .flat_map(|d| &d.caches)
+            .map(|c| format!("{} {}x", c.name, c.objects))
+            .collect::<Vec<_>>()
+            .join(", "),
+        status.sweep.swept_objects,
+        status.sweep.by_sheaf,
     );
+}
+
+/// Removed cgroups listed dying although they hold no accounted object (vmap_area aside, which
+/// vmalloc keeps live in its pools).
+fn unreal(dying: Vec<DyingCgroup>) -> Vec<DyingCgroup> {
+    dying
+        .into_iter()
+        .filter(|d| {
+            d.caches
+                .iter()
+                .all(|c| c.accounted_bytes == 0 && c.name != VMALLOC_POOLED)
+        })
+        .collect()
 }
 
 #[test]
