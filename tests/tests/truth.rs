@@ -350,6 +350,68 @@ fn removed_cgroups_are_dying_only_while_they_hold_memory() {
     );
 }
 
+#[test]
+fn live_objects_of_caches_with_sheaves_stay_charged() {
+    require_root();
+    let agent = AgentProcess::start(&[]);
+    let sweep = agent.status().sweep;
+    if !sweep.sheaves {
+        eprintln!("sheaves are not swept here: {:?}", sweep.sheaves_reason);
+        return;
+    }
+    // 20,000 VMAs that live throughout: a vm_area_struct each, and a maple tree of at least
+    // one leaf (16 entries at most) per 16 of them.
+    let regions = 20_000u64;
+    let holder = TestCgroup::new("sheaves-holder");
+    let held = holder.hold(&["mappings", &regions.to_string()]);
+    let vmas = |u: &CgroupUsage| cache_objects(u, &["vm_area_struct"]);
+    let first = agent
+        .wait_for(holder.path(), Duration::from_secs(10), "mappings", |u| {
+            u.is_some_and(|u| vmas(u) >= regions)
+        })
+        .expect("usage");
+    // Meanwhile objects of the same caches pass through the sheaves (forks and exits
+    // elsewhere), and the sweep looks at them several times.
+    let tmpfs = Tmpfs::new();
+    let churner = TestCgroup::new("sheaves-churn");
+    churner.run(&["churn-mix", &tmpfs.sub("churn"), "6"]);
+    let sweeps = agent.status().sweep.sweeps;
+    wait_until(Duration::from_secs(20), || {
+        let done = agent.status().sweep.sweeps;
+        (done >= sweeps + 2)
+            .then_some(())
+            .ok_or(format!("{} sweeps since the churn", done - sweeps))
+    });
+    let last = agent.cgroup(holder.path()).expect("usage");
+    let status = agent.status();
+    eprintln!(
+        "{regions} regions held: vm_area_struct {} -> {}, maple_node {} -> {}; sweep: {} \
+         objects found in sheaves, {} caches with sheaves",
+        vmas(&first),
+        vmas(&last),
+        cache_objects(&first, &["maple_node"]),
+        cache_objects(&last, &["maple_node"]),
+        status.sweep.by_sheaf,
+        status.sweep.sheaf_caches
+    );
+    assert!(status.sweep.by_sheaf > 0, "nothing found in sheaves");
+    assert!(
+        vmas(&last) >= regions,
+        "live VMAs uncharged: {}",
+        held_rows(&last)
+    );
+    assert!(
+        cache_objects(&last, &["maple_node"]) >= regions / 16,
+        "live maple nodes uncharged: {}",
+        held_rows(&last)
+    );
+    held.release();
+}
+
+fn held_rows(usage: &CgroupUsage) -> String {
+    held(Some(usage))
+}
+
 /// Removed cgroups listed dying although they hold no accounted object (vmap_area aside, which
 /// vmalloc keeps live in its pools).
 fn unreal(dying: Vec<DyingCgroup>) -> Vec<DyingCgroup> {
