@@ -370,26 +370,39 @@ fn live_objects_of_caches_with_sheaves_stay_charged() {
             u.is_some_and(|u| vmas(u) >= regions)
         })
         .expect("usage");
-    // Meanwhile objects of the same caches pass through the sheaves (forks and exits
-    // elsewhere), and the sweep looks at them several times.
+    // Sheaves the mappings emptied still hold, past their size, the addresses of the objects
+    // taken from them (live): two sweeps while nothing else disturbs them.
+    let two_sweeps = || {
+        let sweeps = agent.status().sweep.sweeps;
+        wait_until(Duration::from_secs(20), || {
+            let done = agent.status().sweep.sweeps;
+            (done >= sweeps + 2)
+                .then_some(())
+                .ok_or(format!("{} sweeps", done - sweeps))
+        });
+        agent.cgroup(holder.path()).expect("usage")
+    };
+    let quiet = two_sweeps();
+    assert!(
+        vmas(&quiet) >= regions,
+        "live VMAs uncharged: {}",
+        held_rows(&quiet)
+    );
+    // Then objects of the same caches pass through the sheaves (forks and exits elsewhere),
+    // and the sweep looks at them several times.
     let tmpfs = Tmpfs::new();
     let churner = TestCgroup::new("sheaves-churn");
     churner.run(&["churn-mix", &tmpfs.sub("churn"), "6"]);
-    let sweeps = agent.status().sweep.sweeps;
-    wait_until(Duration::from_secs(20), || {
-        let done = agent.status().sweep.sweeps;
-        (done >= sweeps + 2)
-            .then_some(())
-            .ok_or(format!("{} sweeps since the churn", done - sweeps))
-    });
-    let last = agent.cgroup(holder.path()).expect("usage");
+    let last = two_sweeps();
     let status = agent.status();
     eprintln!(
-        "{regions} regions held: vm_area_struct {} -> {}, maple_node {} -> {}; sweep: {} \
+        "{regions} regions held: vm_area_struct {} -> {} -> {}, maple_node {} -> {} -> {}; sweep: {} \
          objects found in sheaves, {} caches with sheaves",
         vmas(&first),
+        vmas(&quiet),
         vmas(&last),
         cache_objects(&first, &["maple_node"]),
+        cache_objects(&quiet, &["maple_node"]),
         cache_objects(&last, &["maple_node"]),
         status.sweep.by_sheaf,
         status.sweep.sheaf_caches
