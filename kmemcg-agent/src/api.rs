@@ -319,4 +319,15 @@ pub struct SweepStatus {
     pub cpu_freelists: bool,
     #[serde(default)]
     pub cpu_freelists_reason: Option<String>,
+    /// Swept because they sat in a slab sheaf (a CPU's, or a node's barn), cumulative.
+    #[serde(default)]
+    pub by_sheaf: u64,
+    /// Whether slab sheaves are looked at (kernels with sheaves, 6.18+), and why not; how
+    /// many caches had sheaves at the last sweep.
+    #[serde(default)]
+    pub sheaves: bool,
+    #[serde(default)]
+    pub sheaves_reason: Option<String>,
+    #[serde(default)]
+    pub sheaf_caches: u64,
 }

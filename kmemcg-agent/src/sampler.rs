@@ -117,6 +117,8 @@ impl Sampler {
         let started = Instant::now();
         self.poll_cgroup_events(|_| false);
         let raw = self.tracer.read()?;
+        self.sweeper
+            .learn_caches(self.tracer.collector().cache_names().keys());
         if raw.counters.lost_cgroup_events > self.lost_cgroup_events {
             self.lost_cgroup_events = raw.counters.lost_cgroup_events;
             self.tree.rescan();

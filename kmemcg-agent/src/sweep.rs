@@ -3,7 +3,8 @@
 //! agent runs the `sweep` program over the whole live-object table, a slice at a time; it
 //! uncharges an object when the slab says it is free: its owner record, seen set before, is
 //! cleared (accounted objects); its page is no longer a slab of its cache; or it is on its
-//! slab's freelist (objects without an owner record).
+//! slab's freelist (objects without an owner record). Then, on kernels with slab sheaves,
+//! it uncharges the tracked objects found in the sheaves of each cache ([`sheaves`]).
 use std::{
     os::fd::{AsFd as _, AsRawFd as _},
     sync::{
@@ -16,11 +17,15 @@ use std::{
 
 use aya::programs::ProgramFd;
 use kmemcg_common::{
-    CPU_OFFSET_PROGRAM, MAX_CPUS, PERCPU_AREAS, PERCPU_OFFSETS, SWEEP_PROGRAM, SWEEP_SLOTS_PER_RUN,
-    TruthCounters,
+    CPU_OFFSET_PROGRAM, MAX_CPUS, PERCPU_AREAS, PERCPU_OFFSETS, SWEEP_PROGRAM,
+    SWEEP_SHEAVES_PROGRAM, SWEEP_SLOTS_PER_RUN, TruthCounters,
 };
 
 use crate::{api::SweepStatus, test_run, tracer::Tracer};
+
+mod sheaves;
+
+use sheaves::SheafSweep;
 
 /// Time from the start of one sweep to the start of the next, at least.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
@@ -36,6 +41,8 @@ struct SweepState {
     last_ms: f64,
     max_ms: f64,
     error: Option<String>,
+    /// Caches whose sheaves the last pass looked at.
+    sheaf_caches: usize,
 }
 
 /// Sweeps in a thread of its own, so that a large table (0.3 s for 800,000 objects on the
@@ -45,6 +52,8 @@ pub struct Sweeper {
     state: Arc<Mutex<SweepState>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    /// Ids of the caches kmemcg has charged (see [`Self::learn_caches`]).
+    caches: Arc<Mutex<Vec<u64>>>,
 }
 
 impl Drop for Sweeper {
@@ -71,11 +80,23 @@ impl Sweeper {
                 return sweeper;
             }
         };
+        let sheaves = tracer
+            .sheaves()
+            .ok()
+            .and_then(|()| tracer.slab_walk_fd(SWEEP_SHEAVES_PROGRAM).ok())
+            .map(|fd| {
+                let possible = std::fs::read_to_string("/sys/devices/system/node/possible").ok();
+                SheafSweep::new(fd, sheaves::node_count(possible.as_deref()))
+            });
         let slots = tracer.config().max_objects.next_power_of_two();
-        let (state, stop) = (sweeper.state.clone(), sweeper.stop.clone());
+        let (state, stop, caches) = (
+            sweeper.state.clone(),
+            sweeper.stop.clone(),
+            sweeper.caches.clone(),
+        );
         let thread = std::thread::Builder::new()
             .name("kmemcg-sweep".into())
-            .spawn(move || sweep_loop(&fd, slots, &state, &stop));
+            .spawn(move || sweep_loop(&fd, slots, &state, &stop, &caches, sheaves));
         match thread {
             Ok(thread) => sweeper.thread = Some(thread),
             Err(e) => {
@@ -84,6 +105,15 @@ impl Sweeper {
             }
         }
         sweeper
+    }
+
+    /// Tells the sweep which caches kmemcg has charged (the collector's cache ids), whose
+    /// sheaves it looks at.
+    pub fn learn_caches<'a>(&self, ids: impl ExactSizeIterator<Item = &'a u64>) {
+        let mut caches = self.caches.lock().expect("sweep caches");
+        if caches.len() != ids.len() {
+            *caches = ids.copied().collect();
+        }
     }
 
     pub fn status(&self, tracer: &Tracer, counters: &TruthCounters) -> SweepStatus {
@@ -107,6 +137,10 @@ impl Sweeper {
             by_vmalloc: counters.swept_by_vmalloc,
             cpu_freelists: tracer.cpu_freelists().is_ok(),
             cpu_freelists_reason: tracer.cpu_freelists().err().map(str::to_string),
+            by_sheaf: counters.swept_by_sheaf,
+            sheaves: tracer.sheaves().is_ok(),
+            sheaves_reason: tracer.sheaves().err().map(str::to_string),
+            sheaf_caches: state.sheaf_caches as u64,
         }
     }
 }
@@ -177,13 +211,29 @@ fn parse_cpu_list(text: &str) -> Vec<u32> {
         .collect()
 }
 
-fn sweep_loop(fd: &ProgramFd, slots: u32, state: &Mutex<SweepState>, stop: &AtomicBool) {
+fn sweep_loop(
+    fd: &ProgramFd,
+    slots: u32,
+    state: &Mutex<SweepState>,
+    stop: &AtomicBool,
+    caches: &Mutex<Vec<u64>>,
+    mut sheaves: Option<SheafSweep>,
+) {
     while !stop.load(Ordering::Relaxed) {
         let started = Instant::now();
-        let result = sweep(fd, slots, stop);
+        let result = sweep(fd, slots, stop).and_then(|()| match sheaves.as_mut() {
+            Some(sheaves) => {
+                let ids = caches.lock().expect("sweep caches").clone();
+                sheaves.pass(&ids).map(|()| sheaves.with)
+            }
+            None => Ok(0),
+        });
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
         {
             let mut state = state.lock().expect("sweep state");
+            if let Ok(caches) = &result {
+                state.sheaf_caches = *caches;
+            }
             state.sweeps += 1;
             state.last_ms = elapsed_ms;
             state.max_ms = state.max_ms.max(elapsed_ms);

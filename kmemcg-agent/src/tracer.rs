@@ -11,8 +11,8 @@ use kmemcg_common::{
     CGROUP_CACHE_STATS, CGROUP_EVENTS, CPU_OFFSET_PROGRAM, CgroupEvent, HOOKS, HookKind,
     INVENTORY_PROGRAM, LIMIT_EVENTS, LIVE_OBJECTS, MEMCG_CGROUP_IDS, PERCPU_CHUNKS,
     PERCPU_INVENTORY_PROGRAM, PERCPU_LAYOUT, RootCgroupMode, SLAB_LAYOUT, STATS_KEYS,
-    SWEEP_PROGRAM, SlabLayout, StatsKey, TRUTH_COUNTERS, TruthCounters, VMALLOC_LAYOUT,
-    VMAP_AREA_CACHE, VMAP_AREA_CACHE_NAME, VmallocLayout, globals,
+    SWEEP_PROGRAM, SWEEP_SHEAVES_PROGRAM, SlabLayout, StatsKey, TRUTH_COUNTERS, TruthCounters,
+    VMALLOC_LAYOUT, VMAP_AREA_CACHE, VMAP_AREA_CACHE_NAME, VmallocLayout, globals,
 };
 
 use crate::{
@@ -88,6 +88,8 @@ pub struct Tracer {
     cpu_freelists: Result<usize, String>,
     /// Whether the sweep was told which cache holds `vmap_area` objects.
     vmap_area_cache_known: bool,
+    /// Whether the sweep can look at slab sheaves, or why not.
+    sheaves: Result<(), String>,
     /// Dropped after `ebpf` (field order): the lock outlives the attached programs.
     pinned: Option<PinnedMaps>,
 }
@@ -221,6 +223,17 @@ impl Tracer {
             (Err(why), _) => Err(why.clone()),
             (Ok(_), percpu) => percpu.map(|_| ()),
         };
+        let sheaves = match &slab_walk {
+            Ok(layout) if layout.sheaves.kmem_cache_cpu_sheaves_offset != 0 => {
+                load_program(&mut ebpf, SWEEP_SHEAVES_PROGRAM)
+            }
+            Ok(_) => Err(
+                "this kernel has no slab sheaves, or its BTF lacks their layout (see \
+                          the agent's log)"
+                    .into(),
+            ),
+            Err(why) => Err(why.clone()),
+        };
         let cgroup_events = take_ring(&mut ebpf, CGROUP_EVENTS)?;
         let limit_events = take_ring(&mut ebpf, LIMIT_EVENTS)?;
         let collector = Collector::new(&mut ebpf, stats_slots as usize, possible_cpus as usize)?;
@@ -241,6 +254,7 @@ impl Tracer {
             inventory: InventoryStatus::default(),
             cpu_freelists: Err("not looked for yet".into()),
             vmap_area_cache_known: false,
+            sheaves,
             pinned,
         };
         tracer.cpu_freelists = crate::sweep::find_cpu_offsets(&mut tracer);
@@ -265,6 +279,11 @@ impl Tracer {
     /// How many CPUs' freelists the sweep looks at, or why none.
     pub fn cpu_freelists(&self) -> Result<usize, &str> {
         self.cpu_freelists.as_ref().copied().map_err(String::as_str)
+    }
+
+    /// Whether the sweep can look at slab sheaves, or why not.
+    pub fn sheaves(&self) -> Result<(), &str> {
+        self.sheaves.as_ref().copied().map_err(String::as_str)
     }
 
     /// What the inventory at start found.
@@ -521,17 +540,22 @@ fn load_slab_walk_programs(ebpf: &mut Ebpf) -> Result<(), String> {
         SWEEP_PROGRAM,
         CPU_OFFSET_PROGRAM,
     ] {
-        let prog: &mut RawTracePoint = ebpf
-            .program_mut(name)
-            .ok_or_else(|| format!("the eBPF object has no {name} program"))?
-            .try_into()
-            .map_err(|e| format!("{name}: {e}"))?;
-        prog.load().map_err(|e| {
-            tracing::warn!(program = name, error = ?e, "slab walk program refused");
-            format!("the kernel refused the {name} program: {e}")
-        })?;
+        load_program(ebpf, name)?;
     }
     Ok(())
+}
+
+/// Loads (without attaching) one program the agent runs itself.
+fn load_program(ebpf: &mut Ebpf, name: &'static str) -> Result<(), String> {
+    let prog: &mut RawTracePoint = ebpf
+        .program_mut(name)
+        .ok_or_else(|| format!("the eBPF object has no {name} program"))?
+        .try_into()
+        .map_err(|e| format!("{name}: {e}"))?;
+    prog.load().map_err(|e| {
+        tracing::warn!(program = name, error = ?e, "slab walk program refused");
+        format!("the kernel refused the {name} program: {e}")
+    })
 }
 
 /// Attaches the programs named in [`HOOKS`] to their tracepoints, frees first: an object

@@ -9,6 +9,15 @@ pub const INVENTORY_PROGRAM: &str = "inventory";
 /// Program that checks a range of [`crate::LIVE_OBJECTS`] slots against the slab and
 /// uncharges objects that are no longer allocated. Arguments (first slot, count).
 pub const SWEEP_PROGRAM: &str = "sweep";
+/// Program that uncharges the tracked objects sitting in one slab cache's sheaves (the CPUs'
+/// and the nodes' barns). Arguments (`struct kmem_cache` address, node count); returns
+/// [`SHEAVES_CHECKED`], [`SHEAVES_NONE`] or [`SHEAVES_UNREADABLE`].
+pub const SWEEP_SHEAVES_PROGRAM: &str = "sweep_sheaves";
+/// [`SWEEP_SHEAVES_PROGRAM`]'s answers: the cache's sheaves were looked at; the cache has no
+/// sheaves (or this kernel none at all); the cache could not be read.
+pub const SHEAVES_CHECKED: u32 = 0;
+pub const SHEAVES_UNREADABLE: u32 = 1;
+pub const SHEAVES_NONE: u32 = 2;
 /// Program that finds this CPU's percpu offset (`__per_cpu_offset[cpu]`), run once on each
 /// CPU; results in [`PERCPU_OFFSETS`] and [`PERCPU_AREAS`].
 pub const CPU_OFFSET_PROGRAM: &str = "cpu_offset";
@@ -132,6 +141,32 @@ pub struct SlabLayout {
     pub cfs_rq_rq_offset: u32,
     pub runqueues_offset: u32,
     pub this_cpu_off_offset: u32,
+    pub sheaves: SheafLayout,
+    pub _pad: u32,
+}
+
+/// Where free objects of caches with sheaves (Linux 6.18+) wait: `struct kmem_cache::
+/// {cpu_sheaves, sheaf_capacity, node}`, `struct slub_percpu_sheaves::{main, spare,
+/// rcu_free}`, `struct kmem_cache_node::barn`, `struct node_barn::sheaves_full`, `struct
+/// slab_sheaf::{barn_list, cache, size, objects}`. All zero on kernels without sheaves.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SheafLayout {
+    /// Non-zero when this kernel has sheaves (the field is never first in `kmem_cache`).
+    pub kmem_cache_cpu_sheaves_offset: u32,
+    pub kmem_cache_sheaf_capacity_offset: u32,
+    pub kmem_cache_node_offset: u32,
+    /// Entries of `kmem_cache::node` (MAX_NUMNODES).
+    pub kmem_cache_node_entries: u32,
+    pub pcs_main_offset: u32,
+    pub pcs_spare_offset: u32,
+    pub pcs_rcu_free_offset: u32,
+    pub kmem_cache_node_barn_offset: u32,
+    pub barn_sheaves_full_offset: u32,
+    pub sheaf_barn_list_offset: u32,
+    pub sheaf_cache_offset: u32,
+    pub sheaf_size_offset: u32,
+    pub sheaf_objects_offset: u32,
     pub _pad: u32,
 }
 
@@ -203,6 +238,8 @@ pub struct TruthCounters {
     pub percpu_bytes: u64,
     /// Of the swept: `vmap_area` objects whose range was handed back to vmalloc.
     pub swept_by_vmalloc: u64,
+    /// Of the swept: found in a slab sheaf (a CPU's or a node's barn).
+    pub swept_by_sheaf: u64,
 }
 
 impl TruthCounters {
@@ -210,7 +247,10 @@ impl TruthCounters {
     pub const FIELDS: usize = core::mem::size_of::<Self>() / 8;
 }
 
-const _: () = assert!(core::mem::size_of::<SlabLayout>() == 6 * 8 + 34 * 4);
-const _: () = assert!(core::mem::size_of::<TruthCounters>() == 21 * 8);
+const _: () = assert!(core::mem::size_of::<SheafLayout>() == 14 * 4);
+const _: () = assert!(
+    core::mem::size_of::<SlabLayout>() == 6 * 8 + 34 * 4 + core::mem::size_of::<SheafLayout>()
+);
+const _: () = assert!(core::mem::size_of::<TruthCounters>() == 22 * 8);
 const _: () = assert!(core::mem::size_of::<VmallocLayout>() == 2 * 4);
 const _: () = assert!(core::mem::size_of::<PercpuLayout>() == 8 * 4);

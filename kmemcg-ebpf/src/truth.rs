@@ -347,5 +347,6 @@ fn take_object(budget: u64, cgroup_id: u64, cache_id: u64, ptr: u64, size: u64) 
 }
 
 pub(crate) mod percpu;
+mod sheaves;
 mod sweep;
 mod vmalloc;

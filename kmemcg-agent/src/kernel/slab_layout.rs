@@ -7,7 +7,7 @@ use std::path::Path;
 
 use btf_rs::{Btf, Type};
 use fallible_iterator::FallibleIterator;
-use kmemcg_common::SlabLayout;
+use kmemcg_common::{SheafLayout, SlabLayout};
 
 /// Bases of the 4-level x86_64 memory map without randomization (Documentation/arch/x86/
 /// x86_64/mm.rst); randomized kernels have variables holding them, found in /proc/kallsyms.
@@ -108,7 +108,12 @@ pub fn from_btf(btf: &Btf) -> Result<SlabLayout, String> {
         tracing::info!(why, "CPU freelists will not be checked by the sweep");
         [0; 9]
     });
+    let sheaves = sheaf_layout(btf).unwrap_or_else(|why| {
+        tracing::info!(why, "slab sheaves will not be checked by the sweep");
+        SheafLayout::default()
+    });
     Ok(SlabLayout {
+        sheaves,
         slab_frozen_shift: cpu[0],
         kmem_cache_cpu_slab_offset: cpu[1],
         kmem_cache_cpu_freelist_offset: cpu[2],
@@ -174,6 +179,44 @@ fn cpu_freelist_layout(btf: &Btf) -> Result<[u32; 9], String> {
         percpu_variable_offset(btf, "runqueues")?,
         percpu_variable_offset(btf, "this_cpu_off")?,
     ])
+}
+
+/// Where caches with sheaves keep their free objects (see [`SheafLayout`]); an error on
+/// kernels without sheaves (before 6.18) or with a layout this kmemcg does not know.
+pub fn sheaf_layout(btf: &Btf) -> Result<SheafLayout, String> {
+    let cache = find_struct(btf, "kmem_cache")?;
+    let offset = |name: &str, field: &str| -> Result<u32, String> {
+        find_member(btf, &find_struct(btf, name)?, field)
+            .map(|(bits, _)| bits / 8)
+            .ok_or_else(|| format!("struct {name} has no field `{field}`"))
+    };
+    let cpu_sheaves = offset("kmem_cache", "cpu_sheaves")
+        .map_err(|_| "this kernel has no slab sheaves (struct kmem_cache has no cpu_sheaves)")?;
+    let node = cache
+        .members
+        .iter()
+        .find(|m| btf.resolve_name(*m).is_ok_and(|n| n == "node"))
+        .ok_or("struct kmem_cache has no field `node`")?;
+    let node_entries = match btf.resolve_chained_type(node) {
+        Ok(Type::Array(array)) => array.len() as u32,
+        _ => return Err("kmem_cache::node is not an array".into()),
+    };
+    Ok(SheafLayout {
+        kmem_cache_cpu_sheaves_offset: cpu_sheaves,
+        kmem_cache_sheaf_capacity_offset: offset("kmem_cache", "sheaf_capacity")?,
+        kmem_cache_node_offset: node.bit_offset() / 8,
+        kmem_cache_node_entries: node_entries,
+        pcs_main_offset: offset("slub_percpu_sheaves", "main")?,
+        pcs_spare_offset: offset("slub_percpu_sheaves", "spare")?,
+        pcs_rcu_free_offset: offset("slub_percpu_sheaves", "rcu_free")?,
+        kmem_cache_node_barn_offset: offset("kmem_cache_node", "barn")?,
+        barn_sheaves_full_offset: offset("node_barn", "sheaves_full")?,
+        sheaf_barn_list_offset: offset("slab_sheaf", "barn_list")?,
+        sheaf_cache_offset: offset("slab_sheaf", "cache")?,
+        sheaf_size_offset: offset("slab_sheaf", "size")?,
+        sheaf_objects_offset: offset("slab_sheaf", "objects")?,
+        _pad: 0,
+    })
 }
 
 /// Offset of a percpu variable in the kernel's percpu section (`.data..percpu`).
@@ -268,6 +311,18 @@ mod tests {
         if layout.this_cpu_off_offset != 0 {
             assert_eq!(layout.slab_frozen_shift, 31);
             assert!(layout.runqueues_offset != layout.this_cpu_off_offset);
+        }
+        let sheaves = layout.sheaves;
+        if sheaves.kmem_cache_cpu_sheaves_offset != 0 {
+            // Pointers of one struct, in declaration order; objects after the header.
+            assert_eq!(sheaves.pcs_spare_offset, sheaves.pcs_main_offset + 8);
+            assert_eq!(sheaves.pcs_rcu_free_offset, sheaves.pcs_spare_offset + 8);
+            assert!(sheaves.sheaf_objects_offset > sheaves.sheaf_size_offset);
+            assert!(sheaves.sheaf_size_offset > sheaves.sheaf_cache_offset);
+            assert!(sheaves.kmem_cache_node_entries >= 1);
+            assert!(sheaves.kmem_cache_node_offset > sheaves.kmem_cache_cpu_sheaves_offset);
+        } else {
+            assert!(sheaf_layout(&btf).is_err());
         }
     }
 }

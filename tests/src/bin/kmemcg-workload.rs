@@ -68,6 +68,9 @@ enum Work {
     Threads { count: u32 },
     /// Create COUNT Unix socketpairs, print `ready`, hold them until stdin closes.
     Socketpairs { count: u32 },
+    /// Map COUNT one-page anonymous regions that cannot merge (a `vm_area_struct` each, and
+    /// maple tree nodes), print `ready`, hold them until stdin closes.
+    Mappings { count: u32 },
     /// For SECONDS: create a batch of files in DIR, socketpairs and a forked child that exits,
     /// then delete and close them all; nothing is left when it returns.
     ChurnMix { dir: PathBuf, seconds: f64 },
@@ -124,6 +127,10 @@ fn main() -> anyhow::Result<()> {
             hold(|| Ok(()))?;
             drop(pairs);
             Ok(())
+        }
+        Work::Mappings { count } => {
+            mappings(count)?;
+            hold(|| Ok(()))
         }
         Work::ChurnMix { dir, seconds } => churn_mix(&dir, Duration::from_secs_f64(seconds)),
         Work::ChurnUse {
@@ -229,6 +236,33 @@ fn percpu_maps(count: u32, entries: u32, value_size: &str) -> anyhow::Result<()>
 fn hold_maps<T>(maps: Vec<T>) -> anyhow::Result<()> {
     hold(|| Ok(()))?;
     drop(maps);
+    Ok(())
+}
+
+/// Regions stay mapped until the process exits.
+fn mappings(count: u32) -> anyhow::Result<()> {
+    for i in 0..count {
+        // Neighbours differ in protection, so that the kernel cannot merge them.
+        let prot = if i % 2 == 0 {
+            libc::PROT_READ
+        } else {
+            libc::PROT_NONE
+        };
+        // SAFETY: a new private anonymous mapping; nothing else is touched.
+        let address = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                prot,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if address == libc::MAP_FAILED {
+            bail!("mapping region {i}: {}", std::io::Error::last_os_error());
+        }
+    }
     Ok(())
 }
 
