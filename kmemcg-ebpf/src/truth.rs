@@ -130,8 +130,11 @@ fn run_loop<C>(count: u64, callback: extern "C" fn(u64, *mut c_void) -> i64, ctx
 /// a percpu variable (`runqueues`), so the run queue's address less the variable's offset is
 /// where this CPU's percpu area starts; the area's `this_cpu_off` holds the CPU's percpu
 /// offset. The agent checks that area - offset agrees on every CPU before the sweep uses it.
-#[raw_tracepoint(tracepoint = "kmemcg_cpu_offset")]
-pub fn cpu_offset(_ctx: RawTracePointContext) -> i32 {
+/// Written out rather than with `#[raw_tracepoint]`, whose wrapper returns 0 whatever the
+/// function returns: the agent needs to know when it failed.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "raw_tracepoint/kmemcg_cpu_offset")]
+pub fn cpu_offset(_ctx: *mut c_void) -> u32 {
     match find_cpu_offset() {
         Some(()) => 0,
         None => 1,

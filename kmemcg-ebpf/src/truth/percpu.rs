@@ -8,11 +8,9 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    EbpfContext as _,
     helpers::bpf_probe_read_kernel_buf,
-    macros::{map, raw_tracepoint},
+    macros::map,
     maps::{Array, HashMap, PerCpuArray},
-    programs::RawTracePointContext,
 };
 use kmemcg_common::{
     CACHE_ID_PERCPU, KERNEL_ADDRESS_MIN, MAX_PERCPU_CHUNKS, PERCPU_MIN_ALLOC_SIZE, PercpuLayout,
@@ -147,9 +145,12 @@ struct ChunkWalk {
     last_cgroup: u64,
 }
 
-#[raw_tracepoint(tracepoint = "kmemcg_inventory_percpu")]
-pub fn inventory_percpu(ctx: RawTracePointContext) -> i32 {
-    let args = ctx.as_ptr() as *const u64;
+/// Written out rather than with `#[raw_tracepoint]` (see `cpu_offset`): 1 when the chunk
+/// was not read (freed since the page walk, or no percpu pointer seen yet).
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "raw_tracepoint/kmemcg_inventory_percpu")]
+pub fn inventory_percpu(ctx: *mut c_void) -> u32 {
+    let args = ctx as *const u64;
     // SAFETY: the four u64 arguments the agent passes.
     let (chunk, first, count, budget) =
         unsafe { (*args, *args.add(1), *args.add(2), *args.add(3)) };
