@@ -20,7 +20,7 @@ impl EmptyPrograms {
         let mut ebpf = EbpfLoader::new()
             .load(EMPTY_OBJECT)
             .map_err(|e| StartError::Load(Box::new(e)))?;
-        tracer::attach_hooks(&mut ebpf)?;
+        tracer::attach_hooks(&mut ebpf, &[])?;
         Ok(Self { ebpf })
     }
 

@@ -25,39 +25,48 @@ pub struct KernelLayout {
     pub cgroup_root_hierarchy_id_offset: u32,
 }
 
+/// Parses a kernel's BTF (about a second for vmlinux on the test VM: parse it once).
+pub fn parse(path: &Path) -> Result<Btf, StartError> {
+    if !path.exists() {
+        return Err(StartError::NoBtf {
+            path: path.display().to_string(),
+        });
+    }
+    Btf::from_file(path).map_err(|e| StartError::BadBtf {
+        what: format!("cannot parse {}", path.display()),
+        reason: e.to_string(),
+    })
+}
+
+/// Parses the running kernel's BTF.
+pub fn running_kernel() -> Result<Btf, StartError> {
+    parse(Path::new(VMLINUX_BTF))
+}
+
 impl KernelLayout {
     /// Reads the layout from the running kernel's BTF.
     pub fn from_running_kernel() -> Result<Self, StartError> {
-        Self::from_btf_file(Path::new(VMLINUX_BTF))
+        Self::from_btf(&running_kernel()?)
     }
 
-    pub fn from_btf_file(path: &Path) -> Result<Self, StartError> {
-        if !path.exists() {
-            return Err(StartError::NoBtf {
-                path: path.display().to_string(),
-            });
-        }
-        let btf = Btf::from_file(path).map_err(|e| StartError::BadBtf {
-            what: format!("cannot parse {}", path.display()),
-            reason: e.to_string(),
-        })?;
+    pub fn from_btf(btf: &Btf) -> Result<Self, StartError> {
         // vmalloc hooks are optional (see `hook_available`).
         for hook in HOOKS.iter().filter(|h| h.kind != HookKind::Vmalloc) {
-            check_hook(&btf, hook.name)?;
+            check_hook(btf, hook.name)?;
         }
-        let kmem_cache = find_struct(&btf, "kmem_cache")?;
-        let offset = |field: &str| member_offset(&btf, &kmem_cache, "kmem_cache", field);
+        let kmem_cache = find_struct(btf, "kmem_cache")?;
+        let offset = |field: &str| member_offset(btf, &kmem_cache, "kmem_cache", field);
         let field = |name: &str, field: &str| {
-            let st = find_struct(&btf, name)?;
-            member_offset(&btf, &st, name, field)
+            let st = find_struct(btf, name)?;
+            member_offset(btf, &st, name, field)
         };
         Ok(Self {
             cgroup_kn_offset: field("cgroup", "kn")?,
             cgroup_root_offset: field("cgroup", "root")?,
             kernfs_node_id_offset: field("kernfs_node", "id")?,
             cgroup_root_hierarchy_id_offset: field("cgroup_root", "hierarchy_id")?,
-            gfp_account: 1u64 << enum_value(&btf, "___GFP_ACCOUNT_BIT")?,
-            slab_account: 1u32 << enum_value(&btf, "_SLAB_ACCOUNT")?,
+            gfp_account: 1u64 << enum_value(btf, "___GFP_ACCOUNT_BIT")?,
+            slab_account: 1u32 << enum_value(btf, "_SLAB_ACCOUNT")?,
             kmem_cache_flags_offset: offset("flags")?,
             kmem_cache_size_offset: offset("size")?,
             kmem_cache_name_offset: offset("name")?,
@@ -65,9 +74,9 @@ impl KernelLayout {
     }
 }
 
-/// Whether an optional hook's tracepoint is in the running kernel, as the program expects it.
-pub fn hook_available(hook: &str) -> bool {
-    Btf::from_file(Path::new(VMLINUX_BTF)).is_ok_and(|btf| check_hook(&btf, hook).is_ok())
+/// Whether an optional hook's tracepoint is in the kernel, as the program expects it.
+pub fn hook_available(btf: &Btf, hook: &str) -> bool {
+    check_hook(btf, hook).is_ok()
 }
 
 /// The tracepoint exists (`btf_trace_<hook>`) and passes the arguments the program reads.
@@ -163,7 +172,9 @@ mod tests {
 
     #[test]
     fn missing_btf_is_a_clear_error() {
-        let err = KernelLayout::from_btf_file(Path::new("/nonexistent/vmlinux")).unwrap_err();
+        let Err(err) = parse(Path::new("/nonexistent/vmlinux")) else {
+            panic!("parsed a missing file");
+        };
         assert!(matches!(err, StartError::NoBtf { .. }), "{err}");
         assert!(err.to_string().contains("/nonexistent/vmlinux"));
     }

@@ -3,8 +3,6 @@
 //! friends from BTF; the memory map's bases and size from /proc. A kernel without one of them
 //! (no `obj_exts`: before 6.10, or without CONFIG_MEMCG) gets no inventory and no sweep, with
 //! the reason in the status; tracing works as before.
-use std::path::Path;
-
 use btf_rs::{Btf, Type};
 use fallible_iterator::FallibleIterator;
 use kmemcg_common::{SheafLayout, SlabLayout};
@@ -14,14 +12,12 @@ use kmemcg_common::{SheafLayout, SlabLayout};
 const DEFAULT_VMEMMAP_BASE: u64 = 0xffff_ea00_0000_0000;
 const DEFAULT_PAGE_OFFSET_BASE: u64 = 0xffff_8880_0000_0000;
 
-/// Reads the layout from the running kernel, or says why it cannot.
-pub fn from_running_kernel() -> Result<SlabLayout, String> {
+/// Reads the layout from the running kernel (its BTF given), or says why it cannot.
+pub fn from_running_kernel(btf: &Btf) -> Result<SlabLayout, String> {
     if !cfg!(target_arch = "x86_64") {
         return Err("the slab walk knows only the x86_64 memory map".into());
     }
-    let btf = Btf::from_file(Path::new(super::btf::VMLINUX_BTF))
-        .map_err(|e| format!("cannot parse the kernel's BTF: {e}"))?;
-    let mut layout = from_btf(&btf)?;
+    let mut layout = from_btf(btf)?;
     let symbols = super::kallsyms::read();
     let (vmemmap_symbol, page_offset_symbol) = (
         super::kallsyms::address(&symbols, "vmemmap_base"),
@@ -284,6 +280,8 @@ fn enum_value(btf: &Btf, enumerator: &str) -> Option<u32> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     #[test]
