@@ -5,16 +5,12 @@
 use btf_rs::Btf;
 use kmemcg_common::PercpuLayout;
 
-use super::slab_layout::{find_member, find_struct};
+use super::slab_layout::{find_struct, member_bytes};
 
 pub fn from_btf(btf: &Btf) -> Result<PercpuLayout, String> {
     let page = find_struct(btf, "page")?;
     let chunk = find_struct(btf, "pcpu_chunk")?;
-    let bytes = |st: &btf_rs::Struct, name: &str, field: &str| -> Result<u32, String> {
-        find_member(btf, st, field)
-            .map(|(bits, _)| bits / 8)
-            .ok_or_else(|| format!("struct {name} has no field `{field}`"))
-    };
+    let bytes = |st: &btf_rs::Struct, name: &str, field: &str| member_bytes(btf, st, name, field);
     let mapping = bytes(&page, "page", "mapping")?;
     let private = bytes(&page, "page", "private")?;
     if private != mapping + 16 {

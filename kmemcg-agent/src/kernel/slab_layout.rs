@@ -79,11 +79,7 @@ pub fn from_btf(btf: &Btf) -> Result<SlabLayout, String> {
     let slab = find_struct(btf, "slab")?;
     let ext = find_struct(btf, "slabobj_ext")?;
     let cache = find_struct(btf, "kmem_cache")?;
-    let bytes = |st: &btf_rs::Struct, name: &str, field: &str| -> Result<u32, String> {
-        find_member(btf, st, field)
-            .map(|(bits, _)| bits / 8)
-            .ok_or_else(|| format!("struct {name} has no field `{field}`"))
-    };
+    let bytes = |st: &btf_rs::Struct, name: &str, field: &str| member_bytes(btf, st, name, field);
     let counters = bytes(&slab, "slab", "counters")?;
     let bitfield = |field: &str| -> Result<(u32, u32), String> {
         match find_member(btf, &slab, field) {
@@ -238,6 +234,18 @@ fn percpu_variable_offset(btf: &Btf, name: &str) -> Result<u32, String> {
 pub(super) fn find_struct(btf: &Btf, name: &str) -> Result<btf_rs::Struct, String> {
     super::btf::struct_named(btf, name)
         .ok_or_else(|| format!("struct {name} is not in the kernel's BTF"))
+}
+
+/// Byte offset of a member of `struct name`, or which one is missing.
+pub(super) fn member_bytes(
+    btf: &Btf,
+    st: &btf_rs::Struct,
+    name: &str,
+    field: &str,
+) -> Result<u32, String> {
+    find_member(btf, st, field)
+        .map(|(bits, _)| bits / 8)
+        .ok_or_else(|| format!("struct {name} has no field `{field}`"))
 }
 
 /// (bit offset, bit-field width) of a member, looking into anonymous structs and unions.

@@ -3,15 +3,11 @@
 use btf_rs::Btf;
 use kmemcg_common::VmallocLayout;
 
-use super::slab_layout::{find_member, find_struct};
+use super::slab_layout::{find_struct, member_bytes};
 
 pub fn from_btf(btf: &Btf) -> Result<VmallocLayout, String> {
     let va = find_struct(btf, "vmap_area")?;
-    let offset = |field: &str| {
-        find_member(btf, &va, field)
-            .map(|(bits, _)| bits / 8)
-            .ok_or_else(|| format!("struct vmap_area has no field `{field}`"))
-    };
+    let offset = |field: &str| member_bytes(btf, &va, "vmap_area", field);
     let (start, vm) = (offset("va_start")?, offset("vm")?);
     // `vm` shares its word with `subtree_max_size`: the sweep tells them apart.
     if offset("subtree_max_size")? != vm {
