@@ -256,6 +256,10 @@ pub struct InventoryStatus {
     pub objects_added: u64,
     pub bytes_added: u64,
     pub already_tracked: u64,
+    /// Of those taken: in place of an entry at the same address for another owner or cache,
+    /// left by an object freed while no agent traced (pinned maps across a restart).
+    #[serde(default)]
+    pub replaced_stale: u64,
     /// Owned by a memory cgroup with no cgroup v2 counterpart of the same path, or by the
     /// root cgroup while it is not tracked: found but not attributed.
     pub unmapped_objects: u64,

@@ -165,6 +165,7 @@ fn fill(status: &mut InventoryStatus, c: &TruthCounters) {
     status.objects_added = c.added_objects;
     status.bytes_added = c.added_bytes;
     status.already_tracked = c.already_tracked;
+    status.replaced_stale = c.replaced_stale;
     status.unmapped_objects = c.unmapped_objects;
     status.unmapped_bytes = c.unmapped_bytes;
     status.dropped = c.dropped;
@@ -183,6 +184,7 @@ fn difference(after: &TruthCounters, before: &TruthCounters) -> TruthCounters {
         added_objects: d(after.added_objects, before.added_objects),
         added_bytes: d(after.added_bytes, before.added_bytes),
         already_tracked: d(after.already_tracked, before.already_tracked),
+        replaced_stale: d(after.replaced_stale, before.replaced_stale),
         unmapped_objects: d(after.unmapped_objects, before.unmapped_objects),
         unmapped_bytes: d(after.unmapped_bytes, before.unmapped_bytes),
         dropped: d(after.dropped, before.dropped),

@@ -240,6 +240,10 @@ pub struct TruthCounters {
     pub swept_by_vmalloc: u64,
     /// Of the swept: found in a slab sheaf (a CPU's or a node's barn).
     pub swept_by_sheaf: u64,
+    /// Of the taken: in place of an entry at the same address for another owner or cache,
+    /// left by an object freed while nothing traced it (between two agents sharing pinned
+    /// maps).
+    pub replaced_stale: u64,
 }
 
 impl TruthCounters {
@@ -251,6 +255,6 @@ const _: () = assert!(core::mem::size_of::<SheafLayout>() == 14 * 4);
 const _: () = assert!(
     core::mem::size_of::<SlabLayout>() == 6 * 8 + 34 * 4 + core::mem::size_of::<SheafLayout>()
 );
-const _: () = assert!(core::mem::size_of::<TruthCounters>() == 22 * 8);
+const _: () = assert!(core::mem::size_of::<TruthCounters>() == 23 * 8);
 const _: () = assert!(core::mem::size_of::<VmallocLayout>() == 2 * 4);
 const _: () = assert!(core::mem::size_of::<PercpuLayout>() == 8 * 4);

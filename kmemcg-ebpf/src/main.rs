@@ -441,29 +441,62 @@ fn remember(object: &LiveObject) -> Remembered {
     Remembered::Full
 }
 
-/// Puts `object` in a free slot unless its address is tracked already (the inventory's
-/// insert): Some(true) when taken, Some(false) when tracked already, None when full.
+/// What the inventory's insert did with an object.
+enum Inventoried {
+    Taken,
+    /// Tracked already, with this owner and cache (allocated since the hooks attached, or
+    /// kept in pinned maps).
+    Tracked,
+    /// Taken in place of an entry left by another object at the same address, freed while
+    /// nothing traced it (between two agents sharing pinned maps): that owner is uncharged.
+    ReplacedStale,
+    Full,
+}
+
+/// Puts `object` (found live by the inventory) in a free slot unless its address is tracked
+/// already for the same owner and cache.
 #[inline(always)]
-fn remember_new(object: &LiveObject) -> Option<bool> {
+fn remember_new(object: &LiveObject) -> Inventoried {
+    let mut replaced = false;
     for probe in 0..LIVE_PROBES {
-        let slot = live_slot(object.ptr, probe)?;
-        // SAFETY: a slot of the array map.
-        if unsafe { core::ptr::read_volatile(&raw const (*slot).ptr) } == object.ptr {
-            return Some(false);
+        let Some(slot) = live_slot(object.ptr, probe) else {
+            return Inventoried::Full;
+        };
+        // SAFETY: a slot of the array map; hooks may rewrite it meanwhile, which the
+        // compare-and-swap below detects for the address.
+        let held = unsafe { core::ptr::read_volatile(slot) };
+        if held.ptr != object.ptr {
+            continue;
         }
+        if held.stats_slot == object.stats_slot {
+            return Inventoried::Tracked;
+        }
+        // Whoever swaps the address out owns the release, as in `uncharge`.
+        // SAFETY: as above.
+        if unsafe { compare_and_swap(&raw mut (*slot).ptr, object.ptr, 0) } {
+            uncharge_owner(&held);
+            replaced = true;
+        }
+        break;
     }
     for probe in 0..LIVE_PROBES {
-        let slot = live_slot(object.ptr, probe)?;
+        let Some(slot) = live_slot(object.ptr, probe) else {
+            break;
+        };
         // SAFETY: as in `remember`.
         unsafe {
             let claim = &raw mut (*slot).ptr;
             if core::ptr::read_volatile(claim) == 0 && compare_and_swap(claim, 0, object.ptr) {
                 write_owner(slot, object);
-                return Some(true);
+                return if replaced {
+                    Inventoried::ReplacedStale
+                } else {
+                    Inventoried::Taken
+                };
             }
         }
     }
-    None
+    Inventoried::Full
 }
 
 /// Writes everything but the (already claimed) address.

@@ -29,9 +29,9 @@ use kmemcg_common::{
 };
 
 use crate::{
-    CGROUP_KN_OFFSET, CGROUP_ROOT_HIERARCHY_ID_OFFSET, CGROUP_ROOT_OFFSET, KERNFS_NODE_ID_OFFSET,
-    KMEM_CACHE_FLAGS_OFFSET, KMEM_CACHE_SIZE_OFFSET, ROOT_CGROUP_ID, ROOT_CGROUP_MODE, charge,
-    global, remember_new, stats_slot,
+    CGROUP_KN_OFFSET, CGROUP_ROOT_HIERARCHY_ID_OFFSET, CGROUP_ROOT_OFFSET, Inventoried,
+    KERNFS_NODE_ID_OFFSET, KMEM_CACHE_FLAGS_OFFSET, KMEM_CACHE_SIZE_OFFSET, ROOT_CGROUP_ID,
+    ROOT_CGROUP_MODE, charge, global, remember_new, stats_slot,
 };
 
 #[unsafe(no_mangle)]
@@ -331,18 +331,21 @@ fn take_object(budget: u64, cgroup_id: u64, cache_id: u64, ptr: u64, size: u64) 
         size_and_flags: size as u32 & !OBJECT_FLAGS | OBJECT_ACCOUNTED | OBJECT_OWNER_SEEN,
     };
     match remember_new(&object) {
-        Some(true) => {
+        result @ (Inventoried::Taken | Inventoried::ReplacedStale) => {
             // SAFETY: this CPU's counters.
             charge(unsafe { &mut *stats }, &object, 1);
             bump(1, |c| &mut c.added_objects);
             bump(size, |c| &mut c.added_bytes);
+            if matches!(result, Inventoried::ReplacedStale) {
+                bump(1, |c| &mut c.replaced_stale);
+            }
             true
         }
-        Some(false) => {
+        Inventoried::Tracked => {
             bump(1, |c| &mut c.already_tracked);
             false
         }
-        None => {
+        Inventoried::Full => {
             bump(1, |c| &mut c.dropped);
             false
         }

@@ -612,3 +612,59 @@ fn a_pinned_restart_counts_nothing_twice() {
         .expect("kmemcg agent --unpin");
     assert!(unpinned.status.success());
 }
+
+#[test]
+fn a_pinned_restart_charges_reused_addresses_to_their_new_owner() {
+    require_root();
+    let bpffs = Bpffs::new();
+    let pin_dir = bpffs.pin_dir();
+    let tmpfs = Tmpfs::new();
+    let (first, second) = (
+        TestCgroup::new("pinned-first-owner"),
+        TestCgroup::new("pinned-second-owner"),
+    );
+    if first.memory_dir().is_none() {
+        eprintln!("no v1 memory controller: nothing to compare with");
+        return;
+    }
+    let files = 3000u64;
+    let agent = AgentProcess::start(&["--pin-dir", &pin_dir]);
+    first.run(&["create-files", &tmpfs.sub("first"), &files.to_string()]);
+    agent.wait_for(first.path(), Duration::from_secs(10), "first files", |u| {
+        u.is_some_and(|u| cache_objects(u, &["dentry"]) >= files)
+    });
+    assert!(agent.stop().success());
+    // While no agent traces: the first cgroup's files go, the second's come, their objects
+    // at many of the same addresses; the pinned entries still name the first cgroup there.
+    first.run(&["delete-files", &tmpfs.sub("first")]);
+    second.run(&["create-files", &tmpfs.sub("second"), &files.to_string()]);
+    let agent = AgentProcess::start(&["--pin-dir", &pin_dir]);
+    agent.wait_for(
+        second.path(),
+        Duration::from_secs(10),
+        "second files",
+        |u| u.is_some_and(|u| cache_objects(u, &["dentry"]) >= files),
+    );
+    // The first cgroup's entries the second's objects did not replace are swept: what it is
+    // charged matches the kernel's charge (which keeps some negative dentries).
+    wait_until(Duration::from_secs(20), || {
+        let ours = accounted(agent.cgroup(first.path()).as_ref());
+        let kernel = first.kmem_usage().unwrap_or(0);
+        (ours <= kernel + 64 * KIB).then_some(()).ok_or(format!(
+            "first cgroup: accounted {ours} B, kernel {kernel} B"
+        ))
+    });
+    let inventory = agent.status().inventory;
+    eprintln!(
+        "after a pinned restart: {} objects taken, {} in place of another owner's entry, {} \
+         tracked already",
+        inventory.objects_added, inventory.replaced_stale, inventory.already_tracked
+    );
+    assert!(inventory.replaced_stale > 0, "{inventory:#?}");
+    assert!(agent.stop().success());
+    let unpinned = Command::new(kmemcg_tests::kmemcg_bin())
+        .args(["agent", "--unpin", "--pin-dir", &pin_dir])
+        .output()
+        .expect("kmemcg agent --unpin");
+    assert!(unpinned.status.success());
+}
