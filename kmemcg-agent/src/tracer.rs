@@ -614,9 +614,9 @@ pub(crate) fn attach_hooks(
         what: "aya's BTF parser".into(),
         reason: e.to_string(),
     })?;
-    let mut hooks = Vec::new();
     let memory = HOOKS.iter().filter(|h| h.kind == HookKind::Memory).rev();
     let others = HOOKS.iter().filter(|h| h.kind != HookKind::Memory);
+    let mut hooks: Vec<&'static str> = Vec::new();
     for hook in memory.chain(others) {
         if hook.kind != HookKind::Memory && ebpf.program(hook.name).is_none() {
             continue;
@@ -628,11 +628,59 @@ pub(crate) fn attach_hooks(
             );
             continue;
         }
-        attach(ebpf, hook.name, hook.name, &btf)?;
-        hooks.push(hook.name.to_string());
+        hooks.push(hook.name);
     }
+    let mut verified = verify_hooks(ebpf, &hooks, &btf);
+    for &hook in &hooks {
+        verified
+            .remove(hook)
+            .unwrap_or_else(|| Err(StartError::HookMissing { hook: hook.into() }))?;
+        attach(ebpf, hook)?;
+    }
+    let mut hooks: Vec<String> = hooks.into_iter().map(String::from).collect();
     hooks.sort();
     Ok(hooks)
+}
+
+/// Loads the hooks' programs, each verified in a thread of its own (0.6 s one after the
+/// other on the test VM, most of it the verifier's).
+fn verify_hooks(
+    ebpf: &mut Ebpf,
+    hooks: &[&'static str],
+    btf: &Btf,
+) -> HashMap<&'static str, Result<(), StartError>> {
+    let programs: Vec<_> = ebpf
+        .programs_mut()
+        .filter_map(|(name, program)| Some((*hooks.iter().find(|h| **h == name)?, program)))
+        .collect();
+    std::thread::scope(|scope| {
+        let loads: Vec<_> = programs
+            .into_iter()
+            .map(|(hook, program)| {
+                let load = move || -> Result<(), StartError> {
+                    let error = |e| StartError::LoadProgram {
+                        hook: hook.into(),
+                        source: Box::new(e),
+                    };
+                    let program: &mut BtfTracePoint = program.try_into().map_err(error)?;
+                    program.load(hook, btf).map_err(error)
+                };
+                (hook, scope.spawn(load))
+            })
+            .collect();
+        loads
+            .into_iter()
+            .map(|(hook, load)| {
+                let result = load.join().unwrap_or_else(|_| {
+                    Err(StartError::BadBtf {
+                        what: format!("tracepoint {hook}"),
+                        reason: "verifying its program failed".into(),
+                    })
+                });
+                (hook, result)
+            })
+            .collect()
+    })
 }
 
 fn take_ring(ebpf: &mut Ebpf, name: &'static str) -> Result<RingBuf<MapData>, StartError> {
@@ -663,23 +711,15 @@ pub fn program_stats_by_name(ebpf: &Ebpf) -> Vec<(String, u64, u64)> {
         .collect()
 }
 
-fn attach(ebpf: &mut Ebpf, program: &str, tracepoint: &str, btf: &Btf) -> Result<(), StartError> {
-    let hook = || tracepoint.to_string();
+fn attach(ebpf: &mut Ebpf, hook: &str) -> Result<(), StartError> {
+    let missing = || StartError::HookMissing { hook: hook.into() };
     let prog: &mut BtfTracePoint = ebpf
-        .program_mut(program)
-        .ok_or_else(|| StartError::HookMissing { hook: hook() })?
+        .program_mut(hook)
+        .ok_or_else(missing)?
         .try_into()
-        .map_err(|e| StartError::LoadProgram {
-            hook: hook(),
-            source: Box::new(e),
-        })?;
-    prog.load(tracepoint, btf)
-        .map_err(|e| StartError::LoadProgram {
-            hook: hook(),
-            source: Box::new(e),
-        })?;
+        .map_err(|_| missing())?;
     prog.attach().map_err(|e| StartError::Attach {
-        hook: hook(),
+        hook: hook.into(),
         source: Box::new(e),
     })?;
     Ok(())
