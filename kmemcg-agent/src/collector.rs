@@ -257,7 +257,7 @@ impl Collector {
     }
 }
 
-fn map_error(map: &'static str) -> impl Fn(aya::maps::MapError) -> ReadError {
+pub(crate) fn map_error(map: &'static str) -> impl Fn(aya::maps::MapError) -> ReadError {
     move |e| ReadError::Map {
         map,
         source: Box::new(e),

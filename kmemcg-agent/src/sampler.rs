@@ -117,8 +117,10 @@ impl Sampler {
         let started = Instant::now();
         self.poll_cgroup_events(|_| false);
         let raw = self.tracer.read()?;
+        // What the sweep needs to know of the caches charged so far.
         self.sweeper
             .learn_caches(self.tracer.collector().cache_names().keys());
+        self.tracer.tell_vmap_area_cache();
         if raw.counters.lost_cgroup_events > self.lost_cgroup_events {
             self.lost_cgroup_events = raw.counters.lost_cgroup_events;
             self.tree.rescan();

@@ -17,7 +17,7 @@ use kmemcg_common::{
 
 use crate::{
     api::InventoryStatus,
-    collector::{Collector, RawSnapshot},
+    collector::{Collector, RawSnapshot, map_error},
     error::{ReadError, StartError},
     inventory,
     kernel::{self, btf::KernelLayout, caps, cgroupfs, percpu_layout, slab_layout, vmalloc_layout},
@@ -381,17 +381,11 @@ impl Tracer {
             .map(PERCPU_CHUNKS)
             .ok_or(ReadError::MissingMap(PERCPU_CHUNKS))?;
         let chunks: BpfHashMap<&MapData, u64, u64> =
-            BpfHashMap::try_from(map).map_err(|e| ReadError::Map {
-                map: PERCPU_CHUNKS,
-                source: Box::new(e),
-            })?;
+            BpfHashMap::try_from(map).map_err(map_error(PERCPU_CHUNKS))?;
         chunks
             .iter()
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| ReadError::Map {
-                map: PERCPU_CHUNKS,
-                source: Box::new(e),
-            })
+            .map_err(map_error(PERCPU_CHUNKS))
     }
 
     /// An array map of u64 of the slab walk programs, as a vector by index.
@@ -475,16 +469,15 @@ impl Tracer {
 
     /// Reads and sums the counters in use.
     pub fn read(&mut self) -> Result<RawSnapshot, ReadError> {
-        let snapshot = self.collector.read(&self.ebpf)?;
-        if !self.vmap_area_cache_known {
-            self.tell_vmap_area_cache();
-        }
-        Ok(snapshot)
+        self.collector.read(&self.ebpf)
     }
 
     /// Tells the sweep which cache holds `vmap_area` objects once a cache of that name has
-    /// been charged (see kmemcg-ebpf's `truth::vmalloc`).
-    fn tell_vmap_area_cache(&mut self) {
+    /// been charged (see kmemcg-ebpf's `truth::vmalloc`); once told, does nothing.
+    pub fn tell_vmap_area_cache(&mut self) {
+        if self.vmap_area_cache_known {
+            return;
+        }
         let Some(&cache) = self
             .collector
             .cache_names()
@@ -554,8 +547,8 @@ impl Tracer {
 }
 
 /// Loads (without attaching: the agent runs them) the inventory and sweep programs, and the
-/// sheaves program if asked, each verified in a thread of its own: verifying them one after
-/// the other took 2.6 s of the start on the test VM, the inventory's and the sweep's most.
+/// sheaves program if asked (2.6 s of verification one after the other on the test VM, the
+/// inventory's and the sweep's most).
 fn load_walk_programs(
     ebpf: &mut Ebpf,
     with_sheaves: bool,
@@ -569,26 +562,32 @@ fn load_walk_programs(
     if with_sheaves {
         names.push(SWEEP_SHEAVES_PROGRAM);
     }
+    verify_in_parallel(ebpf, &names, load_program, |name| {
+        format!("loading the {name} program panicked")
+    })
+}
+
+/// Runs `load` on each named program of the object, each in a thread of its own: the
+/// kernel's verifier is most of the start.
+fn verify_in_parallel<E: Send>(
+    ebpf: &mut Ebpf,
+    names: &[&'static str],
+    load: impl Fn(&'static str, &mut aya::programs::Program) -> Result<(), E> + Sync,
+    panicked: impl Fn(&'static str) -> E,
+) -> HashMap<&'static str, Result<(), E>> {
     let programs: Vec<_> = ebpf
         .programs_mut()
-        .filter_map(|(name, program)| {
-            let name = *names.iter().find(|n| **n == name)?;
-            Some((name, program))
-        })
+        .filter_map(|(name, program)| Some((*names.iter().find(|n| **n == name)?, program)))
         .collect();
+    let load = &load;
     std::thread::scope(|scope| {
         let loads: Vec<_> = programs
             .into_iter()
-            .map(|(name, program)| (name, scope.spawn(move || load_program(name, program))))
+            .map(|(name, program)| (name, scope.spawn(move || load(name, program))))
             .collect();
         loads
             .into_iter()
-            .map(|(name, load)| {
-                let result = load
-                    .join()
-                    .unwrap_or_else(|_| Err(format!("loading the {name} program panicked")));
-                (name, result)
-            })
+            .map(|(name, load)| (name, load.join().unwrap_or_else(|_| Err(panicked(name)))))
             .collect()
     })
 }
@@ -642,44 +641,23 @@ pub(crate) fn attach_hooks(
     Ok(hooks)
 }
 
-/// Loads the hooks' programs, each verified in a thread of its own (0.6 s one after the
-/// other on the test VM, most of it the verifier's).
+/// Loads the hooks' programs (0.6 s of verification one after the other on the test VM).
 fn verify_hooks(
     ebpf: &mut Ebpf,
     hooks: &[&'static str],
     btf: &Btf,
 ) -> HashMap<&'static str, Result<(), StartError>> {
-    let programs: Vec<_> = ebpf
-        .programs_mut()
-        .filter_map(|(name, program)| Some((*hooks.iter().find(|h| **h == name)?, program)))
-        .collect();
-    std::thread::scope(|scope| {
-        let loads: Vec<_> = programs
-            .into_iter()
-            .map(|(hook, program)| {
-                let load = move || -> Result<(), StartError> {
-                    let error = |e| StartError::LoadProgram {
-                        hook: hook.into(),
-                        source: Box::new(e),
-                    };
-                    let program: &mut BtfTracePoint = program.try_into().map_err(error)?;
-                    program.load(hook, btf).map_err(error)
-                };
-                (hook, scope.spawn(load))
-            })
-            .collect();
-        loads
-            .into_iter()
-            .map(|(hook, load)| {
-                let result = load.join().unwrap_or_else(|_| {
-                    Err(StartError::BadBtf {
-                        what: format!("tracepoint {hook}"),
-                        reason: "verifying its program failed".into(),
-                    })
-                });
-                (hook, result)
-            })
-            .collect()
+    let load = |hook: &'static str, program: &mut aya::programs::Program| {
+        let error = |e| StartError::LoadProgram {
+            hook: hook.into(),
+            source: Box::new(e),
+        };
+        let program: &mut BtfTracePoint = program.try_into().map_err(error)?;
+        program.load(hook, btf).map_err(error)
+    };
+    verify_in_parallel(ebpf, hooks, load, |hook| StartError::BadBtf {
+        what: format!("tracepoint {hook}"),
+        reason: "verifying its program failed".into(),
     })
 }
 

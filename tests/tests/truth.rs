@@ -2,13 +2,10 @@
 //! agent (the inventory), objects freed without a free tracepoint (the sweep), and removed
 //! cgroups listed as dying only while they hold something. The kernel's truth is the v1
 //! memory cgroup of the same path (`memory.kmem.usage_in_bytes`).
-use std::{
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use kmemcg_tests::{
-    AgentProcess, Bpffs, CgroupUsage, TestCgroup, Tmpfs, cache_objects, require_root,
+    AgentProcess, Bpffs, CgroupUsage, TestCgroup, Tmpfs, cache_objects, kmemcg, require_root,
 };
 
 const KIB: u64 = 1024;
@@ -606,10 +603,7 @@ fn a_pinned_restart_counts_nothing_twice() {
         u.is_none_or(|u| cache_objects(u, &["dentry"]) < all / 100)
     });
     assert!(second.stop().success());
-    let unpinned = Command::new(kmemcg_tests::kmemcg_bin())
-        .args(["agent", "--unpin", "--pin-dir", &pin_dir])
-        .output()
-        .expect("kmemcg agent --unpin");
+    let unpinned = kmemcg(&["agent", "--unpin", "--pin-dir", &pin_dir]);
     assert!(unpinned.status.success());
 }
 
@@ -662,9 +656,6 @@ fn a_pinned_restart_charges_reused_addresses_to_their_new_owner() {
     );
     assert!(inventory.replaced_stale > 0, "{inventory:#?}");
     assert!(agent.stop().success());
-    let unpinned = Command::new(kmemcg_tests::kmemcg_bin())
-        .args(["agent", "--unpin", "--pin-dir", &pin_dir])
-        .output()
-        .expect("kmemcg agent --unpin");
+    let unpinned = kmemcg(&["agent", "--unpin", "--pin-dir", &pin_dir]);
     assert!(unpinned.status.success());
 }

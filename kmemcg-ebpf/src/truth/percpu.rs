@@ -43,17 +43,21 @@ macro_rules! layout {
 }
 
 /// Called by the percpu allocation hook: a percpu pointer less its address in the chunk is
-/// the same for every allocation, and the inventory needs it to name what it finds.
+/// the same for every allocation, and the inventory needs it to name what it finds. Written
+/// once: later allocations only read that it is known.
 #[inline(always)]
 pub(crate) fn record_pointer_delta(ptr: u64, chunk_address: u64) {
     if let (Some(delta), Some(known)) = (
         PERCPU_POINTER_DELTA.get_ptr_mut(0),
         PERCPU_POINTER_DELTA.get_ptr_mut(1),
     ) {
-        // SAFETY: values of an array map; every writer writes the same value.
+        // SAFETY: values of an array map; every writer writes the same value, the delta
+        // before the flag that says it is there.
         unsafe {
-            *delta = ptr.wrapping_sub(chunk_address);
-            *known = 1;
+            if core::ptr::read_volatile(known) == 0 {
+                core::ptr::write_volatile(delta, ptr.wrapping_sub(chunk_address));
+                core::ptr::write_volatile(known, 1);
+            }
         }
     }
 }

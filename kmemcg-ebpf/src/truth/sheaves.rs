@@ -10,10 +10,8 @@ use kmemcg_common::{
     SHEAVES_UNREADABLE,
 };
 
-use super::{PERCPU_OFFSETS, SLAB_LAYOUT, bump, read, run_loop};
-use crate::{
-    KMEM_CACHE_SIZE_OFFSET, POSSIBLE_CPUS, compare_and_swap, global, live_slot, uncharge_owner,
-};
+use super::{PERCPU_OFFSETS, SLAB_LAYOUT, read, run_loop};
+use crate::{KMEM_CACHE_SIZE_OFFSET, POSSIBLE_CPUS, global, live_slot};
 
 /// A field of the load-time sheaf layout.
 macro_rules! sheaf {
@@ -219,15 +217,5 @@ fn release(walk: &SheafWalk, slot: *mut LiveObject, ptr: u64, index: u64) {
     if object_at(walk, index) != Some(ptr) {
         return;
     }
-    // SAFETY: as above.
-    if unsafe { core::ptr::read_volatile(slot) } != object {
-        return;
-    }
-    // SAFETY: as above.
-    if unsafe { compare_and_swap(&raw mut (*slot).ptr, ptr, 0) } {
-        uncharge_owner(&object);
-        bump(1, |c| &mut c.swept_by_sheaf);
-        bump(1, |c| &mut c.swept_objects);
-        bump(object.bytes() as u64, |c| &mut c.swept_bytes);
-    }
+    super::sweep::release(slot, &object, super::sweep::Verdict::InSheaf);
 }

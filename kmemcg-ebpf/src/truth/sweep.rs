@@ -19,7 +19,7 @@ struct SweepWalk {
     end: u64,
 }
 
-enum Verdict {
+pub(super) enum Verdict {
     Live,
     /// Live, and its owner record is set: from now on its clearing means freed.
     OwnerSet,
@@ -28,6 +28,8 @@ enum Verdict {
     FreedFreelist,
     /// A `vmap_area` whose range was handed back to vmalloc.
     HandedBack,
+    /// In a slab sheaf (found by `sweep_sheaves`).
+    InSheaf,
 }
 
 #[raw_tracepoint(tracepoint = "kmemcg_sweep")]
@@ -96,19 +98,27 @@ fn sweep_slot(walk: &SweepWalk, slot: *mut LiveObject) {
         Some(Verdict::Live) | None => return,
         Some(freed) => freed,
     };
-    // The slot must still hold what was checked (an allocation at the same address since
-    // would have rewritten its owner); whoever swaps the address out owns the release.
-    // SAFETY: as above.
-    if unsafe { core::ptr::read_volatile(slot) } != object {
+    release(slot, &object, verdict);
+}
+
+/// Uncharges `object`, found free, if `slot` still holds what was checked (an allocation at
+/// the same address since would have rewritten its owner); whoever swaps the address out
+/// owns the release, so an object is never uncharged twice. `verdict` says how it was found.
+#[inline(always)]
+pub(super) fn release(slot: *mut LiveObject, object: &LiveObject, verdict: Verdict) {
+    // SAFETY: a slot of the array map, read and swapped atomically.
+    if unsafe { core::ptr::read_volatile(slot) } != *object {
         return;
     }
     // SAFETY: as above.
     if unsafe { compare_and_swap(&raw mut (*slot).ptr, object.ptr, 0) } {
-        uncharge_owner(&object);
+        uncharge_owner(object);
+        // A match of constant fields: the BPF target has no indirect calls.
         match verdict {
             Verdict::FreedOwner => bump(1, |c| &mut c.swept_by_owner),
             Verdict::FreedPage => bump(1, |c| &mut c.swept_by_page),
             Verdict::HandedBack => bump(1, |c| &mut c.swept_by_vmalloc),
+            Verdict::InSheaf => bump(1, |c| &mut c.swept_by_sheaf),
             _ => bump(1, |c| &mut c.swept_by_freelist),
         }
         bump(1, |c| &mut c.swept_objects);
