@@ -25,7 +25,8 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/kmemcg";
 /// Bump when the meaning of a pinned map's bytes changes without its size changing.
 /// 3: bit 30 of a live object's size is the sweep's OBJECT_OWNER_SEEN flag.
 /// 4: the counters are one block of slots per CPU in a plain array, with limit budgets.
-const LAYOUT_REVISION: u32 = 4;
+/// 5: live objects are placed by a mixing hash of their address.
+const LAYOUT_REVISION: u32 = 5;
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 

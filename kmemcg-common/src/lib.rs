@@ -15,8 +15,14 @@ pub const LIVE_PROBES: u32 = 8;
 /// First slot of an address in [`LIVE_OBJECTS`] (before masking to the table's size).
 #[inline(always)]
 pub const fn live_slot_hash(ptr: u64) -> u32 {
-    // Slab objects are at least 8-byte aligned; Fibonacci hashing spreads the rest.
-    ((ptr >> 3).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as u32
+    // splitmix64's finalizer: every address bit reaches the low bits that pick the slot.
+    // Multiplying alone (Fibonacci hashing, kept in the middle bits) put objects at a
+    // power-of-two stride in consecutive pages on a few slot runs: 64- to 512-byte objects
+    // of fresh slabs were dropped with the table 14% full.
+    let mut x = ptr;
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (x ^ (x >> 31)) as u32
 }
 /// (cgroup, cache) keys: an open-addressing table of [`StatsKey`] slots (an array map; a free
 /// slot has cgroup id 0), found through [`stats_slot_hash`].
@@ -198,7 +204,11 @@ impl RootCgroupMode {
 /// Cache ids: a slab cache is named by its `struct kmem_cache` address (a kernel address, so the
 /// top bits are set); kmalloc() and percpu allocations, which do not pass a cache to their
 /// tracepoints, get ids below [`KERNEL_ADDRESS_MIN`].
-pub const KERNEL_ADDRESS_MIN: u64 = 0xffff_0000_0000_0000;
+///
+/// The lowest kernel address of x86_64 with 5-level paging (57-bit addresses: the direct map
+/// starts at 0xff11_0000_0000_0000 without randomization); with 4-level paging kernel
+/// addresses start higher, at 0xffff_8000_0000_0000, so this bound holds for both.
+pub const KERNEL_ADDRESS_MIN: u64 = 0xff00_0000_0000_0000;
 /// All percpu allocations.
 pub const CACHE_ID_PERCPU: u64 = 1;
 /// kmalloc() allocations: `CACHE_ID_KMALLOC_BASE + 2 * bytes_alloc + accounted`.
@@ -471,6 +481,49 @@ mod tests {
             CacheKind::Slab(0xffff_8880_0123_4500)
         );
         assert_eq!(CacheKind::of(7), CacheKind::Unknown(7));
+    }
+
+    /// `struct kmem_cache` addresses of both paging modes, and the largest kmalloc id.
+    #[test]
+    fn caches_are_slabs_with_4_and_5_level_paging() {
+        for cache in [0xffff_8880_0123_4500, 0xff11_0000_0123_4500, 0xff45_1234_0000_0100] {
+            assert_eq!(CacheKind::of(cache), CacheKind::Slab(cache));
+        }
+        let largest_kmalloc = kmalloc_cache_id(u32::MAX as u64, true);
+        assert!(matches!(
+            CacheKind::of(largest_kmalloc),
+            CacheKind::Kmalloc { .. }
+        ));
+    }
+
+    /// Objects of fresh slabs: consecutive pages, objects at power-of-two strides, placed in
+    /// a 1 M-slot table as the eBPF programs place them, with 4- and 5-level direct maps. At
+    /// 14% full at most one in 100,000 is dropped, as with a uniform hash and 8 linear probes
+    /// (the old hash dropped up to 70,000 of 147,000 objects at 64- to 512-byte strides); at
+    /// 25% about 1 in 10,000.
+    #[test]
+    fn live_table_drops_little_at_14_and_25_percent() {
+        extern crate std;
+        let mask = (1u32 << 20) - 1;
+        let slots = mask as u64 + 1;
+        for base in [0xffff_8880_1000_0000u64, 0xff11_0000_1000_0000] {
+            for stride in [8u64, 64, 128, 192, 256, 512, 1024, 4096] {
+                let mut taken = std::vec![false; slots as usize];
+                let mut dropped_at = [0u64; 2];
+                for i in 0..slots / 4 {
+                    let first = live_slot_hash(base + i * stride);
+                    let free = (0..LIVE_PROBES)
+                        .map(|p| (first.wrapping_add(p) & mask) as usize)
+                        .find(|s| !taken[*s]);
+                    match free {
+                        Some(s) => taken[s] = true,
+                        None => dropped_at[usize::from(i >= slots * 14 / 100)] += 1,
+                    }
+                }
+                assert!(dropped_at[0] <= 1, "stride {stride} from {base:#x}: {dropped_at:?}");
+                assert!(dropped_at[1] < slots / 4 / 5000, "stride {stride}: {dropped_at:?}");
+            }
+        }
     }
 
     #[test]
