@@ -185,6 +185,11 @@ pub struct Status {
     pub stats_entries: u64,
     pub stats_capacity: u64,
     pub attached_hooks: Vec<String>,
+    /// The part of `attached_hooks` attached as plain raw tracepoints, where this kernel's
+    /// verifier refuses the BTF-typed programs (before Linux 6.16): same figures, one
+    /// `bpf_probe_read_kernel` more per slab allocation.
+    #[serde(default)]
+    pub raw_tracepoint_hooks: Vec<String>,
     /// `ignore`, `count` or `track`.
     pub root_cgroup_mode: String,
     pub cgroup2_mount: String,

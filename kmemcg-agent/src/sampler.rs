@@ -233,6 +233,7 @@ impl Sampler {
             stats_entries: self.slots.len() as u64,
             stats_capacity: config.max_stats.next_power_of_two().into(),
             attached_hooks: self.tracer.hooks().to_vec(),
+            raw_tracepoint_hooks: self.tracer.raw_hooks().to_vec(),
             root_cgroup_mode: config.root_mode.as_str().into(),
             cgroup2_mount: self.tracer.cgroup2_mount().display().to_string(),
             cgroups: cgroups.len() as u64,

@@ -8,7 +8,7 @@ use aya::{
     programs::{BtfTracePoint, ProgramFd, RawTracePoint},
 };
 use kmemcg_common::{
-    CGROUP_CACHE_STATS, CGROUP_EVENTS, CPU_OFFSET_PROGRAM, CgroupEvent, HOOKS, HookKind,
+    CGROUP_CACHE_STATS, CGROUP_EVENTS, CPU_OFFSET_PROGRAM, CgroupEvent, HOOKS, Hook, HookKind,
     INVENTORY_PROGRAM, LIMIT_EVENTS, LIVE_OBJECTS, MEMCG_CGROUP_IDS, PERCPU_CHUNKS,
     PERCPU_INVENTORY_PROGRAM, PERCPU_LAYOUT, RootCgroupMode, SLAB_LAYOUT, STATS_KEYS,
     SWEEP_PROGRAM, SWEEP_SHEAVES_PROGRAM, SlabLayout, StatsKey, TRUTH_COUNTERS, TruthCounters,
@@ -74,6 +74,8 @@ pub struct Tracer {
     ebpf: Ebpf,
     config: TracerConfig,
     hooks: Vec<String>,
+    /// Hooks attached as plain raw tracepoints (see [`attach_hooks`]).
+    raw_hooks: Vec<String>,
     cgroup2_mount: PathBuf,
     cgroup_events: RingBuf<MapData>,
     /// Budgets taken below zero (see [`crate::watch`]).
@@ -125,15 +127,18 @@ impl Tracer {
             None => None,
         };
         let root_mode = config.root_mode as u32;
-        let obj_exts_allocator =
-            kernel::kallsyms::function_range(&kernel::kallsyms::read(), "alloc_slab_obj_exts")
-                .unwrap_or_else(|| {
-                    tracing::info!(
-                        "alloc_slab_obj_exts not in /proc/kallsyms (or hidden): slab owner-record \
+        let kallsyms = kernel::kallsyms::read();
+        // memcg_alloc_slab_cgroups before Linux 6.10.
+        let obj_exts_allocator = ["alloc_slab_obj_exts", "memcg_alloc_slab_cgroups"]
+            .into_iter()
+            .find_map(|name| kernel::kallsyms::function_range(&kallsyms, name))
+            .unwrap_or_else(|| {
+                tracing::info!(
+                    "alloc_slab_obj_exts not in /proc/kallsyms (or hidden): slab owner-record \
                          vectors are charged to the cgroup whose allocation needed a new slab"
-                    );
-                    0..0
-                });
+                );
+                0..0
+            });
         let slab_walk = slab_layout::from_running_kernel(&vmlinux);
         let slab_layout_global = slab_walk.clone().unwrap_or_default();
         let percpu_walk = slab_walk
@@ -215,7 +220,10 @@ impl Tracer {
             .map(|h| h.name)
             .collect();
         drop(vmlinux);
-        let hooks = attach_hooks(&mut ebpf, &unavailable)?;
+        let AttachedHooks {
+            tracepoints: hooks,
+            raw: raw_hooks,
+        } = attach_hooks(&mut ebpf, &unavailable)?;
         // After the hooks: an object allocated from now on is theirs, one allocated before is
         // the inventory's, and one allocated in between is found by both and taken once.
         let with_sheaves = slab_walk
@@ -266,6 +274,7 @@ impl Tracer {
             ebpf,
             config,
             hooks,
+            raw_hooks,
             cgroup2_mount,
             cgroup_events,
             limit_events,
@@ -535,6 +544,11 @@ impl Tracer {
         &self.hooks
     }
 
+    /// The hooks attached as plain raw tracepoints.
+    pub fn raw_hooks(&self) -> &[String] {
+        &self.raw_hooks
+    }
+
     /// The pinned maps' directory, when pinning.
     pub fn pinned(&self) -> Option<&PinnedMaps> {
         self.pinned.as_ref()
@@ -595,27 +609,34 @@ fn verify_in_parallel<E: Send>(
 fn load_program(name: &'static str, program: &mut aya::programs::Program) -> Result<(), String> {
     let program: &mut RawTracePoint = program.try_into().map_err(|e| format!("{name}: {e}"))?;
     program.load().map_err(|e| {
-        tracing::warn!(program = name, error = ?e, "slab walk program refused");
+        tracing::warn!(program = name, error = %e, "the kernel refused a program");
         format!("the kernel refused the {name} program: {e}")
     })
+}
+
+/// The hooks attached, by tracepoint name, and those attached through their plain raw
+/// tracepoint program because the verifier refused the BTF-typed one.
+pub(crate) struct AttachedHooks {
+    pub tracepoints: Vec<String>,
+    pub raw: Vec<String>,
 }
 
 /// Attaches the programs named in [`HOOKS`] to their tracepoints, frees first: an object
 /// allocated while the alloc hooks attach must not miss its free. Programs the object does not
 /// have (the benchmark's empty programs have only the memory hooks), and vmalloc hooks whose
-/// tracepoint this kernel lacks, are skipped. Returns the
-/// tracepoints.
+/// tracepoint this kernel lacks, are skipped. A BTF-typed program the verifier refuses is
+/// replaced by its plain raw tracepoint twin where it has one.
 pub(crate) fn attach_hooks(
     ebpf: &mut Ebpf,
     unavailable: &[&str],
-) -> Result<Vec<String>, StartError> {
+) -> Result<AttachedHooks, StartError> {
     let btf = Btf::from_sys_fs().map_err(|e| StartError::BadBtf {
         what: "aya's BTF parser".into(),
         reason: e.to_string(),
     })?;
     let memory = HOOKS.iter().filter(|h| h.kind == HookKind::Memory).rev();
     let others = HOOKS.iter().filter(|h| h.kind != HookKind::Memory);
-    let mut hooks: Vec<&'static str> = Vec::new();
+    let mut hooks: Vec<&'static Hook> = Vec::new();
     for hook in memory.chain(others) {
         if hook.kind != HookKind::Memory && ebpf.program(hook.name).is_none() {
             continue;
@@ -627,18 +648,59 @@ pub(crate) fn attach_hooks(
             );
             continue;
         }
-        hooks.push(hook.name);
+        hooks.push(hook);
     }
-    let mut verified = verify_hooks(ebpf, &hooks, &btf);
-    for &hook in &hooks {
-        verified
-            .remove(hook)
-            .unwrap_or_else(|| Err(StartError::HookMissing { hook: hook.into() }))?;
-        attach(ebpf, hook)?;
+    let names: Vec<&'static str> = hooks.iter().map(|h| h.name).collect();
+    let mut verified = verify_hooks(ebpf, &names, &btf);
+    let fallbacks: Vec<&'static str> = hooks
+        .iter()
+        .filter(|h| matches!(verified.get(h.name), Some(Err(_))))
+        .filter_map(|h| h.raw_fallback)
+        .filter(|raw| ebpf.program(raw).is_some())
+        .collect();
+    let mut fallbacks_verified = verify_in_parallel(ebpf, &fallbacks, load_program, |name| {
+        format!("loading the {name} program panicked")
+    });
+    let mut attached = AttachedHooks {
+        tracepoints: Vec::new(),
+        raw: Vec::new(),
+    };
+    for hook in hooks {
+        let refused = match verified.remove(hook.name) {
+            Some(Ok(())) => {
+                attach(ebpf, hook.name)?;
+                attached.tracepoints.push(hook.name.into());
+                continue;
+            }
+            Some(Err(refused)) => refused,
+            None => StartError::HookMissing {
+                hook: hook.name.into(),
+            },
+        };
+        let Some(raw) = hook.raw_fallback else {
+            return Err(refused);
+        };
+        match fallbacks_verified.remove(raw) {
+            Some(Ok(())) => {
+                tracing::debug!(hook = hook.name, error = %refused, "BTF-typed program refused");
+                attach_raw(ebpf, raw, hook.name)?;
+                attached.tracepoints.push(hook.name.into());
+                attached.raw.push(hook.name.into());
+            }
+            // The BTF-typed program's refusal says more than its twin's.
+            _ => return Err(refused),
+        }
     }
-    let mut hooks: Vec<String> = hooks.into_iter().map(String::from).collect();
-    hooks.sort();
-    Ok(hooks)
+    attached.tracepoints.sort();
+    attached.raw.sort();
+    if !attached.raw.is_empty() {
+        tracing::info!(
+            hooks = attached.raw.join(", "),
+            "this kernel's verifier refuses BTF-typed programs that read `const void *` \
+             arguments (before Linux 6.16): attached as plain raw tracepoints"
+        );
+    }
+    Ok(attached)
 }
 
 /// Loads the hooks' programs (0.6 s of verification one after the other on the test VM).
@@ -687,6 +749,21 @@ pub fn program_stats_by_name(ebpf: &Ebpf) -> Vec<(String, u64, u64)> {
             ))
         })
         .collect()
+}
+
+/// Attaches the plain raw tracepoint program `program` to the tracepoint `hook`.
+fn attach_raw(ebpf: &mut Ebpf, program: &str, hook: &str) -> Result<(), StartError> {
+    let missing = || StartError::HookMissing { hook: hook.into() };
+    let prog: &mut RawTracePoint = ebpf
+        .program_mut(program)
+        .ok_or_else(missing)?
+        .try_into()
+        .map_err(|_| missing())?;
+    prog.attach(hook).map_err(|e| StartError::Attach {
+        hook: hook.into(),
+        source: Box::new(e),
+    })?;
+    Ok(())
 }
 
 fn attach(ebpf: &mut Ebpf, hook: &str) -> Result<(), StartError> {

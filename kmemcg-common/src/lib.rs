@@ -122,6 +122,9 @@ pub struct Hook {
     /// kernel's BTF before loading).
     pub arity: usize,
     pub kind: HookKind,
+    /// A plain raw tracepoint program for the same tracepoint, loaded where the verifier
+    /// refuses the BTF-typed one (before Linux 6.16 for `const void *` arguments).
+    pub raw_fallback: Option<&'static str>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,10 +140,10 @@ pub enum HookKind {
 
 /// Every hook: the one table the loader, the BTF check, the benchmark and the status use.
 pub const HOOKS: [Hook; 11] = [
-    Hook::memory("kmem_cache_alloc", 5),
-    Hook::memory("kmalloc", 6),
-    Hook::memory("kmem_cache_free", 3),
-    Hook::memory("kfree", 2),
+    Hook::memory("kmem_cache_alloc", 5).or_raw("kmem_cache_alloc_raw"),
+    Hook::memory("kmalloc", 6).or_raw("kmalloc_raw"),
+    Hook::memory("kmem_cache_free", 3).or_raw("kmem_cache_free_raw"),
+    Hook::memory("kfree", 2).or_raw("kfree_raw"),
     Hook::memory("percpu_alloc_percpu", 10),
     Hook::memory("percpu_free_percpu", 3),
     Hook::cgroup("cgroup_mkdir", 2),
@@ -156,6 +159,7 @@ impl Hook {
             name,
             arity,
             kind: HookKind::Memory,
+            raw_fallback: None,
         }
     }
 
@@ -164,6 +168,14 @@ impl Hook {
             name,
             arity,
             kind: HookKind::Cgroup,
+            raw_fallback: None,
+        }
+    }
+
+    const fn or_raw(self, program: &'static str) -> Self {
+        Self {
+            raw_fallback: Some(program),
+            ..self
         }
     }
 
@@ -172,6 +184,7 @@ impl Hook {
             name,
             arity,
             kind: HookKind::Vmalloc,
+            raw_fallback: None,
         }
     }
 }
@@ -486,7 +499,11 @@ mod tests {
     /// `struct kmem_cache` addresses of both paging modes, and the largest kmalloc id.
     #[test]
     fn caches_are_slabs_with_4_and_5_level_paging() {
-        for cache in [0xffff_8880_0123_4500, 0xff11_0000_0123_4500, 0xff45_1234_0000_0100] {
+        for cache in [
+            0xffff_8880_0123_4500,
+            0xff11_0000_0123_4500,
+            0xff45_1234_0000_0100,
+        ] {
             assert_eq!(CacheKind::of(cache), CacheKind::Slab(cache));
         }
         let largest_kmalloc = kmalloc_cache_id(u32::MAX as u64, true);
@@ -520,8 +537,14 @@ mod tests {
                         None => dropped_at[usize::from(i >= slots * 14 / 100)] += 1,
                     }
                 }
-                assert!(dropped_at[0] <= 1, "stride {stride} from {base:#x}: {dropped_at:?}");
-                assert!(dropped_at[1] < slots / 4 / 5000, "stride {stride}: {dropped_at:?}");
+                assert!(
+                    dropped_at[0] <= 1,
+                    "stride {stride} from {base:#x}: {dropped_at:?}"
+                );
+                assert!(
+                    dropped_at[1] < slots / 4 / 5000,
+                    "stride {stride}: {dropped_at:?}"
+                );
             }
         }
     }

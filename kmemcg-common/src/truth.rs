@@ -93,8 +93,11 @@ pub struct SlabLayout {
     pub page_offset_base_symbol: u64,
     /// One past the highest page frame number.
     pub max_pfn: u64,
-    /// Mask of the flag bits in `slab->obj_exts`.
+    /// Mask of the flag bits in `slab->obj_exts` (`slab->memcg_data` before 6.10).
     pub obj_exts_flags_mask: u64,
+    /// `1 << PG_slab` where slab pages are told by a page flag (before Linux 6.10); 0 where
+    /// they are told by their page type ([`Self::pgty_slab`]).
+    pub pg_slab_mask: u64,
     pub page_shift: u32,
     pub struct_page_size: u32,
     pub page_compound_head_offset: u32,
@@ -107,8 +110,10 @@ pub struct SlabLayout {
     pub slab_objects_shift: u32,
     pub slab_objects_bits: u32,
     pub slab_page_type_offset: u32,
+    /// `struct slab::obj_exts` (`memcg_data` before Linux 6.10).
     pub slab_obj_exts_offset: u32,
-    /// Page types (`page_type >> 24`) of slab pages and of large kmalloc pages.
+    /// Page types (`page_type >> 24`) of slab pages and of large kmalloc pages (0 for none:
+    /// a kernel without page types, or without a type for large kmalloc pages).
     pub pgty_slab: u32,
     pub pgty_large_kmalloc: u32,
     pub obj_ext_size: u32,
@@ -142,7 +147,8 @@ pub struct SlabLayout {
     pub runqueues_offset: u32,
     pub this_cpu_off_offset: u32,
     pub sheaves: SheafLayout,
-    pub _pad: u32,
+    /// `struct page::flags`, read where [`Self::pg_slab_mask`] is set.
+    pub page_flags_offset: u32,
 }
 
 /// Where free objects of caches with sheaves (Linux 6.18+) wait: `struct kmem_cache::
@@ -253,7 +259,7 @@ impl TruthCounters {
 
 const _: () = assert!(core::mem::size_of::<SheafLayout>() == 14 * 4);
 const _: () = assert!(
-    core::mem::size_of::<SlabLayout>() == 6 * 8 + 34 * 4 + core::mem::size_of::<SheafLayout>()
+    core::mem::size_of::<SlabLayout>() == 7 * 8 + 34 * 4 + core::mem::size_of::<SheafLayout>()
 );
 const _: () = assert!(core::mem::size_of::<TruthCounters>() == 23 * 8);
 const _: () = assert!(core::mem::size_of::<VmallocLayout>() == 2 * 4);

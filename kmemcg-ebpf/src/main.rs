@@ -23,9 +23,9 @@ use aya_ebpf::{
         bpf_get_current_cgroup_id, bpf_get_smp_processor_id, bpf_probe_read_kernel,
         bpf_probe_read_kernel_str_bytes,
     },
-    macros::{btf_tracepoint, map},
+    macros::{btf_tracepoint, map, raw_tracepoint},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
-    programs::BtfTracePointContext,
+    programs::{BtfTracePointContext, RawTracePointContext},
 };
 use kmemcg_common::{
     BUDGETS_PER_SLOT, CACHE_ID_PERCPU, CGROUP_EVENT_MKDIR, CGROUP_EVENT_RENAME, CGROUP_EVENT_RMDIR,
@@ -169,6 +169,12 @@ pub fn kmem_cache_alloc(ctx: BtfTracePointContext) -> i32 {
     let Some(cache_id) = address_of(cache) else {
         return 0;
     };
+    on_cache_alloc(ptr, cache_id, size, flags, gfp);
+    0
+}
+
+#[inline(always)]
+fn on_cache_alloc(ptr: u64, cache_id: u64, size: u32, flags: u32, gfp: u64) {
     on_alloc(Allocation {
         ptr,
         cache_id,
@@ -176,25 +182,26 @@ pub fn kmem_cache_alloc(ctx: BtfTracePointContext) -> i32 {
         accounted: gfp & global(&GFP_ACCOUNT) != 0 || flags & global(&SLAB_ACCOUNT) != 0,
         slab: true,
     });
-    0
 }
 
 #[btf_tracepoint(function = "kmalloc")]
 pub fn kmalloc(ctx: BtfTracePointContext) -> i32 {
     // TP_PROTO(unsigned long call_site, const void *ptr, size_t bytes_req, size_t bytes_alloc,
     //          gfp_t gfp_flags, int node)
-    let call_site: u64 = ctx.arg(0);
-    let ptr: u64 = ctx.arg(1);
-    let bytes: u64 = ctx.arg(3);
-    let gfp: u64 = ctx.arg(4);
+    on_kmalloc(ctx.arg(0), ctx.arg(1), ctx.arg(3), ctx.arg(4));
+    0
+}
+
+#[inline(always)]
+fn on_kmalloc(call_site: u64, ptr: u64, bytes: u64, gfp: u64) {
     if ptr <= ZERO_SIZE_PTR {
-        return 0;
+        return;
     }
     // The owner-record vector of a new slab: it lives as long as the slab, whose objects
     // belong to any cgroup, and is no more the cgroup's whose allocation needed the slab.
     if call_site.wrapping_sub(global(&OBJ_EXTS_ALLOCATOR_START)) < global(&OBJ_EXTS_ALLOCATOR_SIZE)
     {
-        return 0;
+        return;
     }
     let accounted = gfp & global(&GFP_ACCOUNT) != 0;
     on_alloc(Allocation {
@@ -204,7 +211,6 @@ pub fn kmalloc(ctx: BtfTracePointContext) -> i32 {
         accounted,
         slab: false,
     });
-    0
 }
 
 #[btf_tracepoint(function = "percpu_alloc_percpu")]
@@ -252,6 +258,63 @@ pub fn kfree(ctx: BtfTracePointContext) -> i32 {
 pub fn percpu_free_percpu(ctx: BtfTracePointContext) -> i32 {
     // TP_PROTO(void *base_addr, int off, void __percpu *ptr)
     on_free(ctx.arg(2));
+    0
+}
+
+// Before Linux 6.16 the verifier refuses BTF-typed programs that read a `const void *`
+// tracepoint argument ("arg1 type UNKNOWN is not a struct"), and the object's address is one in
+// kmem_cache_alloc, kmalloc, kmem_cache_free and kfree. Plain raw tracepoints read the same
+// arguments as numbers: the agent loads these where the kernel refuses the programs above.
+
+/// The `n`th argument of a plain raw tracepoint (the same u64 array as a BTF-typed one).
+#[inline(always)]
+fn raw_arg(ctx: &RawTracePointContext, n: usize) -> u64 {
+    use aya_ebpf::EbpfContext as _;
+    // SAFETY: ctx points at the tracepoint's u64 arguments; n is below its arity, which the
+    // agent checked in the kernel's BTF.
+    unsafe { *(ctx.as_ptr() as *const u64).add(n) }
+}
+
+#[raw_tracepoint(tracepoint = "kmem_cache_alloc")]
+pub fn kmem_cache_alloc_raw(ctx: RawTracePointContext) -> i32 {
+    let (ptr, cache, gfp) = (raw_arg(&ctx, 1), raw_arg(&ctx, 2), raw_arg(&ctx, 3));
+    if ptr == 0 || cache == 0 {
+        return 0;
+    }
+    let field = |offset: u32| {
+        // SAFETY: the fault-safe helper.
+        unsafe { bpf_probe_read_kernel((cache + offset as u64) as *const u32) }
+    };
+    let (Ok(size), Ok(flags)) = (
+        field(global(&KMEM_CACHE_SIZE_OFFSET)),
+        field(global(&KMEM_CACHE_FLAGS_OFFSET)),
+    ) else {
+        return 0;
+    };
+    on_cache_alloc(ptr, cache, size, flags, gfp);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "kmalloc")]
+pub fn kmalloc_raw(ctx: RawTracePointContext) -> i32 {
+    on_kmalloc(
+        raw_arg(&ctx, 0),
+        raw_arg(&ctx, 1),
+        raw_arg(&ctx, 3),
+        raw_arg(&ctx, 4),
+    );
+    0
+}
+
+#[raw_tracepoint(tracepoint = "kmem_cache_free")]
+pub fn kmem_cache_free_raw(ctx: RawTracePointContext) -> i32 {
+    on_free(raw_arg(&ctx, 1));
+    0
+}
+
+#[raw_tracepoint(tracepoint = "kfree")]
+pub fn kfree_raw(ctx: RawTracePointContext) -> i32 {
+    on_free(raw_arg(&ctx, 1));
     0
 }
 

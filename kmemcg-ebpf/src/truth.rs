@@ -100,6 +100,37 @@ fn bases() -> Option<Bases> {
     })
 }
 
+/// What a head page is, as the walks need to know: a slab's, a large kmalloc's, or another
+/// page (with its page type, which percpu chunk pages have none of).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PageKind {
+    Slab,
+    LargeKmalloc,
+    Other { page_type: u32 },
+}
+
+#[inline(always)]
+fn page_kind(page: u64) -> Option<PageKind> {
+    let page_type: u32 = read(page + layout!(slab_page_type_offset) as u64)?;
+    let pg_slab = layout!(pg_slab_mask);
+    if pg_slab != 0 {
+        // Before page types: a page flag.
+        let flags: u64 = read(page + layout!(page_flags_offset) as u64)?;
+        if flags & pg_slab != 0 {
+            return Some(PageKind::Slab);
+        }
+        return Some(PageKind::Other { page_type });
+    }
+    let kind = page_type >> 24;
+    Some(if kind == layout!(pgty_slab) {
+        PageKind::Slab
+    } else if kind == layout!(pgty_large_kmalloc) {
+        PageKind::LargeKmalloc
+    } else {
+        PageKind::Other { page_type }
+    })
+}
+
 /// (inuse, objects) of the slab whose `struct slab` (head page) is at `slab`.
 #[inline(always)]
 fn slab_counts(slab: u64) -> Option<(u64, u64)> {
@@ -218,10 +249,13 @@ extern "C" fn inventory_page(index: u64, ctx: *mut c_void) -> i64 {
 #[inline(always)]
 fn inventory_slab(walk: &PfnWalk, pfn: u64) -> Option<()> {
     let page = walk.vmemmap + pfn * layout!(struct_page_size) as u64;
-    let page_type: u32 = read(page + layout!(slab_page_type_offset) as u64)?;
-    if page_type >> 24 != layout!(pgty_slab) {
-        percpu::note_chunk(walk, page, page_type);
-        return None;
+    match page_kind(page)? {
+        PageKind::Slab => {}
+        PageKind::LargeKmalloc => return None,
+        PageKind::Other { page_type } => {
+            percpu::note_chunk(walk, page, page_type);
+            return None;
+        }
     }
     let cache: u64 = read(page + layout!(slab_cache_offset) as u64)?;
     let (inuse, objects) = slab_counts(page)?;

@@ -11,6 +11,11 @@ use crate::error::StartError;
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
+/// `__GFP_ACCOUNT` and `SLAB_ACCOUNT` on kernels where they are `#define`s, absent from BTF
+/// (before 6.10, which made them enumerators): the same values from Linux 4.5 to 6.9.
+const GFP_ACCOUNT_BEFORE_6_10: u64 = 0x40_0000;
+const SLAB_ACCOUNT_BEFORE_6_10: u32 = 0x0400_0000;
+
 /// Layout facts passed to the programs as globals.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KernelLayout {
@@ -65,8 +70,10 @@ impl KernelLayout {
             cgroup_root_offset: field("cgroup", "root")?,
             kernfs_node_id_offset: field("kernfs_node", "id")?,
             cgroup_root_hierarchy_id_offset: field("cgroup_root", "hierarchy_id")?,
-            gfp_account: 1u64 << enum_value(btf, "___GFP_ACCOUNT_BIT")?,
-            slab_account: 1u32 << enum_value(btf, "_SLAB_ACCOUNT")?,
+            gfp_account: enum_value(btf, "___GFP_ACCOUNT_BIT")
+                .map_or(GFP_ACCOUNT_BEFORE_6_10, |bit| 1u64 << bit),
+            slab_account: enum_value(btf, "_SLAB_ACCOUNT")
+                .map_or(SLAB_ACCOUNT_BEFORE_6_10, |bit| 1u32 << bit),
             kmem_cache_flags_offset: offset("flags")?,
             kmem_cache_size_offset: offset("size")?,
             kmem_cache_name_offset: offset("name")?,
@@ -148,22 +155,18 @@ fn member_offset(
 }
 
 /// Value of an enumerator, searched in every enum (`___GFP_*_BIT` live in an anonymous one).
-fn enum_value(btf: &Btf, enumerator: &str) -> Result<u32, StartError> {
-    let not_found = || StartError::BadBtf {
-        what: format!("enumerator {enumerator}"),
-        reason: "not found in the kernel's BTF".into(),
-    };
+pub(crate) fn enum_value(btf: &Btf, enumerator: &str) -> Option<u32> {
     let mut types = btf.type_iter();
-    while let Some(ty) = types.next().map_err(|_| not_found())? {
+    while let Ok(Some(ty)) = types.next() {
         if let Type::Enum(e) = ty {
             for member in &e.members {
                 if btf.resolve_name(member).is_ok_and(|n| n == enumerator) {
-                    return Ok(member.val());
+                    return Some(member.val());
                 }
             }
         }
     }
-    Err(not_found())
+    None
 }
 
 #[cfg(test)]

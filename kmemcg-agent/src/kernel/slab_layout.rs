@@ -4,8 +4,9 @@
 //! (no `obj_exts`: before 6.10, or without CONFIG_MEMCG) gets no inventory and no sweep, with
 //! the reason in the status; tracing works as before.
 use btf_rs::{Btf, Type};
-use fallible_iterator::FallibleIterator;
 use kmemcg_common::{SheafLayout, SlabLayout};
+
+use super::btf::enum_value;
 
 /// Bases of the 4-level x86_64 memory map without randomization (Documentation/arch/x86/
 /// x86_64/mm.rst); randomized kernels have variables holding them, found in /proc/kallsyms.
@@ -77,7 +78,6 @@ pub fn pfn_ranges(zoneinfo: &str) -> Vec<std::ops::Range<u64>> {
 pub fn from_btf(btf: &Btf) -> Result<SlabLayout, String> {
     let page = find_struct(btf, "page")?;
     let slab = find_struct(btf, "slab")?;
-    let ext = find_struct(btf, "slabobj_ext")?;
     let cache = find_struct(btf, "kmem_cache")?;
     let bytes = |st: &btf_rs::Struct, name: &str, field: &str| member_bytes(btf, st, name, field);
     let counters = bytes(&slab, "slab", "counters")?;
@@ -100,6 +100,8 @@ pub fn from_btf(btf: &Btf) -> Result<SlabLayout, String> {
         tracing::info!(why, "CPU freelists will not be checked by the sweep");
         [0; 9]
     });
+    let owner = owner_records(btf, &slab)?;
+    let slab_test = slab_page_test(btf, &page, &slab)?;
     let sheaves = sheaf_layout(btf).unwrap_or_else(|why| {
         tracing::info!(why, "slab sheaves will not be checked by the sweep");
         SheafLayout::default()
@@ -125,14 +127,15 @@ pub fn from_btf(btf: &Btf) -> Result<SlabLayout, String> {
         slab_inuse_bits: inuse_bits,
         slab_objects_shift: objects_shift,
         slab_objects_bits: objects_bits,
-        slab_page_type_offset: bytes(&slab, "slab", "__page_type")?,
-        slab_obj_exts_offset: bytes(&slab, "slab", "obj_exts")
-            .map_err(|_| "struct slab has no obj_exts (Linux 6.10 or later with CONFIG_MEMCG)")?,
-        pgty_slab: enum_value(btf, "PGTY_slab").ok_or("the kernel's BTF has no PGTY_slab")?,
+        slab_page_type_offset: slab_test.page_type_offset,
+        pgty_slab: slab_test.pgty_slab,
+        pg_slab_mask: slab_test.pg_slab_mask,
+        page_flags_offset: slab_test.page_flags_offset,
         // Absent before large kmalloc pages had a type; 0 then matches no typed page.
         pgty_large_kmalloc: enum_value(btf, "PGTY_large_kmalloc").unwrap_or(0),
-        obj_ext_size: ext.size() as u32,
-        obj_ext_objcg_offset: bytes(&ext, "slabobj_ext", "objcg")?,
+        slab_obj_exts_offset: owner.slab_offset,
+        obj_ext_size: owner.entry_size,
+        obj_ext_objcg_offset: owner.objcg_offset,
         objcg_memcg_offset: field("obj_cgroup", "memcg")?,
         memcg_css_offset: field("mem_cgroup", "css")?,
         css_cgroup_offset: field("cgroup_subsys_state", "cgroup")?,
@@ -140,8 +143,72 @@ pub fn from_btf(btf: &Btf) -> Result<SlabLayout, String> {
         kmem_cache_random_offset: random.map_or(0, |(bits, _)| bits / 8),
         kmem_cache_red_left_pad_offset: bytes(&cache, "kmem_cache", "red_left_pad")?,
         freelist_hardened: u32::from(random.is_some()),
-        slab_kmalloc: 1 << enum_value(btf, "_SLAB_KMALLOC").ok_or("no _SLAB_KMALLOC")?,
+        // SLAB_KMALLOC arrived in 6.8: before, kmalloc objects the inventory finds are named
+        // by their cache (kmalloc-cg-192), not by their bucket as the kmalloc hook names them.
+        slab_kmalloc: enum_value(btf, "_SLAB_KMALLOC").map_or(0, |bit| 1 << bit),
         ..SlabLayout::default()
+    })
+}
+
+/// Where a slab keeps its objects' owner records: the vector's offset in `struct slab`, and
+/// each entry's size and `objcg` offset.
+struct OwnerRecords {
+    slab_offset: u32,
+    entry_size: u32,
+    objcg_offset: u32,
+}
+
+/// `slab->obj_exts`, a vector of `struct slabobj_ext` (6.10+), or `slab->memcg_data`, a vector
+/// of `struct obj_cgroup *` (before).
+fn owner_records(btf: &Btf, slab: &btf_rs::Struct) -> Result<OwnerRecords, String> {
+    if let Some((bits, _)) = find_member(btf, slab, "obj_exts") {
+        let ext = find_struct(btf, "slabobj_ext")?;
+        return Ok(OwnerRecords {
+            slab_offset: bits / 8,
+            entry_size: ext.size() as u32,
+            objcg_offset: member_bytes(btf, &ext, "slabobj_ext", "objcg")?,
+        });
+    }
+    let (bits, _) = find_member(btf, slab, "memcg_data")
+        .ok_or("struct slab has neither obj_exts nor memcg_data (a kernel without CONFIG_MEMCG)")?;
+    Ok(OwnerRecords {
+        slab_offset: bits / 8,
+        entry_size: 8,
+        objcg_offset: 0,
+    })
+}
+
+/// How a slab page is told from others.
+struct SlabPageTest {
+    page_type_offset: u32,
+    pgty_slab: u32,
+    page_flags_offset: u32,
+    pg_slab_mask: u64,
+}
+
+/// By its page type (`PGTY_slab` in `slab->__page_type`, 6.12+), or by the `PG_slab` page flag
+/// (before 6.10; 6.10 and 6.11 encode page types otherwise, and are not supported).
+fn slab_page_test(
+    btf: &Btf,
+    page: &btf_rs::Struct,
+    slab: &btf_rs::Struct,
+) -> Result<SlabPageTest, String> {
+    if let Some(pgty_slab) = enum_value(btf, "PGTY_slab") {
+        return Ok(SlabPageTest {
+            page_type_offset: member_bytes(btf, slab, "slab", "__page_type")?,
+            pgty_slab,
+            page_flags_offset: 0,
+            pg_slab_mask: 0,
+        });
+    }
+    let pg_slab = enum_value(btf, "PG_slab")
+        .ok_or("the kernel's BTF has neither PGTY_slab nor PG_slab: unknown slab page layout")?;
+    Ok(SlabPageTest {
+        // Read for percpu chunk pages, which have no type (-1) on every kernel.
+        page_type_offset: member_bytes(btf, page, "page", "page_type")?,
+        pgty_slab: 0,
+        page_flags_offset: member_bytes(btf, page, "page", "flags")?,
+        pg_slab_mask: 1 << pg_slab,
     })
 }
 
@@ -266,20 +333,6 @@ pub(super) fn find_member(
             };
             if let Some((bits, width)) = find_member(btf, &inner, field) {
                 return Some((member.bit_offset() + bits, width));
-            }
-        }
-    }
-    None
-}
-
-fn enum_value(btf: &Btf, enumerator: &str) -> Option<u32> {
-    let mut types = btf.type_iter();
-    while let Ok(Some(ty)) = types.next() {
-        if let Type::Enum(e) = ty {
-            for member in &e.members {
-                if btf.resolve_name(member).is_ok_and(|n| n == enumerator) {
-                    return Some(member.val());
-                }
             }
         }
     }

@@ -5,7 +5,12 @@ use core::ffi::c_void;
 use aya_ebpf::{EbpfContext as _, macros::raw_tracepoint, programs::RawTracePointContext};
 use kmemcg_common::{KERNEL_ADDRESS_MIN, LiveObject, MAX_CPUS, OBJECT_OWNER_SEEN};
 
-use super::{PERCPU_OFFSETS, SLAB_LAYOUT, bases, bump, read, run_loop, slab_counts};
+use super::{
+    PERCPU_OFFSETS, PageKind, SLAB_LAYOUT, bases, bump, page_kind, read, run_loop, slab_counts,
+};
+
+/// Largest object of a kmalloc cache on x86_64 (two pages); larger ones are whole pages.
+const KMALLOC_MAX_CACHE_SIZE: u32 = 8192;
 use crate::{
     KMEM_CACHE_SIZE_OFFSET, LIVE_OBJECTS, LIVE_SLOT_MASK, POSSIBLE_CPUS, STATS_KEYS,
     compare_and_swap, global, uncharge_owner,
@@ -141,13 +146,17 @@ fn check_object(walk: &SweepWalk, object: &LiveObject) -> Option<Verdict> {
     } else {
         page
     };
-    let page_type: u32 = read(head + layout!(slab_page_type_offset) as u64)?;
-    let kind = page_type >> 24;
-    if kind == layout!(pgty_large_kmalloc) {
-        return Some(Verdict::Live);
-    }
-    if kind != layout!(pgty_slab) {
-        return Some(Verdict::FreedPage);
+    match page_kind(head)? {
+        PageKind::Slab => {}
+        PageKind::LargeKmalloc => return Some(Verdict::Live),
+        // Where large kmalloc pages have no type of their own, an object bigger than the
+        // largest kmalloc cache may be one: no evidence that it was freed.
+        PageKind::Other { .. }
+            if layout!(pgty_large_kmalloc) == 0 && object.bytes() > KMALLOC_MAX_CACHE_SIZE =>
+        {
+            return Some(Verdict::Live);
+        }
+        PageKind::Other { .. } => return Some(Verdict::FreedPage),
     }
     let cache: u64 = read(head + layout!(slab_cache_offset) as u64)?;
     if let Some(key) = STATS_KEYS.get(object.stats_slot) {

@@ -102,9 +102,18 @@ fn memory_hooks() -> impl Iterator<Item = &'static str> {
         .map(|h| h.name)
 }
 
-/// The memory hook a program is for, from its name in the object or in the kernel.
+/// The memory hook a program is for, from its name in the object or in the kernel (its plain
+/// raw tracepoint twin's too).
 pub fn memory_hook(name: &str) -> Option<&'static str> {
-    memory_hooks().find(|hook| *hook == name || kernel_name(hook) == name)
+    HOOKS
+        .iter()
+        .filter(|h| h.kind == HookKind::Memory)
+        .find(|h| {
+            std::iter::once(h.name)
+                .chain(h.raw_fallback)
+                .any(|program| program == name || kernel_name(program) == name)
+        })
+        .map(|h| h.name)
 }
 
 fn kernel_name(name: &str) -> &str {
