@@ -228,7 +228,7 @@ impl Tracer {
         // the inventory's, and one allocated in between is found by both and taken once.
         let with_sheaves = slab_walk
             .as_ref()
-            .is_ok_and(|layout| layout.sheaves.kmem_cache_cpu_sheaves_offset != 0);
+            .is_ok_and(|layout| layout.sheaves.present != 0);
         let mut loaded = match &slab_walk {
             Ok(_) => load_walk_programs(&mut ebpf, with_sheaves),
             Err(_) => HashMap::new(),

@@ -146,19 +146,29 @@ pub struct SlabLayout {
     pub cfs_rq_rq_offset: u32,
     pub runqueues_offset: u32,
     pub this_cpu_off_offset: u32,
+    /// 1 where caches have CPU slabs (`kmem_cache::cpu_slab`; none from Linux 7.0).
+    pub cpu_slabs: u32,
+    /// Bit of `obj_exts_in_object` in the counters word (Linux 7.0+; 0: none). Where set, the
+    /// slab keeps each object's owner record inside the object, so records are the cache's
+    /// object size apart rather than [`Self::obj_ext_size`].
+    pub slab_obj_exts_in_object_shift: u32,
+    /// Bit of `obj_exts_needs_objcg` in the counters word (Linux 7.3+; 0: none). Where
+    /// clear, the slab's records hold no `obj_cgroup`.
+    pub slab_obj_exts_needs_objcg_shift: u32,
+    /// `struct slab::stride` (Linux 7.2: bytes between two records; 0: no such field).
+    pub slab_stride_offset: u32,
     pub sheaves: SheafLayout,
     /// `struct page::flags`, read where [`Self::pg_slab_mask`] is set.
     pub page_flags_offset: u32,
 }
 
 /// Where free objects of caches with sheaves (Linux 6.18+) wait: `struct kmem_cache::
-/// {cpu_sheaves, sheaf_capacity, node}`, `struct slub_percpu_sheaves::{main, spare,
+/// {cpu_sheaves, sheaf_capacity, node or per_node}`, `struct slub_percpu_sheaves::{main, spare,
 /// rcu_free}`, `struct kmem_cache_node::barn`, `struct node_barn::sheaves_full`, `struct
 /// slab_sheaf::{barn_list, cache, size, objects}`. All zero on kernels without sheaves.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SheafLayout {
-    /// Non-zero when this kernel has sheaves (the field is never first in `kmem_cache`).
     pub kmem_cache_cpu_sheaves_offset: u32,
     pub kmem_cache_sheaf_capacity_offset: u32,
     pub kmem_cache_node_offset: u32,
@@ -173,7 +183,16 @@ pub struct SheafLayout {
     pub sheaf_cache_offset: u32,
     pub sheaf_size_offset: u32,
     pub sheaf_objects_offset: u32,
-    pub _pad: u32,
+    /// Bytes between entries of `kmem_cache::node` (pointers) or `kmem_cache::per_node` (7.0+:
+    /// `{barn, node}` pairs).
+    pub kmem_cache_node_stride: u32,
+    /// 1 where the barn pointer is in the entry itself (`per_node`), at
+    /// `kmem_cache_node_barn_offset`; 0 where it is in the `struct kmem_cache_node` the entry
+    /// points to.
+    pub barn_in_node_entry: u32,
+    /// 1 when this kernel has sheaves (`cpu_sheaves` is the first field of `kmem_cache` from
+    /// Linux 7.0, so its offset says nothing).
+    pub present: u32,
 }
 
 /// How to find percpu chunks and their owner records on this kernel, from BTF at load time.
@@ -257,9 +276,9 @@ impl TruthCounters {
     pub const FIELDS: usize = core::mem::size_of::<Self>() / 8;
 }
 
-const _: () = assert!(core::mem::size_of::<SheafLayout>() == 14 * 4);
+const _: () = assert!(core::mem::size_of::<SheafLayout>() == 16 * 4);
 const _: () = assert!(
-    core::mem::size_of::<SlabLayout>() == 7 * 8 + 34 * 4 + core::mem::size_of::<SheafLayout>()
+    core::mem::size_of::<SlabLayout>() == 7 * 8 + 38 * 4 + core::mem::size_of::<SheafLayout>()
 );
 const _: () = assert!(core::mem::size_of::<TruthCounters>() == 23 * 8);
 const _: () = assert!(core::mem::size_of::<VmallocLayout>() == 2 * 4);

@@ -131,6 +131,31 @@ fn page_kind(page: u64) -> Option<PageKind> {
     })
 }
 
+/// Bytes between two objects' owner records in the slab at `slab`: one record (a vector), the
+/// cache's object `size` where the slab keeps each record inside its object (7.2+), or 0
+/// where its records hold no owner (7.3+, a slab of a cache that is never accounted).
+#[inline(always)]
+fn owner_record_stride(slab: u64, size: u64) -> Option<u64> {
+    let stride_offset = layout!(slab_stride_offset);
+    if stride_offset != 0 {
+        return read::<u32>(slab + stride_offset as u64).map(u64::from);
+    }
+    let (in_object, needs_objcg) = (
+        layout!(slab_obj_exts_in_object_shift),
+        layout!(slab_obj_exts_needs_objcg_shift),
+    );
+    if in_object != 0 || needs_objcg != 0 {
+        let word: u64 = read(slab + layout!(slab_counters_offset) as u64)?;
+        if in_object != 0 && (word >> in_object) & 1 != 0 {
+            return Some(size);
+        }
+        if needs_objcg != 0 && (word >> needs_objcg) & 1 == 0 {
+            return Some(0);
+        }
+    }
+    Some(layout!(obj_ext_size) as u64)
+}
+
 /// (inuse, objects) of the slab whose `struct slab` (head page) is at `slab`.
 #[inline(always)]
 fn slab_counts(slab: u64) -> Option<(u64, u64)> {
@@ -212,6 +237,8 @@ struct PfnWalk {
 struct SlabWalk {
     budget: u64,
     exts: u64,
+    /// Bytes between two owner records.
+    stride: u64,
     first_object: u64,
     size: u64,
     cache_id: u64,
@@ -276,9 +303,14 @@ fn inventory_slab(walk: &PfnWalk, pfn: u64) -> Option<()> {
     } else {
         cache
     };
+    let stride = owner_record_stride(page, size as u64)?;
+    if stride == 0 {
+        return None;
+    }
     let mut slab = SlabWalk {
         budget: walk.budget,
         exts,
+        stride,
         first_object: walk.page_offset + (pfn << layout!(page_shift)) + red_left_pad as u64,
         size: size as u64,
         cache_id,
@@ -293,8 +325,7 @@ fn inventory_slab(walk: &PfnWalk, pfn: u64) -> Option<()> {
 extern "C" fn inventory_object(index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: the caller's SlabWalk.
     let slab = unsafe { &mut *(ctx as *mut SlabWalk) };
-    let record =
-        slab.exts + index * layout!(obj_ext_size) as u64 + layout!(obj_ext_objcg_offset) as u64;
+    let record = slab.exts + index * slab.stride + layout!(obj_ext_objcg_offset) as u64;
     let Some(objcg) = read::<u64>(record) else {
         return 0;
     };

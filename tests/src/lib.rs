@@ -110,6 +110,11 @@ impl TestCgroup {
     /// A child cgroup with a guard of its own. Declare it after its parent, so that it is
     /// dropped (removed) first.
     pub fn under(parent: &TestCgroup, name: &str) -> Self {
+        // On cgroup v2 a child has the memory controller (and its figures) only where the
+        // parent hands it down. Refused while the parent holds processes: then it has none.
+        if parent.memory_dir.is_none() && parent.v2_dir.join("memory.stat").exists() {
+            let _ = std::fs::write(parent.v2_dir.join("cgroup.subtree_control"), "+memory");
+        }
         Self::create(&format!("{}/{name}", parent.path))
     }
 
@@ -138,11 +143,24 @@ impl TestCgroup {
             .collect()
     }
 
-    /// The kernel's own kmem charge of the v1 memory cgroup, if there is one.
+    /// The kernel's own kmem charge: the v1 memory cgroup's `memory.kmem.usage_in_bytes`
+    /// where the memory controller is on v1, else the `kernel` line of the v2 cgroup's
+    /// `memory.stat` (slab, percpu, stacks, page tables, vmalloc: what v1 counts as kmem).
     pub fn kmem_usage(&self) -> Option<u64> {
-        let dir = self.memory_dir.as_ref()?;
-        let text = std::fs::read_to_string(dir.join("memory.kmem.usage_in_bytes")).ok()?;
-        text.trim().parse().ok()
+        if let Some(dir) = &self.memory_dir {
+            let text = std::fs::read_to_string(dir.join("memory.kmem.usage_in_bytes")).ok()?;
+            return text.trim().parse().ok();
+        }
+        self.memory_stat("kernel")
+    }
+
+    /// A line of the v2 cgroup's `memory.stat`, where the memory controller is on v2.
+    pub fn memory_stat(&self, key: &str) -> Option<u64> {
+        let text = std::fs::read_to_string(self.v2_dir.join("memory.stat")).ok()?;
+        text.lines().find_map(|line| {
+            let (name, value) = line.split_once(' ')?;
+            (name == key).then(|| value.trim().parse().ok())?
+        })
     }
 
     /// Runs `kmemcg-workload` inside this cgroup to completion.

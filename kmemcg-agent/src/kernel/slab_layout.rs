@@ -75,6 +75,9 @@ pub fn pfn_ranges(zoneinfo: &str) -> Vec<std::ops::Range<u64>> {
     ranges
 }
 
+/// `SLAB_KMALLOC` where it is a `#define` (6.1 to 6.9), not an enumerator.
+const SLAB_KMALLOC_BEFORE_6_10: u32 = 0x1000;
+
 pub fn from_btf(btf: &Btf) -> Result<SlabLayout, String> {
     let page = find_struct(btf, "page")?;
     let slab = find_struct(btf, "slab")?;
@@ -96,10 +99,22 @@ pub fn from_btf(btf: &Btf) -> Result<SlabLayout, String> {
         .or_else(|| enum_value(btf, "__NR_MEMCG_DATA_FLAGS"))
         .ok_or("the kernel's BTF has no obj_exts flags (__NR_OBJEXTS_FLAGS)")?;
     let random = find_member(btf, &cache, "random");
-    let cpu = cpu_freelist_layout(btf).unwrap_or_else(|why| {
+    let cpu_slabs = cpu_slab_layout(btf);
+    if let Err(why) = &cpu_slabs {
         tracing::info!(why, "CPU freelists will not be checked by the sweep");
-        [0; 9]
+    }
+    let percpu = percpu_locator_layout(btf).unwrap_or_else(|why| {
+        tracing::info!(
+            why,
+            "CPU freelists and CPU sheaves will not be checked by the sweep"
+        );
+        [0; 5]
     });
+    let cpu = cpu_slabs.clone().unwrap_or([0; 4]);
+    // 7.3+: bits of their own in the counters word; 7.2: a stride beside it.
+    let in_object = bitfield("obj_exts_in_object").map_or(0, |(shift, _)| shift);
+    let needs_objcg = bitfield("obj_exts_needs_objcg").map_or(0, |(shift, _)| shift);
+    let stride = find_member(btf, &slab, "stride").map_or(0, |(bits, _)| bits / 8);
     let owner = owner_records(btf, &slab)?;
     let slab_test = slab_page_test(btf, &page, &slab)?;
     let sheaves = sheaf_layout(btf).unwrap_or_else(|why| {
@@ -108,18 +123,24 @@ pub fn from_btf(btf: &Btf) -> Result<SlabLayout, String> {
     });
     Ok(SlabLayout {
         sheaves,
+        cpu_slabs: u32::from(cpu_slabs.is_ok()),
         slab_frozen_shift: cpu[0],
         kmem_cache_cpu_slab_offset: cpu[1],
         kmem_cache_cpu_freelist_offset: cpu[2],
         kmem_cache_cpu_slab_field_offset: cpu[3],
-        task_se_offset: cpu[4],
-        se_cfs_rq_offset: cpu[5],
-        cfs_rq_rq_offset: cpu[6],
-        runqueues_offset: cpu[7],
-        this_cpu_off_offset: cpu[8],
+        task_se_offset: percpu[0],
+        se_cfs_rq_offset: percpu[1],
+        cfs_rq_rq_offset: percpu[2],
+        runqueues_offset: percpu[3],
+        this_cpu_off_offset: percpu[4],
+        slab_obj_exts_in_object_shift: in_object,
+        slab_obj_exts_needs_objcg_shift: needs_objcg,
+        slab_stride_offset: stride,
         obj_exts_flags_mask: u64::from(flags_count.next_power_of_two() - 1),
         struct_page_size: page.size() as u32,
-        page_compound_head_offset: bytes(&page, "page", "compound_head")?,
+        // `compound_info` from 7.0: the head's address + 1, or a mask (see the sweep).
+        page_compound_head_offset: bytes(&page, "page", "compound_head")
+            .or_else(|_| bytes(&page, "page", "compound_info"))?,
         slab_cache_offset: bytes(&slab, "slab", "slab_cache")?,
         slab_freelist_offset: bytes(&slab, "slab", "freelist")?,
         slab_counters_offset: counters,
@@ -143,9 +164,8 @@ pub fn from_btf(btf: &Btf) -> Result<SlabLayout, String> {
         kmem_cache_random_offset: random.map_or(0, |(bits, _)| bits / 8),
         kmem_cache_red_left_pad_offset: bytes(&cache, "kmem_cache", "red_left_pad")?,
         freelist_hardened: u32::from(random.is_some()),
-        // SLAB_KMALLOC arrived in 6.8: before, kmalloc objects the inventory finds are named
-        // by their cache (kmalloc-cg-192), not by their bucket as the kmalloc hook names them.
-        slab_kmalloc: enum_value(btf, "_SLAB_KMALLOC").map_or(0, |bit| 1 << bit),
+        slab_kmalloc: enum_value(btf, "_SLAB_KMALLOC")
+            .map_or(SLAB_KMALLOC_BEFORE_6_10, |bit| 1 << bit),
         ..SlabLayout::default()
     })
 }
@@ -166,7 +186,9 @@ fn owner_records(btf: &Btf, slab: &btf_rs::Struct) -> Result<OwnerRecords, Strin
         return Ok(OwnerRecords {
             slab_offset: bits / 8,
             entry_size: ext.size() as u32,
-            objcg_offset: member_bytes(btf, &ext, "slabobj_ext", "objcg")?,
+            // `_objcg` from 7.0, in a union with the allocation-profiling tag.
+            objcg_offset: member_bytes(btf, &ext, "slabobj_ext", "objcg")
+                .or_else(|_| member_bytes(btf, &ext, "slabobj_ext", "_objcg"))?,
         });
     }
     let (bits, _) = find_member(btf, slab, "memcg_data")
@@ -212,10 +234,10 @@ fn slab_page_test(
     })
 }
 
-/// What the sweep needs to look at CPU freelists, all zero when this kernel lacks a piece
-/// (e.g. no `struct kmem_cache_cpu` on kernels without CPU slabs, no `sched_entity::cfs_rq`
-/// without CONFIG_FAIR_GROUP_SCHED).
-fn cpu_freelist_layout(btf: &Btf) -> Result<[u32; 9], String> {
+/// What the sweep needs to look at CPU freelists: the slab's `frozen` bit and `struct
+/// kmem_cache::cpu_slab`, `struct kmem_cache_cpu::{freelist, slab}`. An error where caches
+/// have no CPU slabs (Linux 7.0+).
+fn cpu_slab_layout(btf: &Btf) -> Result<[u32; 4], String> {
     let offset = |name: &str, field: &str| -> Result<u32, String> {
         find_member(btf, &find_struct(btf, name)?, field)
             .map(|(bits, _)| bits / 8)
@@ -232,6 +254,20 @@ fn cpu_freelist_layout(btf: &Btf) -> Result<[u32; 9], String> {
         offset("kmem_cache", "cpu_slab")?,
         offset("kmem_cache_cpu", "freelist")?,
         offset("kmem_cache_cpu", "slab")?,
+    ])
+}
+
+/// What finds a CPU's percpu area from the task running on it (CPU freelists and sheaves are
+/// percpu): `task_struct::se`, `sched_entity::cfs_rq`, `cfs_rq::rq`, and the percpu variables
+/// `runqueues` and `this_cpu_off`. An error where one is missing (no `sched_entity::cfs_rq`
+/// without CONFIG_FAIR_GROUP_SCHED).
+fn percpu_locator_layout(btf: &Btf) -> Result<[u32; 5], String> {
+    let offset = |name: &str, field: &str| -> Result<u32, String> {
+        find_member(btf, &find_struct(btf, name)?, field)
+            .map(|(bits, _)| bits / 8)
+            .ok_or_else(|| format!("struct {name} has no field `{field}`"))
+    };
+    Ok([
         offset("task_struct", "se")?,
         offset("sched_entity", "cfs_rq")?,
         offset("cfs_rq", "rq")?,
@@ -251,30 +287,45 @@ pub fn sheaf_layout(btf: &Btf) -> Result<SheafLayout, String> {
     };
     let cpu_sheaves = offset("kmem_cache", "cpu_sheaves")
         .map_err(|_| "this kernel has no slab sheaves (struct kmem_cache has no cpu_sheaves)")?;
-    let node = cache
-        .members
-        .iter()
-        .find(|m| btf.resolve_name(*m).is_ok_and(|n| n == "node"))
-        .ok_or("struct kmem_cache has no field `node`")?;
-    let node_entries = match btf.resolve_chained_type(node) {
-        Ok(Type::Array(array)) => array.len() as u32,
-        _ => return Err("kmem_cache::node is not an array".into()),
+    let array = |field: &str| {
+        let member = cache
+            .members
+            .iter()
+            .find(|m| btf.resolve_name(*m).is_ok_and(|n| n == field))?;
+        match btf.resolve_chained_type(member) {
+            Ok(Type::Array(array)) => Some((member.bit_offset() / 8, array.len() as u32)),
+            _ => None,
+        }
     };
+    // Pointers to `struct kmem_cache_node`, which holds the barn (6.18), or `{barn, node}`
+    // pairs (7.0+).
+    let (node_offset, node_entries, node_stride, barn_offset, barn_in_entry) =
+        if let Some((at, entries)) = array("node") {
+            (at, entries, 8, offset("kmem_cache_node", "barn")?, 0)
+        } else if let Some((at, entries)) = array("per_node") {
+            let pair = find_struct(btf, "kmem_cache_per_node_ptrs")?;
+            let barn = offset("kmem_cache_per_node_ptrs", "barn")?;
+            (at, entries, pair.size() as u32, barn, 1)
+        } else {
+            return Err("struct kmem_cache has neither a `node` nor a `per_node` array".into());
+        };
     Ok(SheafLayout {
         kmem_cache_cpu_sheaves_offset: cpu_sheaves,
         kmem_cache_sheaf_capacity_offset: offset("kmem_cache", "sheaf_capacity")?,
-        kmem_cache_node_offset: node.bit_offset() / 8,
+        kmem_cache_node_offset: node_offset,
         kmem_cache_node_entries: node_entries,
+        kmem_cache_node_stride: node_stride,
+        kmem_cache_node_barn_offset: barn_offset,
+        barn_in_node_entry: barn_in_entry,
         pcs_main_offset: offset("slub_percpu_sheaves", "main")?,
         pcs_spare_offset: offset("slub_percpu_sheaves", "spare")?,
         pcs_rcu_free_offset: offset("slub_percpu_sheaves", "rcu_free")?,
-        kmem_cache_node_barn_offset: offset("kmem_cache_node", "barn")?,
         barn_sheaves_full_offset: offset("node_barn", "sheaves_full")?,
         sheaf_barn_list_offset: offset("slab_sheaf", "barn_list")?,
         sheaf_cache_offset: offset("slab_sheaf", "cache")?,
         sheaf_size_offset: offset("slab_sheaf", "size")?,
         sheaf_objects_offset: offset("slab_sheaf", "objects")?,
-        _pad: 0,
+        present: 1,
     })
 }
 
@@ -367,12 +418,14 @@ mod tests {
         assert!(layout.obj_ext_size >= 8);
         assert!(layout.obj_exts_flags_mask.count_ones() >= 1);
         assert!(layout.slab_obj_exts_offset > layout.slab_cache_offset);
-        if layout.this_cpu_off_offset != 0 {
+        if layout.cpu_slabs != 0 {
             assert_eq!(layout.slab_frozen_shift, 31);
+        }
+        if layout.this_cpu_off_offset != 0 {
             assert!(layout.runqueues_offset != layout.this_cpu_off_offset);
         }
         let sheaves = layout.sheaves;
-        if sheaves.kmem_cache_cpu_sheaves_offset != 0 {
+        if sheaves.present != 0 {
             // Pointers of one struct, in declaration order; objects after the header.
             assert_eq!(sheaves.pcs_spare_offset, sheaves.pcs_main_offset + 8);
             assert_eq!(sheaves.pcs_rcu_free_offset, sheaves.pcs_spare_offset + 8);
@@ -380,8 +433,33 @@ mod tests {
             assert!(sheaves.sheaf_size_offset > sheaves.sheaf_cache_offset);
             assert!(sheaves.kmem_cache_node_entries >= 1);
             assert!(sheaves.kmem_cache_node_offset > sheaves.kmem_cache_cpu_sheaves_offset);
+            assert!(sheaves.kmem_cache_node_stride >= 8);
         } else {
             assert!(sheaf_layout(&btf).is_err());
+        }
+    }
+
+    /// The layouts of other kernels, from their BTF files (`<version>.btf`) in
+    /// `$KMEMCG_OTHER_BTF_DIR` (the kernel matrix's images carry theirs; skipped without it).
+    #[test]
+    fn reads_other_kernels_slab_layouts() {
+        let Some(dir) = std::env::var_os("KMEMCG_OTHER_BTF_DIR") else {
+            return;
+        };
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "btf") {
+                continue;
+            }
+            let btf = Btf::from_file(&path).unwrap();
+            let layout = from_btf(&btf).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            eprintln!("{}: {layout:?}", path.display());
+            assert!(layout.obj_ext_size >= 8, "{}", path.display());
+            assert!(layout.pgty_slab != 0 || layout.pg_slab_mask != 0);
+            let percpu = super::super::percpu_layout::from_btf(&btf);
+            assert!(percpu.is_ok(), "{}: {percpu:?}", path.display());
+            let kernel = super::super::btf::KernelLayout::from_btf(&btf);
+            assert!(kernel.is_ok(), "{}: {kernel:?}", path.display());
         }
     }
 }

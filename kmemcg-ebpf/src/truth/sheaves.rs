@@ -52,11 +52,10 @@ pub fn sweep_sheaves(ctx: *mut c_void) -> u32 {
 
 #[inline(always)]
 fn walk_cache(cache: u64, nodes: u64) -> Option<u32> {
-    let cpu_sheaves_offset = sheaf!(kmem_cache_cpu_sheaves_offset);
-    if cpu_sheaves_offset == 0 || cache < KERNEL_ADDRESS_MIN {
+    if sheaf!(present) == 0 || cache < KERNEL_ADDRESS_MIN {
         return Some(SHEAVES_NONE);
     }
-    let cpu_sheaves: u64 = read(cache + cpu_sheaves_offset)?;
+    let cpu_sheaves: u64 = read(cache + sheaf!(kmem_cache_cpu_sheaves_offset))?;
     let capacity: u32 = read(cache + sheaf!(kmem_cache_sheaf_capacity_offset))?;
     if cpu_sheaves == 0 || capacity == 0 {
         return Some(SHEAVES_NONE);
@@ -113,14 +112,17 @@ extern "C" fn cpu_sheaves_step(cpu: u64, ctx: *mut c_void) -> i64 {
 extern "C" fn barn_step(node: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: the caller's SheafWalk.
     let walk = unsafe { &mut *(ctx as *mut SheafWalk) };
-    let Some(kmem_cache_node) = read::<u64>(walk.cache + sheaf!(kmem_cache_node_offset) + node * 8)
-    else {
-        return 0;
+    let entry = walk.cache + sheaf!(kmem_cache_node_offset) + node * sheaf!(kmem_cache_node_stride);
+    // The barn is in the entry (7.0+), or in the `struct kmem_cache_node` it points to.
+    let holder = if sheaf!(barn_in_node_entry) != 0 {
+        entry
+    } else {
+        match read::<u64>(entry) {
+            Some(kmem_cache_node) if kmem_cache_node != 0 => kmem_cache_node,
+            _ => return 0,
+        }
     };
-    if kmem_cache_node == 0 {
-        return 0;
-    }
-    let Some(barn) = read::<u64>(kmem_cache_node + sheaf!(kmem_cache_node_barn_offset)) else {
+    let Some(barn) = read::<u64>(holder + sheaf!(kmem_cache_node_barn_offset)) else {
         return 0;
     };
     if barn == 0 {

@@ -6,7 +6,8 @@ use aya_ebpf::{EbpfContext as _, macros::raw_tracepoint, programs::RawTracePoint
 use kmemcg_common::{KERNEL_ADDRESS_MIN, LiveObject, MAX_CPUS, OBJECT_OWNER_SEEN};
 
 use super::{
-    PERCPU_OFFSETS, PageKind, SLAB_LAYOUT, bases, bump, page_kind, read, run_loop, slab_counts,
+    PERCPU_OFFSETS, PageKind, SLAB_LAYOUT, bases, bump, owner_record_stride, page_kind, read,
+    run_loop, slab_counts,
 };
 
 /// Largest object of a kmalloc cache on x86_64 (two pages); larger ones are whole pages.
@@ -140,12 +141,7 @@ fn check_object(walk: &SweepWalk, object: &LiveObject) -> Option<Verdict> {
     }
     let page_size = layout!(struct_page_size) as u64;
     let page = walk.vmemmap + ((ptr - walk.page_offset) >> layout!(page_shift)) * page_size;
-    let compound_head: u64 = read(page + layout!(page_compound_head_offset) as u64)?;
-    let head = if compound_head & 1 != 0 {
-        compound_head - 1
-    } else {
-        page
-    };
+    let head = head_page(page)?;
     match page_kind(head)? {
         PageKind::Slab => {}
         PageKind::LargeKmalloc => return Some(Verdict::Live),
@@ -185,9 +181,9 @@ fn check_object(walk: &SweepWalk, object: &LiveObject) -> Option<Verdict> {
     if object.accounted() {
         let exts = read::<u64>(head + layout!(slab_obj_exts_offset) as u64)?
             & !layout!(obj_exts_flags_mask);
-        if exts != 0 {
-            let record =
-                exts + index * layout!(obj_ext_size) as u64 + layout!(obj_ext_objcg_offset) as u64;
+        let stride = owner_record_stride(head, size)?;
+        if exts != 0 && stride != 0 {
+            let record = exts + index * stride + layout!(obj_ext_objcg_offset) as u64;
             let objcg: u64 = read(record)?;
             if objcg != 0 {
                 return Some(if owner_seen {
@@ -209,7 +205,7 @@ fn check_object(walk: &SweepWalk, object: &LiveObject) -> Option<Verdict> {
     }
     // Never had an owner record (unaccounted, or charged to no memcg): free if it is on its
     // slab's freelist or, for a CPU's slab (frozen), on that CPU's freelist.
-    let frozen = slab_frozen(head)?;
+    let frozen = layout!(cpu_slabs) != 0 && slab_frozen(head)?;
     if !frozen && inuse >= objects {
         // A full slab that no CPU holds has no free object.
         return Some(Verdict::Live);
@@ -236,6 +232,21 @@ fn check_object(walk: &SweepWalk, object: &LiveObject) -> Option<Verdict> {
     } else {
         Verdict::Live
     })
+}
+
+/// The head page of the compound page `page` belongs to (`page` itself if none). Tail pages
+/// hold the head's address + 1 (`compound_head`, and `compound_info` from 7.0), or from 7.0,
+/// with `struct page` a power of two in size, a mask that turns a tail's address into its
+/// head's (high bits all set, then zeros, then bit 0): no `struct page` address has that form.
+#[inline(always)]
+fn head_page(page: u64) -> Option<u64> {
+    let info: u64 = read(page + layout!(page_compound_head_offset) as u64)?;
+    if info & 1 == 0 {
+        return Some(page);
+    }
+    let high = info & !1;
+    let is_mask = high != 0 && high | high.wrapping_sub(1) == u64::MAX;
+    Some(if is_mask { page & info } else { info - 1 })
 }
 
 #[inline(always)]
