@@ -308,6 +308,12 @@ impl Tracer {
 
     /// How many CPUs' freelists the sweep looks at, or why none.
     pub fn cpu_freelists(&self) -> Result<usize, &str> {
+        if self.slab_layout().is_some_and(|l| l.cpu_slabs == 0) {
+            return Err(
+                "this kernel's caches have no CPU slabs (Linux 7.0+): their free \
+                        objects wait in sheaves, which the sweep looks at",
+            );
+        }
         self.cpu_freelists.as_ref().copied().map_err(String::as_str)
     }
 

@@ -36,6 +36,17 @@ fn unique(name: &str) -> String {
     )
 }
 
+/// `timeout` stretched by `$KMEMCG_TEST_TIME_SCALE` (default 1): emulated machines, such as
+/// the kernel matrix's VMs, run about ten times slower than the host.
+pub fn patience(timeout: Duration) -> Duration {
+    let scale = std::env::var("KMEMCG_TEST_TIME_SCALE")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 1.0)
+        .unwrap_or(1.0);
+    timeout.mul_f64(scale)
+}
+
 /// Path of a built binary of the workspace: `$KMEMCG_BIN_DIR/name`, or next to the test
 /// executable's profile directory (target/<profile>/name).
 pub fn binary(name: &str) -> PathBuf {
@@ -174,6 +185,20 @@ impl TestCgroup {
             String::from_utf8_lossy(&output.stderr)
         );
         output
+    }
+
+    /// Runs `kmemcg-workload` inside this cgroup until it ends or a limit's signal ends it
+    /// (a rule on the cgroup may act before the work is done).
+    pub fn run_until_signalled(&self, work: &[&str]) {
+        use std::os::unix::process::ExitStatusExt as _;
+        let output = workload_command(self, work)
+            .output()
+            .expect("running kmemcg-workload");
+        assert!(
+            output.status.success() || output.status.signal().is_some(),
+            "kmemcg-workload {work:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
 
     /// Starts a holding workload inside this cgroup and waits for its `ready`.
@@ -424,7 +449,7 @@ impl AgentProcess {
     }
 
     fn wait_until_serving(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + patience(Duration::from_secs(60));
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("kmemcg agent exited ({status}): {}", self.log_text());
@@ -476,7 +501,7 @@ impl AgentProcess {
 
     /// Waits until two samples after now, so that what happened before is visible.
     pub fn settle(&self) {
-        std::thread::sleep(Duration::from_millis(350));
+        std::thread::sleep(patience(Duration::from_millis(350)));
     }
 
     /// Polls the agent until `check` holds for `path` (None: no data for it), or panics with
@@ -488,6 +513,7 @@ impl AgentProcess {
         what: &str,
         check: impl Fn(Option<&CgroupUsage>) -> bool,
     ) -> Option<CgroupUsage> {
+        let timeout = patience(timeout);
         let deadline = Instant::now() + timeout;
         loop {
             let usage = self.cgroup(path);
@@ -509,7 +535,7 @@ impl AgentProcess {
     fn terminate(&mut self) -> std::process::ExitStatus {
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + patience(Duration::from_secs(10));
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return status;

@@ -177,7 +177,8 @@ fn the_enforcing_variant_freezes_and_signals_but_never_its_own_container() {
     let _kill = KillOnDrop(&frozen_victim);
     let _target = signalled.hold(&["idle"]);
     frozen_victim.run(&["create-files", &tmpfs.sub("a"), "500"]);
-    signalled.run(&["create-files", &tmpfs.sub("b"), "500"]);
+    // The signal may end the allocating workload too: it is in the cgroup past its limit.
+    signalled.run_until_signalled(&["create-files", &tmpfs.sub("b"), "500"]);
     wait_until("cgroup.events shows frozen 1", &pod, || {
         frozen(&frozen_victim)
     });

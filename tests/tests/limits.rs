@@ -147,9 +147,9 @@ fn procs(cgroup: &TestCgroup) -> usize {
 }
 
 fn wait_until(what: &str, check: impl Fn() -> bool) -> Duration {
-    let start = Instant::now();
+    let (start, wait) = (Instant::now(), kmemcg_tests::patience(WAIT));
     while !check() {
-        assert!(start.elapsed() < WAIT, "{what}: not within {WAIT:?}");
+        assert!(start.elapsed() < wait, "{what}: not within {wait:?}");
         std::thread::sleep(Duration::from_millis(10));
     }
     start.elapsed()

@@ -12,6 +12,7 @@ const KIB: u64 = 1024;
 
 /// Polls until `check` returns Ok, or panics with its last message after `timeout`.
 fn wait_until(timeout: Duration, mut check: impl FnMut() -> Result<(), String>) {
+    let timeout = kmemcg_tests::patience(timeout);
     let deadline = Instant::now() + timeout;
     loop {
         match check() {
