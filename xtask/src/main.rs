@@ -5,11 +5,13 @@
 //!   tests use); fast when everything is there.
 //! - `test`: setup, format and lint checks, build, then every test (unit and, as root, against
 //!   the real kernel).
+//! - `vm`: the integration tests inside other Linux kernels (Debian's), in QEMU.
 //! - `bench`: the overhead benchmark (root).
 //! - `run`: setup, build and run the agent on defaults (root).
 //! - `image`: the OCI image from the release build (podman).
 mod image;
 mod setup;
+mod vm;
 
 use std::process::Command;
 
@@ -43,6 +45,8 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Run the integration tests inside other kernels (Debian's), in QEMU (needs root).
+    Vm(vm::VmArgs),
     /// Build the OCI image (ghcr.io/kmemcg/kmemcg:<version>) from the release build.
     Image(image::ImageArgs),
     /// Set up, build and run `kmemcg agent` (needs root).
@@ -56,6 +60,10 @@ enum Task {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Setup => setup::run(),
+        Task::Vm(args) => {
+            setup::run()?;
+            vm::run(args)
+        }
         Task::Test { no_lint, test_args } => {
             setup::run()?;
             if !no_lint {
