@@ -70,6 +70,9 @@ pub const MATRIX: &[Kernel] = &[
 /// filters). `cargo xtask vm -- FILTERS` overrides it.
 pub const TESTS: &[(&str, &[&str])] = &[("core", &[]), ("truth", &[]), ("limits", &[])];
 
+/// How long a VM may run (boot and tests) before it is killed and counted as failed.
+const DEFAULT_TIMEOUT_SECS: u64 = 20 * 60;
+
 /// A test binary to run in the VM, with its libtest arguments.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TestRun {
@@ -90,7 +93,7 @@ pub struct VmArgs {
     #[arg(long)]
     pub keep_going: bool,
     /// Seconds each VM may run before it is killed and counted as failed.
-    #[arg(long, default_value_t = 1200)]
+    #[arg(long, default_value_t = DEFAULT_TIMEOUT_SECS)]
     pub timeout: u64,
     /// Use the release build as it is instead of building it first.
     #[arg(long)]
@@ -101,7 +104,7 @@ pub struct VmArgs {
     pub filters: Vec<String>,
 }
 
-/// Test counts over the matrix.
+/// Test counts over the matrix (a failed kernel counts at least one failed test).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Totals {
     pub passed: u64,
@@ -119,10 +122,6 @@ pub fn run(args: VmArgs) -> anyhow::Result<()> {
     }
     let runs = selection(&args.filters)?;
     let totals = run_matrix(&args, &runs)?;
-    println!(
-        "vm matrix: {} passed, {} failed",
-        totals.passed, totals.failed
-    );
     if totals.kernels_failed > 0 {
         bail!(
             "{} kernel(s) of the VM matrix failed",
@@ -130,6 +129,49 @@ pub fn run(args: VmArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Whether `cargo xtask test` runs the matrix; says why not when it does not.
+pub fn wanted_by_test(no_vm: bool) -> bool {
+    let skip = if no_vm {
+        Some("--no-vm")
+    } else if std::env::var("KMEMCG_VM").is_ok_and(|v| v == "0") {
+        Some("KMEMCG_VM=0")
+    } else if !is_root() {
+        Some("not root")
+    } else if !qemu::available() {
+        Some("qemu-system-x86_64 is not installed")
+    } else {
+        None
+    };
+    if let Some(why) = skip {
+        println!("vm matrix: skipped ({why})");
+    }
+    skip.is_none()
+}
+
+/// The matrix for `cargo xtask test`: every kernel, the default tests with the host run's
+/// extra libtest arguments.
+pub fn run_for_test(test_args: &[String]) -> anyhow::Result<Totals> {
+    let args = VmArgs {
+        kernels: Vec::new(),
+        jobs: None,
+        keep_going: true,
+        timeout: DEFAULT_TIMEOUT_SECS,
+        no_build: true,
+        filters: Vec::new(),
+    };
+    let runs = default_runs(test_args);
+    run_matrix(&args, &runs)
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().nth(1))
+            == Some("0")
+    })
 }
 
 fn default_runs(extra: &[String]) -> Vec<TestRun> {
@@ -231,6 +273,10 @@ fn run_matrix(args: &VmArgs, runs: &[TestRun]) -> anyhow::Result<Totals> {
         totals.failed += row.failed_for_totals();
         totals.kernels_failed += usize::from(row.verdict.is_failure());
     }
+    println!(
+        "vm matrix: {} passed, {} failed",
+        totals.passed, totals.failed
+    );
     Ok(totals)
 }
 
