@@ -251,13 +251,20 @@ impl Archive {
             );
         }
         // Complete or absent: built next to the final directory, then renamed.
-        let partial = dir.with_extension("partial");
+        let mut partial = dir.as_os_str().to_owned();
+        partial.push(format!(".partial-{}", std::process::id()));
+        let partial = PathBuf::from(partial);
         let _ = std::fs::remove_dir_all(&partial);
         std::fs::create_dir_all(&partial)?;
         std::fs::copy(&vmlinuz, partial.join("vmlinuz"))?;
         std::fs::copy(&config, partial.join("config"))?;
-        let _ = std::fs::remove_dir_all(dir);
-        std::fs::rename(&partial, dir).with_context(|| format!("renaming to {}", dir.display()))?;
+        if let Err(e) = std::fs::rename(&partial, dir) {
+            let _ = std::fs::remove_dir_all(&partial);
+            // Another run cached the same kernel meanwhile: use that one.
+            if !dir.join("vmlinuz").exists() {
+                return Err(e).with_context(|| format!("renaming to {}", dir.display()));
+            }
+        }
         Ok(())
     }
 }
