@@ -387,7 +387,7 @@ fn expected_paging(cpu: &str) -> &'static str {
 fn not_run(item: &Prepared, why: &str) -> Row {
     Row {
         kernel: item.kernel.name.into(),
-        package: item.package.clone(),
+        version: item.package.clone(),
         paging: expected_paging(item.kernel.cpu).into(),
         verdict: Verdict::Fail(why.into()),
         passed: 0,
@@ -433,9 +433,9 @@ fn boot_one(item: &Prepared, args: &VmArgs, initramfs: &Path, logs: &Path) -> Ro
     if classified.verdict.is_failure() {
         let tail = console.lines.len().saturating_sub(40);
         println!(
-            "[{}] {:?}; the console's last lines ({}):",
+            "[{}] {}; the console's last lines ({}):",
             kernel.name,
-            classified.verdict,
+            classified.verdict.describe(),
             log.display()
         );
         for line in &console.lines[tail..] {
@@ -444,7 +444,7 @@ fn boot_one(item: &Prepared, args: &VmArgs, initramfs: &Path, logs: &Path) -> Ro
     }
     Row {
         kernel: kernel.name.into(),
-        package: item.package.clone(),
+        version: item.package.clone(),
         paging: classified.paging.unwrap_or_else(|| expected.into()),
         verdict: classified.verdict,
         passed: classified.passed,

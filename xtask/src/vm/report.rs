@@ -20,6 +20,15 @@ impl Verdict {
         !matches!(self, Verdict::Pass | Verdict::Skipped(_))
     }
 
+    /// What went wrong, for people.
+    pub fn describe(&self) -> String {
+        match self {
+            Verdict::Pass => "passed".into(),
+            Verdict::Fail(why) | Verdict::Panic(why) | Verdict::Skipped(why) => why.clone(),
+            Verdict::Timeout => "timed out".into(),
+        }
+    }
+
     fn label(&self) -> &'static str {
         match self {
             Verdict::Pass => "pass",
@@ -72,7 +81,14 @@ pub fn classify(lines: &[String], timed_out: bool, expected_paging: &str) -> Cla
     let (mut panic, mut oops) = (None, None);
     let mut notes = Vec::new();
     let mut test_warning = None;
+    let mut failed_tests = Vec::new();
     for line in lines {
+        if let Some(name) = line
+            .strip_prefix("test ")
+            .and_then(|l| l.strip_suffix(" ... FAILED"))
+        {
+            failed_tests.push(name.to_string());
+        }
         if let Some((p, f)) = crate::parse_test_result(line.trim()) {
             passed += p;
             failed += f;
@@ -115,7 +131,15 @@ pub fn classify(lines: &[String], timed_out: bool, expected_paging: &str) -> Cla
         match result.as_deref() {
             Some("PASS") if failed == 0 => Verdict::Pass,
             Some("PASS") => Verdict::Fail(format!("{failed} tests failed")),
-            Some(other) => Verdict::Fail(other.trim_start_matches("FAIL").trim().to_string()),
+            Some(other) => {
+                let why = other.trim_start_matches("FAIL").trim();
+                let why = why.trim_start_matches('(').trim_end_matches(')');
+                if failed_tests.is_empty() {
+                    Verdict::Fail(why.to_string())
+                } else {
+                    Verdict::Fail(format!("failed: {}; {why}", failed_tests.join(", ")))
+                }
+            }
             None if booted => Verdict::Fail("the VM stopped before the result line".into()),
             None => Verdict::Fail("the kernel did not reach /init".into()),
         }
@@ -132,7 +156,8 @@ pub fn classify(lines: &[String], timed_out: bool, expected_paging: &str) -> Cla
 /// One kernel's line of the summary.
 pub struct Row {
     pub kernel: String,
-    pub package: String,
+    /// The Debian package version of the kernel.
+    pub version: String,
     pub paging: String,
     pub verdict: Verdict,
     pub passed: u64,
@@ -161,14 +186,14 @@ fn seconds(d: Option<Duration>) -> String {
 /// The summary table, then each failure's reason.
 pub fn table(rows: &[Row]) -> String {
     let header = [
-        "kernel", "package", "paging", "result", "passed", "failed", "boot", "1st test", "total",
+        "kernel", "version", "paging", "result", "passed", "failed", "boot", "1st test", "total",
     ];
     let cells: Vec<[String; 9]> = rows
         .iter()
         .map(|r| {
             [
                 r.kernel.clone(),
-                r.package.clone(),
+                r.version.clone(),
                 r.paging.clone(),
                 r.verdict.label().into(),
                 r.passed.to_string(),
@@ -198,12 +223,8 @@ pub fn table(rows: &[Row]) -> String {
         text.push_str(&line(row));
     }
     for row in rows {
-        match &row.verdict {
-            Verdict::Fail(why) | Verdict::Panic(why) | Verdict::Skipped(why) => {
-                text.push_str(&format!("{}: {why}\n", row.kernel));
-            }
-            Verdict::Timeout => text.push_str(&format!("{}: timed out\n", row.kernel)),
-            Verdict::Pass => {}
+        if row.verdict != Verdict::Pass {
+            text.push_str(&format!("{}: {}\n", row.kernel, row.verdict.describe()));
         }
     }
     text
@@ -249,7 +270,7 @@ mod tests {
         let c = classify(&log(&text), false, "5-level");
         assert_eq!(
             c.verdict,
-            Verdict::Fail("(exit codes: core=101 truth=139)".into())
+            Verdict::Fail("failed: a; exit codes: core=101 truth=139".into())
         );
         assert_eq!((c.passed, c.failed), (1, 1));
     }
@@ -314,7 +335,7 @@ mod tests {
     fn the_table_lists_every_kernel_and_why_it_failed() {
         let row = |kernel: &str, verdict, failed| Row {
             kernel: kernel.into(),
-            package: "6.1.192-3".into(),
+            version: "6.1.192-3".into(),
             paging: "5-level".into(),
             verdict,
             passed: 4,
