@@ -336,7 +336,7 @@ fn prepare_kernels(selected: &[&'static Kernel]) -> anyhow::Result<Vec<Prepared>
     Ok(prepared)
 }
 
-/// Boots the kernels, `jobs` at a time, in matrix order in the table.
+/// Boots the kernels, `jobs` at a time; the rows keep the order of `prepared`.
 fn boot_all(
     prepared: Vec<Prepared>,
     jobs: usize,

@@ -76,23 +76,13 @@ fn is_oops(message: &str) -> bool {
 /// Reads a console log. `expected_paging` is what the CPU model asked for; a guest that
 /// reports otherwise fails (the matrix would be testing something else than it says).
 pub fn classify(lines: &[String], timed_out: bool, expected_paging: &str) -> Classified {
-    let (mut passed, mut failed) = (0, 0);
+    let tests = count_tests(lines);
+    let (passed, failed) = (tests.passed, tests.failed);
     let (mut paging, mut result, mut booted) = (None, None, false);
     let (mut panic, mut oops) = (None, None);
     let mut notes = Vec::new();
     let mut test_warning = None;
-    let mut failed_tests = Vec::new();
     for line in lines {
-        if let Some(name) = line
-            .strip_prefix("test ")
-            .and_then(|l| l.strip_suffix(" ... FAILED"))
-        {
-            failed_tests.push(name.to_string());
-        }
-        if let Some((p, f)) = crate::parse_test_result(line.trim()) {
-            passed += p;
-            failed += f;
-        }
         if let Some(rest) = line.trim().strip_prefix(BOOTED) {
             booted = true;
             paging = rest.split_whitespace().nth(1).map(str::to_string);
@@ -134,10 +124,14 @@ pub fn classify(lines: &[String], timed_out: bool, expected_paging: &str) -> Cla
             Some(other) => {
                 let why = other.trim_start_matches("FAIL").trim();
                 let why = why.trim_start_matches('(').trim_end_matches(')');
-                if failed_tests.is_empty() {
-                    Verdict::Fail(why.to_string())
-                } else {
-                    Verdict::Fail(format!("failed: {}; {why}", failed_tests.join(", ")))
+                match tests.failed_names.as_slice() {
+                    [] => Verdict::Fail(why.to_string()),
+                    names @ [_, _, _, _, ..] => Verdict::Fail(format!(
+                        "failed: {} and {} more; {why}",
+                        names[..3].join(", "),
+                        names.len() - 3
+                    )),
+                    names => Verdict::Fail(format!("failed: {}; {why}", names.join(", "))),
                 }
             }
             None if booted => Verdict::Fail("the VM stopped before the result line".into()),
@@ -151,6 +145,49 @@ pub fn classify(lines: &[String], timed_out: bool, expected_paging: &str) -> Cla
         paging,
         notes,
     }
+}
+
+struct TestCounts {
+    passed: u64,
+    failed: u64,
+    failed_names: Vec<String>,
+}
+
+/// Sums each test binary's libtest summary; a binary cut short (timeout, panic) has none,
+/// so its finished tests are counted one by one.
+fn count_tests(lines: &[String]) -> TestCounts {
+    let mut counts = TestCounts {
+        passed: 0,
+        failed: 0,
+        failed_names: Vec::new(),
+    };
+    // The current binary's tests so far, and whether its summary came.
+    let (mut passed, mut failed, mut summed) = (0, 0, false);
+    for line in lines.iter().map(|l| l.trim()) {
+        if line.starts_with("KMEMCG-VM-RUN:") {
+            if !summed {
+                counts.passed += passed;
+                counts.failed += failed;
+            }
+            (passed, failed, summed) = (0, 0, false);
+        } else if let Some((p, f)) = crate::parse_test_result(line) {
+            counts.passed += p;
+            counts.failed += f;
+            summed = true;
+        } else if let Some(test) = line.strip_prefix("test ") {
+            if test.ends_with(" ... ok") {
+                passed += 1;
+            } else if let Some(name) = test.strip_suffix(" ... FAILED") {
+                failed += 1;
+                counts.failed_names.push(name.to_string());
+            }
+        }
+    }
+    if !summed {
+        counts.passed += passed;
+        counts.failed += failed;
+    }
+    counts
 }
 
 /// One kernel's line of the summary.
@@ -273,6 +310,15 @@ mod tests {
             Verdict::Fail("failed: a; exit codes: core=101 truth=139".into())
         );
         assert_eq!((c.passed, c.failed), (1, 1));
+        let many = format!(
+            "{BOOT}test a ... FAILED\ntest b ... FAILED\ntest c ... FAILED\ntest d ... FAILED\n\
+             test result: FAILED. 0 passed; 4 failed; 0 ignored; 0 measured; 0 filtered out\n\
+             KMEMCG-VM-RESULT: FAIL (exit codes: core=101)\n"
+        );
+        assert_eq!(
+            classify(&log(&many), false, "5-level").verdict,
+            Verdict::Fail("failed: a, b, c and 1 more; exit codes: core=101".into())
+        );
     }
 
     #[test]
@@ -314,8 +360,11 @@ mod tests {
 
     #[test]
     fn timeouts_missing_results_and_wrong_paging_fail() {
-        let c = classify(&log(&format!("{BOOT}test a ... ok\n")), true, "5-level");
+        // Tests a binary finished before it was cut short count.
+        let text = format!("{BOOT}test a ... ok\ntest b ... FAILED\ntest c ... ok\n");
+        let c = classify(&log(&text), true, "5-level");
         assert_eq!(c.verdict, Verdict::Timeout);
+        assert_eq!((c.passed, c.failed), (2, 1));
         assert_eq!(
             classify(&log(BOOT), false, "5-level").verdict,
             Verdict::Fail("the VM stopped before the result line".into())
