@@ -124,7 +124,7 @@ fn stage(binary: &Path, context: &Path) -> anyhow::Result<()> {
 }
 
 /// The absolute paths of the shared objects in `ldd` output (the vDSO has none).
-fn libraries(ldd: &str) -> anyhow::Result<Vec<PathBuf>> {
+pub(crate) fn libraries(ldd: &str) -> anyhow::Result<Vec<PathBuf>> {
     let mut found = Vec::new();
     for line in ldd.lines() {
         let line = line.trim();

@@ -4,12 +4,14 @@
 //!   eBPF toolchain, bpf-linker linked against that toolchain's own LLVM, apt packages the
 //!   tests use); fast when everything is there.
 //! - `test`: setup, format and lint checks, build, then every test (unit and, as root, against
-//!   the real kernel).
+//!   the real kernel, then in QEMU against the kernels of `vm`'s matrix).
+//! - `vm`: the integration tests inside other Linux kernels (Debian's), in QEMU.
 //! - `bench`: the overhead benchmark (root).
 //! - `run`: setup, build and run the agent on defaults (root).
 //! - `image`: the OCI image from the release build (podman).
 mod image;
 mod setup;
+mod vm;
 
 use std::process::Command;
 
@@ -32,6 +34,9 @@ enum Task {
         /// Skip `cargo fmt --check` and clippy.
         #[arg(long)]
         no_lint: bool,
+        /// Skip the VM matrix (as does KMEMCG_VM=0; it also needs root and QEMU).
+        #[arg(long)]
+        no_vm: bool,
         /// Extra arguments for the test binaries (e.g. a test name filter).
         #[arg(last = true)]
         test_args: Vec<String>,
@@ -43,6 +48,8 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Run the integration tests inside other kernels (Debian's), in QEMU (needs root).
+    Vm(vm::VmArgs),
     /// Build the OCI image (ghcr.io/kmemcg/kmemcg:<version>) from the release build.
     Image(image::ImageArgs),
     /// Set up, build and run `kmemcg agent` (needs root).
@@ -56,7 +63,15 @@ enum Task {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Setup => setup::run(),
-        Task::Test { no_lint, test_args } => {
+        Task::Vm(args) => {
+            setup::run()?;
+            vm::run(args)
+        }
+        Task::Test {
+            no_lint,
+            no_vm,
+            test_args,
+        } => {
             setup::run()?;
             if !no_lint {
                 cargo(&["fmt", "--all", "--check"])?;
@@ -79,7 +94,37 @@ fn main() -> anyhow::Result<()> {
                 "--test-threads=1",
             ];
             args.extend(test_args.iter().map(String::as_str));
-            cargo_test(&args)
+            let host = cargo_test(&args)?;
+            let (mut passed, mut failed) = (host.passed, host.failed);
+            let mut problems = Vec::new();
+            if !host.success {
+                problems.push("the host tests failed".to_string());
+            }
+            if vm::wanted_by_test(no_vm) {
+                match vm::run_for_test(&test_args) {
+                    Ok(totals) => {
+                        passed += totals.passed;
+                        failed += totals.failed;
+                        if totals.kernels_failed > 0 {
+                            problems.push(format!(
+                                "{} kernel(s) of the VM matrix failed",
+                                totals.kernels_failed
+                            ));
+                        }
+                    }
+                    Err(e) => {
+                        println!("vm matrix: could not run: {e:#}");
+                        failed += 1;
+                        problems.push(format!("the VM matrix could not run: {e:#}"));
+                    }
+                }
+            }
+            // The one line CI reads, last.
+            println!("all tests: {passed} passed, {failed} failed");
+            if !problems.is_empty() {
+                bail!("{}", problems.join("; "));
+            }
+            Ok(())
         }
         Task::Bench { args } => {
             setup::run()?;
@@ -117,9 +162,16 @@ pub(crate) fn cargo(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs `cargo test`, passing its output through, and ends with one line that sums the test
-/// binaries' results.
-fn cargo_test(args: &[&str]) -> anyhow::Result<()> {
+/// What `cargo test` reported.
+struct HostTests {
+    passed: u64,
+    failed: u64,
+    /// cargo's exit status: false also when a test binary did not build or crashed.
+    success: bool,
+}
+
+/// Runs `cargo test`, passing its output through, and sums the test binaries' results.
+fn cargo_test(args: &[&str]) -> anyhow::Result<HostTests> {
     use std::io::BufRead as _;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut child = Command::new(&cargo)
@@ -139,11 +191,14 @@ fn cargo_test(args: &[&str]) -> anyhow::Result<()> {
         }
     }
     let status = child.wait()?;
-    println!("all tests: {passed} passed, {failed} failed");
     if !status.success() {
-        bail!("`cargo {}` failed ({status})", args.join(" "));
+        println!("`cargo {}` failed ({status})", args.join(" "));
     }
-    Ok(())
+    Ok(HostTests {
+        passed,
+        failed,
+        success: status.success(),
+    })
 }
 
 /// (passed, failed) of a libtest summary line:

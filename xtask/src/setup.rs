@@ -15,7 +15,8 @@ fn ebpf_toolchain() -> String {
 /// Debian packages the tests use, by the command that shows they are there: tmux drives
 /// `kmemcg top` in a real terminal, Prometheus scrapes the agent (promtool checks the rules),
 /// podman/buildah build the image (`cargo xtask image`) and run it with runc (crun refuses
-/// hybrid cgroup hosts), systemd-analyze verifies the unit.
+/// hybrid cgroup hosts), systemd-analyze verifies the unit, QEMU boots other kernels with a
+/// busybox initramfs (`cargo xtask vm`).
 const APT_PACKAGES: &[(&str, &str)] = &[
     ("tmux", "tmux"),
     ("prometheus", "prometheus"),
@@ -23,6 +24,8 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("buildah", "buildah"),
     ("runc", "runc"),
     ("systemd-analyze", "systemd"),
+    ("qemu-system-x86_64", "qemu-system-x86"),
+    ("busybox", "busybox-static"),
 ];
 
 /// PyPI packages the tests use: kubernetes-validate checks the manifests against the
