@@ -177,7 +177,8 @@ pub fn init_script(runs: &[TestRun]) -> String {
     let mut script = format!(
         r#"#!/bin/sh
 # kmemcg's VM init (written by cargo xtask vm).
-export PATH=/bin HOME=/root TMPDIR=/tmp RUST_BACKTRACE=1 KMEMCG_BIN_DIR={BIN_DIR}
+# Emulated CPUs run about ten times slower than the host: the tests wait that much longer.
+export PATH=/bin HOME=/root TMPDIR=/tmp RUST_BACKTRACE=1 KMEMCG_BIN_DIR={BIN_DIR} KMEMCG_TEST_TIME_SCALE=10
 fail() {{ echo "{RESULT} FAIL (setup: $*)"; sync; poweroff -f; exit 1; }}
 mount -t proc proc /proc || fail "mount proc"
 mount -t sysfs sysfs /sys || fail "mount sysfs"
