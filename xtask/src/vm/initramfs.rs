@@ -193,6 +193,11 @@ ip link set lo up || fail "bring up loopback"
 paging=4-level
 grep -qw la57 /proc/cpuinfo && paging=5-level
 echo "{BOOTED} $(uname -r) $paging paging, $(nproc) CPUs"
+# Every two minutes, the last lines of the newest agent log: a test that hangs says where.
+(while sleep 120; do
+    log=$(ls -t /tmp/kmemcg-test-agent-*.log 2>/dev/null | head -n 1)
+    [ -n "$log" ] && tail -n 2 "$log" | sed "s|^|agent log: |"
+done) &
 failed=""
 run() {{
     name=$1
