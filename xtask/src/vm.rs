@@ -232,7 +232,8 @@ fn run_matrix(args: &VmArgs, runs: &[TestRun]) -> anyhow::Result<Totals> {
         }
     }
     let root = crate::setup::workspace_root();
-    let initramfs_path = root.join("target/vm/initramfs.cpio");
+    // One per run: runs in one worktree may select different tests.
+    let initramfs_path = root.join(format!("target/vm/initramfs-{}.cpio", std::process::id()));
     // Late enough not to trouble a slow run, early enough to reach the log before the kill.
     let timeout = Duration::from_secs(args.timeout);
     let hang_dump_after = timeout
@@ -262,6 +263,7 @@ fn run_matrix(args: &VmArgs, runs: &[TestRun]) -> anyhow::Result<Totals> {
         which.join("; ")
     );
     let rows = boot_all(prepared, jobs, args, &initramfs_path, &logs);
+    let _ = std::fs::remove_file(&initramfs_path);
     print!("\n{}", report::table(&rows));
     let mut totals = Totals::default();
     for row in &rows {
@@ -427,14 +429,13 @@ fn boot_one(item: &Prepared, args: &VmArgs, initramfs: &Path, logs: &Path) -> Ro
         println!("[{}] note: {note}", kernel.name);
     }
     if classified.verdict.is_failure() {
-        let tail = console.lines.len().saturating_sub(40);
         println!(
             "[{}] {}; the console's last lines ({}):",
             kernel.name,
             classified.verdict.describe(),
             log.display()
         );
-        for line in &console.lines[tail..] {
+        for line in report::tail(&console.lines, 40) {
             println!("[{}] | {line}", kernel.name);
         }
     }
