@@ -48,7 +48,7 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Run the integration tests inside other kernels (Debian's), in QEMU (needs root).
+    /// Run the integration tests inside other kernels (Debian's), in QEMU.
     Vm(vm::VmArgs),
     /// Build the OCI image (ghcr.io/kmemcg/kmemcg:<version>) from the release build.
     Image(image::ImageArgs),
@@ -71,61 +71,7 @@ fn main() -> anyhow::Result<()> {
             no_lint,
             no_vm,
             test_args,
-        } => {
-            setup::run()?;
-            if !no_lint {
-                cargo(&["fmt", "--all", "--check"])?;
-                cargo(&[
-                    "clippy",
-                    "--release",
-                    "--all-targets",
-                    "--",
-                    "-D",
-                    "warnings",
-                ])?;
-            }
-            build()?;
-            // One test at a time: the tests share the kernel (cgroups, tracepoints).
-            let mut args = vec![
-                "test",
-                "--release",
-                "--no-fail-fast",
-                "--",
-                "--test-threads=1",
-            ];
-            args.extend(test_args.iter().map(String::as_str));
-            let host = cargo_test(&args)?;
-            let (mut passed, mut failed) = (host.passed, host.failed);
-            let mut problems = Vec::new();
-            if !host.success {
-                problems.push("the host tests failed".to_string());
-            }
-            if vm::wanted_by_test(no_vm) {
-                match vm::run_for_test(&test_args) {
-                    Ok(totals) => {
-                        passed += totals.passed;
-                        failed += totals.failed;
-                        if totals.kernels_failed > 0 {
-                            problems.push(format!(
-                                "{} kernel(s) of the VM matrix failed",
-                                totals.kernels_failed
-                            ));
-                        }
-                    }
-                    Err(e) => {
-                        println!("vm matrix: could not run: {e:#}");
-                        failed += 1;
-                        problems.push(format!("the VM matrix could not run: {e:#}"));
-                    }
-                }
-            }
-            // The one line CI reads, last.
-            println!("all tests: {passed} passed, {failed} failed");
-            if !problems.is_empty() {
-                bail!("{}", problems.join("; "));
-            }
-            Ok(())
-        }
+        } => test(no_lint, no_vm, &test_args),
         Task::Bench { args } => {
             setup::run()?;
             build()?;
@@ -143,6 +89,63 @@ fn main() -> anyhow::Result<()> {
             run_binary("kmemcg", &agent_args)
         }
     }
+}
+
+/// `cargo xtask test`: the host tests, then the VM matrix; one summary line over both, last.
+fn test(no_lint: bool, no_vm: bool, test_args: &[String]) -> anyhow::Result<()> {
+    setup::run()?;
+    if !no_lint {
+        cargo(&["fmt", "--all", "--check"])?;
+        cargo(&[
+            "clippy",
+            "--release",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ])?;
+    }
+    build()?;
+    // One test at a time: the tests share the kernel (cgroups, tracepoints).
+    let mut args = vec![
+        "test",
+        "--release",
+        "--no-fail-fast",
+        "--",
+        "--test-threads=1",
+    ];
+    args.extend(test_args.iter().map(String::as_str));
+    let host = cargo_test(&args)?;
+    let (mut passed, mut failed) = (host.passed, host.failed);
+    let mut problems = Vec::new();
+    if !host.success {
+        problems.push("the host tests failed".to_string());
+    }
+    if vm::wanted_by_test(no_vm) {
+        match vm::run_for_test(test_args) {
+            Ok(totals) => {
+                passed += totals.passed;
+                failed += totals.failed;
+                if totals.kernels_failed > 0 {
+                    problems.push(format!(
+                        "{} kernel(s) of the VM matrix failed",
+                        totals.kernels_failed
+                    ));
+                }
+            }
+            Err(e) => {
+                println!("vm matrix: could not run: {e:#}");
+                failed += 1;
+                problems.push(format!("the VM matrix could not run: {e:#}"));
+            }
+        }
+    }
+    // The one line CI reads, last.
+    println!("all tests: {passed} passed, {failed} failed");
+    if !problems.is_empty() {
+        bail!("{}", problems.join("; "));
+    }
+    Ok(())
 }
 
 fn build() -> anyhow::Result<()> {

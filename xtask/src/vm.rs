@@ -33,37 +33,28 @@ pub struct Kernel {
     pub name: &'static str,
     /// The Debian kernel series, newest package wins: "6.12" is 6.12.x, "7" is 7.x.
     pub series: &'static str,
-    /// QEMU's CPU model: `max` has LA57, so the guest uses 5-level paging; `la57=off` 4-level.
+    /// QEMU's CPU model, which selects the paging mode.
     pub cpu: &'static str,
 }
 
-/// The kernels the tests run on.
+impl Kernel {
+    const fn new(name: &'static str, series: &'static str, cpu: &'static str) -> Self {
+        Self { name, series, cpu }
+    }
+}
+
+/// QEMU CPU models: `max` has LA57, so the guest uses 5-level paging (like recent Xeon and
+/// EPYC servers); without it, 4-level.
+const LA57: &str = "max";
+const FOUR_LEVEL: &str = "max,la57=off";
+
+/// The kernels the tests run on: (name, Debian series, CPU model).
 pub const MATRIX: &[Kernel] = &[
-    Kernel {
-        name: "6.1-la57",
-        series: "6.1",
-        cpu: "max",
-    },
-    Kernel {
-        name: "6.12-la57",
-        series: "6.12",
-        cpu: "max",
-    },
-    Kernel {
-        name: "6.18-la57",
-        series: "6.18",
-        cpu: "max",
-    },
-    Kernel {
-        name: "6.18-4level",
-        series: "6.18",
-        cpu: "max,la57=off",
-    },
-    Kernel {
-        name: "7.x-la57",
-        series: "7",
-        cpu: "max",
-    },
+    Kernel::new("6.1-la57", "6.1", LA57),
+    Kernel::new("6.12-la57", "6.12", LA57),
+    Kernel::new("6.18-la57", "6.18", LA57),
+    Kernel::new("6.18-4level", "6.18", FOUR_LEVEL),
+    Kernel::new("7.x-la57", "7", LA57),
 ];
 
 /// The tests every kernel runs: (test target of kmemcg-tests, libtest arguments such as name
@@ -105,8 +96,7 @@ pub struct TestRun {
 
 #[derive(Debug, Args)]
 pub struct VmArgs {
-    /// Matrix entries to boot, comma-separated [default: all]: 6.1-la57, 6.12-la57,
-    /// 6.18-la57, 6.18-4level, 7.x-la57.
+    /// Matrix entries to boot, comma-separated, e.g. 6.18-la57,6.1-la57 [default: all].
     #[arg(long, value_delimiter = ',')]
     pub kernels: Vec<String>,
     /// VMs at once [default: the number of CPUs; under TCG each VM keeps one CPU busy].
@@ -265,8 +255,15 @@ fn run_matrix(args: &VmArgs, runs: &[TestRun]) -> anyhow::Result<Totals> {
         }
     }
     let root = crate::setup::workspace_root();
-    let initramfs_path = root.join("target/vm/initramfs.cpio");
-    initramfs::build(runs, &executables, &initramfs_path).context("building the initramfs")?;
+    // One per run: runs in one worktree may select different tests.
+    let initramfs_path = root.join(format!("target/vm/initramfs-{}.cpio", std::process::id()));
+    // Late enough not to trouble a slow run, early enough to reach the log before the kill.
+    let timeout = Duration::from_secs(args.timeout);
+    let hang_dump_after = timeout
+        .saturating_sub(Duration::from_secs(90))
+        .max(timeout / 2);
+    initramfs::build(runs, hang_dump_after, &executables, &initramfs_path)
+        .context("building the initramfs")?;
     let prepared = prepare_kernels(&selected)?;
     let logs = root.join("target/vm-logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
@@ -289,6 +286,7 @@ fn run_matrix(args: &VmArgs, runs: &[TestRun]) -> anyhow::Result<Totals> {
         which.join("; ")
     );
     let rows = boot_all(prepared, jobs, args, &initramfs_path, &logs);
+    let _ = std::fs::remove_file(&initramfs_path);
     print!("\n{}", report::table(&rows));
     let mut totals = Totals::default();
     for row in &rows {
@@ -454,14 +452,13 @@ fn boot_one(item: &Prepared, args: &VmArgs, initramfs: &Path, logs: &Path) -> Ro
         println!("[{}] note: {note}", kernel.name);
     }
     if classified.verdict.is_failure() {
-        let tail = console.lines.len().saturating_sub(40);
         println!(
             "[{}] {}; the console's last lines ({}):",
             kernel.name,
             classified.verdict.describe(),
             log.display()
         );
-        for line in &console.lines[tail..] {
+        for line in report::tail(&console.lines, 40) {
             println!("[{}] | {line}", kernel.name);
         }
     }

@@ -7,6 +7,7 @@ use std::{
     io::Write,
     path::{Path, PathBuf},
     process::Command,
+    time::Duration,
 };
 
 use anyhow::{Context as _, bail};
@@ -19,6 +20,7 @@ pub const TESTS_DIR: &str = "/kmemcg/tests";
 /// Lines of the console protocol between /init and the harness.
 pub const BOOTED: &str = "KMEMCG-VM-BOOTED:";
 pub const RESULT: &str = "KMEMCG-VM-RESULT:";
+pub const HANG: &str = "KMEMCG-VM-HANG:";
 
 /// The workspace's binaries the tests run (`kmemcg_tests::binary`).
 const BINARIES: &[&str] = &["kmemcg", "kmemcg-workload"];
@@ -78,6 +80,7 @@ fn parse_test_executables(json_lines: &str) -> BTreeMap<String, PathBuf> {
 /// Writes the initramfs for these test runs to `out`.
 pub fn build(
     runs: &[TestRun],
+    hang_dump_after: Duration,
     executables: &BTreeMap<String, PathBuf>,
     out: &Path,
 ) -> anyhow::Result<()> {
@@ -127,9 +130,14 @@ pub fn build(
     );
     cpio.file(
         "/init",
-        Source::Bytes(init_script(runs).into_bytes()),
+        Source::Bytes(init_script(runs, hang_dump_after).into_bytes()),
         0o755,
     );
+    // The tests read deploy/ files as env!("CARGO_MANIFEST_DIR")/../deploy: both directories
+    // at their host paths.
+    let root = crate::setup::workspace_root();
+    cpio.dir(&root.join("tests").display().to_string());
+    add_tree(&mut cpio, &root.join("deploy"))?;
     if let Some(parent) = out.parent() {
         std::fs::create_dir_all(parent)?;
     }
@@ -138,6 +146,24 @@ pub fn build(
     cpio.write(&mut writer)
         .and_then(|()| writer.flush())
         .with_context(|| format!("writing {}", out.display()))
+}
+
+/// A host directory's files, at the same paths inside.
+fn add_tree(cpio: &mut Cpio, dir: &Path) -> anyhow::Result<()> {
+    cpio.dir(&dir.display().to_string());
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        if path.is_dir() {
+            add_tree(cpio, &path)?;
+        } else {
+            cpio.file(
+                &path.display().to_string(),
+                Source::Host(path.clone()),
+                0o644,
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The shared objects an executable loads (none when it is static).
@@ -172,8 +198,10 @@ fn busybox_applets() -> anyhow::Result<Vec<String>> {
 
 /// /init: mounts, a pure cgroup v2 host with the memory controller on, loopback, then each
 /// test binary one test at a time; one result line; power off. Any setup step that fails
-/// ends the run with a FAIL line naming it.
-pub fn init_script(runs: &[TestRun]) -> String {
+/// ends the run with a FAIL line naming it. If the tests still run `hang_dump_after` the
+/// boot, it lists the processes and every task's kernel stack, for the log of a timeout.
+pub fn init_script(runs: &[TestRun], hang_dump_after: Duration) -> String {
+    let dump_after = hang_dump_after.as_secs().max(1);
     let mut script = format!(
         r#"#!/bin/sh
 # kmemcg's VM init (written by cargo xtask vm).
@@ -198,14 +226,24 @@ echo "{BOOTED} $(uname -r) $paging paging, $(nproc) CPUs"
     log=$(ls -t /tmp/kmemcg-test-agent-*.log 2>/dev/null | head -n 1)
     [ -n "$log" ] && tail -n 2 "$log" | sed "s|^|agent log: |"
 done) &
+(
+    sleep {dump_after}
+    echo "{HANG} the tests still run after {dump_after}s: processes, then every task's stack"
+    ps
+    dmesg -n 8
+    echo t > /proc/sysrq-trigger
+) &
 failed=""
 run() {{
     name=$1
     shift
     echo "KMEMCG-VM-RUN: $name $*"
-    {TESTS_DIR}/$name --test-threads=1 "$@"
-    rc=$?
-    [ $rc -eq 0 ] || failed="$failed $name=$rc"
+    # Whole lines only: libtest's "test x ... " waits for its result, and a kernel message
+    # printed meanwhile would split it.
+    {{ {TESTS_DIR}/$name --test-threads=1 "$@"; echo $? > /run/rc; }} 2>&1 |
+        while IFS= read -r line || [ -n "$line" ]; do printf '%s\n' "$line"; done
+    rc=$(cat /run/rc)
+    [ "$rc" = 0 ] || failed="$failed $name=$rc"
 }}
 "#
     );
@@ -409,7 +447,7 @@ mod tests {
                 args: vec!["it's".into(), "--exact".into()],
             },
         ];
-        let script = init_script(&runs);
+        let script = init_script(&runs, Duration::from_secs(1140));
         assert!(script.contains("\nrun 'core'\n"), "{script}");
         assert!(
             script.contains(r"run 'truth' 'it'\''s' '--exact'"),
@@ -418,6 +456,7 @@ mod tests {
         assert!(script.contains("KMEMCG_BIN_DIR=/kmemcg/bin"));
         assert!(script.contains("echo +memory > /sys/fs/cgroup/cgroup.subtree_control"));
         assert_eq!(script.matches("KMEMCG-VM-RESULT: PASS").count(), 1);
+        assert!(script.contains("sleep 1140\n"), "{script}");
         assert!(script.trim_end().ends_with("poweroff -f"));
     }
 

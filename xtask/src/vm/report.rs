@@ -2,7 +2,7 @@
 //! kernel's own reports (panic, oops, warnings); and the table that sums up the matrix.
 use std::time::Duration;
 
-use super::initramfs::{BOOTED, RESULT};
+use super::initramfs::{BOOTED, HANG, RESULT};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
@@ -188,6 +188,23 @@ fn count_tests(lines: &[String]) -> TestCounts {
         counts.failed += failed;
     }
     counts
+}
+
+/// The console's last `n` lines, for a failure. After a hang dump, the lines before it and
+/// the tests' later progress: the dump itself (every task's stack) stays in the log.
+pub fn tail(lines: &[String], n: usize) -> Vec<&String> {
+    let dump = lines.iter().position(|l| l.starts_with(HANG));
+    let before = &lines[..dump.unwrap_or(lines.len())];
+    let mut tail: Vec<&String> = before[before.len().saturating_sub(n)..].iter().collect();
+    if let Some(dump) = dump {
+        tail.push(&lines[dump]);
+        tail.extend(lines[dump + 1..].iter().filter(|l| {
+            ["test ", "running ", "KMEMCG-VM-"]
+                .iter()
+                .any(|p| l.starts_with(p))
+        }));
+    }
+    tail
 }
 
 /// One kernel's line of the summary.
@@ -378,6 +395,17 @@ mod tests {
             classify(&log(&text), false, "4-level").verdict,
             Verdict::Fail("booted with 5-level paging, expected 4-level".into())
         );
+    }
+
+    #[test]
+    fn the_tail_leaves_the_task_dump_in_the_log() {
+        let text = "a\nb\nc\nKMEMCG-VM-HANG: dump\nPID USER COMMAND\n[ 1.0] task stack\n\
+                    test x ... ok\n[ 2.0] more stack\n";
+        let lines = log(text);
+        let shown: Vec<&str> = tail(&lines, 2).into_iter().map(String::as_str).collect();
+        assert_eq!(shown, ["b", "c", "KMEMCG-VM-HANG: dump", "test x ... ok"]);
+        let lines = log("a\nb\nc\n");
+        assert_eq!(tail(&lines, 2), [&lines[1], &lines[2]]);
     }
 
     #[test]
