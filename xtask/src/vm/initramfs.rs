@@ -233,10 +233,13 @@ done) &
     dmesg -n 8
     echo t > /proc/sysrq-trigger
 ) &
+# Tests of features this kernel does not get: `kmemcg_skip=a,b` on the command line.
+skips=$(sed -n 's/.*kmemcg_skip=\([^ ]*\).*/\1/p' /proc/cmdline | tr ',' ' ')
 failed=""
 run() {{
     name=$1
     shift
+    for s in $skips; do set -- "$@" --skip "$s"; done
     echo "KMEMCG-VM-RUN: $name $*"
     # Whole lines only: libtest's "test x ... " waits for its result, and a kernel message
     # printed meanwhile would split it.

@@ -54,6 +54,8 @@ pub struct Vm<'a> {
     pub vmlinuz: &'a Path,
     pub initramfs: &'a Path,
     pub cpu: &'a str,
+    /// Tests this kernel skips (libtest `--skip` filters), handed to /init on the command line.
+    pub skip: &'a [&'a str],
     pub timeout: Duration,
     pub log: &'a Path,
 }
@@ -71,7 +73,13 @@ impl Vm<'_> {
             .arg(self.initramfs)
             // panic=-1 reboots at once, and -no-reboot turns that into QEMU's exit.
             // loglevel=5 keeps warnings and oopses on the console, not the boot chatter.
-            .args(["-append", "console=ttyS0 panic=-1 loglevel=5"])
+            .args([
+                "-append",
+                &format!(
+                    "console=ttyS0 panic=-1 loglevel=5 kmemcg_skip={}",
+                    self.skip.join(",")
+                ),
+            ])
             // No network but the guest's loopback, no display, the console on stdout.
             .args(["-nodefaults", "-nic", "none", "-display", "none"])
             .args(["-serial", "stdio", "-no-reboot"])
