@@ -389,7 +389,7 @@ mod tests {
             // The pid was reused at once: nothing to check.
             assert!(stale.exists());
         } else {
-            assert_eq!(removed, [stale.clone()]);
+            assert_eq!(removed, std::slice::from_ref(&stale));
             assert!(!stale.exists());
         }
         let _ = std::fs::remove_dir_all(&dir);
