@@ -146,7 +146,7 @@ impl Client {
             (Some(e), Some("not-saved")) => Err(anyhow!("{e}")),
             (Some(e), _) if answer.status >= 500 => Err(anyhow!("the agent at {at} failed: {e}")),
             (Some(e), Some("forbidden" | "unauthorized"))
-                if matches!(self.writes, Endpoint::Tcp { .. }) =>
+                if matches!(self.writes, Endpoint::Tcp { token: None, .. }) =>
             {
                 Err(anyhow!(
                     "the agent at {at} refused: {e} (--addr sends changes over TCP; without \
