@@ -40,17 +40,34 @@ impl Default for ApiConfig {
 /// Tokens shorter than this are refused: they could be guessed.
 const MIN_TOKEN_BYTES: usize = 16;
 
-/// Reads a token file: one line, at least 16 characters; refused if others may read it.
+/// Reads a token file: exactly one non-empty line, at least 16 characters, owned by this
+/// process's user (or root); refused if other users may read it.
 pub fn read_token(path: &Path) -> Result<String, String> {
     use std::os::unix::fs::MetadataExt as _;
-    let text = crate::files::read_limited(path, 4096)
+    let (text, meta) = crate::files::read_limited_with_metadata(path, 4096)
         .map_err(|e| format!("cannot read the token file {}: {e}", path.display()))?;
-    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    crate::files::check_owner(
+        path,
+        &meta,
+        "the token file",
+        &[],
+        crate::files::Private::NotWritable,
+        "Whoever owns a token file can read the token and change limits over TCP: make it \
+         this user's (chown) or root's, mode 0600",
+    )
+    .map_err(|e| e.to_string())?;
     if meta.mode() & 0o077 != 0 {
         return Err(format!(
             "{} may be read by other users (mode {:o}): chmod 600 it",
             path.display(),
             meta.mode() & 0o777
+        ));
+    }
+    let lines = text.lines().filter(|l| !l.trim().is_empty()).count();
+    if lines != 1 {
+        return Err(format!(
+            "{} holds {lines} non-empty lines: a token file holds exactly one line, the token",
+            path.display()
         ));
     }
     let token = text.trim().to_string();
@@ -159,8 +176,19 @@ pub async fn guard_writes(
         }
         Err((status, message)) => {
             tracing::warn!(peer = ?peer, method = %request.method(), path = %request.uri().path(), reason = %message, "write refused");
-            (status, Json(json!({"error": message, "kind": "forbidden"}))).into_response()
+            let kind = refusal_kind(status);
+            (status, Json(json!({"error": message, "kind": kind}))).into_response()
         }
+    }
+}
+
+/// The JSON `kind` of a refused write: `unauthorized` (401: the token is missing or wrong) or
+/// `forbidden` (403: this caller may not write at all).
+fn refusal_kind(status: StatusCode) -> &'static str {
+    if status == StatusCode::UNAUTHORIZED {
+        "unauthorized"
+    } else {
+        "forbidden"
     }
 }
 
@@ -212,6 +240,8 @@ mod tests {
                 .0,
             StatusCode::UNAUTHORIZED
         );
+        assert_eq!(refusal_kind(StatusCode::UNAUTHORIZED), "unauthorized");
+        assert_eq!(refusal_kind(StatusCode::FORBIDDEN), "forbidden");
         let caller = open
             .check(&peer, Some(&format!("Bearer {TOKEN}")))
             .expect("right token");
@@ -233,6 +263,23 @@ mod tests {
         assert_eq!(read_token(&path).as_deref(), Ok(TOKEN));
         std::fs::write(&path, "short\n").expect("written");
         assert!(read_token(&path).expect_err("short").contains("shorter"));
+        std::fs::write(&path, format!("{TOKEN}\n{TOKEN}\n")).expect("written");
+        assert!(
+            read_token(&path)
+                .expect_err("two lines")
+                .contains("2 non-empty lines")
+        );
+        std::fs::write(&path, format!("\n{TOKEN}\n\n")).expect("written");
+        assert_eq!(
+            read_token(&path).as_deref(),
+            Ok(TOKEN),
+            "blank lines are not lines"
+        );
+        if crate::files::euid() == 0 {
+            std::os::unix::fs::chown(&path, Some(65534), Some(65534)).expect("chown");
+            let e = read_token(&path).expect_err("another user's");
+            assert!(e.contains("owned by uid 65534"), "{e}");
+        }
         let _ = std::fs::remove_file(&path);
     }
 }

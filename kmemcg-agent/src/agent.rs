@@ -69,6 +69,9 @@ pub async fn run_with_reload(
     // The limits (rules on protected cgroups are refused) and the listeners come first: a bad
     // rule or a taken port is reported before anything is loaded into the kernel.
     let cgroup_root = crate::kernel::cgroupfs::find_cgroup2_mount()?;
+    limits::check(&config.limits).context("config file, [[limits.rule]]")?;
+    // Held until the agent ends: no second agent reads or writes these rules meanwhile.
+    let _state = limits::state::lock(&config.limits)?;
     let enforcer = Arc::new(
         Enforcer::new(&config.limits, cgroup_root).context("config file, [[limits.rule]]")?,
     );
@@ -235,6 +238,18 @@ pub fn restart_only_changes(running: &AgentConfig, new: &AgentConfig) -> Vec<&'s
         ("max_stats", a.max_stats != b.max_stats),
         ("root_cgroup", a.root_mode != b.root_mode),
         ("pin_dir", a.pin_dir != b.pin_dir),
+        (
+            "limits.state_dir",
+            running.limits.state_dir != new.limits.state_dir,
+        ),
+        (
+            "limits.state_file",
+            running.limits.state_file != new.limits.state_file,
+        ),
+        (
+            "limits.audit_file",
+            running.limits.audit_file != new.limits.audit_file,
+        ),
     ]
     .into_iter()
     .filter_map(|(key, changed)| changed.then_some(key))

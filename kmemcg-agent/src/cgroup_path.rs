@@ -4,8 +4,17 @@
 /// Longest path accepted: the kernel's PATH_MAX.
 pub const MAX_PATH_BYTES: usize = 4096;
 
+/// Bidirectional and invisible formatting characters: a path holding one shows as another
+/// (U+202E reverses what follows), in logs, tables and the audit.
+fn disguises(c: char) -> bool {
+    matches!(c,
+        '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}'
+        | '\u{2060}'..='\u{2069}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')
+}
+
 /// `foo/bar/` -> `/foo/bar`. Refuses empty paths, `.` and `..`, control characters (a newline
-/// would forge log lines) and paths longer than [`MAX_PATH_BYTES`].
+/// would forge log lines), bidirectional and invisible formatting characters (U+202E would show
+/// the path as another) and paths longer than [`MAX_PATH_BYTES`].
 pub fn normalize(path: &str) -> Result<String, String> {
     if path.len() > MAX_PATH_BYTES {
         return Err(format!(
@@ -16,6 +25,13 @@ pub fn normalize(path: &str) -> Result<String, String> {
     if let Some(c) = path.chars().find(|c| c.is_control()) {
         return Err(format!(
             "{path:?}: control characters ({c:?}) are not allowed in a cgroup path"
+        ));
+    }
+    if let Some(c) = path.chars().find(|c| disguises(*c)) {
+        return Err(format!(
+            "{path:?}: U+{:04X} (a bidirectional or invisible formatting character, which makes \
+             a path show as another) is not allowed in a cgroup path",
+            c as u32
         ));
     }
     let trimmed = path.trim();
@@ -74,6 +90,17 @@ mod tests {
                 .contains("control")
         );
         assert!(normalize("/a\0b").expect_err("nul").contains("control"));
+        for c in [
+            '\u{202E}', '\u{2066}', '\u{200B}', '\u{200F}', '\u{FEFF}', '\u{061C}',
+        ] {
+            let e = normalize(&format!("/kmemcg-test-{c}gpj.exe")).expect_err("bidi");
+            assert!(e.contains(&format!("U+{:04X}", c as u32)), "{e}");
+            assert!(
+                !e.contains(c),
+                "the message shows the character escaped: {e}"
+            );
+        }
+        assert_eq!(normalize("/caf\u{e9}").as_deref(), Ok("/caf\u{e9}"));
         let long = format!("/{}", "a".repeat(MAX_PATH_BYTES));
         assert!(normalize(&long).expect_err("long").contains("longer"));
     }

@@ -1,5 +1,6 @@
-//! A client of the agent's API, for `kmemcg stat`, `kmemcg top` and `kmemcg limit`. Reads go
-//! over TCP; changes go over the agent's unix socket (root), or over TCP with a token.
+//! A client of the agent's API, for `kmemcg stat`, `kmemcg top` and `kmemcg limit`. Each
+//! request goes to exactly the endpoint it was given: a TCP address (changes with a token) or
+//! the agent's unix socket (changes as root), never one in place of the other.
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, anyhow};
@@ -7,57 +8,82 @@ use serde::de::DeserializeOwned;
 
 use crate::{
     api::{CgroupUsage, DyingCgroup, Status},
+    files::{self, Private},
     limits::{LimitRule, RuleSpec, audit::AuditRecord},
 };
 
 pub struct Client {
-    base: String,
     http: reqwest::Client,
-    /// Where changes are sent.
-    writes: Writes,
+    /// Where reads go.
+    reads: Endpoint,
+    /// Where changes go.
+    writes: Endpoint,
 }
 
-/// How long a change may take over the unix socket (as over TCP).
+/// How long a request may take over the unix socket (as over TCP).
 const SOCKET_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// How changes reach the agent.
-enum Writes {
-    Socket(PathBuf),
-    Tcp { token: Option<String> },
+/// Where requests go.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Endpoint {
+    /// The TCP listener at this base URL, changes with this token.
+    Tcp { base: String, token: Option<String> },
+    /// The agent's unix socket; `owners` are the uids besides root and this user that may own
+    /// it and its directory (the agent's, when it does not run as root).
+    Socket { path: PathBuf, owners: Vec<u32> },
 }
 
-/// What a change request got back: its status and JSON body.
+impl Endpoint {
+    /// `addr` as `host:port` or a URL.
+    pub fn tcp(addr: &str, token: Option<String>) -> Self {
+        let base = if addr.contains("://") {
+            addr.trim_end_matches('/').to_string()
+        } else {
+            format!("http://{addr}")
+        };
+        Endpoint::Tcp { base, token }
+    }
+
+    pub fn socket(path: &Path, owners: Vec<u32>) -> Self {
+        Endpoint::Socket {
+            path: path.to_path_buf(),
+            owners,
+        }
+    }
+
+    /// How messages name it.
+    pub fn describe(&self) -> String {
+        match self {
+            Endpoint::Tcp { base, .. } => base.clone(),
+            Endpoint::Socket { path, .. } => format!("unix socket {}", path.display()),
+        }
+    }
+}
+
+/// What a request got back: its status and JSON body.
 struct Answer {
     status: u16,
     body: serde_json::Value,
 }
 
 impl Client {
-    /// `addr` as `host:port` or a URL.
+    /// Reads and changes over TCP at `addr` (`host:port` or a URL), without a token.
     pub fn new(addr: &str) -> Self {
-        let base = if addr.contains("://") {
-            addr.trim_end_matches('/').to_string()
-        } else {
-            format!("http://{addr}")
-        };
+        let tcp = Endpoint::tcp(addr, None);
+        Self::with_endpoints(tcp.clone(), tcp)
+    }
+
+    /// Reads go to `reads`, changes to `writes`.
+    pub fn with_endpoints(reads: Endpoint, writes: Endpoint) -> Self {
         let http = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(10))
             .build()
             .unwrap_or_default();
         Self {
-            base,
             http,
-            writes: Writes::Tcp { token: None },
+            reads,
+            writes,
         }
-    }
-
-    /// Changes go to the unix socket at `socket` when it exists, else over TCP with `token`.
-    pub fn with_writes(mut self, socket: Option<&Path>, token: Option<String>) -> Self {
-        self.writes = match socket {
-            Some(path) if token.is_none() && path.exists() => Writes::Socket(path.to_path_buf()),
-            _ => Writes::Tcp { token },
-        };
-        self
     }
 
     pub async fn cgroups(&self) -> anyhow::Result<Vec<CgroupUsage>> {
@@ -107,79 +133,174 @@ impl Client {
         path_and_query: &str,
         body: Option<serde_json::Value>,
     ) -> anyhow::Result<serde_json::Value> {
-        let answer = match &self.writes {
-            Writes::Socket(socket) => tokio::time::timeout(
-                SOCKET_TIMEOUT,
-                over_socket(socket, method, path_and_query, body),
-            )
-            .await
-            .map_err(|_| {
-                anyhow!(
-                    "the agent did not answer on {} within {SOCKET_TIMEOUT:?}",
-                    socket.display()
+        let answer = self
+            .request(&self.writes, method, path_and_query, body)
+            .await?;
+        if (200..300).contains(&answer.status) {
+            return Ok(answer.body);
+        }
+        let error = answer.body.get("error").and_then(|e| e.as_str());
+        let kind = answer.body.get("kind").and_then(|e| e.as_str());
+        let at = self.writes.describe();
+        match (error, kind) {
+            (Some(e), Some("not-saved")) => Err(anyhow!("{e}")),
+            (Some(e), _) if answer.status >= 500 => Err(anyhow!("the agent at {at} failed: {e}")),
+            (Some(e), Some("forbidden" | "unauthorized"))
+                if matches!(self.writes, Endpoint::Tcp { token: None, .. }) =>
+            {
+                Err(anyhow!(
+                    "the agent at {at} refused: {e} (--addr sends changes over TCP; without \
+                     --addr and --token-file, kmemcg limit uses the unix socket)"
+                ))
+            }
+            (Some(e), _) => Err(anyhow!("the agent at {at} refused: {e}")),
+            (None, _) => Err(anyhow!(
+                "the agent at {at} answered {}: is it a kmemcg agent recent enough to enforce \
+                 limits?",
+                answer.status
+            )),
+        }
+    }
+
+    /// One request to `endpoint`; an unreachable endpoint is the error, named.
+    async fn request(
+        &self,
+        endpoint: &Endpoint,
+        method: &str,
+        path_and_query: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<Answer> {
+        match endpoint {
+            Endpoint::Socket { path, owners } => {
+                check_socket(path, owners)?;
+                tokio::time::timeout(
+                    SOCKET_TIMEOUT,
+                    over_socket(path, method, path_and_query, body),
                 )
-            })??,
-            Writes::Tcp { token } => {
+                .await
+                .map_err(|_| {
+                    anyhow!(
+                        "the agent did not answer on its socket {} within {SOCKET_TIMEOUT:?}",
+                        path.display()
+                    )
+                })?
+            }
+            Endpoint::Tcp { base, token } => {
                 let method = reqwest::Method::from_bytes(method.as_bytes())?;
-                let mut request = self
-                    .http
-                    .request(method, format!("{}{path_and_query}", self.base));
+                let mut request = self.http.request(method, format!("{base}{path_and_query}"));
                 if let Some(token) = token {
                     request = request.bearer_auth(token);
                 }
                 if let Some(body) = body {
                     request = request.json(&body);
                 }
-                let response = request.send().await.map_err(|e| self.unreachable(e))?;
+                let response = request.send().await.map_err(|e| unreachable(base, e))?;
                 let status = response.status().as_u16();
                 let body = response.json().await.unwrap_or_default();
-                Answer { status, body }
+                Ok(Answer { status, body })
             }
-        };
-        if (200..300).contains(&answer.status) {
-            return Ok(answer.body);
-        }
-        let error = answer.body.get("error").and_then(|e| e.as_str());
-        let kind = answer.body.get("kind").and_then(|e| e.as_str());
-        match (error, kind) {
-            (Some(e), Some("not-saved")) => Err(anyhow!("{e}")),
-            (Some(e), _) if answer.status >= 500 => Err(anyhow!("the agent failed: {e}")),
-            (Some(e), _) => Err(anyhow!("the agent refused: {e}")),
-            (None, _) => Err(anyhow!(
-                "the agent answered {}: is it a kmemcg agent recent enough to enforce limits?",
-                answer.status
-            )),
-        }
-    }
-
-    fn unreachable(&self, e: reqwest::Error) -> anyhow::Error {
-        if e.is_connect() || e.is_timeout() {
-            anyhow!(
-                "no kmemcg agent answers at {}: start one with `kmemcg agent` (as root), \
-                 or point --addr at a running one",
-                self.base
-            )
-        } else {
-            anyhow!("requesting {} failed: {e}", self.base)
         }
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        let url = format!("{}{path}", self.base);
-        let response = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
-        let status = response.status();
-        if !status.is_success() {
-            return Err(anyhow!("{url} answered {status}: is this a kmemcg agent?"));
+        let at = self.reads.describe();
+        if let Endpoint::Tcp { base, .. } = &self.reads {
+            // Read as the body comes, so that a non-JSON answer is told apart.
+            let url = format!("{base}{path}");
+            let response = self
+                .http
+                .get(&url)
+                .send()
+                .await
+                .map_err(|e| unreachable(base, e))?;
+            let status = response.status();
+            if !status.is_success() {
+                return Err(anyhow!("{url} answered {status}: is this a kmemcg agent?"));
+            }
+            return response.json().await.with_context(|| {
+                format!("{url} did not answer kmemcg's JSON: is this a kmemcg agent?")
+            });
         }
-        response
-            .json()
-            .await
-            .with_context(|| format!("{url} did not answer kmemcg's JSON: is this a kmemcg agent?"))
+        let answer = self.request(&self.reads, "GET", path, None).await?;
+        if !(200..300).contains(&answer.status) {
+            return Err(anyhow!(
+                "{path} on the agent's {at} answered {}: is this a kmemcg agent?",
+                answer.status
+            ));
+        }
+        serde_json::from_value(answer.body).with_context(|| {
+            format!(
+                "{path} on the agent's {at} did not answer kmemcg's JSON: is this a kmemcg agent?"
+            )
+        })
+    }
+}
+
+fn unreachable(base: &str, e: reqwest::Error) -> anyhow::Error {
+    if e.is_connect() || e.is_timeout() {
+        anyhow!(
+            "no kmemcg agent answers at {base}: start one with `kmemcg agent` (as root), or \
+             point --addr at a running one"
+        )
+    } else {
+        anyhow!("requesting {base} failed: {e}")
+    }
+}
+
+/// Before anything is sent through a socket: it and its directory must be root's, this user's
+/// or an allowed agent user's, and no other user may write to the directory. Otherwise another
+/// user could have put their own socket there, to answer in the agent's place.
+fn check_socket(path: &Path, owners: &[u32]) -> anyhow::Result<()> {
+    use std::os::unix::fs::FileTypeExt as _;
+    let fix = "It may not be the agent's: another user could have made it to answer in the \
+               agent's place. If the agent runs as that user, pass --socket-owner UID; otherwise \
+               remove it and restart the agent";
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    match std::fs::metadata(dir) {
+        Ok(meta) => files::check_owner(
+            dir,
+            &meta,
+            "the agent's socket directory",
+            owners,
+            Private::NotWritable,
+            fix,
+        )?,
+        // Not for this user to see: connecting fails and says so.
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Ok(()),
+        Err(e) => {
+            return Err(anyhow!(
+                "cannot use the agent's socket {}: its directory {}: {e}; is the agent \
+                 running, and serving this socket (its --socket)?",
+                path.display(),
+                dir.display()
+            ));
+        }
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            files::check_owner(
+                path,
+                &meta,
+                "the agent's socket",
+                owners,
+                Private::NotWritable,
+                fix,
+            )?;
+            Ok(())
+        }
+        Ok(_) => Err(anyhow!(
+            "{} is not a socket: give the agent's socket with --socket (see its --socket)",
+            path.display()
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Ok(()),
+        Err(e) => Err(anyhow!(
+            "cannot use the agent's socket {}: {e}; is the agent running, and serving this \
+             socket (its --socket)? Use --addr for an agent's TCP listener",
+            path.display()
+        )),
     }
 }
 
@@ -191,14 +312,22 @@ async fn over_socket(
     body: Option<serde_json::Value>,
 ) -> anyhow::Result<Answer> {
     use http_body_util::{BodyExt as _, Full};
-    let stream = tokio::net::UnixStream::connect(socket)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot reach the agent's socket {}: is the agent running, and are you root?",
-                socket.display()
-            )
-        })?;
+    let stream = tokio::net::UnixStream::connect(socket).await.map_err(|e| {
+        let hint = match e.kind() {
+            std::io::ErrorKind::PermissionDenied => {
+                "the socket is for root (and the agent's user): run kmemcg limit as root, or use \
+                 --addr with --token-file"
+            }
+            std::io::ErrorKind::ConnectionRefused => {
+                "no agent listens on it (left by a stopped agent?): start the agent"
+            }
+            _ => "is the agent running, and serving this socket (its --socket)?",
+        };
+        anyhow!(
+            "cannot connect to the agent's socket {}: {e}; {hint}",
+            socket.display()
+        )
+    })?;
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await

@@ -186,15 +186,25 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
     }
 }
 
-/// Binds the unix socket at `path`: its directory made 0700 (created if missing), a stale
-/// socket file replaced, the socket itself 0600. Only root (and the agent's user) reach it.
+/// Binds the unix socket at `path`: its directory made 0700 (created if missing) and refused
+/// unless it is the agent's user's (or root's) and no other user may write to it (another user
+/// could replace the socket with one of their own), a stale socket file replaced, the socket
+/// itself 0600. Only root (and the agent's user) reach it.
 pub fn bind_unix(path: &Path) -> io::Result<UnixListener> {
-    use std::os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, PermissionsExt as _};
-    if let Some(dir) = path.parent() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)?;
+    use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        crate::files::private_dir(
+            dir,
+            "the socket directory",
+            crate::files::Private::NotWritable,
+            &format!(
+                "Another user could replace the agent's socket with their own: use a directory \
+                 only the agent's user can write to (e.g. /run/kmemcg), or remove {} and let \
+                 the agent create it",
+                dir.display()
+            ),
+        )
+        .map_err(io::Error::other)?;
     }
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => {

@@ -6,6 +6,12 @@
 //! value layouts. A directory of another layout means the maps were made by an incompatible
 //! kmemcg; that is reported, never silently reused or deleted. Programs and their links are not
 //! pinned: a stopped agent traces nothing.
+//!
+//! bpffs is usually mounted world-writable (mode 1777), so `<pin_dir>` and its layout directory
+//! must be the agent's user's (or root's) and closed to others (0700, made so if they are the
+//! agent's and only readable by others): no other user may lock them, replace the layout
+//! directory or plant one beforehand. The lock is a flock on the layout directory, which only
+//! the agent's user can open.
 use std::{
     fs::File,
     os::{fd::AsRawFd, unix::ffi::OsStrExt},
@@ -147,6 +153,8 @@ pub enum PinError {
          on the same maps would count every allocation twice)"
     )]
     InUse { dir: PathBuf },
+    #[error(transparent)]
+    Untrusted(#[from] crate::files::Untrusted),
     #[error("cannot {action} {path}")]
     Io {
         action: &'static str,
@@ -231,20 +239,19 @@ pub fn open(base: &Path, capacities: Capacities) -> Result<PinnedMaps, PinError>
     check_bpffs(base)?;
     let expected = layout_dir_name();
     let dir = base.join(&expected);
-    if base.exists() {
-        let others: Vec<String> = layout_dirs(base)?
-            .into_iter()
-            .filter(|name| name != &expected)
-            .collect();
-        if !others.is_empty() {
-            return Err(PinError::IncompatibleLayout {
-                dir: base.to_path_buf(),
-                found: others.join(", "),
-                expected,
-            });
-        }
+    private_dir(base, base, "the pin directory")?;
+    let others: Vec<String> = layout_dirs(base)?
+        .into_iter()
+        .filter(|name| name != &expected)
+        .collect();
+    if !others.is_empty() {
+        return Err(PinError::IncompatibleLayout {
+            dir: base.to_path_buf(),
+            found: others.join(", "),
+            expected,
+        });
     }
-    std::fs::create_dir_all(&dir).map_err(io("create the pin directory", &dir))?;
+    private_dir(&dir, base, "the pinned maps' directory")?;
     let lock = lock(&dir)?;
     let mut reused = Vec::new();
     for layout in PINNED_MAPS {
@@ -276,6 +283,32 @@ pub fn open(base: &Path, capacities: Capacities) -> Result<PinnedMaps, PinError>
         dir,
         reused,
         _lock: lock,
+    })
+}
+
+/// Creates `dir` 0700 if missing; refuses it unless it is the agent's user's (or root's) and
+/// closed to other users.
+fn private_dir(dir: &Path, base: &Path, what: &'static str) -> Result<(), PinError> {
+    let fix = format!(
+        "Another user could lock it or swap the pinned maps: remove it (`rm -r {dir}`; objects \
+         allocated before are then never uncharged) and let the agent create it, or make it \
+         the agent's user's (chown) and `chmod 700` it; the pin directory is {base}",
+        base = base.display(),
+        dir = dir.display(),
+    );
+    crate::files::private_dir(dir, what, crate::files::Private::NotReadable, &fix).map_err(|e| {
+        match e {
+            crate::files::PrivateDirError::Untrusted(u) => PinError::Untrusted(u),
+            crate::files::PrivateDirError::Io {
+                action,
+                path,
+                source,
+            } => PinError::Io {
+                action,
+                path,
+                source,
+            },
+        }
     })
 }
 

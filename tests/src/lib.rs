@@ -401,6 +401,9 @@ pub struct AgentProcess {
     log: PathBuf,
     /// Its unix socket (writes), in a directory of its own.
     socket: PathBuf,
+    /// The state directory the harness gave it (KMEMCG_STATE_DIR, removed when dropped), used
+    /// unless the test names one with --state-dir.
+    state_dir: Option<PathBuf>,
 }
 
 impl AgentProcess {
@@ -417,22 +420,57 @@ impl AgentProcess {
     /// on a free loopback port and with a socket of its own unless `args` name one, and waits
     /// until its API answers.
     pub fn start_with(args: &[&str]) -> Self {
+        Self::try_start_with(args).unwrap_or_else(|log| panic!("{log}"))
+    }
+
+    /// [`AgentProcess::start`], or the agent's log when it exits instead of serving.
+    pub fn try_start(extra: &[&str]) -> Result<Self, String> {
+        let interval = sample_interval();
+        let mut args = vec!["--interval", interval.as_str()];
+        args.extend_from_slice(extra);
+        Self::try_start_with(&args)
+    }
+
+    /// [`AgentProcess::start_with`], or the agent's log when it exits instead of serving. A
+    /// state directory of its own is given unless `args` name one with --state-dir (agents on
+    /// the same state directory refuse to run together).
+    pub fn try_start_with(args: &[&str]) -> Result<Self, String> {
+        Self::spawn(args, None)
+    }
+
+    /// [`AgentProcess::try_start`] on the state directory `dir` (KMEMCG_STATE_DIR), which
+    /// stays when the agent is dropped.
+    pub fn try_start_on_state(dir: &Path, extra: &[&str]) -> Result<Self, String> {
+        let interval = sample_interval();
+        let mut args = vec!["--interval", interval.as_str()];
+        args.extend_from_slice(extra);
+        Self::spawn(&args, Some(dir))
+    }
+
+    fn spawn(args: &[&str], state: Option<&Path>) -> Result<Self, String> {
         let addr = free_addr();
         let log = std::env::temp_dir().join(format!("{}.log", unique("agent")));
         let log_file = std::fs::File::create(&log).expect("agent log file");
         let socket = std::env::temp_dir()
             .join(unique("agent-socket"))
             .join("kmemcg.sock");
-        let mut own_socket = vec![];
+        let mut own = vec![];
         if !args
             .iter()
             .any(|a| a.starts_with("--socket") || *a == "--no-socket")
         {
-            own_socket = vec!["--socket".to_string(), socket.display().to_string()];
+            own.extend(["--socket".to_string(), socket.display().to_string()]);
         }
-        let child = Command::new(kmemcg_bin())
+        let mut command = Command::new(kmemcg_bin());
+        // Through the environment, which a flag in `args` overrides.
+        let own_state = state.is_none().then(|| scratch("state"));
+        command.env(
+            "KMEMCG_STATE_DIR",
+            state.map_or_else(|| own_state.clone().unwrap_or_default(), Path::to_path_buf),
+        );
+        let child = command
             .args(["agent", "--listen", &addr.to_string()])
-            .args(&own_socket)
+            .args(&own)
             .args(args)
             .stdout(Stdio::null())
             .stderr(log_file)
@@ -443,19 +481,23 @@ impl AgentProcess {
             addr,
             log,
             socket,
+            state_dir: own_state,
         };
-        agent.wait_until_serving();
-        agent
+        agent.wait_until_serving()?;
+        Ok(agent)
     }
 
-    fn wait_until_serving(&mut self) {
+    fn wait_until_serving(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + patience(Duration::from_secs(60));
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("kmemcg agent exited ({status}): {}", self.log_text());
+                return Err(format!(
+                    "kmemcg agent exited ({status}): {}",
+                    self.log_text()
+                ));
             }
             if get_json::<Status>(self.addr, "/api/v1/status").is_ok() {
-                return;
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -556,6 +598,9 @@ impl Drop for AgentProcess {
         if let Some(dir) = self.socket.parent() {
             let _ = std::fs::remove_dir_all(dir);
         }
+        if let Some(dir) = &self.state_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -579,6 +624,18 @@ pub fn get_json<T: serde::de::DeserializeOwned>(addr: SocketAddr, path: &str) ->
         .send()?
         .error_for_status()?;
     Ok(response.json()?)
+}
+
+/// The uid the tests use as another, unprivileged user: nobody.
+pub const OTHER_UID: u32 = 65534;
+
+/// `program args...` as [`OTHER_UID`] (uid and gid 65534, no supplementary groups).
+pub fn as_other_user(program: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(program)
+        .args(args);
+    cmd
 }
 
 /// Runs the `kmemcg` binary with `args` and returns its output.

@@ -10,7 +10,8 @@ use std::{
 
 use kmemcg_agent::{api::Status, limits::LimitRule, limits::audit::AuditRecord};
 use kmemcg_tests::{
-    AgentProcess, Bpffs, TestCgroup, Tmpfs, get_json, kmemcg, kmemcg_bin, require_root, scratch,
+    AgentProcess, Bpffs, OTHER_UID, TestCgroup, Tmpfs, as_other_user, get_json, kmemcg, kmemcg_bin,
+    require_root, scratch, scratch_dir,
 };
 
 /// An agent keeping its rules and audit records in files of its own.
@@ -138,6 +139,28 @@ fn only_root_or_a_token_holder_changes_limits() {
         .expect("kmemcg as nobody");
     let text = output_text(&out);
     assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains(&socket) && text.contains("Permission denied"),
+        "{text}"
+    );
+    // As nobody over TCP (--addr alone): the agent refuses.
+    let out = Command::new(kmemcg_bin())
+        .args([
+            "limit",
+            "set",
+            victim.path(),
+            "--max",
+            "1",
+            "--action",
+            "kill",
+        ])
+        .args(["--addr", &addr])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("kmemcg as nobody");
+    let text = output_text(&out);
+    assert!(!out.status.success(), "{text}");
     assert!(text.contains("refused") && text.contains("TCP"), "{text}");
     let posted = reqwest::blocking::Client::new()
         .post(format!("http://{addr}/api/v1/limits"))
@@ -165,7 +188,6 @@ fn only_root_or_a_token_holder_changes_limits() {
     let (agent, state2, audit2) =
         agent_with_files(&["--write-token-file", token_file.to_str().expect("utf-8")]);
     let addr = agent.addr().to_string();
-    let no_socket = scratch("no-socket").display().to_string();
     let wrong = scratch("wrong-token");
     std::fs::write(&wrong, "ffffffffffffffffffffffffffffffff\n").expect("token");
     std::fs::set_permissions(&wrong, std::os::unix::fs::PermissionsExt::from_mode(0o600))
@@ -181,8 +203,6 @@ fn only_root_or_a_token_holder_changes_limits() {
             "notify",
             "--addr",
             &addr,
-            "--socket",
-            &no_socket,
             "--token-file",
             token.to_str().expect("utf-8"),
         ])
@@ -399,4 +419,418 @@ fn a_full_map_does_not_let_a_cgroup_evade_its_limit() {
     drop(workload);
     let _ = std::fs::remove_file(state);
     let _ = std::fs::remove_file(audit);
+}
+
+fn mode_of(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::symlink_metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .mode()
+        & 0o7777
+}
+
+fn chown_to_other(path: &std::path::Path) {
+    std::os::unix::fs::chown(path, Some(OTHER_UID), Some(OTHER_UID))
+        .unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
+}
+
+/// Issue case 7: bpffs is world-writable (1777). Another user can neither plant the pin
+/// directory beforehand, nor lock the agent out, nor swap the pinned maps' directory.
+#[test]
+fn a_pin_dir_on_a_world_writable_bpffs_is_the_agents_alone() {
+    require_root();
+    let bpffs = Bpffs::new();
+    let pin_dir = PathBuf::from(bpffs.pin_dir());
+    let pin = pin_dir.to_str().expect("utf-8").to_string();
+    assert_eq!(
+        mode_of(pin_dir.parent().expect("mount")),
+        0o1777,
+        "bpffs is mounted world-writable, as on hosts"
+    );
+    // A pin directory another user made beforehand is refused, with what to do.
+    let made = as_other_user(std::path::Path::new("mkdir"), &[&pin])
+        .status()
+        .expect("mkdir as nobody");
+    assert!(made.success(), "nobody may mkdir on a 1777 bpffs");
+    let refused = AgentProcess::try_start(&["--pin-dir", &pin])
+        .err()
+        .expect("an agent must refuse a pin directory another user made");
+    assert!(
+        refused.contains(&pin)
+            && refused.contains("owned by uid 65534")
+            && refused.contains("rm -r"),
+        "{refused}"
+    );
+    std::fs::remove_dir(&pin_dir).expect("removing nobody's directory");
+
+    // The agent's own: 0700, the layout directory too.
+    let agent = AgentProcess::start(&["--pin-dir", &pin]);
+    let layout = std::fs::read_dir(&pin_dir)
+        .expect("pin dir")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("layout-"))
+        })
+        .expect("a layout directory");
+    assert_eq!(mode_of(&pin_dir), 0o700);
+    assert_eq!(mode_of(&layout), 0o700);
+    assert_eq!(agent.stop().code(), Some(0));
+    let layout_text = layout.to_str().expect("utf-8").to_string();
+
+    // Another user cannot take the agent's lock (before: a flock on the directory, which
+    // anyone could open, kept the next agent from starting)...
+    let mut holder = as_other_user(
+        std::path::Path::new("flock"),
+        &["-n", &layout_text, "sleep", "30"],
+    )
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .expect("flock as nobody");
+    std::thread::sleep(Duration::from_millis(300));
+    // ...nor swap the layout directory for an empty one.
+    let moved = as_other_user(
+        std::path::Path::new("mv"),
+        &[&layout_text, &format!("{layout_text}.old")],
+    )
+    .stderr(std::process::Stdio::null())
+    .status()
+    .expect("mv as nobody");
+    assert!(!moved.success(), "nobody moved the pinned maps away");
+    let again = AgentProcess::try_start(&["--pin-dir", &pin]);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let again = again.unwrap_or_else(|log| panic!("another user locked the agent out: {log}"));
+    let log = again.log_text();
+    assert!(
+        log.contains("reused") && log.contains("LIVE_OBJECTS"),
+        "the restarted agent did not reuse its maps: {log}"
+    );
+    assert_eq!(again.stop().code(), Some(0));
+    let out = kmemcg(&["agent", "--unpin", "--pin-dir", &pin]);
+    assert!(out.status.success(), "{}", output_text(&out));
+}
+
+/// Issue case 8: whoever owns the token file can read the token; another user's is refused.
+/// A token file of two lines is refused too, and a missing token is `unauthorized` (401).
+#[test]
+fn a_token_file_of_another_user_is_refused() {
+    require_root();
+    let token_file = scratch("token");
+    std::fs::write(&token_file, "0123456789abcdef0123456789abcdef\n").expect("token");
+    std::fs::set_permissions(
+        &token_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .expect("mode");
+    chown_to_other(&token_file);
+    let token = token_file.to_str().expect("utf-8");
+    let refused = AgentProcess::try_start(&["--write-token-file", token])
+        .err()
+        .expect("an agent must refuse another user's token file");
+    assert!(
+        refused.contains(token) && refused.contains("owned by uid 65534"),
+        "{refused}"
+    );
+    std::os::unix::fs::chown(&token_file, Some(0), Some(0)).expect("chown");
+    std::fs::write(
+        &token_file,
+        "0123456789abcdef0123456789abcdef\nffffffffffffffffffffffffffffffff\n",
+    )
+    .expect("two tokens");
+    let refused = AgentProcess::try_start(&["--write-token-file", token])
+        .err()
+        .expect("an agent must refuse a token file of two lines");
+    assert!(refused.contains("2 non-empty lines"), "{refused}");
+    std::fs::write(&token_file, "0123456789abcdef0123456789abcdef\n").expect("token");
+    let agent = AgentProcess::start(&["--write-token-file", token]);
+    let posted = reqwest::blocking::Client::new()
+        .post(format!("http://{}/api/v1/limits", agent.addr()))
+        .json(&serde_json::json!({"path": "/kmemcg-test-none", "max": 1, "action": "notify"}))
+        .send()
+        .expect("an answer");
+    assert_eq!(posted.status(), 401);
+    let body: serde_json::Value = posted.json().expect("JSON");
+    assert_eq!(body["kind"], "unauthorized", "{body}");
+    let _ = std::fs::remove_file(&token_file);
+}
+
+/// A socket at `dir/kmemcg.sock` answering every request as if a rule had been set, made by
+/// root then given to [`OTHER_UID`] with its directory: another user's impostor.
+fn impostor_socket(dir: &std::path::Path) -> PathBuf {
+    use std::io::Write as _;
+    let path = dir.join("kmemcg.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+    chown_to_other(&path);
+    chown_to_other(dir);
+    listener.set_nonblocking(true).expect("nonblocking");
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            let Ok((mut stream, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            };
+            let _ = stream.set_nonblocking(false);
+            let _ = stream.set_read_timeout(Some(Duration::from_millis(300)));
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let body = r#"{"source":"runtime","rule":{"path":"/kmemcg-test-victim","max":1,"action":"kill"}}"#;
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                 connection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    path
+}
+
+/// Issue case 9: a socket directory another user made (or may write to) is refused by the
+/// agent, and root's `kmemcg limit` refuses to talk to a socket another user owns.
+#[test]
+fn a_socket_directory_of_another_user_is_refused() {
+    require_root();
+    // The agent: refused in another user's directory, and in one everyone may write to.
+    let theirs = scratch_dir("their-socket-dir");
+    chown_to_other(&theirs);
+    let socket = theirs.join("kmemcg.sock");
+    let socket_text = socket.to_str().expect("utf-8").to_string();
+    let refused = AgentProcess::try_start(&["--socket", &socket_text])
+        .err()
+        .expect("an agent must refuse a socket directory another user owns");
+    assert!(
+        refused.contains(theirs.to_str().expect("utf-8")) && refused.contains("owned by uid 65534"),
+        "{refused}"
+    );
+    let open = scratch_dir("open-socket-dir");
+    std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o1777))
+        .expect("chmod");
+    let open_socket = open.join("kmemcg.sock");
+    let refused = AgentProcess::try_start(&["--socket", open_socket.to_str().expect("utf-8")])
+        .err()
+        .expect("an agent must refuse a world-writable socket directory");
+    assert!(
+        refused.contains("may be written by other users"),
+        "{refused}"
+    );
+    std::fs::remove_dir_all(&open).expect("cleanup");
+
+    // The CLI, as root: another user's socket is not the agent's, whatever it answers.
+    let fake_dir = scratch_dir("impostor");
+    let fake = impostor_socket(&fake_dir);
+    let fake_text = fake.to_str().expect("utf-8");
+    let out = kmemcg(&[
+        "limit",
+        "set",
+        "/kmemcg-test-victim",
+        "--max",
+        "1",
+        "--action",
+        "kill",
+        "--socket",
+        fake_text,
+    ]);
+    let text = output_text(&out);
+    assert!(
+        !out.status.success(),
+        "root's kmemcg limit believed an impostor: {text}"
+    );
+    assert!(
+        text.contains("owned by uid 65534") && text.contains("--socket-owner"),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(&theirs);
+    let _ = std::fs::remove_dir_all(&fake_dir);
+}
+
+/// Issue case 10: `--addr` means TCP and `--socket` that socket, never another agent's socket
+/// or TCP in their place.
+#[test]
+fn the_cli_uses_the_endpoint_it_is_given() {
+    require_root();
+    let victim = TestCgroup::new("endpoint");
+    let first = AgentProcess::start(&[]);
+    let second = AgentProcess::start(&[]);
+    let second_addr = second.addr().to_string();
+    // --addr of the second, with the first's socket in the environment: TCP to the second
+    // (which refuses changes without a token), nothing on the first.
+    let out = Command::new(kmemcg_bin())
+        .args([
+            "limit",
+            "set",
+            victim.path(),
+            "--max",
+            "1G",
+            "--action",
+            "notify",
+            "--addr",
+            &second_addr,
+        ])
+        .env("KMEMCG_SOCKET", first.socket())
+        .output()
+        .expect("kmemcg");
+    let text = output_text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains(&second_addr) && text.contains("TCP"),
+        "{text}"
+    );
+    for agent in [&first, &second] {
+        let rules: Vec<LimitRule> = get_json(agent.addr(), "/api/v1/limits").expect("rules");
+        assert!(
+            rules.is_empty(),
+            "a rule landed on an agent not asked: {rules:?}"
+        );
+    }
+    // A missing socket is an error about that socket, not a change tried over TCP.
+    let out = kmemcg(&[
+        "limit",
+        "set",
+        victim.path(),
+        "--max",
+        "1G",
+        "--action",
+        "notify",
+        "--addr",
+        &second_addr,
+        "--socket",
+        "/missing.sock",
+    ]);
+    let text = output_text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("/missing.sock") && !text.contains("not accepted over TCP"),
+        "{text}"
+    );
+    // --socket alone: reads go there too.
+    let socket = second.socket().to_str().expect("utf-8").to_string();
+    let out = kmemcg(&["limit", "list", "--socket", &socket]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    drop(first);
+    drop(second);
+}
+
+/// Issue case 10, continued: two agents never share a state directory (before, every agent
+/// used /var/lib/kmemcg's files, unlocked); a temporary file a killed save left there is
+/// removed at start.
+#[test]
+fn two_agents_never_share_a_state_directory() {
+    require_root();
+    let state = scratch_dir("shared-state");
+    let state_text = state.to_str().expect("utf-8").to_string();
+    let mut gone = Command::new("true").spawn().expect("true");
+    let dead = gone.id();
+    gone.wait().expect("waited");
+    let stale = state.join(format!("limits.json.{dead}.tmp"));
+    std::fs::write(&stale, "{\"rules\": [").expect("a half-written save");
+    let holder =
+        AgentProcess::try_start_on_state(&state, &[]).unwrap_or_else(|log| panic!("{log}"));
+    let second = AgentProcess::try_start_on_state(&state, &[]);
+    let refused = second
+        .err()
+        .expect("a second agent on the same state directory must refuse to start");
+    assert!(
+        refused.contains(&state_text)
+            && refused.contains("in use by another kmemcg agent")
+            && refused.contains(&format!("pid {}", holder.pid()))
+            && refused.contains("--state-dir"),
+        "{refused}"
+    );
+    assert!(
+        !stale.exists(),
+        "the temporary file of a killed save is left"
+    );
+    drop(holder);
+    let _ = std::fs::remove_dir_all(&state);
+}
+
+/// The smaller refusals, each through the real binary: a directory as the socket, an absurd
+/// interval, a stopping signal, a bidi character in a path, and globs in limits.protected.
+#[test]
+fn small_refusals_are_clear() {
+    let dir = scratch_dir("socket-is-a-dir");
+    let out = kmemcg(&[
+        "agent",
+        "--check-config",
+        "--socket",
+        dir.to_str().expect("utf-8"),
+    ]);
+    let text = output_text(&out);
+    assert!(
+        !out.status.success() && text.contains("is a directory"),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir(&dir);
+
+    let config = scratch("interval.toml");
+    std::fs::write(&config, "interval_seconds = 1e-300\n").expect("config");
+    let out = kmemcg(&[
+        "agent",
+        "--check-config",
+        "--config",
+        config.to_str().expect("utf-8"),
+    ]);
+    let text = output_text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.len() < 250 && text.contains("between 0.05 and 3600"),
+        "{} characters: {text}",
+        text.len()
+    );
+
+    for signal in ["SIGSTOP", "SIGCONT", "SIGTSTP", "SIGTTIN", "SIGTTOU"] {
+        let out = kmemcg(&[
+            "limit",
+            "set",
+            "/kmemcg-test-sig",
+            "--max",
+            "1G",
+            "--action",
+            "signal",
+            "--signal",
+            signal,
+            "--socket",
+            "/missing.sock",
+        ]);
+        let text = output_text(&out);
+        assert!(
+            !out.status.success() && text.contains("stops or continues"),
+            "{signal}: {text}"
+        );
+    }
+    let out = kmemcg(&[
+        "limit",
+        "set",
+        "/kmemcg-test-\u{202E}gpj.exe",
+        "--max",
+        "1G",
+        "--action",
+        "notify",
+        "--socket",
+        "/missing.sock",
+    ]);
+    let text = output_text(&out);
+    assert!(!out.status.success() && text.contains("U+202E"), "{text}");
+
+    std::fs::write(
+        &config,
+        "[limits]\nprotected = [\"/kmemcg-test-db-*\"]\n\
+         [[limits.rule]]\npath = \"/kmemcg-test-db-1\"\nmax = \"8M\"\naction = \"kill\"\n",
+    )
+    .expect("config");
+    let out = kmemcg(&[
+        "agent",
+        "--check-config",
+        "--config",
+        config.to_str().expect("utf-8"),
+    ]);
+    let text = output_text(&out);
+    assert!(
+        !out.status.success() && text.contains("protected by the glob /kmemcg-test-db-*"),
+        "{text}"
+    );
+    let _ = std::fs::remove_file(&config);
 }

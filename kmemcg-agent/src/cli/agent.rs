@@ -98,12 +98,17 @@ pub struct AgentArgs {
     /// Enforce no limit: decide, log and audit only [config: limits.dry_run].
     #[arg(long, env = "KMEMCG_DRY_RUN")]
     pub dry_run: bool,
+    /// The agent's state directory: its runtime limits (limits.json), audit records
+    /// (enforcement.jsonl) and lock; one agent at a time holds it, so a second agent on the
+    /// host needs one of its own [default: /var/lib/kmemcg].
+    #[arg(long, env = "KMEMCG_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     /// Where limits set at runtime are kept across restarts [default:
-    /// /var/lib/kmemcg/limits.json].
+    /// <state dir>/limits.json].
     #[arg(long, env = "KMEMCG_LIMITS_FILE", value_name = "FILE")]
     pub limits_file: Option<PathBuf>,
     /// Where enforcement audit records are appended as JSON lines [default:
-    /// /var/lib/kmemcg/enforcement.jsonl].
+    /// <state dir>/enforcement.jsonl].
     #[arg(long, env = "KMEMCG_AUDIT_FILE", value_name = "FILE")]
     pub audit_file: Option<PathBuf>,
 }
@@ -139,6 +144,7 @@ impl AgentArgs {
             top_caches: self.top_caches.map(|v| v as usize),
             cache_min_bytes: self.cache_min_bytes,
             dry_run: self.dry_run,
+            state_dir: self.state_dir.clone(),
             limits_file: self.limits_file.clone(),
             audit_file: self.audit_file.clone(),
             on_unreliable: self.on_unreliable.as_deref().and_then(|s| s.parse().ok()),
@@ -218,6 +224,10 @@ fn print_config(path: Option<&Path>, c: &AgentConfig) {
     let l = &c.limits;
     println!("[limits]");
     println!("dry_run = {}", l.dry_run);
+    match &l.state_dir {
+        Some(d) => println!("state_dir = \"{}\"", d.display()),
+        None => println!("# state_dir unset: no state directory is locked"),
+    }
     match &l.state_file {
         Some(f) => println!("state_file = \"{}\"", f.display()),
         None => println!("# state_file unset: runtime limits are not kept across restarts"),

@@ -1,5 +1,8 @@
 //! `kmemcg limit set|list|rm|log`: kernel-memory limits of a running agent.
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
@@ -9,7 +12,7 @@ use crate::{
     access::{DEFAULT_SOCKET, read_token},
     api::DEFAULT_LISTEN,
     cgroup_path,
-    client::Client,
+    client::{Client, Endpoint},
     limits::{self, Action, LimitRule, RuleSpec, Size},
     units::{format_duration, iec, parse_duration, parse_size},
 };
@@ -18,16 +21,67 @@ use crate::{
 pub struct LimitArgs {
     #[command(subcommand)]
     pub command: LimitCommand,
-    /// Address of the agent (reads; changes too when its socket is not here).
-    #[arg(long, default_value = DEFAULT_LISTEN, env = "KMEMCG_ADDR", global = true)]
-    pub addr: String,
-    /// The agent's unix socket, which `set` and `rm` use (as root) when it exists.
-    #[arg(long, default_value = DEFAULT_SOCKET, env = "KMEMCG_SOCKET", global = true)]
-    pub socket: PathBuf,
-    /// File with the agent's write token, for changes over TCP (`api.write_token_file` of
-    /// the agent); the socket is not used then.
+    /// The agent's TCP address (env KMEMCG_ADDR). Given alone, everything goes there: reads,
+    /// and changes with --token-file. Without --addr and --socket, reads go to 127.0.0.1:9847
+    /// and changes to the default socket.
+    #[arg(long, global = true)]
+    pub addr: Option<String>,
+    /// The agent's unix socket (env KMEMCG_SOCKET). Given alone, everything goes there; with
+    /// --addr, changes go there and reads to --addr. Never replaced by TCP when it fails.
+    /// [default for changes: /run/kmemcg/kmemcg.sock]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// File with the agent's write token, for changes over TCP to --addr
+    /// (`api.write_token_file` of the agent); not with --socket.
     #[arg(long, env = "KMEMCG_TOKEN_FILE", global = true, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+    /// The uid the agent runs as, when not root: its socket and the socket's directory may
+    /// then be that user's (otherwise only root's or yours are trusted).
+    #[arg(long, env = "KMEMCG_SOCKET_OWNER", global = true, value_name = "UID")]
+    pub socket_owner: Option<u32>,
+}
+
+/// Where reads and changes go: exactly the endpoints given (see [`LimitArgs`]). Environment
+/// variables count only when neither --addr nor --socket is on the command line.
+fn endpoints(
+    addr: Option<String>,
+    socket: Option<PathBuf>,
+    env: impl Fn(&str) -> Option<String>,
+    token: Option<String>,
+    owners: Vec<u32>,
+) -> anyhow::Result<(Endpoint, Endpoint)> {
+    let (addr, socket) = match (addr, socket) {
+        (None, None) => (env("KMEMCG_ADDR"), env("KMEMCG_SOCKET").map(PathBuf::from)),
+        given => given,
+    };
+    let default_addr = || DEFAULT_LISTEN.to_string();
+    Ok(match (addr, socket, token) {
+        (_, Some(socket), Some(_)) => anyhow::bail!(
+            "--token-file sends changes over TCP (to --addr), and --socket ({}) names the unix \
+             socket: give one of them",
+            socket.display()
+        ),
+        (addr, None, Some(token)) => {
+            let tcp = Endpoint::tcp(&addr.unwrap_or_else(default_addr), Some(token));
+            (tcp.clone(), tcp)
+        }
+        (Some(addr), None, None) => {
+            let tcp = Endpoint::tcp(&addr, None);
+            (tcp.clone(), tcp)
+        }
+        (None, Some(socket), None) => {
+            let unix = Endpoint::socket(&socket, owners);
+            (unix.clone(), unix)
+        }
+        (Some(addr), Some(socket), None) => (
+            Endpoint::tcp(&addr, None),
+            Endpoint::socket(&socket, owners),
+        ),
+        (None, None, None) => (
+            Endpoint::tcp(&default_addr(), None),
+            Endpoint::socket(Path::new(DEFAULT_SOCKET), owners),
+        ),
+    })
 }
 
 #[derive(Debug, Subcommand)]
@@ -108,7 +162,14 @@ pub async fn run(args: LimitArgs) -> anyhow::Result<()> {
         Some(path) => Some(read_token(path).map_err(anyhow::Error::msg)?),
         None => None,
     };
-    let client = Client::new(&args.addr).with_writes(Some(&args.socket), token);
+    let (reads, writes) = endpoints(
+        args.addr,
+        args.socket,
+        |name| std::env::var(name).ok().filter(|v| !v.is_empty()),
+        token,
+        args.socket_owner.into_iter().collect(),
+    )?;
+    let client = Client::with_endpoints(reads, writes);
     match args.command {
         LimitCommand::Set(set) => {
             let spec = RuleSpec {
@@ -213,4 +274,61 @@ pub fn rules_table(rules: &[LimitRule]) -> Table {
         ]);
     }
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(
+        addr: Option<&str>,
+        socket: Option<&str>,
+        env: &[(&str, &str)],
+        token: bool,
+    ) -> anyhow::Result<(Endpoint, Endpoint)> {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        endpoints(
+            addr.map(str::to_string),
+            socket.map(PathBuf::from),
+            |name| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()),
+            token.then(|| "t".repeat(20)),
+            Vec::new(),
+        )
+    }
+
+    fn tcp(addr: &str) -> Endpoint {
+        Endpoint::tcp(addr, None)
+    }
+
+    fn unix(path: &str) -> Endpoint {
+        Endpoint::socket(Path::new(path), Vec::new())
+    }
+
+    #[test]
+    fn the_endpoints_given_are_the_ones_used() {
+        let other_agent = [("KMEMCG_SOCKET", "/run/other/kmemcg.sock")];
+        // --addr alone: TCP only, whatever socket the environment names.
+        let (r, w) = resolve(Some("127.0.0.1:19847"), None, &other_agent, false).expect("ok");
+        assert_eq!((r, w), (tcp("127.0.0.1:19847"), tcp("127.0.0.1:19847")));
+        // --socket alone: that socket only, reads included.
+        let (r, w) = resolve(None, Some("/missing.sock"), &[], false).expect("ok");
+        assert_eq!((r, w), (unix("/missing.sock"), unix("/missing.sock")));
+        // Both: reads over TCP, changes through the socket.
+        let (r, w) = resolve(Some("127.0.0.1:1"), Some("/s.sock"), &[], false).expect("ok");
+        assert_eq!((r, w), (tcp("127.0.0.1:1"), unix("/s.sock")));
+        // Neither: the environment, else the defaults.
+        let (r, w) = resolve(None, None, &other_agent, false).expect("ok");
+        assert_eq!(w, unix("/run/other/kmemcg.sock"));
+        assert_eq!(r, unix("/run/other/kmemcg.sock"));
+        let (r, w) = resolve(None, None, &[], false).expect("ok");
+        assert_eq!((r, w), (tcp(DEFAULT_LISTEN), unix(DEFAULT_SOCKET)));
+        // A token: TCP, never with --socket.
+        let (_, w) = resolve(Some("10.0.0.1:9847"), None, &other_agent, true).expect("ok");
+        assert!(matches!(w, Endpoint::Tcp { token: Some(_), .. }), "{w:?}");
+        let e = resolve(None, Some("/s.sock"), &[], true).expect_err("both");
+        assert!(e.to_string().contains("give one of them"), "{e}");
+    }
 }

@@ -91,6 +91,7 @@ pub struct FileApi {
 pub struct FileLimits {
     pub dry_run: Option<bool>,
     pub on_unreliable: Option<String>,
+    pub state_dir: Option<PathBuf>,
     pub state_file: Option<PathBuf>,
     pub audit_file: Option<PathBuf>,
     pub protected: Option<Vec<String>>,
@@ -119,6 +120,7 @@ pub struct Overrides {
     pub cache_min_bytes: Option<u64>,
     /// Enforcement in dry-run mode, whatever the config file says.
     pub dry_run: bool,
+    pub state_dir: Option<PathBuf>,
     pub limits_file: Option<PathBuf>,
     pub audit_file: Option<PathBuf>,
     pub on_unreliable: Option<crate::limits::OnUnreliable>,
@@ -189,8 +191,20 @@ pub fn check_interval(seconds: f64) -> Result<Duration, String> {
         Ok(Duration::from_secs_f64(seconds))
     } else {
         Err(format!(
-            "{seconds} is out of range: the interval must be between {min} and {max} seconds"
+            "{} is out of range: the interval must be between {min} and {max} seconds",
+            short_number(seconds)
         ))
+    }
+}
+
+/// A number as written in a message: plain when short, else in scientific notation (`1e-300`
+/// rather than three hundred zeros).
+fn short_number(v: f64) -> String {
+    let plain = v.to_string();
+    if plain.len() <= 16 {
+        plain
+    } else {
+        format!("{v:e}")
     }
 }
 
@@ -318,19 +332,27 @@ fn resolve_limits(
         )),
         p => Ok(p),
     };
+    let state_dir = absolute(
+        "limits.state_dir",
+        over.state_dir
+            .clone()
+            .or_else(|| f.state_dir.clone())
+            .or(defaults.state_dir),
+    )?;
+    let in_state_dir = |name: &str| state_dir.as_ref().map(|d| d.join(name));
     let state_file = absolute(
         "limits.state_file",
         over.limits_file
             .clone()
             .or_else(|| f.state_file.clone())
-            .or(defaults.state_file),
+            .or_else(|| in_state_dir(crate::limits::STATE_FILE_NAME)),
     )?;
     let audit_file = absolute(
         "limits.audit_file",
         over.audit_file
             .clone()
             .or_else(|| f.audit_file.clone())
-            .or(defaults.audit_file),
+            .or_else(|| in_state_dir(crate::limits::AUDIT_FILE_NAME)),
     )?;
     let protected = f
         .protected
@@ -338,6 +360,7 @@ fn resolve_limits(
         .flatten()
         .map(|p| cgroup_path::normalize(p).map_err(|r| bad("limits.protected", r)))
         .collect::<Result<Vec<_>, _>>()?;
+    crate::limits::check_protected(&protected).map_err(|r| bad("limits.protected", r))?;
     let rules = f
         .rule
         .iter()
@@ -357,6 +380,7 @@ fn resolve_limits(
     let on_unreliable = over.on_unreliable.or(from_file).unwrap_or_default();
     Ok(LimitsConfig {
         dry_run: over.dry_run || f.dry_run.unwrap_or(false),
+        state_dir,
         state_file,
         audit_file,
         protected,
@@ -383,7 +407,10 @@ fn resolve_api(
                     format!("`{}` is not an absolute path", p.display()),
                 ));
             }
-            Some(p) => Some(p),
+            Some(p) => {
+                check_socket_path(&p).map_err(|r| bad("api.socket", r))?;
+                Some(p)
+            }
             None => ApiConfig::default().socket,
         }
     };
@@ -398,6 +425,24 @@ fn resolve_api(
         socket,
         write_token_file,
     })
+}
+
+/// A socket path names the socket itself: a directory, or anything but a socket already there,
+/// is refused (the agent would fail to bind it).
+fn check_socket_path(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::FileTypeExt as _;
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => Err(format!(
+            "`{}` is a directory: give the socket's own path, e.g. {}/kmemcg.sock",
+            path.display(),
+            path.display()
+        )),
+        Ok(m) if !m.file_type().is_socket() => Err(format!(
+            "`{}` exists and is not a socket: give a path where the agent can create its socket",
+            path.display()
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// The override, else the file's value, else the default; checked against `range`.

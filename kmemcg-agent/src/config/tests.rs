@@ -136,8 +136,9 @@ fn limits_are_read_and_checked() {
     assert_eq!(l.audit_file, Some(PathBuf::from("/var/log/kmemcg.jsonl")));
     assert_eq!(
         l.state_file,
-        Some(PathBuf::from(crate::limits::DEFAULT_STATE_FILE))
+        Some(PathBuf::from("/var/lib/kmemcg/limits.json"))
     );
+    assert_eq!(l.state_dir, Some(PathBuf::from("/var/lib/kmemcg")));
     assert_eq!(l.protected, ["/critical.slice"]);
     assert_eq!(l.rules.len(), 2);
     assert_eq!(l.rules[0].signal, libc::SIGINT);
@@ -211,4 +212,77 @@ fn the_unreliable_fallback_is_read_and_checked() {
         e.contains("limits.on_unreliable") && e.contains("kernel or kmemcg"),
         "{e}"
     );
+}
+
+#[test]
+fn the_state_directory_holds_the_files_unless_they_are_named() {
+    let file = parse(Path::new(FILE), "[limits]\nstate_dir = \"/srv/kmemcg-b\"\n").expect("valid");
+    let c = resolve(Some((Path::new(FILE), &file)), &Overrides::default()).expect("valid");
+    assert_eq!(c.limits.state_dir, Some(PathBuf::from("/srv/kmemcg-b")));
+    assert_eq!(
+        c.limits.state_file,
+        Some(PathBuf::from("/srv/kmemcg-b/limits.json"))
+    );
+    assert_eq!(
+        c.limits.audit_file,
+        Some(PathBuf::from("/srv/kmemcg-b/enforcement.jsonl"))
+    );
+    let over = Overrides {
+        state_dir: Some("/srv/kmemcg-c".into()),
+        limits_file: Some("/srv/rules.json".into()),
+        ..Default::default()
+    };
+    let c = resolve(Some((Path::new(FILE), &file)), &over).expect("valid");
+    assert_eq!(c.limits.state_dir, Some(PathBuf::from("/srv/kmemcg-c")));
+    assert_eq!(c.limits.state_file, Some(PathBuf::from("/srv/rules.json")));
+    assert_eq!(
+        c.limits.audit_file,
+        Some(PathBuf::from("/srv/kmemcg-c/enforcement.jsonl"))
+    );
+    let e = resolve_err("[limits]\nstate_dir = \"relative\"\n");
+    assert!(e.contains("limits.state_dir"), "{e}");
+}
+
+#[test]
+fn an_absurd_interval_gets_a_short_error() {
+    let e = resolve_err("interval_seconds = 1e-300\n");
+    assert!(e.len() < 200, "{} characters: {e}", e.len());
+    assert!(
+        e.contains("1e-300") && e.contains("between 0.05 and 3600"),
+        "{e}"
+    );
+    let e = resolve_err("interval_seconds = 1e300\n");
+    assert!(e.len() < 200 && e.contains("1e300"), "{e}");
+}
+
+#[test]
+fn protected_globs_are_checked() {
+    let file = parse(
+        Path::new(FILE),
+        "[limits]\nprotected = [\"/kubepods.slice/*/critical-*\"]\n",
+    )
+    .expect("valid");
+    let c = resolve(Some((Path::new(FILE), &file)), &Overrides::default()).expect("a glob");
+    assert_eq!(c.limits.protected, ["/kubepods.slice/*/critical-*"]);
+    let e = resolve_err("[limits]\nprotected = [\"/a/[b\"]\n");
+    assert!(e.contains("limits.protected") && e.contains("glob"), "{e}");
+}
+
+#[test]
+fn a_directory_is_not_a_socket_path() {
+    let over = Overrides {
+        socket: Some(std::env::temp_dir()),
+        ..Default::default()
+    };
+    let e = resolve(None, &over).expect_err("a directory").to_string();
+    assert!(
+        e.contains("api.socket") && e.contains("is a directory"),
+        "{e}"
+    );
+    let over = Overrides {
+        socket: Some("/proc/self/status".into()),
+        ..Default::default()
+    };
+    let e = resolve(None, &over).expect_err("a file").to_string();
+    assert!(e.contains("not a socket"), "{e}");
 }

@@ -16,7 +16,8 @@ pub enum Error {
     FromConfig { path: String },
     #[error("no limit on {path}; `kmemcg limit list` shows them")]
     NotFound { path: String },
-    #[error("{count} rules is the most kmemcg keeps: remove some before adding more")]
+    /// `count`: the rules there would be (the config file's, when it alone has too many).
+    #[error("{}", too_many(*.count))]
     TooMany { count: usize },
     /// Saving the runtime rules failed. A new rule is then rolled back (what is in force is what
     /// a restart restores); a removal stays done, and the answer says it will come back.
@@ -27,6 +28,34 @@ pub enum Error {
         applied: bool,
         reason: String,
     },
+}
+
+fn too_many(count: usize) -> String {
+    let most = thousands(super::MAX_RULES);
+    if count > super::MAX_RULES {
+        format!(
+            "the config file has {} rules and kmemcg keeps at most {most}: remove some",
+            thousands(count)
+        )
+    } else {
+        format!(
+            "kmemcg keeps at most {most} rules (config file and runtime together): remove some \
+             before adding more"
+        )
+    }
+}
+
+/// `1000` -> `1,000`.
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, d) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(d);
+    }
+    out
 }
 
 fn not_saved(path: &str, file: &str, applied: bool, reason: &str) -> String {
@@ -67,5 +96,23 @@ impl Error {
             Error::TooMany { .. } => "too-many",
             Error::NotSaved { .. } => "not-saved",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn too_many_says_the_limit() {
+        let e = Error::TooMany { count: 1001 }.to_string();
+        assert!(
+            e.contains("1,001 rules") && e.contains("at most 1,000"),
+            "{e}"
+        );
+        let e = Error::TooMany { count: 1000 }.to_string();
+        assert!(e.contains("at most 1,000 rules"), "{e}");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1234567), "1,234,567");
     }
 }

@@ -11,7 +11,7 @@ mod error;
 pub(crate) mod protect;
 pub mod rules;
 mod signals;
-mod state;
+pub mod state;
 
 use std::{collections::BTreeMap, path::PathBuf};
 
@@ -19,22 +19,28 @@ use serde::{Deserialize, Serialize};
 
 pub use enforcer::{Enforcer, Headroom, check};
 pub use error::Error;
+pub use protect::check_list as check_protected;
 pub use rules::{Action, Rule, RuleSpec, Size};
 pub use signals::parse as parse_signal;
 
 /// Most rules in force at once (config and runtime together).
 pub const MAX_RULES: usize = 1000;
 
-/// Where runtime rules (`kmemcg limit set`) are kept across restarts by default.
-pub const DEFAULT_STATE_FILE: &str = "/var/lib/kmemcg/limits.json";
-/// Where audit records are appended by default.
-pub const DEFAULT_AUDIT_FILE: &str = "/var/lib/kmemcg/enforcement.jsonl";
+/// The agent's state directory by default: its runtime rules, audit records and lock.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/kmemcg";
+/// The runtime rules' file (`kmemcg limit set`) in the state directory.
+pub const STATE_FILE_NAME: &str = "limits.json";
+/// The audit records' file in the state directory.
+pub const AUDIT_FILE_NAME: &str = "enforcement.jsonl";
 
 /// The `[limits]` configuration.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LimitsConfig {
     /// Decide and audit, touch nothing, whatever the rules say.
     pub dry_run: bool,
+    /// The directory one agent at a time holds (locked), where the two files below are by
+    /// default (None: no lock, only for embedders and tests).
+    pub state_dir: Option<PathBuf>,
     /// Runtime rules are kept here (None: not kept across restarts).
     pub state_file: Option<PathBuf>,
     /// Audit records are appended here (None: only served by the API).
@@ -83,8 +89,9 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             dry_run: false,
-            state_file: Some(DEFAULT_STATE_FILE.into()),
-            audit_file: Some(DEFAULT_AUDIT_FILE.into()),
+            state_dir: Some(DEFAULT_STATE_DIR.into()),
+            state_file: Some(PathBuf::from(DEFAULT_STATE_DIR).join(STATE_FILE_NAME)),
+            audit_file: Some(PathBuf::from(DEFAULT_STATE_DIR).join(AUDIT_FILE_NAME)),
             protected: Vec::new(),
             rules: Vec::new(),
             on_unreliable: OnUnreliable::default(),

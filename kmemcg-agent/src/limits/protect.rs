@@ -1,27 +1,113 @@
 //! Protected cgroups: never acted on. A cgroup is protected when it is a protected path or an
 //! ancestor of one (freezing or killing an ancestor reaches its descendants): the root, the
-//! agent's own cgroup and its ancestors, `/init.scope`, `/system.slice` and the configured list.
+//! agent's own cgroup and its ancestors, `/init.scope`, `/system.slice` and the configured list,
+//! whose entries may be globs matched as the rules' are (`/kubepods.slice/*/critical-*`).
 
 use std::path::Path;
 
+use globset::GlobMatcher;
+
+use super::rules::{glob_matcher, is_glob};
 use crate::kernel::cgroupfs;
 
 /// Protected by default, besides the root and the agent's own cgroup.
 pub const DEFAULT_PROTECTED: &[&str] = &["/init.scope", "/system.slice"];
 
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default)]
 pub struct Protected {
     paths: Vec<String>,
+    globs: Vec<ProtectedGlob>,
     agent: Option<String>,
 }
 
+impl PartialEq for Protected {
+    fn eq(&self, other: &Self) -> bool {
+        self.list() == other.list()
+    }
+}
+
+/// A glob of `limits.protected`: what it matches is protected, and so are the ancestors of
+/// what it may match (their components match its leading ones).
+#[derive(Clone, Debug)]
+struct ProtectedGlob {
+    pattern: String,
+    whole: GlobMatcher,
+    /// One matcher per component of the pattern; None for `**` (any depth from there).
+    components: Vec<Option<GlobMatcher>>,
+}
+
+impl ProtectedGlob {
+    fn new(pattern: &str) -> Result<Self, String> {
+        let whole = glob_matcher(pattern)?;
+        let components = pattern
+            .split('/')
+            .filter(|c| !c.is_empty())
+            .map(|c| {
+                if c == "**" {
+                    return Ok(None);
+                }
+                glob_matcher(c).map(Some).map_err(|_| {
+                    format!(
+                        "`{pattern}`: each component of a protected glob must be a glob of its \
+                         own (no `/` inside `{{...}}` or `[...]`)"
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            pattern: pattern.to_string(),
+            whole,
+            components,
+        })
+    }
+
+    fn matches(&self, path: &str) -> bool {
+        self.whole.is_match(path)
+    }
+
+    /// `path` (not the root) is an ancestor of a cgroup this glob may match.
+    fn may_contain_a_match(&self, path: &str) -> bool {
+        let parts: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+        for (i, part) in parts.iter().enumerate() {
+            match self.components.get(i) {
+                None => return false,
+                Some(None) => return true,
+                Some(Some(m)) if !m.is_match(part) => return false,
+                Some(Some(_)) => {}
+            }
+        }
+        parts.len() < self.components.len()
+    }
+}
+
+/// Checks the configured list: each glob must compile.
+pub fn check_list(extra: &[String]) -> Result<(), String> {
+    for p in extra.iter().filter(|p| is_glob(p)) {
+        ProtectedGlob::new(p)?;
+    }
+    Ok(())
+}
+
 impl Protected {
-    /// `extra`: the configured list (normalised paths); `agent`: the agent's own cgroup.
+    /// `extra`: the configured list (normalised paths or globs, checked by [`check_list`]; a
+    /// glob that does not compile is skipped with an error logged); `agent`: the agent's own
+    /// cgroup.
     pub fn new(extra: &[String], agent: Option<&str>) -> Self {
         let mut paths: Vec<String> = DEFAULT_PROTECTED.iter().map(|p| p.to_string()).collect();
-        paths.extend(extra.iter().cloned());
+        let mut globs = Vec::new();
+        for p in extra {
+            if is_glob(p) {
+                match ProtectedGlob::new(p) {
+                    Ok(g) => globs.push(g),
+                    Err(e) => tracing::error!(glob = %p, error = %e, "protected glob ignored"),
+                }
+            } else {
+                paths.push(p.clone());
+            }
+        }
         Self {
             paths,
+            globs,
             agent: agent.map(str::to_string),
         }
     }
@@ -78,13 +164,20 @@ impl Protected {
                 "it holds the kmemcg agent itself (the agent runs in {agent})"
             ));
         }
-        self.paths.iter().find(|p| under(p)).map(|p| {
-            if p == path {
+        if let Some(p) = self.paths.iter().find(|p| under(p)) {
+            return Some(if p == path {
                 format!("it is a protected cgroup ({p})")
             } else {
                 format!("it contains the protected cgroup {p}")
-            }
-        })
+            });
+        }
+        if let Some(g) = self.globs.iter().find(|g| g.matches(path)) {
+            return Some(format!("it is protected by the glob {}", g.pattern));
+        }
+        self.globs
+            .iter()
+            .find(|g| g.may_contain_a_match(path))
+            .map(|g| format!("it may contain cgroups protected by the glob {}", g.pattern))
     }
 
     /// Refuses a literal rule on a protected cgroup. A glob may also match unprotected
@@ -109,6 +202,7 @@ impl Protected {
     pub fn list(&self) -> Vec<String> {
         let mut all = vec!["/".to_string()];
         all.extend(self.paths.iter().cloned());
+        all.extend(self.globs.iter().map(|g| g.pattern.clone()));
         all.extend(self.agent.clone());
         all
     }
@@ -160,6 +254,33 @@ mod tests {
         assert!(!p.covers("/system.slice/foo.service"));
         assert!(!p.covers("/user.slice/user-0.slice/session-2.scope"));
         assert!(!p.covers("/kmemcg-test-a"));
+    }
+
+    #[test]
+    fn protected_globs_protect_their_matches_and_ancestors() {
+        let p = Protected::new(
+            &["/kubepods.slice/*/critical-*".into(), "/db/**".into()],
+            None,
+        );
+        assert!(
+            p.reason("/kubepods.slice/pod1/critical-a")
+                .expect("a match")
+                .contains("glob /kubepods.slice/*/critical-*")
+        );
+        assert!(p.covers("/kubepods.slice/pod1"), "an ancestor of a match");
+        assert!(p.covers("/kubepods.slice"), "an ancestor of a match");
+        assert!(!p.covers("/kubepods.slice/pod1/web"));
+        assert!(
+            !p.covers("/kubepods.slice/pod1/critical-a/sub"),
+            "below a match"
+        );
+        assert!(!p.covers("/other.slice"));
+        assert!(p.covers("/db") && p.covers("/db/a/b/c"));
+        assert!(!p.covers("/dbx"));
+        assert!(check_list(&["/a/{b,c}".into(), "/x/*".into()]).is_ok());
+        let e = check_list(&["/a/{b/c,d}".into()]).expect_err("a / inside braces");
+        assert!(e.contains("component"), "{e}");
+        assert!(check_list(&["/a/[b".into()]).is_err());
     }
 
     /// A hierarchy as a private cgroup namespace hides it: the agent's cgroup is found by the

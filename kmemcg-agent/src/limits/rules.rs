@@ -219,7 +219,7 @@ impl Rule {
             }
             (None, _) => libc::SIGTERM,
         };
-        let glob = if spec.path.contains(['*', '?', '[', '{']) {
+        let glob = if is_glob(&spec.path) {
             Some(glob_matcher(&spec.path)?)
         } else {
             None
@@ -309,8 +309,13 @@ impl Rule {
     }
 }
 
+/// Whether a path is a glob (`*`, `?`, `[...]`, `{a,b}`), for rules and `limits.protected`.
+pub(crate) fn is_glob(path: &str) -> bool {
+    path.contains(['*', '?', '[', '{'])
+}
+
 /// `*`, `?` and `[...]` never cross a `/`, so `/kubepods/*` matches children, not grandchildren.
-fn glob_matcher(pattern: &str) -> Result<GlobMatcher, String> {
+pub(crate) fn glob_matcher(pattern: &str) -> Result<GlobMatcher, String> {
     GlobBuilder::new(pattern)
         .literal_separator(true)
         .backslash_escape(true)
