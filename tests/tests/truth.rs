@@ -52,8 +52,8 @@ fn objects_made_before_start_are_found_and_uncharged_when_freed() {
     require_root();
     let tmpfs = Tmpfs::new();
     let cgroup = TestCgroup::new("before");
-    if cgroup.memory_dir().is_none() {
-        eprintln!("no v1 memory controller: nothing to compare with");
+    if cgroup.kmem_usage().is_none() {
+        eprintln!("no memory controller (v1 kmem or v2 memory.stat): nothing to compare with");
         return;
     }
     let dir = tmpfs.sub("before");
@@ -242,8 +242,8 @@ fn churn_leaves_no_phantoms() {
     let agent = AgentProcess::start(&[]);
     let tmpfs = Tmpfs::new();
     let cgroup = TestCgroup::new("churn-mix");
-    if cgroup.memory_dir().is_none() {
-        eprintln!("no v1 memory controller: nothing to compare with");
+    if cgroup.kmem_usage().is_none() {
+        eprintln!("no memory controller (v1 kmem or v2 memory.stat): nothing to compare with");
         return;
     }
     let output = cgroup.run(&["churn-mix", &tmpfs.sub("churn"), "20"]);
@@ -546,8 +546,8 @@ fn a_pinned_restart_counts_nothing_twice() {
     let pin_dir = bpffs.pin_dir();
     let tmpfs = Tmpfs::new();
     let cgroup = TestCgroup::new("pinned-inventory");
-    if cgroup.memory_dir().is_none() {
-        eprintln!("no v1 memory controller: nothing to compare with");
+    if cgroup.kmem_usage().is_none() {
+        eprintln!("no memory controller (v1 kmem or v2 memory.stat): nothing to compare with");
         return;
     }
     let dir = tmpfs.sub("files");
@@ -618,8 +618,8 @@ fn a_pinned_restart_charges_reused_addresses_to_their_new_owner() {
         TestCgroup::new("pinned-first-owner"),
         TestCgroup::new("pinned-second-owner"),
     );
-    if first.memory_dir().is_none() {
-        eprintln!("no v1 memory controller: nothing to compare with");
+    if first.kmem_usage().is_none() {
+        eprintln!("no memory controller (v1 kmem or v2 memory.stat): nothing to compare with");
         return;
     }
     let files = 3000u64;
