@@ -1,29 +1,33 @@
 //! The agent's HTTP API: the JSON API, Prometheus metrics and health probes.
 use std::{
+    convert::Infallible,
+    pin::Pin,
     sync::{
-        Arc, RwLock,
+        Arc, OnceLock, RwLock, Weak,
         atomic::{AtomicU64, Ordering},
     },
+    task::{Context, Poll},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use axum::{
     Extension, Json, Router,
+    body::{Body, Bytes},
     extract::{Query, State},
-    http::{StatusCode, header},
+    http::{HeaderMap, StatusCode, header},
     middleware,
     response::{IntoResponse, Response},
     routing::get,
 };
+use hyper::body::{Frame, SizeHint};
 use serde_json::json;
 use tokio::sync::watch;
-use tower_http::compression::CompressionLayer;
 
 use crate::{
     access::{Caller, WriteAccess, guard_writes},
-    api::{Snapshot, Status},
+    api::Snapshot,
     limits::{self, Enforcer, RuleSpec},
-    metrics::{self, Exporter, MetricsConfig},
+    metrics::{self, Exporter, MetricsConfig, gzip::GzipPrefix},
 };
 
 pub type Snapshots = watch::Receiver<Arc<Snapshot>>;
@@ -66,13 +70,15 @@ impl Settings {
     }
 }
 
-/// What the handlers share: the latest snapshot, the settings, the limits and the exporter.
+/// What the handlers share: the latest snapshot, its encodings, the settings, the limits and
+/// the exporter.
 #[derive(Clone)]
 pub struct AppState {
     snapshots: Snapshots,
     settings: Arc<Settings>,
     enforcer: Arc<Enforcer>,
     exporter: Arc<Exporter>,
+    encoded: Arc<Encodings>,
 }
 
 impl AppState {
@@ -82,7 +88,97 @@ impl AppState {
             settings,
             enforcer,
             exporter: Arc::new(Exporter::default()),
+            encoded: Arc::default(),
         }
+    }
+
+    fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshots.borrow().clone()
+    }
+}
+
+/// The answers that only the snapshot decides, encoded once per sample and shared: a reader
+/// costs a reference to them, not a copy of the model or of its encoding. The listener's
+/// connections write them without copying (vectored writes).
+#[derive(Default)]
+struct Encodings {
+    cgroups: Encoded<(), Encoding>,
+    dying: Encoded<(), Encoding>,
+    status: Encoded<(), Encoding>,
+    metrics: Encoded<MetricsConfig, Arc<RenderedMetrics>>,
+}
+
+type Encoding = Result<Bytes, String>;
+
+/// One encoding of one snapshot (with `K`, e.g. the metrics settings), made by the first
+/// reader after a sample while the others wait for it. Only the latest is kept here; an older
+/// one lives on only while answers still being sent hold it.
+struct Encoded<K, V> {
+    latest: tokio::sync::Mutex<Option<(Weak<Snapshot>, K, V)>>,
+}
+
+impl<K, V> Default for Encoded<K, V> {
+    fn default() -> Self {
+        Self {
+            latest: tokio::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl<K, V> Encoded<K, V>
+where
+    K: PartialEq + Clone + Send + 'static,
+    V: Clone + Send + 'static,
+{
+    async fn get(
+        &self,
+        snapshot: &Arc<Snapshot>,
+        key: K,
+        encode: impl FnOnce(&Snapshot, &K) -> V + Send + 'static,
+    ) -> Result<V, tokio::task::JoinError> {
+        let mut latest = self.latest.lock().await;
+        if let Some((of, k, v)) = latest.as_ref()
+            && Weak::as_ptr(of) == Arc::as_ptr(snapshot)
+            && *k == key
+        {
+            return Ok(v.clone());
+        }
+        *latest = None;
+        let (of, k) = (snapshot.clone(), key.clone());
+        // Thousands of cgroups take tens of milliseconds: off the async workers.
+        let v = tokio::task::spawn_blocking(move || encode(&of, &k)).await?;
+        *latest = Some((Arc::downgrade(snapshot), key, v.clone()));
+        Ok(v)
+    }
+}
+
+/// The snapshot's part of `/metrics`, as text and, once a scrape asks for it, gzipped.
+struct RenderedMetrics {
+    text: Bytes,
+    gzip: OnceLock<GzipPrefix>,
+}
+
+/// A body of shared chunks, sent as they are.
+struct Chunks(Vec<Bytes>);
+
+impl hyper::body::Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let next = (!self.0.is_empty()).then(|| Ok(Frame::data(self.0.remove(0))));
+        Poll::Ready(next)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.0.iter().map(|b| b.len() as u64).sum())
     }
 }
 
@@ -99,11 +195,7 @@ pub fn router(state: AppState, access: WriteAccess) -> Router {
             get(limits).post(set_limit).delete(remove_limit),
         )
         .route("/api/v1/enforcement", get(enforcement))
-        .route(
-            "/metrics",
-            // Prometheus asks for gzip; big expositions shrink about tenfold.
-            get(prometheus).layer(CompressionLayer::new().gzip(true)),
-        )
+        .route("/metrics", get(prometheus))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)
@@ -112,13 +204,21 @@ pub fn router(state: AppState, access: WriteAccess) -> Router {
 }
 
 async fn cgroups(State(state): State<AppState>) -> Response {
-    let snapshot = state.snapshots.borrow().clone();
-    json(&snapshot.cgroups)
+    let snapshot = state.snapshot();
+    let encoded = state
+        .encoded
+        .cgroups
+        .get(&snapshot, (), |s, _| encode_json(&s.cgroups));
+    shared_json(encoded.await)
 }
 
 async fn dying(State(state): State<AppState>) -> Response {
-    let snapshot = state.snapshots.borrow().clone();
-    json(&snapshot.dying)
+    let snapshot = state.snapshot();
+    let encoded = state
+        .encoded
+        .dying
+        .get(&snapshot, (), |s, _| encode_json(&s.dying));
+    shared_json(encoded.await)
 }
 
 async fn limits(State(state): State<AppState>) -> Response {
@@ -179,29 +279,96 @@ fn limits_error(e: &limits::Error) -> Response {
         .into_response()
 }
 
-async fn status(State(state): State<AppState>) -> Json<Status> {
-    let snapshot = state.snapshots.borrow().clone();
-    Json(snapshot.status.clone())
+async fn status(State(state): State<AppState>) -> Response {
+    let snapshot = state.snapshot();
+    let encoded = state
+        .encoded
+        .status
+        .get(&snapshot, (), |s, _| encode_json(&s.status));
+    shared_json(encoded.await)
 }
 
-async fn prometheus(State(state): State<AppState>) -> Response {
-    let snapshot = state.snapshots.borrow().clone();
-    // Thousands of cgroups take a few hundred milliseconds: off the async workers.
-    let rendered = tokio::task::spawn_blocking(move || {
-        let extra = metrics::enforcement(&state.enforcer.metrics());
-        state
-            .exporter
-            .render_with(&snapshot, &state.settings.metrics_config(), extra)
-    })
-    .await;
-    match rendered {
-        Ok(body) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response(),
+/// The snapshot's families, rendered once per sample (and settings) and shared, followed by
+/// the enforcement's and the process's, rendered for each scrape (they change between
+/// samples). Gzipped when asked (Prometheus does; big expositions shrink about eightfold):
+/// the shared part is compressed once too.
+async fn prometheus(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let config = state.settings.metrics_config();
+    let snapshot = state.snapshot();
+    let rendered = state
+        .encoded
+        .metrics
+        .get(&snapshot, config, |s, config| {
+            Arc::new(RenderedMetrics {
+                text: Exporter::render_snapshot(s, config).into(),
+                gzip: OnceLock::new(),
+            })
+        })
+        .await;
+    let gzip = accepts_gzip(&headers);
+    let body = match rendered {
+        Ok(rendered) => {
+            tokio::task::spawn_blocking(move || {
+                let extra = metrics::enforcement(&state.enforcer.metrics());
+                let live = state.exporter.render_live(extra);
+                if gzip {
+                    let prefix = rendered
+                        .gzip
+                        .get_or_init(|| GzipPrefix::new(&rendered.text));
+                    vec![prefix.bytes.clone(), prefix.finish(live.as_bytes())]
+                } else {
+                    vec![rendered.text.clone(), live.into()]
+                }
+            })
+            .await
+        }
+        Err(e) => Err(e),
+    };
+    match body {
+        Ok(chunks) => {
+            let mut response = Response::new(Body::new(Chunks(chunks)));
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static(metrics::CONTENT_TYPE),
+            );
+            headers.insert(
+                header::VARY,
+                header::HeaderValue::from_static("accept-encoding"),
+            );
+            if gzip {
+                headers.insert(
+                    header::CONTENT_ENCODING,
+                    header::HeaderValue::from_static("gzip"),
+                );
+            }
+            response
+        }
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("rendering metrics failed: {e}\n"),
         )
             .into_response(),
     }
+}
+
+/// Whether `Accept-Encoding` takes gzip (listed, or `*`, and not with `q=0`).
+fn accepts_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|coding| {
+            let mut parts = coding.split(';').map(str::trim);
+            let name = parts.next().unwrap_or_default();
+            let refused = parts.any(|p| {
+                p.strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
+            (name.eq_ignore_ascii_case("gzip") || name == "*") && !refused
+        })
 }
 
 /// Liveness: the server answers.
@@ -228,7 +395,22 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-/// Serializes straight from the shared snapshot, without copying it.
+fn encode_json<T: serde::Serialize>(value: &T) -> Encoding {
+    serde_json::to_vec(value)
+        .map(Bytes::from)
+        .map_err(|e| e.to_string())
+}
+
+/// A shared encoding as the answer.
+fn shared_json(encoded: Result<Encoding, tokio::task::JoinError>) -> Response {
+    match encoded {
+        Ok(Ok(body)) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// Serializes a small answer for this request.
 fn json<T: serde::Serialize>(value: &T) -> Response {
     match serde_json::to_vec(value) {
         Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
@@ -305,6 +487,67 @@ mod tests {
             .await
             .expect("metrics");
         assert_eq!(gzipped.headers()[header::CONTENT_ENCODING], "gzip");
+    }
+
+    #[tokio::test]
+    async fn gzipped_metrics_are_the_same_text_and_json_answers_are_shared() {
+        use std::io::Read as _;
+        let mut snapshot = Snapshot::default();
+        snapshot.status.updated_at = now();
+        snapshot.cgroups = (0..200)
+            .map(|i| crate::api::CgroupUsage {
+                id: i,
+                path: format!("/c{i}"),
+                slab_bytes: 4096 * i,
+                ..Default::default()
+            })
+            .collect();
+        let expected_json = serde_json::to_vec(&snapshot.cgroups).expect("json");
+        let addr = serve(snapshot).await;
+        let client = reqwest::Client::new();
+        let url = format!("http://{addr}/metrics");
+        let plain = client.get(&url).send().await.expect("metrics");
+        assert!(plain.headers().get(header::CONTENT_ENCODING).is_none());
+        let plain = plain.text().await.expect("body");
+        let gzipped = client
+            .get(&url)
+            .header(header::ACCEPT_ENCODING, "deflate, gzip;q=0.8")
+            .send()
+            .await
+            .expect("metrics");
+        assert_eq!(gzipped.headers()[header::CONTENT_ENCODING], "gzip");
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(&gzipped.bytes().await.expect("body")[..])
+            .read_to_string(&mut text)
+            .expect("one valid gzip member");
+        // The process's own figures change between two scrapes; the rest is the same text.
+        let stable = |t: &str| {
+            t.lines()
+                .filter(|l| !l.contains("process_"))
+                .map(String::from)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(stable(&text), stable(&plain));
+        assert!(text.contains("kmemcg_cgroup_slab_bytes{cgroup=\"/c199\"} 815104"));
+        assert!(text.contains("process_resident_memory_bytes"));
+        let refused = client
+            .get(&url)
+            .header(header::ACCEPT_ENCODING, "gzip;q=0")
+            .send()
+            .await
+            .expect("metrics");
+        assert!(refused.headers().get(header::CONTENT_ENCODING).is_none());
+        for _ in 0..2 {
+            let body = client
+                .get(format!("http://{addr}/api/v1/cgroups"))
+                .send()
+                .await
+                .expect("cgroups")
+                .bytes()
+                .await
+                .expect("body");
+            assert_eq!(body, expected_json);
+        }
     }
 
     #[tokio::test]

@@ -63,7 +63,22 @@ impl Exporter {
         self.render_with(snapshot, config, Vec::new())
     }
 
+    /// The part of the exposition that only `snapshot` and `config` decide: the same for
+    /// every scrape of one sample, so rendered once and shared.
+    pub fn render_snapshot(snapshot: &Snapshot, config: &MetricsConfig) -> String {
+        encode(families(snapshot, config))
+    }
+
+    /// The part rendered afresh for each scrape, to follow [`Self::render_snapshot`]'s:
+    /// `extra` families (the enforcement's) and the process's own.
+    pub fn render_live(&self, extra: Vec<MetricFamily>) -> String {
+        let mut families = extra;
+        families.extend(self.process.collect());
+        encode(families)
+    }
+
     /// Also with `extra` families (the enforcement's).
+    #[cfg(test)]
     pub fn render_with(
         &self,
         snapshot: &Snapshot,
@@ -521,6 +536,7 @@ fn agent_families(snapshot: &Snapshot) -> Vec<MetricFamily> {
     out
 }
 
+pub mod gzip;
 mod kernel;
 #[cfg(test)]
 mod tests;
