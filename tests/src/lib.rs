@@ -155,14 +155,15 @@ impl TestCgroup {
     }
 
     /// The kernel's own kmem charge: the v1 memory cgroup's `memory.kmem.usage_in_bytes`
-    /// where the memory controller is on v1, else the `kernel` line of the v2 cgroup's
-    /// `memory.stat` (slab, percpu, stacks, page tables, vmalloc: what v1 counts as kmem).
+    /// where the memory controller is on v1, else the `slab` and `percpu` lines of the v2
+    /// cgroup's `memory.stat`, byte counts of what kmemcg's accounted bytes measure (its
+    /// `kernel` line, in pages, also counts stacks and page tables).
     pub fn kmem_usage(&self) -> Option<u64> {
         if let Some(dir) = &self.memory_dir {
             let text = std::fs::read_to_string(dir.join("memory.kmem.usage_in_bytes")).ok()?;
             return text.trim().parse().ok();
         }
-        self.memory_stat("kernel")
+        Some(self.memory_stat("slab")? + self.memory_stat("percpu")?)
     }
 
     /// A line of the v2 cgroup's `memory.stat`, where the memory controller is on v2.
