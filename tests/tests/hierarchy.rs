@@ -106,8 +106,15 @@ fn a_removed_cgroups_objects_move_to_its_parent_until_freed() {
     );
     assert!(entry.removed_at.is_some());
     assert!(entry.caches.iter().any(|c| c.name == "dentry"));
+    // The status comes from a later sample, after sweeps that may have freed a few objects.
     let status = agent.status();
-    assert!(status.dying_cgroups >= 1 && status.dying_bytes >= entry.residual_bytes);
+    assert!(
+        status.dying_cgroups >= 1 && status.dying_bytes >= entry.residual_bytes * 9 / 10,
+        "{} dying, {} B, against {} B in the entry",
+        status.dying_cgroups,
+        status.dying_bytes,
+        entry.residual_bytes
+    );
 
     // Freeing them uncharges the parent and empties the dying entry of them. What the
     // exited workload freed through untraced bulk paths (kfree_rcu batches, bulk frees) is
