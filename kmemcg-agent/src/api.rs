@@ -190,6 +190,14 @@ pub struct Status {
     /// `bpf_probe_read_kernel` more per slab allocation.
     #[serde(default)]
     pub raw_tracepoint_hooks: Vec<String>,
+    /// True when accounted slab objects are counted from the kernel's own owner records (the
+    /// ledger: no live-object entry each, recounted by the inventory), false where the
+    /// inventory cannot run and every object takes a live-object entry.
+    #[serde(default)]
+    pub ledger: bool,
+    /// The ledger's recounts (absent when the ledger is off).
+    #[serde(default)]
+    pub recount: Option<crate::recount::RecountStatus>,
     /// `ignore`, `count` or `track`.
     pub root_cgroup_mode: String,
     pub cgroup2_mount: String,

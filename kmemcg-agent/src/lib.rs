@@ -28,6 +28,7 @@ mod mapped;
 mod metadata;
 mod metrics;
 mod pin;
+mod recount;
 mod report;
 pub mod sampler;
 mod server;

@@ -14,6 +14,7 @@ use crate::{
     kernel,
     kernel_figures::{KernelFigures, KernelFiguresCache},
     limits::Headroom,
+    recount::Recount,
     report::{self, Report},
     sweep::Sweeper,
     tracer::Tracer,
@@ -34,6 +35,8 @@ pub struct Sampler {
     kernel_figures: KernelFiguresCache,
     unreliable: Unreliable,
     sweeper: Sweeper,
+    /// The ledger's periodic recount (None when the ledger is off).
+    recount: Option<Recount>,
     watch: Watch,
     /// Counter slots in use at the last sample.
     slots: Vec<(u32, StatsKey)>,
@@ -43,6 +46,7 @@ pub struct Sampler {
 impl Sampler {
     pub fn new(tracer: Tracer) -> Self {
         let sweeper = Sweeper::start(&tracer);
+        let recount = Recount::new(&tracer);
         let tree = CgroupTree::new(tracer.cgroup2_mount());
         let kernel_figures = KernelFiguresCache::new(KernelFigures::detect(tracer.cgroup2_mount()));
         Self {
@@ -56,6 +60,7 @@ impl Sampler {
             max_sample_ms: 0.0,
             lost_cgroup_events: 0,
             sweeper,
+            recount,
             watch: Watch::default(),
             slots: Vec::new(),
             samples: 0,
@@ -116,6 +121,9 @@ impl Sampler {
     pub fn sample(&mut self) -> Result<Snapshot, ReadError> {
         let started = Instant::now();
         self.poll_cgroup_events(|_| false);
+        if let Some(recount) = &mut self.recount {
+            recount.poll(&mut self.tracer);
+        }
         let raw = self.tracer.read()?;
         // What the sweep needs to know of the caches charged so far.
         self.sweeper
@@ -234,6 +242,8 @@ impl Sampler {
             stats_capacity: config.max_stats.next_power_of_two().into(),
             attached_hooks: self.tracer.hooks().to_vec(),
             raw_tracepoint_hooks: self.tracer.raw_hooks().to_vec(),
+            ledger: self.tracer.ledger(),
+            recount: self.recount.as_ref().map(|r| r.status().clone()),
             root_cgroup_mode: config.root_mode.as_str().into(),
             cgroup2_mount: self.tracer.cgroup2_mount().display().to_string(),
             cgroups: cgroups.len() as u64,

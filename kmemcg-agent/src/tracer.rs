@@ -9,10 +9,10 @@ use aya::{
 };
 use kmemcg_common::{
     CGROUP_CACHE_STATS, CGROUP_EVENTS, CPU_OFFSET_PROGRAM, CgroupEvent, HOOKS, Hook, HookKind,
-    INVENTORY_PROGRAM, LIMIT_EVENTS, LIVE_OBJECTS, MEMCG_CGROUP_IDS, PERCPU_CHUNKS,
-    PERCPU_INVENTORY_PROGRAM, PERCPU_LAYOUT, RootCgroupMode, SLAB_LAYOUT, STATS_KEYS,
-    SWEEP_PROGRAM, SWEEP_SHEAVES_PROGRAM, SlabLayout, StatsKey, TRUTH_COUNTERS, TruthCounters,
-    VMALLOC_LAYOUT, VMAP_AREA_CACHE, VMAP_AREA_CACHE_NAME, VmallocLayout, globals,
+    INVENTORY_PROGRAM, LEDGER_STATE, LIMIT_EVENTS, LIVE_OBJECTS, LedgerState, MEMCG_CGROUP_IDS,
+    PERCPU_CHUNKS, PERCPU_INVENTORY_PROGRAM, PERCPU_LAYOUT, RootCgroupMode, SLAB_LAYOUT,
+    STATS_KEYS, SWEEP_PROGRAM, SWEEP_SHEAVES_PROGRAM, SlabLayout, StatsKey, TRUTH_COUNTERS,
+    TruthCounters, VMALLOC_LAYOUT, VMAP_AREA_CACHE, VMAP_AREA_CACHE_NAME, VmallocLayout, globals,
 };
 
 use crate::{
@@ -56,6 +56,10 @@ pub struct TracerConfig {
     /// Pin the live-object and counter maps under this bpffs directory and reuse what a
     /// previous agent pinned there (see [`crate::pin`]); `None`: maps die with the agent.
     pub pin_dir: Option<PathBuf>,
+    /// Count accounted slab objects from the kernel's owner records (see
+    /// [`kmemcg_common::LEDGER_STATE`]) where the kernel allows it, rather than one live-object
+    /// entry each.
+    pub ledger: bool,
 }
 
 impl Default for TracerConfig {
@@ -65,6 +69,7 @@ impl Default for TracerConfig {
             max_stats: default_max_stats(),
             root_mode: RootCgroupMode::Count,
             pin_dir: None,
+            ledger: true,
         }
     }
 }
@@ -73,6 +78,8 @@ impl Default for TracerConfig {
 pub struct Tracer {
     ebpf: Ebpf,
     config: TracerConfig,
+    /// Accounted slab objects are counted in the ledger.
+    ledger: bool,
     hooks: Vec<String>,
     /// Hooks attached as plain raw tracepoints (see [`attach_hooks`]).
     raw_hooks: Vec<String>,
@@ -233,12 +240,6 @@ impl Tracer {
             .map(|h| h.name)
             .collect();
         drop(vmlinux);
-        let AttachedHooks {
-            tracepoints: hooks,
-            raw: raw_hooks,
-        } = attach_hooks(&mut ebpf, &unavailable)?;
-        // After the hooks: an object allocated from now on is theirs, one allocated before is
-        // the inventory's, and one allocated in between is found by both and taken once.
         let with_sheaves = slab_walk
             .as_ref()
             .is_ok_and(|layout| layout.sheaves.present != 0);
@@ -246,6 +247,14 @@ impl Tracer {
             Ok(_) => load_walk_programs(&mut ebpf, with_sheaves),
             Err(_) => HashMap::new(),
         };
+        // The ledger needs its recount; it is on from the hooks' first event or not at all,
+        // so that an object's allocation and its free are counted the same way.
+        let ledger = config.ledger && matches!(loaded.get(INVENTORY_PROGRAM), Some(Ok(())));
+        set_ledger_state(&mut ebpf, ledger)?;
+        let AttachedHooks {
+            tracepoints: hooks,
+            raw: raw_hooks,
+        } = attach_hooks(&mut ebpf, &unavailable)?;
         let mut take = |name: &str| {
             loaded
                 .remove(name)
@@ -294,6 +303,7 @@ impl Tracer {
             collector,
             percpu_walk,
             slab_walk,
+            ledger,
             inventory: InventoryStatus::default(),
             cpu_freelists: Err("not looked for yet".into()),
             vmap_area_cache_known: false,
@@ -303,6 +313,28 @@ impl Tracer {
         tracer.cpu_freelists = crate::sweep::find_cpu_offsets(&mut tracer);
         tracer.inventory = inventory::run(&mut tracer);
         Ok(tracer)
+    }
+
+    /// True when accounted slab objects are counted from the kernel's owner records.
+    pub fn ledger(&self) -> bool {
+        self.ledger
+    }
+
+    /// Sets the page frame below which the ledger's recount has counted (0: no recount).
+    pub fn set_recount_cursor(&mut self, cursor: u64) -> Result<(), ReadError> {
+        let map = self
+            .ebpf
+            .map_mut(LEDGER_STATE)
+            .ok_or(ReadError::MissingMap(LEDGER_STATE))?;
+        let mut state: Array<&mut MapData, LedgerState> =
+            Array::try_from(map).map_err(map_error(LEDGER_STATE))?;
+        let mut value = state.get(&0, 0).map_err(map_error(LEDGER_STATE))?;
+        value.recount_cursor = cursor;
+        state.set(0, value, 0).map_err(map_error(LEDGER_STATE))
+    }
+
+    pub fn collector_mut(&mut self) -> &mut Collector {
+        &mut self.collector
     }
 
     /// Why the inventory and the sweep cannot run on this kernel, if they cannot.
@@ -740,6 +772,22 @@ fn verify_hooks(
         what: format!("tracepoint {hook}"),
         reason: "verifying its program failed".into(),
     })
+}
+
+/// Turns the ledger on or off for the hooks about to attach, with a recount not running.
+fn set_ledger_state(ebpf: &mut Ebpf, enabled: bool) -> Result<(), StartError> {
+    let map = ebpf
+        .map_mut(LEDGER_STATE)
+        .ok_or(StartError::MissingMap(LEDGER_STATE))?;
+    let mut state: Array<&mut MapData, LedgerState> = Array::try_from(map)
+        .map_err(|e| StartError::Load(Box::new(aya::EbpfError::MapError(e))))?;
+    let value = LedgerState {
+        enabled: enabled as u64,
+        ..LedgerState::default()
+    };
+    state
+        .set(0, value, 0)
+        .map_err(|e| StartError::Load(Box::new(aya::EbpfError::MapError(e))))
 }
 
 fn take_ring(ebpf: &mut Ebpf, name: &'static str) -> Result<RingBuf<MapData>, StartError> {

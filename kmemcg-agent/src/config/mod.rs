@@ -306,6 +306,7 @@ pub fn resolve(
             max_stats: max_stats as u32,
             root_mode,
             pin_dir,
+            ledger: true,
         },
         metrics: MetricsConfig {
             top_caches: top_caches as usize,
