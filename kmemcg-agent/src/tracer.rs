@@ -20,7 +20,10 @@ use crate::{
     collector::{Collector, RawSnapshot, map_error},
     error::{ReadError, StartError},
     inventory,
-    kernel::{self, btf::KernelLayout, caps, cgroupfs, percpu_layout, slab_layout, vmalloc_layout},
+    kernel::{
+        self, btf::KernelLayout, caps, cgroupfs, kallsyms::KernelAddresses, percpu_layout,
+        slab_layout, vmalloc_layout,
+    },
     pin::{self, PinnedMaps},
 };
 
@@ -92,6 +95,8 @@ pub struct Tracer {
     vmap_area_cache_known: bool,
     /// Whether the sweep can look at slab sheaves, or why not.
     sheaves: Result<(), String>,
+    /// The kernel addresses the programs were loaded with, or why one is unknown.
+    addresses: KernelAddresses,
     /// Dropped after `ebpf` (field order): the lock outlives the attached programs.
     pinned: Option<PinnedMaps>,
 }
@@ -127,32 +132,33 @@ impl Tracer {
             None => None,
         };
         let root_mode = config.root_mode as u32;
-        let kallsyms = kernel::kallsyms::read();
-        // memcg_alloc_slab_cgroups before Linux 6.10.
-        let obj_exts_allocator = ["alloc_slab_obj_exts", "memcg_alloc_slab_cgroups"]
-            .into_iter()
-            .find_map(|name| kernel::kallsyms::function_range(&kallsyms, name))
-            .unwrap_or_else(|| {
-                tracing::info!(
-                    "alloc_slab_obj_exts not in /proc/kallsyms (or hidden): slab owner-record \
-                         vectors are charged to the cgroup whose allocation needed a new slab"
+        let addresses = kernel::kallsyms::kernel_addresses();
+        let obj_exts_allocator = addresses
+            .owner_vector_allocator
+            .clone()
+            .unwrap_or_else(|why| {
+                tracing::warn!(
+                    why,
+                    "slab owner-record vectors are charged to the cgroup whose allocation needed \
+                 a new slab"
                 );
                 0..0
             });
-        let slab_walk = slab_layout::from_running_kernel(&vmlinux).and_then(|layout| {
-            // Linux 7.x (caches without CPU slabs): with the walk programs loaded, a 7.3 test
-            // VM froze before they had run; tracing alone works there. Off until understood.
-            if layout.cpu_slabs == 0 {
-                return Err(
-                    "the inventory and the sweep are off on Linux 7.x (caches without \
+        let slab_walk = slab_layout::from_running_kernel(&vmlinux, &addresses.memory_map_bases)
+            .and_then(|layout| {
+                // Linux 7.x (caches without CPU slabs): with the walk programs loaded, a 7.3 test
+                // VM froze before they had run; tracing alone works there. Off until understood.
+                if layout.cpu_slabs == 0 {
+                    return Err(
+                        "the inventory and the sweep are off on Linux 7.x (caches without \
                             CPU slabs): loading their programs froze a Linux 7.3 test VM. \
                             Objects made before the start are not seen, and objects freed \
                             without a free tracepoint stay charged"
-                        .into(),
-                );
-            }
-            Ok(layout)
-        });
+                            .into(),
+                    );
+                }
+                Ok(layout)
+            });
         let slab_layout_global = slab_walk.clone().unwrap_or_default();
         let percpu_walk = slab_walk
             .clone()
@@ -298,11 +304,17 @@ impl Tracer {
             cpu_freelists: Err("not looked for yet".into()),
             vmap_area_cache_known: false,
             sheaves,
+            addresses,
             pinned,
         };
         tracer.cpu_freelists = crate::sweep::find_cpu_offsets(&mut tracer);
         tracer.inventory = inventory::run(&mut tracer);
         Ok(tracer)
+    }
+
+    /// The kernel addresses the programs were loaded with, or why one is unknown.
+    pub fn kernel_addresses(&self) -> &KernelAddresses {
+        &self.addresses
     }
 
     /// Why the inventory and the sweep cannot run on this kernel, if they cannot.
