@@ -30,7 +30,8 @@ use crate::{
 /// The eBPF object, built by build.rs and embedded so that one binary is all there is to ship.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/kmemcg-ebpf"));
 
-/// Default capacity of the live-object table: 2^20 slots of 32 bytes (32 MiB of kernel memory).
+/// Default capacity of the live-object table: 2^20 slots of 16 bytes (a [`kmemcg_common::LiveObject`]
+/// each: 16 MiB of kernel memory).
 /// An object takes one of the 8 slots its address hashes to, so the table holds about 80% of
 /// its slots before allocations start being dropped.
 pub const DEFAULT_MAX_OBJECTS: u32 = 1 << 20;
@@ -361,9 +362,9 @@ impl Tracer {
     fn slab_walk_program(&self, program: &'static str) -> Result<&RawTracePoint, ReadError> {
         self.ebpf
             .program(program)
-            .ok_or(ReadError::MissingMap(program))?
+            .ok_or(ReadError::MissingProgram(program))?
             .try_into()
-            .map_err(|_| ReadError::MissingMap(program))
+            .map_err(|_| ReadError::MissingProgram(program))
     }
 
     /// A file descriptor of a slab walk program, for a thread of its own.
@@ -371,7 +372,10 @@ impl Tracer {
         self.slab_walk_program(program)?
             .fd()
             .and_then(|fd| fd.try_clone().map_err(Into::into))
-            .map_err(|_| ReadError::MissingMap(program))
+            .map_err(|e| ReadError::ProgramFd {
+                program,
+                reason: e.to_string(),
+            })
     }
 
     /// Runs a slab walk program once, on `cpu` if given.
@@ -385,16 +389,12 @@ impl Tracer {
         let fd = self
             .slab_walk_program(program)?
             .fd()
-            .map_err(|_| ReadError::MissingMap(program))?;
-        crate::test_run::run_raw_tracepoint(fd.as_fd().as_raw_fd(), args, cpu).map_err(|io_error| {
-            ReadError::Map {
-                map: program,
-                source: Box::new(aya::maps::MapError::SyscallError(aya::sys::SyscallError {
-                    call: "bpf_prog_test_run",
-                    io_error,
-                })),
-            }
-        })
+            .map_err(|e| ReadError::ProgramFd {
+                program,
+                reason: e.to_string(),
+            })?;
+        crate::test_run::run_raw_tracepoint(fd.as_fd().as_raw_fd(), args, cpu)
+            .map_err(|source| ReadError::TestRun { program, source })
     }
 
     /// What the inventory and the sweep did so far.
