@@ -1,10 +1,10 @@
 //! The OCI image, run as the DaemonSet runs it: built by `cargo xtask image`, started by podman
 //! (runc) with the privileges, mounts and namespaces that deploy/kubernetes (and the
 //! enforcement overlay) give the pod, translated flag by flag from the manifests. Checks
-//! /healthz, /readyz and /metrics over loopback, the corrections in force, the state directory under a read-only root,
-//! what the read-only and the enforcing variants can do to a cgroup, the agent's protection of
-//! its own container in a private cgroup namespace, and the hint under a seccomp profile that
-//! refuses bpf().
+//! /healthz, /readyz and /metrics over loopback, the corrections in force, the state directory
+//! under a read-only root, what the read-only and the enforcing variants can do to a cgroup,
+//! the agent's protection of its own container in a private cgroup namespace, the hint under a
+//! seccomp profile that refuses bpf(), and the image's documented size.
 //!
 //! Substitutions, so that a test touches only what it made: the hostPaths that hold state
 //! (/sys/fs/bpf, /run/kmemcg, /var/lib/kmemcg) become a private bpffs and scratch directories;
