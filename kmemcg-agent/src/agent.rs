@@ -224,36 +224,9 @@ fn sighup() -> std::io::Result<tokio::signal::unix::Signal> {
 }
 
 /// Keys whose change needs a restart: the listening address and everything loaded into the
-/// kernel.
+/// kernel (see [`crate::config::settings`]).
 pub fn restart_only_changes(running: &AgentConfig, new: &AgentConfig) -> Vec<&'static str> {
-    let (a, b) = (&running.tracer, &new.tracer);
-    [
-        ("listen", running.listen != new.listen),
-        ("api.socket", running.api.socket != new.api.socket),
-        (
-            "api.write_token_file",
-            running.api.write_token_file != new.api.write_token_file,
-        ),
-        ("max_objects", a.max_objects != b.max_objects),
-        ("max_stats", a.max_stats != b.max_stats),
-        ("root_cgroup", a.root_mode != b.root_mode),
-        ("pin_dir", a.pin_dir != b.pin_dir),
-        (
-            "limits.state_dir",
-            running.limits.state_dir != new.limits.state_dir,
-        ),
-        (
-            "limits.state_file",
-            running.limits.state_file != new.limits.state_file,
-        ),
-        (
-            "limits.audit_file",
-            running.limits.audit_file != new.limits.audit_file,
-        ),
-    ]
-    .into_iter()
-    .filter_map(|(key, changed)| changed.then_some(key))
-    .collect()
+    crate::config::settings::restart_only_changes(running, new)
 }
 
 /// cgroup tree events are followed this often between samples, so that their ring buffer

@@ -245,6 +245,41 @@ pub struct Status {
     /// The sweep that uncharges objects freed without a free tracepoint.
     #[serde(default)]
     pub sweep: SweepStatus,
+    /// Which of kmemcg's corrections are in force, and why not where one is off.
+    #[serde(default)]
+    pub corrections: Corrections,
+}
+
+/// The corrections that make kmemcg's figures match the kernel's, each in force or not (a
+/// kernel without what one needs, or privileges that hide kernel addresses).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Corrections {
+    /// Slab owner-record vectors (allocated by `alloc_slab_obj_exts`) are not charged to the
+    /// cgroup whose allocation needed a new slab.
+    pub owner_vectors_excluded: Correction,
+    /// The memory map's bases are known (fixed, or read from the kernel's variables): what
+    /// the inventory and the sweep go from an object's address to its slab with.
+    pub memory_map_bases: Correction,
+    /// Objects live before the start are found ([`InventoryStatus`]).
+    pub inventory: Correction,
+    /// Objects freed without a free tracepoint are uncharged ([`SweepStatus`]).
+    pub sweep: Correction,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Correction {
+    pub in_force: bool,
+    /// Why it is not in force, and what would put it in force.
+    pub reason: Option<String>,
+}
+
+impl<T> From<&Result<T, String>> for Correction {
+    fn from(result: &Result<T, String>) -> Self {
+        Self {
+            in_force: result.is_ok(),
+            reason: result.as_ref().err().cloned(),
+        }
+    }
 }
 
 /// The inventory at start: live accounted slab objects found in the kernel's owner records

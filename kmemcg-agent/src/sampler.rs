@@ -7,7 +7,10 @@ use std::{
 };
 
 use crate::{
-    api::{CgroupUsage, DyingCgroup, Snapshot, Status},
+    api::{
+        CgroupUsage, Correction, Corrections, DyingCgroup, InventoryStatus, Snapshot, Status,
+        SweepStatus,
+    },
     cgroups::CgroupTree,
     collector::RawSnapshot,
     error::ReadError,
@@ -222,6 +225,8 @@ impl Sampler {
         let config = self.tracer.config();
         let c = &raw.counters;
         let truth = self.tracer.truth_counters().unwrap_or_default();
+        let inventory = self.tracer.inventory().clone();
+        let sweep = self.sweeper.status(&self.tracer, &truth);
         Status {
             version: env!("CARGO_PKG_VERSION").into(),
             kernel_version: self.kernel_version.clone(),
@@ -261,8 +266,24 @@ impl Sampler {
             updated_at: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
-            inventory: self.tracer.inventory().clone(),
-            sweep: self.sweeper.status(&self.tracer, &truth),
+            corrections: corrections(&self.tracer, &inventory, &sweep),
+            inventory,
+            sweep,
         }
+    }
+}
+
+/// Which corrections are in force: the tracer's addresses, the inventory's and sweep's own.
+fn corrections(tracer: &Tracer, inventory: &InventoryStatus, sweep: &SweepStatus) -> Corrections {
+    let addresses = tracer.kernel_addresses();
+    let own = |available: bool, reason: &Option<String>| Correction {
+        in_force: available,
+        reason: reason.clone(),
+    };
+    Corrections {
+        owner_vectors_excluded: (&addresses.owner_vector_allocator).into(),
+        memory_map_bases: (&addresses.memory_map_bases).into(),
+        inventory: own(inventory.available, &inventory.reason),
+        sweep: own(sweep.available, &sweep.reason),
     }
 }

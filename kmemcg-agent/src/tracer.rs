@@ -20,14 +20,18 @@ use crate::{
     collector::{Collector, RawSnapshot, map_error},
     error::{ReadError, StartError},
     inventory,
-    kernel::{self, btf::KernelLayout, caps, cgroupfs, percpu_layout, slab_layout, vmalloc_layout},
+    kernel::{
+        self, btf::KernelLayout, caps, cgroupfs, kallsyms::KernelAddresses, percpu_layout,
+        slab_layout, vmalloc_layout,
+    },
     pin::{self, PinnedMaps},
 };
 
 /// The eBPF object, built by build.rs and embedded so that one binary is all there is to ship.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/kmemcg-ebpf"));
 
-/// Default capacity of the live-object table: 2^20 slots of 32 bytes (32 MiB of kernel memory).
+/// Default capacity of the live-object table: 2^20 slots of 16 bytes (a [`kmemcg_common::LiveObject`]
+/// each: 16 MiB of kernel memory).
 /// An object takes one of the 8 slots its address hashes to, so the table holds about 80% of
 /// its slots before allocations start being dropped.
 pub const DEFAULT_MAX_OBJECTS: u32 = 1 << 20;
@@ -99,6 +103,8 @@ pub struct Tracer {
     vmap_area_cache_known: bool,
     /// Whether the sweep can look at slab sheaves, or why not.
     sheaves: Result<(), String>,
+    /// The kernel addresses the programs were loaded with, or why one is unknown.
+    addresses: KernelAddresses,
     /// Dropped after `ebpf` (field order): the lock outlives the attached programs.
     pinned: Option<PinnedMaps>,
 }
@@ -134,32 +140,33 @@ impl Tracer {
             None => None,
         };
         let root_mode = config.root_mode as u32;
-        let kallsyms = kernel::kallsyms::read();
-        // memcg_alloc_slab_cgroups before Linux 6.10.
-        let obj_exts_allocator = ["alloc_slab_obj_exts", "memcg_alloc_slab_cgroups"]
-            .into_iter()
-            .find_map(|name| kernel::kallsyms::function_range(&kallsyms, name))
-            .unwrap_or_else(|| {
-                tracing::info!(
-                    "alloc_slab_obj_exts not in /proc/kallsyms (or hidden): slab owner-record \
-                         vectors are charged to the cgroup whose allocation needed a new slab"
+        let addresses = kernel::kallsyms::kernel_addresses();
+        let obj_exts_allocator = addresses
+            .owner_vector_allocator
+            .clone()
+            .unwrap_or_else(|why| {
+                tracing::warn!(
+                    why,
+                    "slab owner-record vectors are charged to the cgroup whose allocation needed \
+                 a new slab"
                 );
                 0..0
             });
-        let slab_walk = slab_layout::from_running_kernel(&vmlinux).and_then(|layout| {
-            // Linux 7.x (caches without CPU slabs): with the walk programs loaded, a 7.3 test
-            // VM froze before they had run; tracing alone works there. Off until understood.
-            if layout.cpu_slabs == 0 {
-                return Err(
-                    "the inventory and the sweep are off on Linux 7.x (caches without \
+        let slab_walk = slab_layout::from_running_kernel(&vmlinux, &addresses.memory_map_bases)
+            .and_then(|layout| {
+                // Linux 7.x (caches without CPU slabs): with the walk programs loaded, a 7.3 test
+                // VM froze before they had run; tracing alone works there. Off until understood.
+                if layout.cpu_slabs == 0 {
+                    return Err(
+                        "the inventory and the sweep are off on Linux 7.x (caches without \
                             CPU slabs): loading their programs froze a Linux 7.3 test VM. \
                             Objects made before the start are not seen, and objects freed \
                             without a free tracepoint stay charged"
-                        .into(),
-                );
-            }
-            Ok(layout)
-        });
+                            .into(),
+                    );
+                }
+                Ok(layout)
+            });
         let slab_layout_global = slab_walk.clone().unwrap_or_default();
         let percpu_walk = slab_walk
             .clone()
@@ -308,6 +315,7 @@ impl Tracer {
             cpu_freelists: Err("not looked for yet".into()),
             vmap_area_cache_known: false,
             sheaves,
+            addresses,
             pinned,
         };
         tracer.cpu_freelists = crate::sweep::find_cpu_offsets(&mut tracer);
@@ -335,6 +343,11 @@ impl Tracer {
 
     pub fn collector_mut(&mut self) -> &mut Collector {
         &mut self.collector
+    }
+
+    /// The kernel addresses the programs were loaded with, or why one is unknown.
+    pub fn kernel_addresses(&self) -> &KernelAddresses {
+        &self.addresses
     }
 
     /// Why the inventory and the sweep cannot run on this kernel, if they cannot.
@@ -381,9 +394,9 @@ impl Tracer {
     fn slab_walk_program(&self, program: &'static str) -> Result<&RawTracePoint, ReadError> {
         self.ebpf
             .program(program)
-            .ok_or(ReadError::MissingMap(program))?
+            .ok_or(ReadError::MissingProgram(program))?
             .try_into()
-            .map_err(|_| ReadError::MissingMap(program))
+            .map_err(|_| ReadError::MissingProgram(program))
     }
 
     /// A file descriptor of a slab walk program, for a thread of its own.
@@ -391,7 +404,10 @@ impl Tracer {
         self.slab_walk_program(program)?
             .fd()
             .and_then(|fd| fd.try_clone().map_err(Into::into))
-            .map_err(|_| ReadError::MissingMap(program))
+            .map_err(|e| ReadError::ProgramFd {
+                program,
+                reason: e.to_string(),
+            })
     }
 
     /// Runs a slab walk program once, on `cpu` if given.
@@ -405,16 +421,12 @@ impl Tracer {
         let fd = self
             .slab_walk_program(program)?
             .fd()
-            .map_err(|_| ReadError::MissingMap(program))?;
-        crate::test_run::run_raw_tracepoint(fd.as_fd().as_raw_fd(), args, cpu).map_err(|io_error| {
-            ReadError::Map {
-                map: program,
-                source: Box::new(aya::maps::MapError::SyscallError(aya::sys::SyscallError {
-                    call: "bpf_prog_test_run",
-                    io_error,
-                })),
-            }
-        })
+            .map_err(|e| ReadError::ProgramFd {
+                program,
+                reason: e.to_string(),
+            })?;
+        crate::test_run::run_raw_tracepoint(fd.as_fd().as_raw_fd(), args, cpu)
+            .map_err(|source| ReadError::TestRun { program, source })
     }
 
     /// What the inventory and the sweep did so far.
