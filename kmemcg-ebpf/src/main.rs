@@ -34,6 +34,7 @@ use kmemcg_common::{
     live_slot_hash, stats_probe_offset, stats_slot_hash,
 };
 
+mod leaks;
 mod truth;
 
 // Load-time configuration, written by the agent (EbpfLoader::set_global). Read-only and frozen,
@@ -170,6 +171,7 @@ pub fn kmem_cache_alloc(ctx: BtfTracePointContext) -> i32 {
         return 0;
     };
     on_cache_alloc(ptr, cache_id, size, flags, gfp);
+    leaks::on_alloc(ctx.arg(0), ptr, cache_id, size as u64);
     0
 }
 
@@ -189,6 +191,7 @@ pub fn kmalloc(ctx: BtfTracePointContext) -> i32 {
     // TP_PROTO(unsigned long call_site, const void *ptr, size_t bytes_req, size_t bytes_alloc,
     //          gfp_t gfp_flags, int node)
     on_kmalloc(ctx.arg(0), ctx.arg(1), ctx.arg(3), ctx.arg(4));
+    leaks::on_kmalloc(ctx.arg(0), ctx.arg(1), ctx.arg(3), ctx.arg(4));
     0
 }
 
@@ -237,6 +240,7 @@ pub fn percpu_alloc_percpu(ctx: BtfTracePointContext) -> i32 {
         accounted: gfp & global(&GFP_ACCOUNT) != 0,
         slab: false,
     });
+    leaks::on_alloc(ctx.arg(0), ptr, CACHE_ID_PERCPU, bytes);
     0
 }
 
@@ -244,6 +248,7 @@ pub fn percpu_alloc_percpu(ctx: BtfTracePointContext) -> i32 {
 pub fn kmem_cache_free(ctx: BtfTracePointContext) -> i32 {
     // TP_PROTO(unsigned long call_site, const void *ptr, const struct kmem_cache *s)
     on_free(ctx.arg(1));
+    leaks::on_free(ctx.arg(1));
     0
 }
 
@@ -251,6 +256,7 @@ pub fn kmem_cache_free(ctx: BtfTracePointContext) -> i32 {
 pub fn kfree(ctx: BtfTracePointContext) -> i32 {
     // TP_PROTO(unsigned long call_site, const void *ptr)
     on_free(ctx.arg(1));
+    leaks::on_free(ctx.arg(1));
     0
 }
 
@@ -258,6 +264,7 @@ pub fn kfree(ctx: BtfTracePointContext) -> i32 {
 pub fn percpu_free_percpu(ctx: BtfTracePointContext) -> i32 {
     // TP_PROTO(void *base_addr, int off, void __percpu *ptr)
     on_free(ctx.arg(2));
+    leaks::on_free(ctx.arg(2));
     0
 }
 
@@ -292,6 +299,7 @@ pub fn kmem_cache_alloc_raw(ctx: RawTracePointContext) -> i32 {
         return 0;
     };
     on_cache_alloc(ptr, cache, size, flags, gfp);
+    leaks::on_alloc(raw_arg(&ctx, 0), ptr, cache, size as u64);
     0
 }
 
@@ -303,18 +311,26 @@ pub fn kmalloc_raw(ctx: RawTracePointContext) -> i32 {
         raw_arg(&ctx, 3),
         raw_arg(&ctx, 4),
     );
+    leaks::on_kmalloc(
+        raw_arg(&ctx, 0),
+        raw_arg(&ctx, 1),
+        raw_arg(&ctx, 3),
+        raw_arg(&ctx, 4),
+    );
     0
 }
 
 #[raw_tracepoint(tracepoint = "kmem_cache_free")]
 pub fn kmem_cache_free_raw(ctx: RawTracePointContext) -> i32 {
     on_free(raw_arg(&ctx, 1));
+    leaks::on_free(raw_arg(&ctx, 1));
     0
 }
 
 #[raw_tracepoint(tracepoint = "kfree")]
 pub fn kfree_raw(ctx: RawTracePointContext) -> i32 {
     on_free(raw_arg(&ctx, 1));
+    leaks::on_free(raw_arg(&ctx, 1));
     0
 }
 
