@@ -23,6 +23,11 @@ pub fn function_range(kallsyms: &str, name: &str) -> Option<Range<u64>> {
     Some(start..end)
 }
 
+/// Every address of symbols named `name` (static functions may share a name).
+pub fn named<'a>(kallsyms: &'a str, name: &'a str) -> impl Iterator<Item = u64> + 'a {
+    symbols(kallsyms).filter_map(move |(address, symbol)| (symbol == name).then_some(address))
+}
+
 fn symbols(kallsyms: &str) -> impl Iterator<Item = (u64, &str)> {
     kallsyms.lines().filter_map(|line| {
         let mut fields = line.split_whitespace();
