@@ -228,7 +228,10 @@ fn a_leak_recording_ends_when_its_cgroup_is_removed_and_refuses_what_it_cannot_d
     assert_eq!(view.ended.as_deref(), Some("cgroup removed"));
     let inodes = site(&view, Some("shmem_inode_cache"), &["shmem_alloc_inode"]);
     assert_within_2_percent(inodes, 300);
-    assert_eq!(view.cgroups, 3, "the cgroup, its child and the grandchild made meanwhile");
+    assert_eq!(
+        view.cgroups, 3,
+        "the cgroup, its child and the grandchild made meanwhile"
+    );
     for (cgroup, recording) in others.into_iter().zip(running) {
         drop(cgroup);
         assert_eq!(recording.finish().ended.as_deref(), Some("cgroup removed"));
