@@ -18,6 +18,7 @@ use crate::{
     access::{ApiConfig, WriteAccess},
     api::Snapshot,
     error::StartError,
+    leaks::Leaks,
     limits::{self, Enforcer, LimitsConfig},
     listener::{self, Bounded, Peer},
     metrics::MetricsConfig,
@@ -91,8 +92,11 @@ pub async fn run_with_reload(
         Some(path) => Some(crate::access::read_token(path).map_err(anyhow::Error::msg)?),
         None => None,
     };
-    let tracer = Tracer::start(config.tracer.clone())?;
+    let mut tracer = Tracer::start(config.tracer.clone())?;
+    let cgroup2_mount = tracer.cgroup2_mount().to_path_buf();
+    let leaks = Arc::new(Leaks::new(&mut |name| tracer.take_map(name), cgroup2_mount));
     let mut sampler = Sampler::new(tracer);
+    sampler.set_leaks(leaks.clone());
     let first = sampler.sample().context("reading the eBPF maps")?;
     let (tx, rx) = watch::channel(Arc::new(first));
     let stop = Arc::new(AtomicBool::new(false));
@@ -114,7 +118,7 @@ pub async fn run_with_reload(
         ))
     });
 
-    let state = AppState::new(rx, settings, enforcer);
+    let state = AppState::new(rx, settings, enforcer).with_leaks(leaks);
     let (closing, closed) = watch::channel(false);
     let stopped = move || {
         let mut closed = closed.clone();

@@ -383,3 +383,75 @@ pub struct SweepStatus {
     #[serde(default)]
     pub sheaf_caches: u64,
 }
+
+/// `POST /api/v1/leaks`: record the outstanding objects of a cgroup and its descendants.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LeakRequest {
+    /// cgroup path from the root, e.g. `/kubepods.slice/pod-x`.
+    pub path: String,
+    /// How long to record (the recording stops by itself then).
+    pub for_seconds: f64,
+}
+
+/// A leak recording and what it found so far: `GET /api/v1/leaks/{id}`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LeakView {
+    pub id: u64,
+    /// The recorded cgroup's path.
+    pub cgroup: String,
+    /// When recording started, RFC 3339 (UTC).
+    pub since: String,
+    /// Seconds recorded so far (until the end, once ended).
+    pub recorded_seconds: f64,
+    /// Seconds the recording was asked to last.
+    pub for_seconds: f64,
+    /// `recording` or `done`.
+    pub state: String,
+    /// Why it ended: `duration` (its time was up), `stopped` (asked to), `cgroup removed`.
+    pub ended: Option<String>,
+    /// cgroups recorded (the cgroup and its descendants, those created meanwhile included).
+    pub cgroups: u64,
+    /// Outstanding objects allocated since the start, grouped by (cache, call site), most
+    /// bytes first. Ages are taken at the end of the recording (now, while it runs).
+    pub sites: Vec<LeakSite>,
+    /// Objects the cgroup holds that were allocated before the recording (found by the
+    /// inventory, or allocated earlier), per cache: never mixed into the ages.
+    pub before_recording: Vec<LeakCache>,
+    /// Sites whose objects are older than this are counted in `older_objects`.
+    pub older_than_seconds: f64,
+    /// Allocations of recorded cgroups that could not be recorded (the object table was
+    /// full), since the start.
+    pub dropped_objects: u64,
+    /// What makes the figures incomplete or the names missing, said plainly.
+    pub warnings: Vec<String>,
+}
+
+/// Outstanding objects of one (cache, call site).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LeakSite {
+    /// `function+0xoffset` from /proc/kallsyms, or the address in hex when it is hidden.
+    pub function: String,
+    /// The kernel module, None for the kernel itself.
+    pub module: Option<String>,
+    /// The call site's address in hex.
+    pub address: String,
+    /// Cache name (`dentry`, `kmalloc-64`, `percpu`, ...).
+    pub cache: String,
+    pub objects: u64,
+    pub bytes: u64,
+    /// Outstanding objects per minute of recording.
+    pub growth_per_minute: f64,
+    pub median_age_seconds: f64,
+    pub p90_age_seconds: f64,
+    pub oldest_seconds: f64,
+    /// Objects older than `older_than_seconds`.
+    pub older_objects: u64,
+}
+
+/// Objects of one cache.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LeakCache {
+    pub cache: String,
+    pub objects: u64,
+    pub bytes: u64,
+}

@@ -3,6 +3,7 @@
 //! cgroups no longer hold, so that memory stays bounded under cgroup churn.
 use std::{
     collections::{HashMap, HashSet},
+    sync::Arc,
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -16,6 +17,7 @@ use crate::{
     error::ReadError,
     kernel,
     kernel_figures::{KernelFigures, KernelFiguresCache},
+    leaks::Leaks,
     limits::Headroom,
     recount::Recount,
     report::{self, Report},
@@ -44,6 +46,8 @@ pub struct Sampler {
     /// Counter slots in use at the last sample.
     slots: Vec<(u32, StatsKey)>,
     samples: u64,
+    /// Told of cgroup events (recorded subtrees grow, end with their cgroup).
+    leaks: Option<Arc<Leaks>>,
 }
 
 impl Sampler {
@@ -67,7 +71,13 @@ impl Sampler {
             watch: Watch::default(),
             slots: Vec::new(),
             samples: 0,
+            leaks: None,
         }
+    }
+
+    /// Has the leak recordings follow the cgroup tree and end on time.
+    pub fn set_leaks(&mut self, leaks: Arc<Leaks>) {
+        self.leaks = Some(leaks);
     }
 
     pub fn tracer(&self) -> &Tracer {
@@ -82,6 +92,9 @@ impl Sampler {
     pub fn poll_cgroup_events(&mut self, limited: impl Fn(&str) -> bool) -> bool {
         let events = self.tracer.take_cgroup_events();
         self.tree.apply(&events);
+        if let Some(leaks) = &self.leaks {
+            leaks.follow(&events, self.tracer.collector().cache_names());
+        }
         let new = self.tracer.take_new_slots();
         let nodes = self.tree.nodes();
         let (crossed, unwatched) = self

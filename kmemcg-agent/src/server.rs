@@ -30,6 +30,8 @@ use crate::{
     metrics::{self, Exporter, MetricsConfig, gzip::GzipPrefix},
 };
 
+mod leaks;
+
 pub type Snapshots = watch::Receiver<Arc<Snapshot>>;
 
 /// Settings the handlers read and SIGHUP may change; the sampling loop reads the interval.
@@ -79,6 +81,8 @@ pub struct AppState {
     enforcer: Arc<Enforcer>,
     exporter: Arc<Exporter>,
     encoded: Arc<Encodings>,
+    /// Leak recordings (the agent's; None where nothing records).
+    leaks: Option<Arc<crate::leaks::Leaks>>,
 }
 
 impl AppState {
@@ -89,7 +93,14 @@ impl AppState {
             enforcer,
             exporter: Arc::new(Exporter::default()),
             encoded: Arc::default(),
+            leaks: None,
         }
+    }
+
+    /// Serves `/api/v1/leaks` with these recordings.
+    pub fn with_leaks(mut self, leaks: Arc<crate::leaks::Leaks>) -> Self {
+        self.leaks = Some(leaks);
+        self
     }
 
     fn snapshot(&self) -> Arc<Snapshot> {
@@ -195,6 +206,8 @@ pub fn router(state: AppState, access: WriteAccess) -> Router {
             get(limits).post(set_limit).delete(remove_limit),
         )
         .route("/api/v1/enforcement", get(enforcement))
+        .route("/api/v1/leaks", get(leaks::list).post(leaks::start))
+        .route("/api/v1/leaks/{id}", get(leaks::view).delete(leaks::stop))
         .route("/metrics", get(prometheus))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

@@ -350,6 +350,11 @@ impl Tracer {
         &self.addresses
     }
 
+    /// Takes a map of the programs for a module that owns it from then on (leak recording).
+    pub fn take_map(&mut self, name: &str) -> Option<aya::maps::Map> {
+        self.ebpf.take_map(name)
+    }
+
     /// Why the inventory and the sweep cannot run on this kernel, if they cannot.
     pub fn slab_walk_unavailable(&self) -> Option<&str> {
         self.slab_walk.as_ref().err().map(String::as_str)

@@ -35,6 +35,7 @@ use kmemcg_common::{
 };
 
 mod ledger;
+mod leaks;
 mod truth;
 
 // Load-time configuration, written by the agent (EbpfLoader::set_global). Read-only and frozen,
@@ -176,6 +177,7 @@ pub fn kmem_cache_alloc(ctx: BtfTracePointContext) -> i32 {
         red_left_pad: typed_red_left_pad(cache),
     };
     on_cache_alloc(ptr, &known, flags, gfp);
+    leaks::on_alloc(ctx.arg(0), ptr, cache_id, size as u64);
     0
 }
 
@@ -213,6 +215,7 @@ pub fn kmalloc(ctx: BtfTracePointContext) -> i32 {
     // TP_PROTO(unsigned long call_site, const void *ptr, size_t bytes_req, size_t bytes_alloc,
     //          gfp_t gfp_flags, int node)
     on_kmalloc(ctx.arg(0), ctx.arg(1), ctx.arg(3), ctx.arg(4));
+    leaks::on_kmalloc(ctx.arg(0), ctx.arg(1), ctx.arg(3), ctx.arg(4));
     0
 }
 
@@ -264,6 +267,7 @@ pub fn percpu_alloc_percpu(ctx: BtfTracePointContext) -> i32 {
         accounted: gfp & global(&GFP_ACCOUNT) != 0,
         slab: false,
     });
+    leaks::on_alloc(ctx.arg(0), ptr, CACHE_ID_PERCPU, bytes);
     0
 }
 
@@ -285,6 +289,7 @@ pub fn kmem_cache_free(ctx: BtfTracePointContext) -> i32 {
         red_left_pad: typed_red_left_pad(cache),
     };
     on_slab_free(ptr, &known);
+    leaks::on_free(ctx.arg(1));
     0
 }
 
@@ -302,6 +307,7 @@ fn on_slab_free(ptr: u64, known: &ledger::CacheInfo) {
 pub fn kfree(ctx: BtfTracePointContext) -> i32 {
     // TP_PROTO(unsigned long call_site, const void *ptr)
     on_slab_free(ctx.arg(1), &ledger::CacheInfo::UNKNOWN);
+    leaks::on_free(ctx.arg(1));
     0
 }
 
@@ -309,6 +315,7 @@ pub fn kfree(ctx: BtfTracePointContext) -> i32 {
 pub fn percpu_free_percpu(ctx: BtfTracePointContext) -> i32 {
     // TP_PROTO(void *base_addr, int off, void __percpu *ptr)
     on_free(ctx.arg(2));
+    leaks::on_free(ctx.arg(2));
     0
 }
 
@@ -349,6 +356,7 @@ pub fn kmem_cache_alloc_raw(ctx: RawTracePointContext) -> i32 {
         red_left_pad,
     };
     on_cache_alloc(ptr, &known, flags, gfp);
+    leaks::on_alloc(raw_arg(&ctx, 0), ptr, cache, size as u64);
     0
 }
 
@@ -360,18 +368,26 @@ pub fn kmalloc_raw(ctx: RawTracePointContext) -> i32 {
         raw_arg(&ctx, 3),
         raw_arg(&ctx, 4),
     );
+    leaks::on_kmalloc(
+        raw_arg(&ctx, 0),
+        raw_arg(&ctx, 1),
+        raw_arg(&ctx, 3),
+        raw_arg(&ctx, 4),
+    );
     0
 }
 
 #[raw_tracepoint(tracepoint = "kmem_cache_free")]
 pub fn kmem_cache_free_raw(ctx: RawTracePointContext) -> i32 {
     on_slab_free(raw_arg(&ctx, 1), &ledger::CacheInfo::UNKNOWN);
+    leaks::on_free(raw_arg(&ctx, 1));
     0
 }
 
 #[raw_tracepoint(tracepoint = "kfree")]
 pub fn kfree_raw(ctx: RawTracePointContext) -> i32 {
     on_slab_free(raw_arg(&ctx, 1), &ledger::CacheInfo::UNKNOWN);
+    leaks::on_free(raw_arg(&ctx, 1));
     0
 }
 

@@ -27,6 +27,11 @@ pub struct BaseSymbols {
     pub page_offset_base: u64,
 }
 
+/// The text of /proc/kallsyms (empty when it cannot be read).
+pub fn read() -> String {
+    std::fs::read_to_string("/proc/kallsyms").unwrap_or_default()
+}
+
 /// Reads /proc/kallsyms once and finds every address kmemcg needs.
 pub fn kernel_addresses() -> KernelAddresses {
     match std::fs::read_to_string("/proc/kallsyms") {
@@ -108,6 +113,11 @@ pub fn function_range(kallsyms: &str, name: &str) -> Option<Range<u64>> {
         .filter(|&a| a > start)
         .min()?;
     Some(start..end)
+}
+
+/// Every address of symbols named `name` (static functions may share a name).
+pub fn named<'a>(kallsyms: &'a str, name: &'a str) -> impl Iterator<Item = u64> + 'a {
+    symbols(kallsyms).filter_map(move |(address, symbol)| (symbol == name).then_some(address))
 }
 
 fn symbols(kallsyms: &str) -> impl Iterator<Item = (u64, &str)> {

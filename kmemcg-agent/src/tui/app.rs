@@ -7,6 +7,7 @@ use crossterm::event::{KeyCode, KeyEvent, KeyEventKind};
 
 use super::{
     keys::{self, Action},
+    leaks::{LeakPanel, Reading},
     model::{Model, Row},
     view::{Detail, Layout, Line, Mode, Shape, ViewState, lines},
 };
@@ -41,6 +42,7 @@ pub(crate) struct App {
     shape: Shape,
     /// The last failure to read data; cleared by the next reading.
     error: Option<String>,
+    leaks: LeakPanel,
 }
 
 impl App {
@@ -53,7 +55,21 @@ impl App {
             lines: Vec::new(),
             shape,
             error: None,
+            leaks: LeakPanel::default(),
         }
+    }
+
+    pub(crate) fn leak_panel(&self) -> &LeakPanel {
+        &self.leaks
+    }
+
+    /// The cgroup the user asked to record, once.
+    pub(crate) fn take_leak_request(&mut self) -> Option<String> {
+        self.leaks.take_request()
+    }
+
+    pub(crate) fn set_leak_reading(&mut self, reading: Reading) {
+        self.leaks.update(reading);
     }
 
     pub(crate) fn settings(&self) -> &Settings {
@@ -185,6 +201,11 @@ impl App {
             Action::ToggleDyingOnly => shape.dying_only = !shape.dying_only,
             Action::ToggleBytes => v.exact = !v.exact,
             Action::TogglePause => v.paused = !v.paused,
+            Action::RecordLeaks => {
+                if let Some(d) = &v.detail {
+                    self.leaks.request(d.path.clone());
+                }
+            }
         }
         if self.view.shape != self.shape {
             self.relayout(selected);

@@ -36,6 +36,14 @@ impl Source {
         Ok(Self::Standalone(Some(Box::new(Sampler::new(tracer)))))
     }
 
+    /// The agent's address, when reading one.
+    pub(crate) fn agent_addr(&self) -> Option<&str> {
+        match self {
+            Self::Agent { addr, .. } => Some(addr),
+            Self::Standalone(_) => None,
+        }
+    }
+
     pub(crate) fn is_standalone(&self) -> bool {
         matches!(self, Self::Standalone(_))
     }

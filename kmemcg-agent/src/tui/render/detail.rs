@@ -11,8 +11,18 @@ use super::{heading_style, label, right};
 use crate::tui::{app::App, columns::CacheColumn, fmt, model::Cgroup};
 
 pub(super) fn render(frame: &mut Frame, area: Rect, app: &mut App) {
-    let [info, table_area] =
-        Layout::vertical([Constraint::Length(2), Constraint::Min(1)]).areas(area);
+    let panel = (app.view().detail.as_ref()).and_then(|d| app.leak_panel().lines(&d.path));
+    let panel_height = panel.as_ref().map_or(0, |l| l.len() as u16 + 1);
+    let [info, leaks_area, table_area] = Layout::vertical([
+        Constraint::Length(2),
+        Constraint::Length(panel_height),
+        Constraint::Min(1),
+    ])
+    .areas(area);
+    if let Some(lines) = panel {
+        let text: Vec<Line> = lines.into_iter().map(Line::from).collect();
+        frame.render_widget(Paragraph::new(text), leaks_area);
+    }
     let height = table_area.height.saturating_sub(1) as usize;
     app.fit(height);
     let (view, model) = (app.view(), app.model());
