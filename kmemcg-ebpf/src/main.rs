@@ -35,6 +35,7 @@ use kmemcg_common::{
 };
 
 mod truth;
+mod zombies;
 
 // Load-time configuration, written by the agent (EbpfLoader::set_global). Read-only and frozen,
 // so the verifier treats them as constants.
