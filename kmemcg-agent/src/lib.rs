@@ -22,6 +22,7 @@ mod files;
 mod inventory;
 pub mod kernel;
 mod kernel_figures;
+mod kernel_memcgs;
 pub mod limits;
 mod listener;
 mod mapped;

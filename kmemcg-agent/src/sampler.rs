@@ -13,6 +13,7 @@ use crate::{
     error::ReadError,
     kernel,
     kernel_figures::{KernelFigures, KernelFiguresCache},
+    kernel_memcgs::KernelMemcgs,
     limits::Headroom,
     report::{self, Report},
     sweep::Sweeper,
@@ -38,6 +39,7 @@ pub struct Sampler {
     /// Counter slots in use at the last sample.
     slots: Vec<(u32, StatsKey)>,
     samples: u64,
+    kernel_memcgs: KernelMemcgs,
 }
 
 impl Sampler {
@@ -59,6 +61,7 @@ impl Sampler {
             watch: Watch::default(),
             slots: Vec::new(),
             samples: 0,
+            kernel_memcgs: KernelMemcgs::new(),
         }
     }
 
@@ -74,6 +77,7 @@ impl Sampler {
     pub fn poll_cgroup_events(&mut self, limited: impl Fn(&str) -> bool) -> bool {
         let events = self.tracer.take_cgroup_events();
         self.tree.apply(&events);
+        self.kernel_memcgs.note_events(&events);
         let new = self.tracer.take_new_slots();
         let nodes = self.tree.nodes();
         let (crossed, unwatched) = self
@@ -125,7 +129,10 @@ impl Sampler {
             self.lost_cgroup_events = raw.counters.lost_cgroup_events;
             self.tree.rescan();
         }
-        let Report { mut cgroups, dying } = report::build(
+        let Report {
+            mut cgroups,
+            mut dying,
+        } = report::build(
             &raw.stats,
             self.tracer.collector().cache_names(),
             self.tree.nodes(),
@@ -145,7 +152,12 @@ impl Sampler {
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
         self.max_sample_ms = self.max_sample_ms.max(elapsed_ms);
         self.samples += 1;
-        let status = self.status(&raw, &cgroups, &dying, elapsed_ms, kernel_drift);
+        let kernel_memcgs = self.kernel_memcgs.scan(&self.tracer);
+        let mut status = self.status(&raw, &cgroups, &dying, elapsed_ms, kernel_drift);
+        status.kernel_dying_memcgs = kernel_memcgs.dying.len() as u64;
+        status.kernel_dying_memcg_bytes = kernel_memcgs.dying_bytes;
+        kernel_memcgs.merge_into(&mut dying);
+        status.kernel_memcgs = kernel_memcgs.status;
         Ok(Snapshot {
             cgroups,
             dying,
@@ -253,6 +265,10 @@ impl Sampler {
                 .map_or(0, |d| d.as_secs()),
             inventory: self.tracer.inventory().clone(),
             sweep: self.sweeper.status(&self.tracer, &truth),
+            // Filled by `sample` from the walk of the kernel's memcgs.
+            kernel_dying_memcgs: 0,
+            kernel_dying_memcg_bytes: 0,
+            kernel_memcgs: Default::default(),
         }
     }
 }
