@@ -86,7 +86,8 @@ pub const MATRIX: &[Kernel] = &[
 /// One or two tests per feature, chosen to fit the VM budget (a few minutes per kernel under
 /// TCG): attribution against the kernel's memory.stat, cache names, percpu, objects from
 /// before the start (inventory), phantoms after churn (sweep), a pinned restart, a removed
-/// cgroup's objects moving to its parent (dying), and a freeze limit.
+/// cgroup's objects moving to its parent (dying), a freeze limit, and the memory cgroups the
+/// kernel keeps after removal (zombies).
 pub const TESTS: &[(&str, &[&str])] = &[
     (
         "core",
@@ -109,6 +110,10 @@ pub const TESTS: &[(&str, &[&str])] = &[
         &["a_removed_cgroups_objects_move_to_its_parent_until_freed"],
     ),
     ("limits", &["a_cgroup_past_its_limit_is_frozen"]),
+    (
+        "zombies",
+        &["removed_cgroups_kept_by_their_tmpfs_files_are_listed_until_the_files_go"],
+    ),
 ];
 
 /// How long a VM may run (boot and tests) before it is killed and counted as failed.
