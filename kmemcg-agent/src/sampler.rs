@@ -145,6 +145,7 @@ impl Sampler {
             .kernel_figures
             .annotate(&mut cgroups, self.tree.root_id());
         self.release_removed(&raw);
+        let kernel_memcgs = self.kernel_memcgs.scan(&self.tracer);
         // Hand the reading's transient buffers back to the OS, so that the agent's resident
         // memory follows the current state rather than its largest burst.
         // SAFETY: malloc_trim has no preconditions.
@@ -152,7 +153,6 @@ impl Sampler {
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
         self.max_sample_ms = self.max_sample_ms.max(elapsed_ms);
         self.samples += 1;
-        let kernel_memcgs = self.kernel_memcgs.scan(&self.tracer);
         let mut status = self.status(&raw, &cgroups, &dying, elapsed_ms, kernel_drift);
         status.kernel_dying_memcgs = kernel_memcgs.dying.len() as u64;
         status.kernel_dying_memcg_bytes = kernel_memcgs.dying_bytes;

@@ -27,6 +27,16 @@ pub async fn run(args: &StatArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Characters of a reason the table shows (`--json` has it whole).
+const REASON_CHARS: usize = 100;
+
+fn cut(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_string(),
+    }
+}
+
 fn bytes(value: Option<u64>) -> String {
     value.map_or_else(|| "-".into(), iec)
 }
@@ -60,7 +70,7 @@ pub(super) fn dying_table(dying: &[DyingCgroup]) -> Table {
             Cell::new(bytes(k.and_then(|k| k.file_bytes))),
             Cell::new(bytes(k.and_then(|k| k.anon_bytes))),
             Cell::new(removed),
-            Cell::new(k.map_or("", |k| k.reason.as_str())),
+            Cell::new(k.map_or_else(String::new, |k| cut(&k.reason, REASON_CHARS))),
         ]);
     }
     t
@@ -111,5 +121,7 @@ mod tests {
         assert!(text.contains("1.0 MiB") || text.contains("1 MiB"), "{text}");
         assert!(text.contains("before start"), "{text}");
         assert!(text.contains("/tmp/t/f"), "{text}");
+        assert_eq!(cut("abcdef", 3), "abc…");
+        assert_eq!(cut("abc", 3), "abc");
     }
 }

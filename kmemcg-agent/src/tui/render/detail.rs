@@ -264,8 +264,14 @@ mod tests {
         );
         let s = screen(&mut app, 200, 12);
         let text = s.join("\n");
-        assert!(s[4].contains("kernel memcg kept, 1.00 MiB charged"), "{text}");
-        assert!(s[4].contains("why tmpfs/shmem files still charged: /t/f"), "{text}");
+        assert!(
+            s[4].contains("kernel memcg kept, 1.00 MiB charged"),
+            "{text}"
+        );
+        assert!(
+            s[4].contains("why tmpfs/shmem files still charged: /t/f"),
+            "{text}"
+        );
     }
 
     #[test]
