@@ -308,6 +308,10 @@ pub struct KernelMemcgsStatus {
     /// Why the slab, percpu and kernel split is unknown on this kernel, if it is.
     #[serde(default)]
     pub stats_reason: Option<String>,
+    /// This kernel moves a removed cgroup's LRU pages (page cache, tmpfs) to its parent
+    /// (Linux 7.x): such pages no longer keep its memory cgroup.
+    #[serde(default)]
+    pub lru_pages_reparented: bool,
     /// Memory cgroups seen by the last walk, all states.
     pub memcgs: u64,
     /// What the dying ones' own structures weigh in all (estimated), and on what basis.

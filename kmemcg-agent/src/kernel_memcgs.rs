@@ -171,6 +171,7 @@ impl KernelMemcgs {
                 available: true,
                 reason: None,
                 stats_reason: facts.stats_unavailable.map(Into::into),
+                lru_pages_reparented: facts.lru_reparented,
                 memcgs: records.len() as u64,
                 own_bytes_estimate: own,
                 own_bytes_basis: own_basis(&facts),

@@ -41,6 +41,9 @@ pub struct MemcgFacts {
     pub nodes: u64,
     /// [`own_bytes_estimate`] for this host's CPUs and nodes.
     pub own_bytes: Option<u64>,
+    /// The kernel moves a removed memcg's LRU pages to its parent (`lru_reparent_memcg`,
+    /// Linux 7.x): page cache and tmpfs files no longer keep it.
+    pub lru_reparented: bool,
 }
 
 pub fn from_btf(btf: &Btf, kallsyms: &str, cpus: u64, nodes: u64) -> Result<MemcgFacts, String> {
@@ -168,6 +171,7 @@ pub fn from_btf(btf: &Btf, kallsyms: &str, cpus: u64, nodes: u64) -> Result<Memc
         stats_unavailable,
         nodes,
         own_bytes: own_bytes_estimate(btf, cpus, nodes),
+        lru_reparented: super::kallsyms::address(kallsyms, "lru_reparent_memcg").is_some(),
     })
 }
 
