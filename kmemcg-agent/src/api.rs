@@ -149,6 +149,58 @@ pub struct DyingCgroup {
     /// The nearest live ancestor, now charged with what it holds.
     pub charged_ancestor_id: u64,
     pub charged_ancestor_path: String,
+    /// The kernel's side: whether its memory cgroup is still kept and what charges it (null
+    /// when kmemcg cannot look, see the status's `kernel_memcgs`).
+    #[serde(default)]
+    pub kernel_memcg: Option<KernelMemcgState>,
+}
+
+/// A removed cgroup's memory cgroup as the kernel keeps it (offline, not freed). Bytes are
+/// null where this kernel does not let kmemcg read them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelMemcgState {
+    /// False once the kernel has freed it.
+    pub alive_in_kernel: bool,
+    /// Its page counter (`memory.usage`), descendants included.
+    pub charged_bytes: u64,
+    /// File page cache, anonymous and shmem/tmpfs pages on its LRU lists.
+    pub file_bytes: Option<u64>,
+    pub anon_bytes: Option<u64>,
+    pub shmem_bytes: Option<u64>,
+    /// Its statistics' slab, percpu and kernel (all kernel memory) bytes.
+    pub slab_bytes: Option<u64>,
+    pub percpu_bytes: Option<u64>,
+    #[serde(default)]
+    pub kernel_bytes: Option<u64>,
+    /// What the memcg's own structures weigh (mostly per-CPU statistics), estimated from
+    /// struct sizes (see the status's `kernel_memcgs.own_bytes_basis`).
+    #[serde(default)]
+    pub own_bytes_estimate: Option<u64>,
+    /// When kmemcg saw the cgroup removed, seconds since the Unix epoch; null when it was
+    /// removed before kmemcg started (`removed_before_start`).
+    pub removed_at: Option<u64>,
+    #[serde(default)]
+    pub removed_before_start: bool,
+    /// Why the kernel keeps it, in words a user can act on.
+    pub reason: String,
+    /// The files whose pages still charge it, largest first.
+    #[serde(default)]
+    pub files: Vec<ChargedFile>,
+    /// Its cgroup's id in the memory controller's hierarchy (the v1 one on hybrid hosts).
+    #[serde(default)]
+    pub memcg_cgroup_id: u64,
+}
+
+/// A file whose pages charge a dying memory cgroup.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChargedFile {
+    /// Full path where kmemcg can see the filesystem mounted, else `dev <major:minor>:` and
+    /// the path inside the filesystem.
+    pub path: String,
+    pub inode: u64,
+    pub bytes: u64,
+    /// tmpfs/shmem (true) or page cache of a disk file.
+    pub shmem: bool,
 }
 
 /// One reading of the maps: everything the agent serves.
@@ -245,6 +297,14 @@ pub struct Status {
     /// The sweep that uncharges objects freed without a free tracepoint.
     #[serde(default)]
     pub sweep: SweepStatus,
+    /// Memory cgroups the kernel keeps after their removal, and the bytes charged to them
+    /// (nested ones counted once).
+    #[serde(default)]
+    pub kernel_dying_memcgs: u64,
+    #[serde(default)]
+    pub kernel_dying_memcg_bytes: u64,
+    #[serde(default)]
+    pub kernel_memcgs: KernelMemcgsStatus,
     /// Which of kmemcg's corrections are in force, and why not where one is off.
     #[serde(default)]
     pub corrections: Corrections,
@@ -280,6 +340,29 @@ impl<T> From<&Result<T, String>> for Correction {
             reason: result.as_ref().err().cloned(),
         }
     }
+
+}
+
+
+/// The walk of the kernel's memory cgroups (for the dying ones it keeps).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct KernelMemcgsStatus {
+    pub available: bool,
+    /// Why not, when not.
+    pub reason: Option<String>,
+    /// Why the slab, percpu and kernel split is unknown on this kernel, if it is.
+    #[serde(default)]
+    pub stats_reason: Option<String>,
+    /// This kernel moves a removed cgroup's LRU pages (page cache, tmpfs) to its parent
+    /// (Linux 7.x): such pages no longer keep its memory cgroup.
+    #[serde(default)]
+    pub lru_pages_reparented: bool,
+    /// Memory cgroups seen by the last walk, all states.
+    pub memcgs: u64,
+    /// What the dying ones' own structures weigh in all (estimated), and on what basis.
+    pub own_bytes_estimate: u64,
+    pub own_bytes_basis: String,
+    pub last_ms: f64,
 }
 
 /// The inventory at start: live accounted slab objects found in the kernel's owner records

@@ -23,6 +23,7 @@ mod inventory;
 pub mod kernel;
 mod kernel_figures;
 pub mod leaks;
+mod kernel_memcgs;
 pub mod limits;
 mod listener;
 mod mapped;

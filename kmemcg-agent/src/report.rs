@@ -239,6 +239,7 @@ fn dying_cgroup(
         charged_ancestor_path: nodes
             .get(&ancestor)
             .map_or_else(|| "/".to_string(), |n| n.path.clone()),
+        kernel_memcg: None,
     })
 }
 

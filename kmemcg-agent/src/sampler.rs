@@ -18,6 +18,7 @@ use crate::{
     kernel,
     kernel_figures::{KernelFigures, KernelFiguresCache},
     leaks::Leaks,
+    kernel_memcgs::KernelMemcgs,
     limits::Headroom,
     recount::Recount,
     report::{self, Report},
@@ -48,6 +49,7 @@ pub struct Sampler {
     samples: u64,
     /// Told of cgroup events (recorded subtrees grow, end with their cgroup).
     leaks: Option<Arc<Leaks>>,
+    kernel_memcgs: KernelMemcgs,
 }
 
 impl Sampler {
@@ -72,6 +74,7 @@ impl Sampler {
             slots: Vec::new(),
             samples: 0,
             leaks: None,
+            kernel_memcgs: KernelMemcgs::new(),
         }
     }
 
@@ -95,6 +98,7 @@ impl Sampler {
         if let Some(leaks) = &self.leaks {
             leaks.follow(&events, self.tracer.collector().cache_names());
         }
+        self.kernel_memcgs.note_events(&events);
         let new = self.tracer.take_new_slots();
         let nodes = self.tree.nodes();
         let (crossed, unwatched) = self
@@ -149,7 +153,10 @@ impl Sampler {
             self.lost_cgroup_events = raw.counters.lost_cgroup_events;
             self.tree.rescan();
         }
-        let Report { mut cgroups, dying } = report::build(
+        let Report {
+            mut cgroups,
+            mut dying,
+        } = report::build(
             &raw.stats,
             self.tracer.collector().cache_names(),
             self.tree.nodes(),
@@ -162,6 +169,7 @@ impl Sampler {
             .kernel_figures
             .annotate(&mut cgroups, self.tree.root_id());
         self.release_removed(&raw);
+        let kernel_memcgs = self.kernel_memcgs.scan(&self.tracer);
         // Hand the reading's transient buffers back to the OS, so that the agent's resident
         // memory follows the current state rather than its largest burst.
         // SAFETY: malloc_trim has no preconditions.
@@ -169,7 +177,11 @@ impl Sampler {
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
         self.max_sample_ms = self.max_sample_ms.max(elapsed_ms);
         self.samples += 1;
-        let status = self.status(&raw, &cgroups, &dying, elapsed_ms, kernel_drift);
+        let mut status = self.status(&raw, &cgroups, &dying, elapsed_ms, kernel_drift);
+        status.kernel_dying_memcgs = kernel_memcgs.dying.len() as u64;
+        status.kernel_dying_memcg_bytes = kernel_memcgs.dying_bytes;
+        kernel_memcgs.merge_into(&mut dying);
+        status.kernel_memcgs = kernel_memcgs.status;
         Ok(Snapshot {
             cgroups,
             dying,
@@ -282,6 +294,10 @@ impl Sampler {
             corrections: corrections(&self.tracer, &inventory, &sweep),
             inventory,
             sweep,
+            // Filled by `sample` from the walk of the kernel's memcgs.
+            kernel_dying_memcgs: 0,
+            kernel_dying_memcg_bytes: 0,
+            kernel_memcgs: Default::default(),
         }
     }
 }

@@ -13,6 +13,7 @@ use kmemcg_common::{
     PERCPU_CHUNKS, PERCPU_INVENTORY_PROGRAM, PERCPU_LAYOUT, RootCgroupMode, SLAB_LAYOUT,
     STATS_KEYS, SWEEP_PROGRAM, SWEEP_SHEAVES_PROGRAM, SlabLayout, StatsKey, TRUTH_COUNTERS,
     TruthCounters, VMALLOC_LAYOUT, VMAP_AREA_CACHE, VMAP_AREA_CACHE_NAME, VmallocLayout, globals,
+    zombies::{KERNEL_MEMCGS_PROGRAM, MEMCG_LAYOUT, MEMCG_LRU_PROGRAM},
 };
 
 use crate::{
@@ -21,8 +22,9 @@ use crate::{
     error::{ReadError, StartError},
     inventory,
     kernel::{
-        self, btf::KernelLayout, caps, cgroupfs, kallsyms::KernelAddresses, percpu_layout,
-        slab_layout, vmalloc_layout,
+        self, btf::KernelLayout, caps, cgroupfs, kallsyms::KernelAddresses,
+        memcg_layout::{self, MemcgFacts},
+        percpu_layout, slab_layout, vmalloc_layout,
     },
     pin::{self, PinnedMaps},
 };
@@ -105,6 +107,8 @@ pub struct Tracer {
     sheaves: Result<(), String>,
     /// The kernel addresses the programs were loaded with, or why one is unknown.
     addresses: KernelAddresses,
+    /// The layout the walk of the kernel's memory cgroups runs with, or why it cannot run.
+    kernel_memcgs: Result<MemcgFacts, String>,
     /// Dropped after `ebpf` (field order): the lock outlives the attached programs.
     pinned: Option<PinnedMaps>,
 }
@@ -176,6 +180,16 @@ impl Tracer {
             tracing::info!(why, "the sweep will not look at vmap_area objects");
             VmallocLayout::default()
         });
+        let kernel_memcgs = memcg_layout::from_btf(
+            &vmlinux,
+            &kernel::kallsyms::read(),
+            possible_cpus,
+            memcg_layout::possible_nodes(),
+        );
+        let memcg_layout_global = kernel_memcgs
+            .as_ref()
+            .map(|facts| facts.layout)
+            .unwrap_or_default();
         let mut loader = EbpfLoader::new();
         if let Some(pinned) = &pinned {
             for map in pin::PINNED_MAPS {
@@ -232,6 +246,7 @@ impl Tracer {
             .override_global(SLAB_LAYOUT, &slab_layout_global, true)
             .override_global(PERCPU_LAYOUT, &percpu_layout_global, true)
             .override_global(VMALLOC_LAYOUT, &vmalloc_layout, true)
+            .override_global(MEMCG_LAYOUT, &memcg_layout_global, true)
             .override_global(globals::LIVE_SLOT_MASK, &live_slot_mask, true)
             .override_global(globals::STATS_SLOT_MASK, &stats_slot_mask, true)
             .map_max_entries(STATS_KEYS, stats_slots)
@@ -292,6 +307,15 @@ impl Tracer {
             ),
             Err(why) => Err(why.clone()),
         };
+        let kernel_memcgs = kernel_memcgs.and_then(|facts| {
+            for name in [KERNEL_MEMCGS_PROGRAM, MEMCG_LRU_PROGRAM] {
+                let program = ebpf
+                    .program_mut(name)
+                    .ok_or_else(|| format!("the {name} program is not in the object"))?;
+                load_program(name, program)?;
+            }
+            Ok(facts)
+        });
         let cgroup_events = take_ring(&mut ebpf, CGROUP_EVENTS)?;
         let limit_events = take_ring(&mut ebpf, LIMIT_EVENTS)?;
         let collector = Collector::new(&mut ebpf, stats_slots as usize, possible_cpus as usize)?;
@@ -316,6 +340,7 @@ impl Tracer {
             vmap_area_cache_known: false,
             sheaves,
             addresses,
+            kernel_memcgs,
             pinned,
         };
         tracer.cpu_freelists = crate::sweep::find_cpu_offsets(&mut tracer);
@@ -383,6 +408,24 @@ impl Tracer {
     /// Whether the sweep can look at slab sheaves, or why not.
     pub fn sheaves(&self) -> Result<(), &str> {
         self.sheaves.as_ref().copied().map_err(String::as_str)
+    }
+
+    /// The layout the walk of the kernel's memory cgroups runs with, or why it cannot run.
+    pub fn kernel_memcgs(&self) -> Result<&MemcgFacts, &str> {
+        self.kernel_memcgs.as_ref().map_err(String::as_str)
+    }
+
+    /// The first `count` values of an array map.
+    pub fn read_array<T: aya::Pod>(
+        &self,
+        name: &'static str,
+        count: u32,
+    ) -> Result<Vec<T>, ReadError> {
+        let map = self.ebpf.map(name).ok_or(ReadError::MissingMap(name))?;
+        let array: Array<&MapData, T> = Array::try_from(map).map_err(map_error(name))?;
+        (0..count.min(array.len()))
+            .map(|index| array.get(&index, 0).map_err(map_error(name)))
+            .collect()
     }
 
     /// What the inventory at start found.

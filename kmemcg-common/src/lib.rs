@@ -332,6 +332,7 @@ impl LiveObject {
 pub mod truth;
 pub use truth::*;
 pub mod leaks;
+pub mod zombies;
 
 /// Per-CPU counters of one (cgroup, cache). Live figures are signed: an object allocated on one
 /// CPU and freed on another makes one CPU's value negative; the sum over CPUs is what counts.

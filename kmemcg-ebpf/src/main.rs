@@ -37,6 +37,7 @@ use kmemcg_common::{
 mod ledger;
 mod leaks;
 mod truth;
+mod zombies;
 
 // Load-time configuration, written by the agent (EbpfLoader::set_global). Read-only and frozen,
 // so the verifier treats them as constants.

@@ -29,6 +29,9 @@ enum Work {
     CreateFiles { dir: PathBuf, count: u32 },
     /// Remove every file in DIR, then exit.
     DeleteFiles { dir: PathBuf },
+    /// Write BYTES bytes to the file PATH (its pages are charged to this process's memory
+    /// cgroup, and stay charged to it after the process exits), then exit.
+    WriteFile { path: PathBuf, bytes: usize },
     /// Create directories d0..d(COUNT-1) in DIR, then exit. In a cgroup v1 memory directory
     /// each is a memory cgroup whose percpu statistics the kernel charges to this process's
     /// memory cgroup.
@@ -107,6 +110,8 @@ fn main() -> anyhow::Result<()> {
     match args.work {
         Work::CreateFiles { dir, count } => create_files(&dir, count),
         Work::DeleteFiles { dir } => delete_files(&dir),
+        Work::WriteFile { path, bytes } => std::fs::write(&path, vec![0x5a; bytes])
+            .with_context(|| format!("writing {bytes} bytes to {}", path.display())),
         Work::MakeDirs { dir, count } => (0..count).try_for_each(|i| {
             let path = dir.join(format!("d{i}"));
             std::fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))

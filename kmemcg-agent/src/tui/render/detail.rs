@@ -82,10 +82,26 @@ pub(super) fn render(frame: &mut Frame, area: Rect, app: &mut App) {
             label("  unaccounted ".into()),
             Span::raw(fmt::size(u.unaccounted_bytes, exact)),
         ]),
-        Cgroup::Dying(d) => facts.extend([
-            label("  charged to ".into()),
-            Span::raw(d.charged_ancestor_path.clone()),
-        ]),
+        Cgroup::Dying(d) => {
+            facts.extend([
+                label("  charged to ".into()),
+                Span::raw(d.charged_ancestor_path.clone()),
+            ]);
+            // What the kernel still keeps of it, and why.
+            if let Some(k) = &d.kernel_memcg {
+                let kept = if k.alive_in_kernel {
+                    format!("kept, {} charged", fmt::size(k.charged_bytes, exact))
+                } else {
+                    "freed".into()
+                };
+                facts.extend([
+                    label("  kernel memcg ".into()),
+                    Span::raw(kept),
+                    label("  why ".into()),
+                    Span::raw(k.reason.clone()),
+                ]);
+            }
+        }
     }
     frame.render_widget(
         Paragraph::new(vec![Line::from(title), Line::from(facts)]),
@@ -233,6 +249,39 @@ mod tests {
         assert!(s[4].contains("slab 3.00 KiB (2 obj)"), "{text}");
         assert!(s[4].contains("charged to /system.slice"), "{text}");
         assert!(find(&s, "percpu").is_some(), "{text}");
+    }
+
+    #[test]
+    fn a_memcg_the_kernel_keeps_says_why() {
+        let mut snap = snapshot(sample(), 1);
+        let mut gone = dying(9, "/gone", 0, 0, 2);
+        gone.caches.clear();
+        gone.kernel_memcg = Some(crate::api::KernelMemcgState {
+            alive_in_kernel: true,
+            charged_bytes: 1 << 20,
+            reason: "tmpfs/shmem files still charged: /t/f".into(),
+            ..Default::default()
+        });
+        snap.dying.push(gone);
+        let mut app = app_of(snap);
+        act(
+            &mut app,
+            &[
+                Action::ToggleLayout,
+                Action::ToggleDyingOnly,
+                Action::DrillIn,
+            ],
+        );
+        let s = screen(&mut app, 200, 12);
+        let text = s.join("\n");
+        assert!(
+            s[4].contains("kernel memcg kept, 1.00 MiB charged"),
+            "{text}"
+        );
+        assert!(
+            s[4].contains("why tmpfs/shmem files still charged: /t/f"),
+            "{text}"
+        );
     }
 
     #[test]
