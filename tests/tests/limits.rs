@@ -643,6 +643,10 @@ fn a_re_created_cgroup_is_judged_afresh_and_frozen() {
         .filter(|r| r.action == "freeze" && r.outcome == "done")
         .collect();
     assert_eq!(freezes.len(), 2, "{freezes:#?}");
+    assert_eq!(
+        (freezes[0].cgroup_id, freezes[1].cgroup_id),
+        (Some(old_id), Some(cgroup.id()))
+    );
     eprintln!(
         "re-created: frozen at {:.1} MiB (decision), {:.1} MiB counted once frozen",
         mib(freezes[1].usage_bytes),
@@ -743,7 +747,10 @@ fn what_kmemcg_froze_survives_a_restart() {
         || !frozen(&watermark),
     );
     let thaw = agent.wait_record("the thaw", |r| r.action == "thaw");
-    assert_eq!(thaw.cgroup, watermark.path());
+    assert_eq!(
+        (thaw.cgroup.as_str(), thaw.cgroup_id),
+        (watermark.path(), Some(watermark.id()))
+    );
     assert!(frozen(&removed), "still over its limit: stays frozen");
     let (ok, text) = agent.limit(&["rm", removed.path()]);
     assert!(ok, "{text}");
