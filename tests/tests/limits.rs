@@ -159,12 +159,14 @@ impl Drop for StateDir {
     }
 }
 
-/// Thaws a test cgroup when dropped, so that its workload can be waited for.
+/// Thaws a test cgroup and kills its processes when dropped, so that its workload can be
+/// waited for, even while an agent freezes it again.
 struct ThawOnDrop(PathBuf);
 
 impl Drop for ThawOnDrop {
     fn drop(&mut self) {
         let _ = std::fs::write(self.0.join("cgroup.freeze"), "0");
+        let _ = std::fs::write(self.0.join("cgroup.kill"), "1");
     }
 }
 
@@ -695,8 +697,8 @@ fn overlapping_freeze_rules_thaw_only_when_none_holds_the_cgroup() {
 }
 
 /// What kmemcg froze stays frozen while the agent is stopped, and a restarted agent knows it:
-/// it thaws what fell below the watermark meanwhile, and `limit rm` thaws what the removed
-/// rule froze.
+/// it thaws what fell below the watermark meanwhile, freezes again what was thawed meanwhile
+/// while over its limit, and `limit rm` thaws what the removed rule froze.
 #[test]
 fn what_kmemcg_froze_survives_a_restart() {
     require_root();
@@ -741,7 +743,17 @@ fn what_kmemcg_froze_survives_a_restart() {
     for entry in std::fs::read_dir(&dir).expect("files").flatten() {
         let _ = std::fs::remove_file(entry.path());
     }
+    // Thawed by someone else while the agent is down, and still over its limit.
+    std::fs::write(removed.v2_dir().join("cgroup.freeze"), "0").expect("thawing");
     let agent = Limited::on_state(&state.0);
+    let refrozen = agent.wait_record("frozen again at start", |r| {
+        r.cgroup == removed.path() && r.outcome.contains("re-frozen")
+    });
+    eprintln!(
+        "restart: thawed while the agent was down, frozen again at start at {:.1} MiB",
+        mib(refrozen.usage_bytes)
+    );
+    wait_until("frozen again", || frozen(&removed));
     wait_until(
         "the restarted agent thaws what fell below the watermark",
         || !frozen(&watermark),

@@ -113,8 +113,9 @@ impl Engine {
     ) -> Vec<Decision> {
         let mut out = Vec::new();
         let mut seen = HashSet::new();
-        // Cgroups someone else thawed: those a holding rule still finds over its limit.
-        let mut thawed_over = HashSet::new();
+        // Cgroups someone else thawed that a holding rule keeps: over its limit, or not yet
+        // back under it (the hysteresis of a new crossing: no release for a dip of a few bytes).
+        let mut kept = HashSet::new();
         for rule in rules {
             for usage in cgroups.iter().filter(|u| rule.matches(u.path)) {
                 // Globs skip protected cgroups; literal rules on them are refused earlier, and
@@ -146,11 +147,15 @@ impl Engine {
                     // Frozen by kmemcg, this rule among those holding it.
                     match (over, held.thawed) {
                         (Some(over), true) => {
-                            if thawed_over.insert(usage.id) && now >= held.refreeze_at {
+                            if kept.insert(usage.id) && now >= held.refreeze_at {
                                 out.push(decision(Step::Refreeze, 0, over));
                             }
                         }
-                        (None, true) => {}
+                        (None, true) => {
+                            if !rule.rearmed(usage.slab, usage.percpu, usage.whole) {
+                                kept.insert(usage.id);
+                            }
+                        }
                         (_, false) => {
                             // Thaw only well below the limit, and not before the grace
                             // period: no freeze/thaw flapping.
@@ -205,7 +210,7 @@ impl Engine {
         for usage in cgroups {
             if let Some(held) = freezes.get(usage.id)
                 && held.thawed
-                && !thawed_over.contains(&usage.id)
+                && !kept.contains(&usage.id)
             {
                 for rule in held.rules.keys() {
                     self.tracks.remove(&(rule.clone(), usage.id));
@@ -475,8 +480,13 @@ mod tests {
         let d = e.evaluate(&rules, &[u("/a", 12)], &f, &p, at(6.0), false);
         assert_eq!(d[0].step, Step::Refreeze);
         done(&mut f, &d[0], at(6.0));
-        // Thawed while under its limit: let go, and judged afresh.
+        // Thawed just under its limit: still held, frozen again once over it.
         f.observe(a, false);
+        assert!(
+            e.evaluate(&rules, &[u("/a", 7)], &f, &p, at(8.0), false)
+                .is_empty()
+        );
+        // Thawed well under its limit: let go, and judged afresh.
         let d = e.evaluate(&rules, &[u("/a", 2)], &f, &p, at(9.0), false);
         assert_eq!(d[0].step, Step::Release);
         done(&mut f, &d[0], at(9.0));
