@@ -482,8 +482,12 @@ mod tests {
         done(&mut f, &d[0], at(6.0));
         // Thawed just under its limit: still held, frozen again once over it.
         f.observe(a, false);
+        let just_under = Usage {
+            slab: 15 * MIB / 2,
+            ..u("/a", 0)
+        };
         assert!(
-            e.evaluate(&rules, &[u("/a", 7)], &f, &p, at(8.0), false)
+            e.evaluate(&rules, &[just_under], &f, &p, at(8.0), false)
                 .is_empty()
         );
         // Thawed well under its limit: let go, and judged afresh.
