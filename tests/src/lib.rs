@@ -207,6 +207,15 @@ impl TestCgroup {
         HeldWorkload::start(workload_command(self, work), work)
     }
 
+    /// Kills its processes, removes it and creates it again at once under the same path, as
+    /// a service restart does: a new cgroup (a new id) of the same name.
+    pub fn recreate(mut self) -> Self {
+        let path = self.path.clone();
+        self.teardown();
+        drop(self);
+        Self::create(&path)
+    }
+
     /// Removes the cgroup now, as `Drop` would.
     pub fn remove(mut self) {
         self.teardown();

@@ -7,7 +7,10 @@ use std::{
 };
 
 use kmemcg_agent::limits::{LimitRule, audit::AuditRecord};
-use kmemcg_tests::{AgentProcess, TestCgroup, Tmpfs, get_json, kmemcg, require_root, scratch};
+use kmemcg_tests::{
+    AgentProcess, OTHER_UID, TestCgroup, Tmpfs, as_other_user, get_json, kmemcg, require_root,
+    scratch,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
 const MIB: u64 = 1 << 20;
@@ -19,6 +22,8 @@ struct Limited {
     agent: AgentProcess,
     state: PathBuf,
     audit: PathBuf,
+    /// The files are the test's scratch files (removed when dropped), not a state directory's.
+    scratch_files: bool,
 }
 
 impl Limited {
@@ -55,6 +60,20 @@ impl Limited {
             agent,
             state,
             audit,
+            scratch_files: true,
+        }
+    }
+
+    /// On the state directory `dir` (its rules, audit records and what it froze), which stays
+    /// when the agent stops: a second agent started on it is a restart.
+    fn on_state(dir: &Path) -> Self {
+        let agent =
+            AgentProcess::try_start_on_state(dir, &[]).unwrap_or_else(|log| panic!("{log}"));
+        Self {
+            agent,
+            state: dir.join("limits.json"),
+            audit: dir.join("enforcement.jsonl"),
+            scratch_files: false,
         }
     }
 
@@ -118,17 +137,36 @@ impl Limited {
 
 impl Drop for Limited {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.state);
-        let _ = std::fs::remove_file(&self.audit);
+        if self.scratch_files {
+            let _ = std::fs::remove_file(&self.state);
+            let _ = std::fs::remove_file(&self.audit);
+        }
     }
 }
 
-/// Thaws a test cgroup when dropped, so that its workload can be waited for.
+/// A state directory of the test's own, removed when dropped.
+struct StateDir(PathBuf);
+
+impl StateDir {
+    fn new() -> Self {
+        Self(scratch("state"))
+    }
+}
+
+impl Drop for StateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Thaws a test cgroup and kills its processes when dropped, so that its workload can be
+/// waited for, even while an agent freezes it again.
 struct ThawOnDrop(PathBuf);
 
 impl Drop for ThawOnDrop {
     fn drop(&mut self) {
         let _ = std::fs::write(self.0.join("cgroup.freeze"), "0");
+        let _ = std::fs::write(self.0.join("cgroup.kill"), "1");
     }
 }
 
@@ -551,4 +589,266 @@ fn runtime_rules_survive_a_restart() {
     let (ok, text) = agent.limit(&["rm", "/kmemcg-test-persist"]);
     assert!(!ok && text.contains("no limit"), "{text}");
     assert_eq!(agent.rules().len(), 1);
+}
+
+/// What the agent counts for the cgroup now (recursive slab + percpu), bytes.
+fn usage(agent: &AgentProcess, cgroup: &TestCgroup) -> u64 {
+    agent
+        .cgroup(cgroup.path())
+        .map_or(0, |c| c.total_slab_bytes + c.total_percpu_bytes)
+}
+
+/// Past this, a cgroup under an 8 MiB limit was not stopped in time.
+const TOO_FAR: u64 = 18 * MIB;
+
+/// Waits until the cgroup is frozen, or failing that until it grew past [`TOO_FAR`].
+fn wait_frozen_or_too_far(agent: &AgentProcess, cgroup: &TestCgroup, what: &str) {
+    wait_until(what, || frozen(cgroup) || usage(agent, cgroup) > TOO_FAR);
+    assert!(
+        frozen(cgroup),
+        "{what}: {} not frozen, grew to {:.1} MiB past an 8 MiB limit",
+        cgroup.path(),
+        usage(agent, cgroup) as f64 / MIB as f64
+    );
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / MIB as f64
+}
+
+/// A service restart: the frozen cgroup is killed, removed and created again at the same path
+/// within milliseconds. The new cgroup is another one, judged afresh: frozen when it crosses
+/// its limit, whatever was decided for the old one.
+#[test]
+fn a_re_created_cgroup_is_judged_afresh_and_frozen() {
+    require_root();
+    let agent = Limited::at_default_interval();
+    let cgroup = TestCgroup::new("recreated");
+    let tmpfs = Tmpfs::new();
+    agent.set(&[cgroup.path(), "--max", "8M", "--action", "freeze"]);
+    let first = cgroup.hold(&["file-loop", &tmpfs.sub("first"), RATE]);
+    wait_frozen_or_too_far(&agent.agent, &cgroup, "the first cgroup frozen");
+    let old_id = cgroup.id();
+    let cgroup = cgroup.recreate();
+    drop(first);
+    assert_ne!(
+        cgroup.id(),
+        old_id,
+        "the kernel gave the new cgroup a new id"
+    );
+    let second = cgroup.hold(&["file-loop", &tmpfs.sub("second"), RATE]);
+    let _thaw = ThawOnDrop(cgroup.v2_dir().to_path_buf());
+    wait_frozen_or_too_far(&agent.agent, &cgroup, "the re-created cgroup frozen");
+    let freezes: Vec<AuditRecord> = agent
+        .records()
+        .into_iter()
+        .filter(|r| r.action == "freeze" && r.outcome == "done")
+        .collect();
+    assert_eq!(freezes.len(), 2, "{freezes:#?}");
+    assert_eq!(
+        (freezes[0].cgroup_id, freezes[1].cgroup_id),
+        (Some(old_id), Some(cgroup.id()))
+    );
+    eprintln!(
+        "re-created: frozen at {:.1} MiB (decision), {:.1} MiB counted once frozen",
+        mib(freezes[1].usage_bytes),
+        mib(usage(&agent.agent, &cgroup))
+    );
+    assert!(freezes[1].usage_bytes < TOO_FAR, "{:?}", freezes[1]);
+    agent.limit(&["rm", cgroup.path()]);
+    wait_until("thawed when its rule is removed", || !frozen(&cgroup));
+    drop(second);
+}
+
+/// Two freeze rules match one cgroup (`/x` and `/x*`): removing one leaves it frozen by the
+/// other; removing the other thaws it.
+#[test]
+fn overlapping_freeze_rules_thaw_only_when_none_holds_the_cgroup() {
+    require_root();
+    let agent = Limited::at_default_interval();
+    let cgroup = TestCgroup::new("overlap");
+    let tmpfs = Tmpfs::new();
+    let glob = format!("{}*", cgroup.path());
+    agent.set(&[cgroup.path(), "--max", "8M", "--action", "freeze"]);
+    agent.set(&[&glob, "--max", "8M", "--action", "freeze"]);
+    let workload = cgroup.hold(&["file-loop", &tmpfs.sub("files"), RATE]);
+    let _thaw = ThawOnDrop(cgroup.v2_dir().to_path_buf());
+    wait_frozen_or_too_far(&agent.agent, &cgroup, "frozen by both rules");
+    let (ok, text) = agent.limit(&["rm", cgroup.path()]);
+    assert!(ok, "{text}");
+    // Samples at 1 s: two of them, and the budget's wake-ups, had their chance.
+    std::thread::sleep(Duration::from_millis(2500));
+    let now = usage(&agent.agent, &cgroup);
+    eprintln!(
+        "overlapping: {:.1} MiB after one of the two rules was removed",
+        mib(now)
+    );
+    assert!(
+        frozen(&cgroup) && now < TOO_FAR,
+        "the remaining rule {glob} no longer holds it: frozen {}, {:.1} MiB; {:#?}",
+        frozen(&cgroup),
+        mib(now),
+        agent.records()
+    );
+    let (ok, text) = agent.limit(&["rm", &glob]);
+    assert!(ok, "{text}");
+    wait_until("thawed once no rule holds it", || !frozen(&cgroup));
+    drop(workload);
+}
+
+/// What kmemcg froze stays frozen while the agent is stopped, and a restarted agent knows it:
+/// it thaws what fell below the watermark meanwhile, freezes again what was thawed meanwhile
+/// while over its limit, and `limit rm` thaws what the removed rule froze.
+#[test]
+fn what_kmemcg_froze_survives_a_restart() {
+    require_root();
+    let state = StateDir::new();
+    let tmpfs = Tmpfs::new();
+    let watermark = TestCgroup::new("restart-watermark");
+    let removed = TestCgroup::new("restart-rm");
+    let agent = Limited::on_state(&state.0);
+    agent.set(&[
+        watermark.path(),
+        "--max",
+        "8M",
+        "--action",
+        "freeze",
+        "--thaw-below",
+        "4M",
+        "--grace",
+        "1s",
+    ]);
+    agent.set(&[removed.path(), "--max", "8M", "--action", "freeze"]);
+    let dir = tmpfs.sub("watermark");
+    let held_a = watermark.hold(&["file-loop", &dir, RATE]);
+    let _thaw_a = ThawOnDrop(watermark.v2_dir().to_path_buf());
+    let held_b = removed.hold(&["file-loop", &tmpfs.sub("rm"), RATE]);
+    let _thaw_b = ThawOnDrop(removed.v2_dir().to_path_buf());
+    wait_frozen_or_too_far(&agent.agent, &watermark, "frozen before the restart");
+    wait_frozen_or_too_far(&agent.agent, &removed, "frozen before the restart");
+    for r in agent.records().iter().filter(|r| r.action == "freeze") {
+        eprintln!(
+            "restart: {} frozen at {:.1} MiB",
+            r.cgroup,
+            mib(r.usage_bytes)
+        );
+        assert!(r.usage_bytes < TOO_FAR, "{r:?}");
+    }
+    // Stopped with SIGTERM, as systemd or the kubelet stop it.
+    drop(agent);
+    // Stopped: what it froze stays frozen.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(frozen(&watermark) && frozen(&removed), "thawed by a stop");
+    // Below the watermark while the agent is down.
+    for entry in std::fs::read_dir(&dir).expect("files").flatten() {
+        let _ = std::fs::remove_file(entry.path());
+    }
+    // Thawed by someone else while the agent is down, and still over its limit.
+    std::fs::write(removed.v2_dir().join("cgroup.freeze"), "0").expect("thawing");
+    let agent = Limited::on_state(&state.0);
+    let refrozen = agent.wait_record("frozen again at start", |r| {
+        r.cgroup == removed.path() && r.outcome.contains("re-frozen")
+    });
+    eprintln!(
+        "restart: thawed while the agent was down, frozen again at start at {:.1} MiB",
+        mib(refrozen.usage_bytes)
+    );
+    wait_until("frozen again", || frozen(&removed));
+    wait_until(
+        "the restarted agent thaws what fell below the watermark",
+        || !frozen(&watermark),
+    );
+    let thaw = agent.wait_record("the thaw", |r| r.action == "thaw");
+    assert_eq!(
+        (thaw.cgroup.as_str(), thaw.cgroup_id),
+        (watermark.path(), Some(watermark.id()))
+    );
+    assert!(frozen(&removed), "still over its limit: stays frozen");
+    let (ok, text) = agent.limit(&["rm", removed.path()]);
+    assert!(ok, "{text}");
+    wait_until(
+        "`limit rm` after the restart thaws what the rule froze",
+        || !frozen(&removed),
+    );
+    agent.limit(&["rm", watermark.path()]);
+    drop(held_a);
+    drop(held_b);
+}
+
+/// A delegated cgroup's owner (here uid 65534, who owns its cgroup.freeze) thaws it while it
+/// is over its limit: frozen again at once, audited; thawed again, frozen again only after a
+/// back-off, so that the agent and the owner do not fight in a tight loop.
+#[test]
+fn a_cgroup_thawed_by_its_owner_while_over_is_frozen_again_with_back_off() {
+    require_root();
+    let agent = Limited::at_default_interval();
+    let cgroup = TestCgroup::new("delegated");
+    for file in [
+        "",
+        "cgroup.freeze",
+        "cgroup.procs",
+        "cgroup.subtree_control",
+    ] {
+        let path = cgroup.v2_dir().join(file);
+        std::os::unix::fs::chown(&path, Some(OTHER_UID), Some(OTHER_UID))
+            .unwrap_or_else(|e| panic!("delegating {}: {e}", path.display()));
+    }
+    let tmpfs = Tmpfs::new();
+    agent.set(&[cgroup.path(), "--max", "8M", "--action", "freeze"]);
+    let workload = cgroup.hold(&["file-loop", &tmpfs.sub("files"), RATE]);
+    let _thaw = ThawOnDrop(cgroup.v2_dir().to_path_buf());
+    wait_frozen_or_too_far(&agent.agent, &cgroup, "frozen by its rule");
+    let owner_thaws = || {
+        let freeze = cgroup.v2_dir().join("cgroup.freeze");
+        let script = format!("echo 0 > {}", freeze.display());
+        let out = as_other_user(Path::new("/bin/sh"), &["-c", &script])
+            .output()
+            .expect("running sh as the delegated owner");
+        assert!(
+            out.status.success(),
+            "the owner could not thaw: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let refrozen = |after: f64| {
+        agent
+            .records()
+            .into_iter()
+            .filter(|r| r.action == "freeze" && r.outcome.contains("re-frozen") && r.time > after)
+            .collect::<Vec<_>>()
+    };
+    owner_thaws();
+    wait_until("frozen again or too far", || {
+        !refrozen(0.0).is_empty() || usage(&agent.agent, &cgroup) > TOO_FAR
+    });
+    let first = refrozen(0.0).into_iter().next().unwrap_or_else(|| {
+        panic!(
+            "not frozen again: {:.1} MiB; {:#?}",
+            mib(usage(&agent.agent, &cgroup)),
+            agent.records()
+        )
+    });
+    wait_until("frozen again", || frozen(&cgroup));
+    eprintln!(
+        "delegated: frozen again at {:.1} MiB (decision), {:.1} MiB counted once frozen",
+        mib(first.usage_bytes),
+        mib(usage(&agent.agent, &cgroup))
+    );
+    assert!(first.usage_bytes < TOO_FAR, "{first:?}");
+    // Thawed again at once: frozen again, but not before the back-off.
+    owner_thaws();
+    wait_until("frozen again a second time", || {
+        !refrozen(first.time).is_empty()
+    });
+    let second = refrozen(first.time).remove(0);
+    eprintln!(
+        "delegated: second re-freeze {:.2} s after the first, at {:.1} MiB",
+        second.time - first.time,
+        mib(second.usage_bytes)
+    );
+    assert!(second.time - first.time >= 0.9, "{first:?} {second:?}");
+    wait_until("frozen again", || frozen(&cgroup));
+    agent.limit(&["rm", cgroup.path()]);
+    wait_until("thawed when its rule is removed", || !frozen(&cgroup));
+    drop(workload);
 }

@@ -1,7 +1,16 @@
 //! Acting on a cgroup v2 directory: cgroup.freeze, cgroup.kill, and signals to every process
-//! of the subtree. A cgroup that disappears, or a process that exits, meanwhile is not an
+//! of the subtree, on the cgroup decided on (its id), not whatever has its path now. A cgroup that disappears, or a process that exits, meanwhile is not an
 //! error: it is reported as [`Outcome::Gone`] or simply skipped.
-use std::{io::ErrorKind, os::unix::fs::MetadataExt as _, path::Path};
+use std::{
+    ffi::CString,
+    fs::File,
+    io::{ErrorKind, Read as _, Write as _},
+    os::{
+        fd::{AsRawFd as _, FromRawFd as _},
+        unix::fs::MetadataExt as _,
+    },
+    path::{Path, PathBuf},
+};
 
 /// The inode of /proc/self/ns/pid in the initial PID namespace (`PROC_PID_INIT_INO`,
 /// include/linux/proc_ns.h): fixed by the kernel.
@@ -40,46 +49,113 @@ impl Outcome {
     }
 }
 
-fn write(dir: &Path, file: &str, value: &str) -> Result<(), Outcome> {
-    match std::fs::write(dir.join(file), value) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENODEV) => {
-            if dir.exists() {
-                Err(Outcome::Failed(format!(
-                    "{file} is missing in {}",
-                    dir.display()
-                )))
-            } else {
-                Err(Outcome::Gone)
-            }
+/// A cgroup's directory, opened and checked to be the cgroup decided on: what is written
+/// through it reaches that cgroup, never one created later at the same path.
+#[derive(Debug)]
+pub struct Cgroup {
+    dir: File,
+    path: PathBuf,
+}
+
+/// Opens the cgroup v2 directory `dir` if it still is the cgroup `id` (the inode number of its
+/// directory); [`Outcome::Gone`] when it was removed, or replaced by a new cgroup of the same
+/// name.
+pub fn open(dir: &Path, id: u64) -> Result<Cgroup, Outcome> {
+    let file = match File::open(dir) {
+        Ok(f) => f,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Err(Outcome::Gone),
+        Err(e) => {
+            return Err(Outcome::Failed(format!("opening {}: {e}", dir.display())));
         }
+    };
+    match file.metadata() {
+        Ok(m) if m.is_dir() && m.ino() == id => Ok(Cgroup {
+            dir: file,
+            path: dir.to_path_buf(),
+        }),
+        Ok(_) => Err(Outcome::Gone),
         Err(e) => Err(Outcome::Failed(format!(
-            "writing {value} to {}: {e}",
-            dir.join(file).display()
+            "inspecting {}: {e}",
+            dir.display()
         ))),
     }
 }
 
+impl Cgroup {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// One of its interface files, opened relative to the directory held open.
+    fn file(&self, name: &str, write: bool) -> Result<File, Outcome> {
+        let c_name = CString::new(name).expect("interface file names have no NUL");
+        let flags = libc::O_CLOEXEC
+            | if write {
+                libc::O_WRONLY
+            } else {
+                libc::O_RDONLY
+            };
+        // SAFETY: openat(2) on a directory descriptor we hold and a NUL-terminated name; the
+        // descriptor returned is owned by the File made from it.
+        let fd = unsafe { libc::openat(self.dir.as_raw_fd(), c_name.as_ptr(), flags) };
+        if fd < 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(match e.raw_os_error() {
+                Some(libc::ENOENT) | Some(libc::ENODEV) if !self.path.exists() => Outcome::Gone,
+                Some(libc::ENOENT) => {
+                    Outcome::Failed(format!("{name} is missing in {}", self.path.display()))
+                }
+                _ => Outcome::Failed(format!("opening {}: {e}", self.path.join(name).display())),
+            });
+        }
+        // SAFETY: fd was just opened and is owned by nothing else.
+        Ok(unsafe { File::from_raw_fd(fd) })
+    }
+
+    fn write(&self, name: &str, value: &str) -> Result<(), Outcome> {
+        self.file(name, true)?
+            .write_all(value.as_bytes())
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ENODEV) | Some(libc::ENOENT) => Outcome::Gone,
+                _ => Outcome::Failed(format!(
+                    "writing {value} to {}: {e}",
+                    self.path.join(name).display()
+                )),
+            })
+    }
+
+    /// What its `cgroup.freeze` says: whether it is to be frozen (None: unreadable).
+    pub fn freeze_set(&self) -> Option<bool> {
+        let mut text = String::new();
+        self.file("cgroup.freeze", false)
+            .ok()?
+            .read_to_string(&mut text)
+            .ok()?;
+        match text.trim() {
+            "1" => Some(true),
+            "0" => Some(false),
+            _ => None,
+        }
+    }
+}
+
 /// Freezes (`true`) or thaws (`false`) the cgroup and its descendants.
-pub fn freeze(dir: &Path, frozen: bool) -> Outcome {
-    match write(dir, "cgroup.freeze", if frozen { "1" } else { "0" }) {
+pub fn freeze(cgroup: &Cgroup, frozen: bool) -> Outcome {
+    match cgroup.write("cgroup.freeze", if frozen { "1" } else { "0" }) {
         Ok(()) => Outcome::Done(String::new()),
         Err(o) => o,
     }
 }
 
 /// Kills every process of the subtree: cgroup.kill (Linux 5.14+), else SIGKILL to each.
-pub fn kill(dir: &Path) -> Outcome {
-    if !dir.exists() {
-        return Outcome::Gone;
-    }
-    if dir.join("cgroup.kill").exists() {
-        return match write(dir, "cgroup.kill", "1") {
+pub fn kill(cgroup: &Cgroup) -> Outcome {
+    if cgroup.path.join("cgroup.kill").exists() {
+        return match cgroup.write("cgroup.kill", "1") {
             Ok(()) => Outcome::Done("cgroup.kill".into()),
             Err(o) => o,
         };
     }
-    signal(dir, libc::SIGKILL)
+    signal(&cgroup.path, libc::SIGKILL)
 }
 
 /// Why signals cannot reach the processes of other cgroups from this agent, if they cannot.
@@ -176,11 +252,22 @@ mod tests {
     #[test]
     fn missing_cgroups_are_gone_not_errors() {
         let dir = Path::new("/nonexistent/kmemcg-test-gone");
-        assert_eq!(freeze(dir, true), Outcome::Gone);
-        assert_eq!(kill(dir), Outcome::Gone);
+        assert_eq!(open(dir, 1).expect_err("missing"), Outcome::Gone);
         assert_eq!(signal(dir, libc::SIGTERM), Outcome::Gone);
         assert_eq!(Outcome::Gone.kind(), "gone");
         assert_eq!(Outcome::Failed("x".into()).text(), "failed: x");
+    }
+
+    #[test]
+    fn a_directory_of_another_id_is_gone() {
+        let dir = std::env::temp_dir().join(format!("kmemcg-open-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("scratch directory");
+        let ino = std::fs::metadata(&dir).expect("stat").ino();
+        let opened = open(&dir, ino).map(|c| c.path().to_path_buf());
+        let other = open(&dir, ino + 1).map(|c| c.path().to_path_buf());
+        let _ = std::fs::remove_dir(&dir);
+        assert_eq!(opened, Ok(dir));
+        assert_eq!(other, Err(Outcome::Gone), "another cgroup at the same path");
     }
 
     /// cgroup.procs of a cgroup outside the agent's PID namespace lists pid 0; kill(0, sig)

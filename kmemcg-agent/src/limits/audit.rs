@@ -16,6 +16,10 @@ pub struct AuditRecord {
     /// Seconds since the Unix epoch, with milliseconds.
     pub time: f64,
     pub cgroup: String,
+    /// The cgroup's id (cgroup v2: its directory's inode number), for decisions on a cgroup:
+    /// a cgroup re-created under the same path has another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup_id: Option<u64>,
     /// The rule's path (or glob).
     pub rule: String,
     /// The usage that crossed the limit (for a thaw: the usage below the watermark).
@@ -105,6 +109,7 @@ mod tests {
         let record = AuditRecord {
             time: 1.5,
             cgroup: "/a".into(),
+            cgroup_id: Some(7),
             rule: "/a".into(),
             usage_bytes: 2,
             limit_bytes: 1,

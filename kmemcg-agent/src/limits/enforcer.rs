@@ -4,7 +4,7 @@
 use std::{
     path::PathBuf,
     sync::{Mutex, MutexGuard},
-    time::{Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use super::{
@@ -12,6 +12,7 @@ use super::{
     actions::{self, Outcome},
     audit::{AuditLog, AuditRecord},
     engine::{Decision, Engine, Step, Usage},
+    frozen::Freezes,
     protect::Protected,
     rules::{Action, Rule, RuleSpec},
     signals, state,
@@ -39,6 +40,8 @@ struct Inner {
     state_file: Option<PathBuf>,
     on_unreliable: OnUnreliable,
     engine: Engine,
+    /// What kmemcg froze, and by which rules.
+    freezes: Freezes,
     audit: AuditLog,
     metrics: EnforcementMetrics,
 }
@@ -97,7 +100,7 @@ impl Enforcer {
                 "enforcement is in dry-run mode: decisions are audited, nothing is touched"
             );
         }
-        Ok(Self {
+        let enforcer = Self {
             inner: Mutex::new(Inner {
                 config_rules: config.rules.clone(),
                 runtime_rules,
@@ -106,6 +109,7 @@ impl Enforcer {
                 state_file: config.state_file.clone(),
                 on_unreliable: config.on_unreliable,
                 engine: Engine::default(),
+                freezes: Freezes::load(config.frozen_file(), Duration::ZERO),
                 audit: AuditLog::new(config.audit_file.clone()),
                 metrics: EnforcementMetrics::default(),
             }),
@@ -113,7 +117,65 @@ impl Enforcer {
             cgroup_root,
             started: Instant::now(),
             changes: changes_wake(),
-        })
+        };
+        enforcer.reconcile_frozen();
+        Ok(enforcer)
+    }
+
+    /// At start, what an earlier agent froze: a cgroup that is gone (or another one at its
+    /// path) is forgotten; rules no longer in force let go of it, and one no freeze rule holds
+    /// any more is thawed. The rest stays frozen, judged at each sample as if frozen now.
+    fn reconcile_frozen(&self) {
+        let mut inner = self.lock();
+        let held: Vec<(u64, String, Vec<String>)> = inner
+            .freezes
+            .iter()
+            .map(|(id, h)| (id, h.path.clone(), h.rules.keys().cloned().collect()))
+            .collect();
+        for (id, path, rules) in held {
+            let cgroup = match actions::open(&self.dir(&path), id) {
+                Ok(c) => c,
+                Err(outcome) => {
+                    tracing::info!(cgroup = %path, id, outcome = %outcome.text(), "a cgroup kmemcg froze before this start is gone");
+                    inner.freezes.forget(id);
+                    continue;
+                }
+            };
+            let gone: Vec<&String> = rules
+                .iter()
+                .filter(|rule| {
+                    !inner.all_rules().any(|r| {
+                        &r.spec.path == *rule && r.spec.action == Action::Freeze && r.matches(&path)
+                    })
+                })
+                .collect();
+            for rule in gone {
+                inner.freezes.release(id, rule);
+            }
+            if let Some(held) = inner.freezes.get(id) {
+                tracing::info!(cgroup = %path, id, rules = ?held.rules.keys().collect::<Vec<_>>(), "still held frozen by kmemcg since before this start");
+                continue;
+            }
+            let outcome = actions::freeze(&cgroup, false);
+            tracing::info!(cgroup = %path, outcome = %outcome.text(), "thawed at start: no freeze rule in force holds it any more");
+            let d = Decision {
+                rule: rules.join(", "),
+                cgroup_id: id,
+                cgroup: path,
+                step: Step::Thaw,
+                action: Action::Freeze,
+                signal: 0,
+                usage: 0,
+                limit: 0,
+                dry_run: false,
+                unreliable: false,
+            };
+            inner.record_by(
+                &d,
+                outcome,
+                Some("agent start: no freeze rule in force holds it"),
+            );
+        }
     }
 
     /// No rules, no files: for tests and embedders.
@@ -127,6 +189,7 @@ impl Enforcer {
                 state_file: None,
                 on_unreliable: OnUnreliable::default(),
                 engine: Engine::default(),
+                freezes: Freezes::default(),
                 audit: AuditLog::new(None),
                 metrics: EnforcementMetrics::default(),
             }),
@@ -282,6 +345,7 @@ impl Enforcer {
         let usages: Vec<Usage> = cgroups
             .iter()
             .map(|c| Usage {
+                id: c.id,
                 path: &c.path,
                 slab: self.slab_or_kernel(c, on_unreliable),
                 percpu: c.total_percpu_bytes,
@@ -296,26 +360,14 @@ impl Enforcer {
         let now = self.started.elapsed();
         let dry_run = inner.dry_run;
         inner.protected.refresh_agent();
-        let headroom: Vec<Headroom> = cgroups
-            .iter()
-            .zip(&usages)
-            .filter(|(_, u)| !inner.protected.covers(u.path))
-            .filter_map(|(c, u)| {
-                let bytes = all
-                    .iter()
-                    .filter(|r| r.matches(u.path))
-                    .map(|r| r.headroom(u.slab, u.percpu, u.whole))
-                    .min()?;
-                Some(Headroom {
-                    cgroup_id: c.id,
-                    bytes,
-                })
-            })
-            .collect();
+        self.look_at_frozen(&mut inner, cgroups);
         let Inner {
-            engine, protected, ..
+            engine,
+            protected,
+            freezes,
+            ..
         } = &mut *inner;
-        let decisions = engine.evaluate(&all, &usages, protected, now, dry_run);
+        let decisions = engine.evaluate(&all, &usages, freezes, protected, now, dry_run);
         inner.metrics.usage = all
             .iter()
             .flat_map(|r| {
@@ -339,27 +391,141 @@ impl Enforcer {
             })
             .collect();
         for d in decisions {
-            let outcome = if d.dry_run {
-                Outcome::DryRun
-            } else {
-                self.act(&d)
-            };
-            let failed = matches!(outcome, Outcome::Failed(_));
-            inner.engine.record_outcome(&d, failed, now);
-            inner.record(&d, outcome);
+            self.apply(&mut inner, &d, now);
         }
-        headroom
+        // After the decisions: a cgroup kmemcg holds frozen is watched with no budget left
+        // (not below zero), so that its first allocation after someone else thaws it wakes
+        // the agent at once.
+        usages
+            .iter()
+            .filter(|u| !inner.protected.covers(u.path))
+            .filter_map(|u| {
+                let bytes = all
+                    .iter()
+                    .filter(|r| r.matches(u.path))
+                    .map(|r| r.headroom(u.slab, u.percpu, u.whole))
+                    .min()?;
+                let held = inner.freezes.get(u.id).is_some_and(|h| !h.thawed);
+                Some(Headroom {
+                    cgroup_id: u.id,
+                    bytes: if held { bytes.max(0) } else { bytes },
+                })
+            })
+            .collect()
+    }
+
+    /// What became of the cgroups kmemcg holds frozen: gone ones are forgotten, and each one's
+    /// `cgroup.freeze` says whether someone else thawed it.
+    fn look_at_frozen(&self, inner: &mut Inner, cgroups: &[CgroupUsage]) {
+        let held: Vec<(u64, String)> = inner
+            .freezes
+            .iter()
+            .map(|(id, h)| {
+                let path = cgroups
+                    .iter()
+                    .find(|c| c.id == id)
+                    .map_or(&h.path, |c| &c.path);
+                (id, path.clone())
+            })
+            .collect();
+        for (id, path) in held {
+            match actions::open(&self.dir(&path), id) {
+                Ok(cgroup) => {
+                    if let Some(set) = cgroup.freeze_set() {
+                        inner.freezes.observe(id, set);
+                    }
+                }
+                Err(Outcome::Gone) => {
+                    tracing::info!(cgroup = %path, id, "a cgroup kmemcg froze was removed");
+                    inner.freezes.forget(id);
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Carries out one decision, tells [`Freezes`] what came of it, and audits it.
+    fn apply(&self, inner: &mut Inner, d: &Decision, now: Duration) {
+        if d.dry_run {
+            if d.step == Step::Refreeze {
+                inner.freezes.refreeze_tried(d.cgroup_id, false, now);
+            }
+            inner.engine.record_outcome(d, false, now);
+            inner.record(d, Outcome::DryRun);
+            return;
+        }
+        match d.step {
+            Step::Thaw => {
+                let left = inner.freezes.release(d.cgroup_id, &d.rule);
+                if !left.is_empty() {
+                    tracing::info!(cgroup = %d.cgroup, rule = %d.rule, held_by = ?left, "below the watermark of one rule; stays frozen: other rules hold it");
+                    return;
+                }
+            }
+            Step::Release => {
+                inner.freezes.forget(d.cgroup_id);
+                tracing::info!(cgroup = %d.cgroup, usage = d.usage, "thawed by someone else while under its limits: kmemcg no longer holds it frozen, and judges it afresh");
+                return;
+            }
+            _ => {}
+        }
+        let mut outcome = self.act(d);
+        let done = matches!(outcome, Outcome::Done(_));
+        match (d.step, d.action) {
+            // Held by the rule once frozen; and again when its thaw failed, to be retried.
+            (Step::Act, Action::Freeze) if done => {
+                inner
+                    .freezes
+                    .hold(d.cgroup_id, &d.cgroup, &d.rule, now, now_seconds());
+            }
+            (Step::Thaw, _) if matches!(outcome, Outcome::Failed(_)) => {
+                inner
+                    .freezes
+                    .hold(d.cgroup_id, &d.cgroup, &d.rule, now, now_seconds());
+            }
+            (Step::Refreeze, _) => {
+                if outcome == Outcome::Gone {
+                    inner.freezes.forget(d.cgroup_id);
+                } else {
+                    let n = inner.freezes.refreeze_tried(d.cgroup_id, done, now);
+                    let wait = inner
+                        .freezes
+                        .get(d.cgroup_id)
+                        .map_or(Duration::ZERO, |h| h.refreeze_at.saturating_sub(now));
+                    let what = format!(
+                        "re-frozen: thawed by someone else while over its limit (time {n}); \
+                         not again before {} s",
+                        wait.as_secs()
+                    );
+                    outcome = match outcome {
+                        Outcome::Done(_) => Outcome::Done(what),
+                        Outcome::Failed(e) => Outcome::Failed(format!("{e} ({what})")),
+                        other => other,
+                    };
+                }
+            }
+            _ => {}
+        }
+        let failed = matches!(outcome, Outcome::Failed(_));
+        inner.engine.record_outcome(d, failed, now);
+        inner.record(d, outcome);
     }
 
     fn act(&self, d: &Decision) -> Outcome {
         let dir = self.dir(&d.cgroup);
+        let cgroup = match actions::open(&dir, d.cgroup_id) {
+            Ok(c) => c,
+            Err(outcome) => return outcome,
+        };
         match (d.step, d.action) {
-            (Step::Thaw, _) => actions::freeze(&dir, false),
-            (Step::Escalate, _) => actions::kill(&dir),
+            (Step::Thaw, _) => actions::freeze(&cgroup, false),
+            (Step::Refreeze, _) => actions::freeze(&cgroup, true),
+            (Step::Release, _) => Outcome::Done(String::new()),
+            (Step::Escalate, _) => actions::kill(&cgroup),
             (Step::Act, Action::Notify) => Outcome::Done(String::new()),
-            (Step::Act, Action::Signal) => actions::signal(&dir, d.signal),
-            (Step::Act, Action::Freeze) => actions::freeze(&dir, true),
-            (Step::Act, Action::Kill) => actions::kill(&dir),
+            (Step::Act, Action::Signal) => actions::signal(cgroup.path(), d.signal),
+            (Step::Act, Action::Freeze) => actions::freeze(&cgroup, true),
+            (Step::Act, Action::Kill) => actions::kill(&cgroup),
         }
     }
 
@@ -392,17 +558,22 @@ impl Enforcer {
         self.dir(cgroup).is_dir()
     }
 
-    /// A rule removed or replaced: what it froze is thawed (and audited), unless the rule that
-    /// takes its place freezes too.
+    /// A rule removed or replaced: it lets go of what it held frozen (unless the rule that
+    /// takes its place freezes too), and what no other rule holds is thawed (and audited).
     fn rule_gone(&self, inner: &mut Inner, rule: &Rule, replacement: Option<&Rule>, by: &str) {
         if replacement.is_some_and(|r| r.spec.action == Action::Freeze) {
             return;
         }
-        for cgroup in inner.engine.forget_rule(&rule.spec.path) {
-            let outcome = actions::freeze(&self.dir(&cgroup), false);
+        inner.engine.forget_rule(&rule.spec.path);
+        for (id, cgroup) in inner.freezes.release_rule(&rule.spec.path) {
+            let outcome = match actions::open(&self.dir(&cgroup), id) {
+                Ok(c) => actions::freeze(&c, false),
+                Err(o) => o,
+            };
             tracing::info!(cgroup = %cgroup, rule = %rule.spec.path, outcome = %outcome.text(), "thawed: its freeze rule was removed");
             let d = Decision {
                 rule: rule.spec.path.clone(),
+                cgroup_id: id,
                 cgroup,
                 step: Step::Thaw,
                 action: Action::Freeze,
@@ -479,6 +650,7 @@ impl Inner {
         self.audit.push(AuditRecord {
             time: now_seconds(),
             cgroup: spec.path.clone(),
+            cgroup_id: None,
             rule: spec.path.clone(),
             usage_bytes: 0,
             limit_bytes: spec.max.or(spec.max_kernel).map_or(0, |s| s.0),
@@ -498,8 +670,9 @@ impl Inner {
 
     fn record_by(&mut self, d: &Decision, outcome: Outcome, by: Option<&str>) {
         let action = match d.step {
-            Step::Thaw => "thaw",
+            Step::Thaw | Step::Release => "thaw",
             Step::Escalate => "signal",
+            Step::Refreeze => "freeze",
             Step::Act => d.action.as_str(),
         };
         let signal = (d.step == Step::Escalate
@@ -521,6 +694,7 @@ impl Inner {
         self.audit.push(AuditRecord {
             time: now_seconds(),
             cgroup: d.cgroup.clone(),
+            cgroup_id: Some(d.cgroup_id),
             rule: d.rule.clone(),
             usage_bytes: d.usage,
             limit_bytes: d.limit,

@@ -2,12 +2,13 @@
 //!
 //! rules (parse, match) -> engine (decide, with hysteresis and retries) -> actions (cgroup v2
 //! files, signals) -> audit (records, JSON lines). [`Enforcer`] ties them together; state keeps
-//! runtime rules across restarts.
+//! runtime rules across restarts, frozen what kmemcg froze.
 pub(crate) mod actions;
 pub mod audit;
 mod enforcer;
 mod engine;
 mod error;
+mod frozen;
 pub(crate) mod protect;
 pub mod rules;
 mod signals;
@@ -32,6 +33,8 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/kmemcg";
 pub const STATE_FILE_NAME: &str = "limits.json";
 /// The audit records' file in the state directory.
 pub const AUDIT_FILE_NAME: &str = "enforcement.jsonl";
+/// What kmemcg froze (cgroup ids, paths, rules), in the state directory.
+pub const FROZEN_FILE_NAME: &str = "frozen.json";
 
 /// The `[limits]` configuration.
 #[derive(Clone, Debug, PartialEq)]
@@ -97,6 +100,18 @@ impl std::str::FromStr for OnUnreliable {
             .into_iter()
             .find(|v| v.as_str() == s)
             .ok_or_else(|| format!("`{s}` is not a fallback: use kernel or kmemcg"))
+    }
+}
+
+impl LimitsConfig {
+    /// Where what kmemcg froze is kept: in the state directory, when the agent keeps files
+    /// there (and so holds it locked).
+    pub fn frozen_file(&self) -> Option<PathBuf> {
+        let keeps_files = self.state_file.is_some() || self.audit_file.is_some();
+        self.state_dir
+            .as_ref()
+            .filter(|_| keeps_files)
+            .map(|dir| dir.join(FROZEN_FILE_NAME))
     }
 }
 
@@ -167,6 +182,7 @@ mod tests {
             std::env::temp_dir().join(format!("kmemcg-limits-test-{}.json", std::process::id()));
         let _ = std::fs::remove_file(&file);
         let config = LimitsConfig {
+            state_dir: None,
             state_file: Some(file.clone()),
             audit_file: None,
             ..Default::default()
@@ -233,6 +249,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("kmemcg-unsaved-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("limits.json")).expect("dir");
         let config = LimitsConfig {
+            state_dir: None,
             state_file: Some(dir.join("limits.json")),
             audit_file: None,
             ..Default::default()
