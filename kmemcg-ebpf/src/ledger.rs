@@ -32,9 +32,10 @@ fn read<T>(addr: u64) -> Option<T> {
     unsafe { aya_ebpf::helpers::bpf_probe_read_kernel(addr as *const T) }.ok()
 }
 
-/// What an allocation or free hook knows of the object's cache.
+/// What an allocation or free hook knows of the object's cache, a `SLAB_ACCOUNT` one.
 pub struct CacheInfo {
-    /// `struct kmem_cache` address; 0 when the hook does not know it (kmalloc, kfree).
+    /// `struct kmem_cache` address; 0 when the hook does not know it (kmalloc, kfree): the
+    /// cache is then read from the slab, and its flags checked.
     pub cache: u64,
     pub size: u32,
     pub red_left_pad: u32,
@@ -157,6 +158,11 @@ fn owned(state: *mut LedgerState, ptr: u64, known: &CacheInfo) -> Option<Owned> 
         }
         (known.size as u64, known.red_left_pad as u64)
     } else {
+        // The ledger counts `SLAB_ACCOUNT` caches only (see `on_cache_alloc`).
+        let flags = read::<u32>(cache + global(&crate::KMEM_CACHE_FLAGS_OFFSET) as u64)?;
+        if flags & global(&crate::SLAB_ACCOUNT) == 0 {
+            return None;
+        }
         (
             read::<u32>(cache + global(&crate::KMEM_CACHE_SIZE_OFFSET) as u64)? as u64,
             read::<u32>(cache + layout!(kmem_cache_red_left_pad_offset) as u64)? as u64,

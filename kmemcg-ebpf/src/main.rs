@@ -192,8 +192,11 @@ fn typed_red_left_pad(cache: *const u8) -> u32 {
 
 #[inline(always)]
 fn on_cache_alloc(ptr: u64, known: &ledger::CacheInfo, flags: u32, gfp: u64) {
-    let accounted = gfp & global(&GFP_ACCOUNT) != 0 || flags & global(&SLAB_ACCOUNT) != 0;
-    if accounted && ledger::count(ptr, known, 1) {
+    let accounted_cache = flags & global(&SLAB_ACCOUNT) != 0;
+    let accounted = accounted_cache || gfp & global(&GFP_ACCOUNT) != 0;
+    // The ledger counts the caches whose every object is accounted (kmalloc-cg-* among them):
+    // a free knows such a cache by its flags, without reading the object's slab.
+    if accounted_cache && ledger::count(ptr, known, 1) {
         return;
     }
     on_alloc(Allocation {
@@ -281,15 +284,27 @@ pub fn kmem_cache_free(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     // SAFETY: as in `kmem_cache_alloc`.
-    let size = unsafe {
-        core::ptr::read_volatile(cache.add(global(&KMEM_CACHE_SIZE_OFFSET) as usize) as *const u32)
+    let (size, flags) = unsafe {
+        (
+            core::ptr::read_volatile(
+                cache.add(global(&KMEM_CACHE_SIZE_OFFSET) as usize) as *const u32
+            ),
+            core::ptr::read_volatile(
+                cache.add(global(&KMEM_CACHE_FLAGS_OFFSET) as usize) as *const u32
+            ),
+        )
     };
-    let known = ledger::CacheInfo {
-        cache: address_of(cache).unwrap_or(0),
-        size,
-        red_left_pad: typed_red_left_pad(cache),
-    };
-    on_slab_free(ptr, &known);
+    if flags & global(&SLAB_ACCOUNT) == 0 {
+        // Not a cache the ledger counts: the object is the table's, if anyone's.
+        on_free(ptr);
+    } else {
+        let known = ledger::CacheInfo {
+            cache: address_of(cache).unwrap_or(0),
+            size,
+            red_left_pad: typed_red_left_pad(cache),
+        };
+        on_slab_free(ptr, &known);
+    }
     leaks::on_free(ctx.arg(1));
     0
 }

@@ -329,7 +329,9 @@ fn inventory_slab(walk: &PfnWalk, pfn: u64) -> Option<()> {
         size: size as u64,
         cache_id,
         cache,
-        ledger: crate::ledger::enabled() as u64,
+        // The ledger counts the `SLAB_ACCOUNT` caches; other owned objects (allocated with
+        // `__GFP_ACCOUNT`) are the table's.
+        ledger: (crate::ledger::enabled() && flags & global(&crate::SLAB_ACCOUNT) != 0) as u64,
         last_objcg: 0,
         last_cgroup: 0,
     };
@@ -355,6 +357,10 @@ extern "C" fn inventory_object(index: u64, ctx: *mut c_void) -> i64 {
         if !crate::ledger::recount_object(objcg, slab.cache, slab.size) {
             bump(1, |c| &mut c.dropped);
         }
+        return 0;
+    }
+    if slab.budget == 0 {
+        // A recount (see `ledger`): the table's objects are the sweep's.
         return 0;
     }
     // Neighbouring objects mostly share an owner.
