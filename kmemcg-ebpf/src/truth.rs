@@ -321,6 +321,12 @@ fn inventory_slab(walk: &PfnWalk, pfn: u64) -> Option<()> {
     if stride == 0 {
         return None;
     }
+    // The ledger counts the `SLAB_ACCOUNT` caches; other owned objects (allocated with
+    // `__GFP_ACCOUNT`) are the table's.
+    let ledger = crate::ledger::enabled() && flags & global(&crate::SLAB_ACCOUNT) != 0;
+    if ledger {
+        crate::record_cache_name(cache);
+    }
     let mut slab = SlabWalk {
         budget: walk.budget,
         exts,
@@ -329,9 +335,7 @@ fn inventory_slab(walk: &PfnWalk, pfn: u64) -> Option<()> {
         size: size as u64,
         cache_id,
         cache,
-        // The ledger counts the `SLAB_ACCOUNT` caches; other owned objects (allocated with
-        // `__GFP_ACCOUNT`) are the table's.
-        ledger: (crate::ledger::enabled() && flags & global(&crate::SLAB_ACCOUNT) != 0) as u64,
+        ledger: ledger as u64,
         last_objcg: 0,
         last_cgroup: 0,
     };
