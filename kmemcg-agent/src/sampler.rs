@@ -15,6 +15,7 @@ use crate::{
     kernel_figures::{KernelFigures, KernelFiguresCache},
     limits::Headroom,
     report::{self, Report},
+    slab_names::SlabNames,
     sweep::Sweeper,
     tracer::Tracer,
     unreliable::Unreliable,
@@ -33,6 +34,7 @@ pub struct Sampler {
     lost_cgroup_events: u64,
     kernel_figures: KernelFiguresCache,
     unreliable: Unreliable,
+    slab_names: SlabNames,
     sweeper: Sweeper,
     watch: Watch,
     /// Counter slots in use at the last sample.
@@ -48,6 +50,7 @@ impl Sampler {
         Self {
             kernel_figures,
             unreliable: Unreliable::default(),
+            slab_names: SlabNames::default(),
             tracer,
             tree,
             started: Instant::now(),
@@ -125,11 +128,18 @@ impl Sampler {
             self.lost_cgroup_events = raw.counters.lost_cgroup_events;
             self.tree.rescan();
         }
-        let Report { mut cgroups, dying } = report::build(
+        let Report {
+            mut cgroups,
+            mut dying,
+        } = report::build(
             &raw.stats,
             self.tracer.collector().cache_names(),
             self.tree.nodes(),
             self.tree.root_id(),
+        );
+        self.slab_names.annotate(
+            (cgroups.iter_mut().flat_map(|c| c.caches.iter_mut()))
+                .chain(dying.iter_mut().flat_map(|d| d.caches.iter_mut())),
         );
         let c = &raw.counters;
         self.unreliable
