@@ -10,7 +10,7 @@ use super::{
     model::{Model, Row},
     view::{Detail, Layout, Line, Mode, Shape, ViewState, lines},
 };
-use crate::api::Snapshot;
+use crate::api::{CgroupHistory, Snapshot};
 
 /// What the event loop does after a key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,6 +41,8 @@ pub(crate) struct App {
     shape: Shape,
     /// The last failure to read data; cleared by the next reading.
     error: Option<String>,
+    /// The drilled-in cgroup's history (path, history or why there is none).
+    history: Option<(String, Result<CgroupHistory, String>)>,
 }
 
 impl App {
@@ -53,7 +55,25 @@ impl App {
             lines: Vec::new(),
             shape,
             error: None,
+            history: None,
         }
+    }
+
+    /// The path whose history the drill-in shows, if it is open.
+    pub(crate) fn history_wanted(&self) -> Option<String> {
+        (self.view.mode == Mode::Detail || self.view.help_back == Mode::Detail)
+            .then(|| self.view.detail.as_ref().map(|d| d.path.clone()))
+            .flatten()
+    }
+
+    pub(crate) fn set_history(&mut self, path: String, history: Result<CgroupHistory, String>) {
+        self.history = Some((path, history));
+    }
+
+    /// The history read for the drilled-in cgroup; none until it was read.
+    pub(crate) fn history(&self) -> Option<&Result<CgroupHistory, String>> {
+        let (path, history) = self.history.as_ref()?;
+        (self.view.detail.as_ref()).and_then(|d| (d.path == *path).then_some(history))
     }
 
     pub(crate) fn settings(&self) -> &Settings {
