@@ -27,7 +27,7 @@ use crate::{
 /// The eBPF object, built by build.rs and embedded so that one binary is all there is to ship.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/kmemcg-ebpf"));
 
-/// Default capacity of the live-object table: 2^20 slots of 32 bytes (32 MiB of kernel memory).
+/// Default capacity of the live-object table: 2^20 slots of 16 bytes (16 MiB of kernel memory).
 /// An object takes one of the 8 slots its address hashes to, so the table holds about 80% of
 /// its slots before allocations start being dropped.
 pub const DEFAULT_MAX_OBJECTS: u32 = 1 << 20;
@@ -110,6 +110,8 @@ impl Tracer {
         if EBPF_OBJECT.is_empty() {
             return Err(StartError::NoProgramsEmbedded);
         }
+        let started = std::time::Instant::now();
+        tracing::info!("loading the eBPF programs (the kernel verifies them: a few seconds)");
         let live_slots = config.max_objects.next_power_of_two();
         let live_slot_mask = live_slots - 1;
         let stats_slots = config.max_stats.next_power_of_two();
@@ -279,9 +281,14 @@ impl Tracer {
         let cgroup_events = take_ring(&mut ebpf, CGROUP_EVENTS)?;
         let limit_events = take_ring(&mut ebpf, LIMIT_EVENTS)?;
         let collector = Collector::new(&mut ebpf, stats_slots as usize, possible_cpus as usize)?;
-        tracing::info!(hooks = ?hooks, root_mode = ?config.root_mode, "eBPF programs attached");
+        tracing::info!(
+            seconds = %format!("{:.1}", started.elapsed().as_secs_f64()),
+            hooks = hooks.len(),
+            root_mode = %config.root_mode.as_str(),
+            "eBPF programs verified and attached"
+        );
         if let Some(p) = &pinned {
-            tracing::info!(dir = %p.dir().display(), reused = ?p.reused(), "maps pinned");
+            tracing::info!(dir = %p.dir().display(), reused = %p.reused().join(","), "maps pinned");
         }
         let mut tracer = Self {
             ebpf,
@@ -301,6 +308,7 @@ impl Tracer {
             pinned,
         };
         tracer.cpu_freelists = crate::sweep::find_cpu_offsets(&mut tracer);
+        tracing::info!("taking the inventory of objects allocated before start");
         tracer.inventory = inventory::run(&mut tracer);
         Ok(tracer)
     }

@@ -45,8 +45,8 @@ pub struct AgentArgs {
     #[arg(long, env = "KMEMCG_WRITE_TOKEN_FILE", value_name = "FILE")]
     pub write_token_file: Option<PathBuf>,
     /// Slots of the live-object table (objects whose owner is remembered), rounded up to a
-    /// power of two; 32 bytes of kernel memory each. An allocation whose 8 candidate slots are
-    /// all taken is counted as dropped [default: 1048576, 32 MiB].
+    /// power of two; 16 bytes of kernel memory each. An allocation whose 8 candidate slots are
+    /// all taken is counted as dropped [default: 1048576, 16 MiB].
     #[arg(long, env = "KMEMCG_MAX_OBJECTS",
           value_parser = clap::value_parser!(u32)
               .range(config::MAX_OBJECTS_RANGE.0..=config::MAX_OBJECTS_RANGE.1))]
