@@ -205,7 +205,7 @@ fn choose(cgroups: &[CgroupUsage], limited: impl Fn(&str) -> bool) -> Vec<&Cgrou
     let mut ranked: Vec<(bool, u64, &CgroupUsage)> = (cgroups.iter())
         .map(|c| (limited(&c.path), c.total_recursive_bytes(), c))
         .collect();
-    ranked.sort_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
+    ranked.sort_by_key(|c| std::cmp::Reverse((c.0, c.1)));
     ranked
         .into_iter()
         .take(MAX_CGROUPS)

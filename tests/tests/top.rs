@@ -455,10 +455,12 @@ fn top_tree_shows_a_parents_subtree_total() {
     let tmux = Tmux::new(140, 30);
     start_top(&tmux, &agent, "");
     filter(&tmux, &parent_name);
+    // The leaf's row once its files are on it (the largest cache may be the inodes').
     let screen = tmux.wait_for("the parent and its leaf", |s| {
         s.contains(&parent_name)
-            && s.lines()
-                .any(|l| l.trim_end().ends_with("dentry") && l.contains("leaf"))
+            && s.lines().any(|l| {
+                l.contains("leaf") && sizes(l).get(2).is_some_and(|t| *t >= 1000.0 * 192.0)
+            })
     });
     let line = |needle: &str| {
         screen
