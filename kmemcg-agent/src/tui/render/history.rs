@@ -6,7 +6,7 @@ use ratatui::{
     style::{Color, Style},
     symbols::Marker,
     text::{Line, Span},
-    widgets::{Axis, Chart, Dataset, GraphType, Paragraph},
+    widgets::{Axis, Block, Chart, Dataset, GraphType, Paragraph},
 };
 
 use super::label;
@@ -93,7 +93,9 @@ fn chart<'a>(h: &CgroupHistory, data: &'a [Vec<(f64, f64)>; 3], exact: bool) -> 
         Span::styled("percpu ", Style::new().fg(PERCPU)),
         Span::styled("kernel", Style::new().fg(KERNEL)),
     ]);
+    // The title (which names the lines in their colours) on a row of its own, above the plot.
     Chart::new(datasets)
+        .block(Block::new().title(title))
         .legend_position(None)
         .x_axis(
             Axis::default()
@@ -102,7 +104,6 @@ fn chart<'a>(h: &CgroupHistory, data: &'a [Vec<(f64, f64)>; 3], exact: bool) -> 
         )
         .y_axis(
             Axis::default()
-                .title(title)
                 .bounds([0.0, top * 1.05])
                 .labels(["0".to_string(), fmt::size(top as u64, exact)]),
         )
