@@ -312,7 +312,7 @@ fn top_standalone_loads_its_own_programs() {
     );
     let err = String::from_utf8_lossy(&output.stderr);
     assert!(
-        err.contains("only allocations since kmemcg top started"),
+        err.contains("standalone: since start, plus what the inventory found"),
         "{err}"
     );
     let text = String::from_utf8_lossy(&output.stdout);
