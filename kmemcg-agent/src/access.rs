@@ -1,7 +1,8 @@
 //! Who may change what. Reads (usage, status, metrics, the rules and the audit) are open on
-//! every listener. Writes (limits: anything that acts on processes) are allowed only to root
-//! on the unix socket, or on the TCP listener with the configured bearer token; without a
-//! token the TCP listener refuses every write. Each allowed write carries a [`Caller`] that
+//! every listener. Writes (limits: anything that acts on processes) are allowed on the unix
+//! socket to root and to the agent's own user (who could change its state files anyway), and
+//! on the TCP listener with the configured bearer token; without a token the TCP listener
+//! refuses every write. Each allowed write carries a [`Caller`] that
 //! the audit records.
 use std::path::{Path, PathBuf};
 
@@ -112,8 +113,8 @@ impl WriteAccess {
                     Err((
                         StatusCode::FORBIDDEN,
                         format!(
-                            "uid {uid} may not change limits: only root may (run kmemcg limit \
-                             as root)"
+                            "uid {uid} may not change limits: only root and the agent's own \
+                             user (uid {agent_uid}) may (run kmemcg limit as root)"
                         ),
                     ))
                 }

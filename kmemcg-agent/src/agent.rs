@@ -19,6 +19,7 @@ use crate::{
     api::Snapshot,
     error::StartError,
     history::History,
+    leaks::Leaks,
     limits::{self, Enforcer, LimitsConfig},
     listener::{self, Bounded, Peer},
     metrics::MetricsConfig,
@@ -92,8 +93,11 @@ pub async fn run_with_reload(
         Some(path) => Some(crate::access::read_token(path).map_err(anyhow::Error::msg)?),
         None => None,
     };
-    let tracer = Tracer::start(config.tracer.clone())?;
+    let mut tracer = Tracer::start(config.tracer.clone())?;
+    let cgroup2_mount = tracer.cgroup2_mount().to_path_buf();
+    let leaks = Arc::new(Leaks::new(&mut |name| tracer.take_map(name), cgroup2_mount));
     let mut sampler = Sampler::new(tracer);
+    sampler.set_leaks(leaks.clone());
     let first = sampler.sample().context("reading the eBPF maps")?;
     let (tx, rx) = watch::channel(Arc::new(first));
     let stop = Arc::new(AtomicBool::new(false));
@@ -117,7 +121,9 @@ pub async fn run_with_reload(
         ))
     });
 
-    let state = AppState::new(rx, settings, enforcer).with_history(history);
+    let state = AppState::new(rx, settings, enforcer)
+        .with_history(history)
+        .with_leaks(leaks);
     let (closing, closed) = watch::channel(false);
     let stopped = move || {
         let mut closed = closed.clone();
@@ -235,36 +241,9 @@ fn sighup() -> std::io::Result<tokio::signal::unix::Signal> {
 }
 
 /// Keys whose change needs a restart: the listening address and everything loaded into the
-/// kernel.
+/// kernel (see [`crate::config::settings`]).
 pub fn restart_only_changes(running: &AgentConfig, new: &AgentConfig) -> Vec<&'static str> {
-    let (a, b) = (&running.tracer, &new.tracer);
-    [
-        ("listen", running.listen != new.listen),
-        ("api.socket", running.api.socket != new.api.socket),
-        (
-            "api.write_token_file",
-            running.api.write_token_file != new.api.write_token_file,
-        ),
-        ("max_objects", a.max_objects != b.max_objects),
-        ("max_stats", a.max_stats != b.max_stats),
-        ("root_cgroup", a.root_mode != b.root_mode),
-        ("pin_dir", a.pin_dir != b.pin_dir),
-        (
-            "limits.state_dir",
-            running.limits.state_dir != new.limits.state_dir,
-        ),
-        (
-            "limits.state_file",
-            running.limits.state_file != new.limits.state_file,
-        ),
-        (
-            "limits.audit_file",
-            running.limits.audit_file != new.limits.audit_file,
-        ),
-    ]
-    .into_iter()
-    .filter_map(|(key, changed)| changed.then_some(key))
-    .collect()
+    crate::config::settings::restart_only_changes(running, new)
 }
 
 /// cgroup tree events are followed this often between samples, so that their ring buffer

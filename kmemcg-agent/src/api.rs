@@ -213,6 +213,58 @@ pub struct DyingCgroup {
     /// The nearest live ancestor, now charged with what it holds.
     pub charged_ancestor_id: u64,
     pub charged_ancestor_path: String,
+    /// The kernel's side: whether its memory cgroup is still kept and what charges it (null
+    /// when kmemcg cannot look, see the status's `kernel_memcgs`).
+    #[serde(default)]
+    pub kernel_memcg: Option<KernelMemcgState>,
+}
+
+/// A removed cgroup's memory cgroup as the kernel keeps it (offline, not freed). Bytes are
+/// null where this kernel does not let kmemcg read them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelMemcgState {
+    /// False once the kernel has freed it.
+    pub alive_in_kernel: bool,
+    /// Its page counter (`memory.usage`), descendants included.
+    pub charged_bytes: u64,
+    /// File page cache, anonymous and shmem/tmpfs pages on its LRU lists.
+    pub file_bytes: Option<u64>,
+    pub anon_bytes: Option<u64>,
+    pub shmem_bytes: Option<u64>,
+    /// Its statistics' slab, percpu and kernel (all kernel memory) bytes.
+    pub slab_bytes: Option<u64>,
+    pub percpu_bytes: Option<u64>,
+    #[serde(default)]
+    pub kernel_bytes: Option<u64>,
+    /// What the memcg's own structures weigh (mostly per-CPU statistics), estimated from
+    /// struct sizes (see the status's `kernel_memcgs.own_bytes_basis`).
+    #[serde(default)]
+    pub own_bytes_estimate: Option<u64>,
+    /// When kmemcg saw the cgroup removed, seconds since the Unix epoch; null when it was
+    /// removed before kmemcg started (`removed_before_start`).
+    pub removed_at: Option<u64>,
+    #[serde(default)]
+    pub removed_before_start: bool,
+    /// Why the kernel keeps it, in words a user can act on.
+    pub reason: String,
+    /// The files whose pages still charge it, largest first.
+    #[serde(default)]
+    pub files: Vec<ChargedFile>,
+    /// Its cgroup's id in the memory controller's hierarchy (the v1 one on hybrid hosts).
+    #[serde(default)]
+    pub memcg_cgroup_id: u64,
+}
+
+/// A file whose pages charge a dying memory cgroup.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChargedFile {
+    /// Full path where kmemcg can see the filesystem mounted, else `dev <major:minor>:` and
+    /// the path inside the filesystem.
+    pub path: String,
+    pub inode: u64,
+    pub bytes: u64,
+    /// tmpfs/shmem (true) or page cache of a disk file.
+    pub shmem: bool,
 }
 
 /// One reading of the maps: everything the agent serves.
@@ -254,6 +306,14 @@ pub struct Status {
     /// `bpf_probe_read_kernel` more per slab allocation.
     #[serde(default)]
     pub raw_tracepoint_hooks: Vec<String>,
+    /// True when accounted slab objects are counted from the kernel's own owner records (the
+    /// ledger: no live-object entry each, recounted by the inventory), false where the
+    /// inventory cannot run and every object takes a live-object entry.
+    #[serde(default)]
+    pub ledger: bool,
+    /// The ledger's recounts (absent when the ledger is off).
+    #[serde(default)]
+    pub recount: Option<crate::recount::RecountStatus>,
     /// `ignore`, `count` or `track`.
     pub root_cgroup_mode: String,
     pub cgroup2_mount: String,
@@ -301,6 +361,70 @@ pub struct Status {
     /// The sweep that uncharges objects freed without a free tracepoint.
     #[serde(default)]
     pub sweep: SweepStatus,
+    /// Memory cgroups the kernel keeps after their removal, and the bytes charged to them
+    /// (nested ones counted once).
+    #[serde(default)]
+    pub kernel_dying_memcgs: u64,
+    #[serde(default)]
+    pub kernel_dying_memcg_bytes: u64,
+    #[serde(default)]
+    pub kernel_memcgs: KernelMemcgsStatus,
+    /// Which of kmemcg's corrections are in force, and why not where one is off.
+    #[serde(default)]
+    pub corrections: Corrections,
+}
+
+/// The corrections that make kmemcg's figures match the kernel's, each in force or not (a
+/// kernel without what one needs, or privileges that hide kernel addresses).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Corrections {
+    /// Slab owner-record vectors (allocated by `alloc_slab_obj_exts`) are not charged to the
+    /// cgroup whose allocation needed a new slab.
+    pub owner_vectors_excluded: Correction,
+    /// The memory map's bases are known (fixed, or read from the kernel's variables): what
+    /// the inventory and the sweep go from an object's address to its slab with.
+    pub memory_map_bases: Correction,
+    /// Objects live before the start are found ([`InventoryStatus`]).
+    pub inventory: Correction,
+    /// Objects freed without a free tracepoint are uncharged ([`SweepStatus`]).
+    pub sweep: Correction,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Correction {
+    pub in_force: bool,
+    /// Why it is not in force, and what would put it in force.
+    pub reason: Option<String>,
+}
+
+impl<T> From<&Result<T, String>> for Correction {
+    fn from(result: &Result<T, String>) -> Self {
+        Self {
+            in_force: result.is_ok(),
+            reason: result.as_ref().err().cloned(),
+        }
+    }
+}
+
+/// The walk of the kernel's memory cgroups (for the dying ones it keeps).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct KernelMemcgsStatus {
+    pub available: bool,
+    /// Why not, when not.
+    pub reason: Option<String>,
+    /// Why the slab, percpu and kernel split is unknown on this kernel, if it is.
+    #[serde(default)]
+    pub stats_reason: Option<String>,
+    /// This kernel moves a removed cgroup's LRU pages (page cache, tmpfs) to its parent
+    /// (Linux 7.x): such pages no longer keep its memory cgroup.
+    #[serde(default)]
+    pub lru_pages_reparented: bool,
+    /// Memory cgroups seen by the last walk, all states.
+    pub memcgs: u64,
+    /// What the dying ones' own structures weigh in all (estimated), and on what basis.
+    pub own_bytes_estimate: u64,
+    pub own_bytes_basis: String,
+    pub last_ms: f64,
 }
 
 /// The inventory at start: live accounted slab objects found in the kernel's owner records
@@ -403,4 +527,76 @@ pub struct SweepStatus {
     pub sheaves_reason: Option<String>,
     #[serde(default)]
     pub sheaf_caches: u64,
+}
+
+/// `POST /api/v1/leaks`: record the outstanding objects of a cgroup and its descendants.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LeakRequest {
+    /// cgroup path from the root, e.g. `/kubepods.slice/pod-x`.
+    pub path: String,
+    /// How long to record (the recording stops by itself then).
+    pub for_seconds: f64,
+}
+
+/// A leak recording and what it found so far: `GET /api/v1/leaks/{id}`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LeakView {
+    pub id: u64,
+    /// The recorded cgroup's path.
+    pub cgroup: String,
+    /// When recording started, RFC 3339 (UTC).
+    pub since: String,
+    /// Seconds recorded so far (until the end, once ended).
+    pub recorded_seconds: f64,
+    /// Seconds the recording was asked to last.
+    pub for_seconds: f64,
+    /// `recording` or `done`.
+    pub state: String,
+    /// Why it ended: `duration` (its time was up), `stopped` (asked to), `cgroup removed`.
+    pub ended: Option<String>,
+    /// cgroups recorded (the cgroup and its descendants, those created meanwhile included).
+    pub cgroups: u64,
+    /// Outstanding objects allocated since the start, grouped by (cache, call site), most
+    /// bytes first. Ages are taken at the end of the recording (now, while it runs).
+    pub sites: Vec<LeakSite>,
+    /// Objects the cgroup holds that were allocated before the recording (found by the
+    /// inventory, or allocated earlier), per cache: never mixed into the ages.
+    pub before_recording: Vec<LeakCache>,
+    /// Sites whose objects are older than this are counted in `older_objects`.
+    pub older_than_seconds: f64,
+    /// Allocations of recorded cgroups that could not be recorded (the object table was
+    /// full), since the start.
+    pub dropped_objects: u64,
+    /// What makes the figures incomplete or the names missing, said plainly.
+    pub warnings: Vec<String>,
+}
+
+/// Outstanding objects of one (cache, call site).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LeakSite {
+    /// `function+0xoffset` from /proc/kallsyms, or the address in hex when it is hidden.
+    pub function: String,
+    /// The kernel module, None for the kernel itself.
+    pub module: Option<String>,
+    /// The call site's address in hex.
+    pub address: String,
+    /// Cache name (`dentry`, `kmalloc-64`, `percpu`, ...).
+    pub cache: String,
+    pub objects: u64,
+    pub bytes: u64,
+    /// Outstanding objects per minute of recording.
+    pub growth_per_minute: f64,
+    pub median_age_seconds: f64,
+    pub p90_age_seconds: f64,
+    pub oldest_seconds: f64,
+    /// Objects older than `older_than_seconds`.
+    pub older_objects: u64,
+}
+
+/// Objects of one cache.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LeakCache {
+    pub cache: String,
+    pub objects: u64,
+    pub bytes: u64,
 }

@@ -7,7 +7,7 @@ use anyhow::{Context as _, anyhow};
 use serde::de::DeserializeOwned;
 
 use crate::{
-    api::{CgroupHistory, CgroupUsage, DyingCgroup, Status},
+    api::{CgroupHistory, CgroupUsage, DyingCgroup, LeakRequest, LeakView, Status},
     files::{self, Private},
     limits::{LimitRule, RuleSpec, audit::AuditRecord},
 };
@@ -130,6 +130,43 @@ impl Client {
             .get("warning")
             .and_then(|w| w.as_str())
             .map(str::to_string))
+    }
+
+    /// Starts a leak recording of `path` for `duration`; its id.
+    pub async fn start_leaks(
+        &self,
+        path: &str,
+        duration: std::time::Duration,
+    ) -> anyhow::Result<u64> {
+        let body = serde_json::to_value(LeakRequest {
+            path: path.to_string(),
+            for_seconds: duration.as_secs_f64(),
+        })?;
+        let answer = self.change("POST", "/api/v1/leaks", Some(body)).await?;
+        answer
+            .get("id")
+            .and_then(|id| id.as_u64())
+            .ok_or_else(|| anyhow!("the agent did not say which recording it started: is it recent enough to record leaks?"))
+    }
+
+    /// Ends a leak recording early.
+    pub async fn stop_leaks(&self, id: u64) -> anyhow::Result<()> {
+        self.change("DELETE", &format!("/api/v1/leaks/{id}"), None)
+            .await
+            .map(|_| ())
+    }
+
+    /// A leak recording's outstanding objects by call site.
+    pub async fn leaks(
+        &self,
+        id: u64,
+        older_than: std::time::Duration,
+    ) -> anyhow::Result<LeakView> {
+        self.get(&format!(
+            "/api/v1/leaks/{id}?older_than={}",
+            older_than.as_secs_f64()
+        ))
+        .await
     }
 
     /// A change: an error answer's `error` is the message, said as what happened.

@@ -48,6 +48,23 @@ pub struct Collector {
     scanned_at: Option<u64>,
     /// `struct kmem_cache` address -> name, of the caches seen so far.
     cache_names: HashMap<u64, String>,
+    /// The ledger's slots: what the last recount found less what the hooks had counted.
+    corrections: HashMap<u32, Correction>,
+}
+
+/// Objects and bytes a ledger slot's counters are off by: objects made before the hooks
+/// attached (found by the recount) and objects freed without a free tracepoint.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Correction {
+    pub objects: i64,
+    pub bytes: i64,
+}
+
+impl Correction {
+    fn apply(&self, stats: &mut CacheStats) {
+        stats.live_objects += self.objects;
+        stats.live_bytes += self.bytes;
+    }
 }
 
 fn mapped<T: aya::Pod>(
@@ -81,6 +98,7 @@ impl Collector {
             used: BTreeSet::new(),
             scanned_at: None,
             cache_names: HashMap::new(),
+            corrections: HashMap::new(),
         })
     }
 
@@ -119,7 +137,7 @@ impl Collector {
     /// At start, budgets a previous agent left are cleared.
     fn scan(&mut self, first: bool) {
         for slot in 0..self.slots {
-            if self.keys.get(slot).is_some_and(|k| k.cgroup_id != 0) {
+            if self.keys.get(slot).is_some_and(|k| k.owner != 0) {
                 self.used.insert(slot as u32);
                 if first {
                     self.set_budgets(slot as u32, 0);
@@ -135,9 +153,11 @@ impl Collector {
         let mut freed = Vec::new();
         for &slot in &self.used {
             match self.keys.get(slot as usize) {
-                // A claim writes the cgroup first and the cache next.
-                Some(key) if key.cgroup_id != 0 && key.cache_id != 0 => slots.push((slot, key)),
-                Some(key) if key.cgroup_id == 0 => freed.push(slot),
+                // A claim writes the owner first, the cache next and the cgroup last.
+                Some(key) if key.owner != 0 && key.cache_id != 0 && key.cgroup_id != 0 => {
+                    slots.push((slot, key))
+                }
+                Some(key) if key.owner == 0 => freed.push(slot),
                 _ => {}
             }
         }
@@ -147,13 +167,18 @@ impl Collector {
         let mut stats: Vec<(StatsKey, CacheStats)> = slots
             .iter()
             .map(|&(slot, key)| {
-                let mut sum = CacheStats::default();
-                for cpu in 0..self.cpus {
-                    if let Some(c) = self.counters.get(cpu * self.slots + slot as usize) {
-                        sum.add(&c);
-                    }
+                let mut sum = self.slot_sum(slot);
+                if let Some(correction) = self.corrections.get(&slot) {
+                    correction.apply(&mut sum);
                 }
-                (key, sum)
+                if key.is_ledger() {
+                    // The programs count a ledger slot's live figures only: all accounted.
+                    sum.accounted_bytes = sum.live_bytes;
+                    sum.accounted_objects = sum.live_objects;
+                }
+                // The ledger's slots (by obj_cgroup) and the table's (by cgroup) of one cgroup
+                // and cache are one figure.
+                (StatsKey::of_cgroup(key.cgroup_id, key.cache_id), sum)
             })
             .collect();
         stats.sort_unstable_by_key(|(key, _)| *key);
@@ -197,10 +222,60 @@ impl Collector {
         Ok(())
     }
 
+    /// A slot's counters summed over CPUs.
+    fn slot_sum(&self, slot: u32) -> CacheStats {
+        let mut sum = CacheStats::default();
+        for cpu in 0..self.cpus {
+            if let Some(c) = self.counters.get(cpu * self.slots + slot as usize) {
+                sum.add(&c);
+            }
+        }
+        sum
+    }
+
+    /// The ledger's slots in use (counted from the kernel's owner records).
+    /// A scan of the key table: the slot events are the sampler's to follow.
+    pub fn ledger_slots(&self) -> Vec<u32> {
+        (0..self.slots as u32)
+            .filter(|&slot| self.keys.get(slot as usize).is_some_and(|k| k.is_ledger()))
+            .collect()
+    }
+
+    /// Zeroes the shadow counters of `slots` on every CPU (before a recount).
+    pub fn clear_shadows(&self, slots: &[u32]) {
+        for &slot in slots {
+            for cpu in 0..self.cpus {
+                let index = cpu * self.slots + slot as usize;
+                self.counters
+                    .set_u64_at(index, offset_of!(CacheStats, shadow_objects), 0);
+                self.counters
+                    .set_u64_at(index, offset_of!(CacheStats, shadow_bytes), 0);
+            }
+        }
+    }
+
+    /// After a recount has walked every page: each ledger slot's correction becomes what the
+    /// recount found less what the hooks counted. Returns the slots' corrections' sum.
+    pub fn take_recount(&mut self) -> Correction {
+        let mut total = Correction::default();
+        for slot in self.ledger_slots() {
+            let sum = self.slot_sum(slot);
+            let correction = Correction {
+                objects: sum.shadow_objects - sum.live_objects,
+                bytes: sum.shadow_bytes - sum.live_bytes,
+            };
+            total.objects += correction.objects;
+            total.bytes += correction.bytes;
+            self.corrections.insert(slot, correction);
+        }
+        total
+    }
+
     /// Frees counter slots (of removed cgroups that hold nothing any more): counters first,
     /// then the key, so that a new key claiming the slot starts from zero.
     pub fn clear_slots(&mut self, slots: &[u32]) {
         for &slot in slots {
+            self.corrections.remove(&slot);
             for cpu in 0..self.cpus {
                 self.counters
                     .set(cpu * self.slots + slot as usize, CacheStats::default());
@@ -221,7 +296,7 @@ impl Collector {
     pub fn key(&self, slot: u32) -> Option<StatsKey> {
         self.keys
             .get(slot as usize)
-            .filter(|k| k.cgroup_id != 0 && k.cache_id != 0)
+            .filter(|k| k.owner != 0 && k.cache_id != 0 && k.cgroup_id != 0)
     }
 
     /// Sets the budget indexes a slot's allocations spend from, on every CPU.
@@ -250,10 +325,8 @@ impl Collector {
 
     /// Live bytes of a slot, summed over CPUs.
     pub fn slot_live_bytes(&self, slot: u32) -> i64 {
-        (0..self.cpus)
-            .filter_map(|cpu| self.counters.get(cpu * self.slots + slot as usize))
-            .map(|c| c.live_bytes)
-            .sum()
+        let correction = self.corrections.get(&slot).map_or(0, |c| c.bytes);
+        self.slot_sum(slot).live_bytes + correction
     }
 }
 

@@ -129,6 +129,19 @@ fn seccomp_note(status: &str) -> &'static str {
 pub enum ReadError {
     #[error("map {0} is missing from the loaded eBPF object")]
     MissingMap(&'static str),
+    #[error("program {0} is not loaded (or is not a raw tracepoint program)")]
+    MissingProgram(&'static str),
+    #[error("program {program}: no usable file descriptor: {reason}")]
+    ProgramFd {
+        program: &'static str,
+        reason: String,
+    },
+    #[error("running program {program} (BPF_PROG_TEST_RUN) failed: {source}")]
+    TestRun {
+        program: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("reading map {map} failed: {source}")]
     Map {
         map: &'static str,

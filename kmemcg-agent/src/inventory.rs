@@ -50,6 +50,11 @@ pub fn run(tracer: &mut Tracer) -> InventoryStatus {
     // At most half the live-object table, so that new allocations still find room.
     let budget =
         before.added_objects + u64::from(tracer.config().max_objects.next_power_of_two() / 2);
+    let ledger = tracer.ledger();
+    if ledger {
+        let slots = tracer.collector_mut().ledger_slots();
+        tracer.collector().clear_shadows(&slots);
+    }
     let zoneinfo = std::fs::read_to_string("/proc/zoneinfo").unwrap_or_default();
     for range in slab_layout::pfn_ranges(&zoneinfo) {
         let mut start = range.start;
@@ -58,6 +63,9 @@ pub fn run(tracer: &mut Tracer) -> InventoryStatus {
             if let Err(e) = tracer.run_slab_walk(INVENTORY_PROGRAM, &[start, count, budget]) {
                 status.reason = Some(format!("the inventory stopped at page frame {start}: {e}"));
                 tracing::warn!(error = %e, "inventory stopped");
+                if ledger {
+                    let _ = tracer.set_recount_cursor(0);
+                }
                 return status;
             }
             status.pages_walked += count;
@@ -65,6 +73,9 @@ pub fn run(tracer: &mut Tracer) -> InventoryStatus {
             // Each run holds its CPU for about a millisecond; let others in between.
             std::thread::yield_now();
         }
+    }
+    if ledger && let Err(e) = crate::recount::finish(tracer) {
+        status.reason = Some(format!("the ledger's recount could not finish: {e}"));
     }
     let percpu_started = Instant::now();
     let percpu = inventory_percpu(tracer, budget);
@@ -78,7 +89,7 @@ pub fn run(tracer: &mut Tracer) -> InventoryStatus {
     }
     status.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
     match tracer.truth_counters() {
-        Ok(after) => fill(&mut status, &difference(&after, &before)),
+        Ok(after) => fill(&mut status, &difference(&after, &before), ledger),
         Err(e) => status.reason = Some(format!("cannot read the inventory's counters: {e}")),
     }
     status.available = status.reason.is_none();
@@ -163,7 +174,9 @@ fn dynamic_chunks(chunks: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
     chunks.into_iter().filter(|&(_, e)| e == common).collect()
 }
 
-fn fill(status: &mut InventoryStatus, c: &TruthCounters) {
+/// `ledger`: the slab objects found were counted in the ledger rather than added to the
+/// live-object table (percpu allocations are added either way).
+fn fill(status: &mut InventoryStatus, c: &TruthCounters, ledger: bool) {
     status.slab_pages = c.slab_pages;
     status.objects_found = c.accounted_objects + c.percpu_objects;
     status.bytes_found = c.accounted_bytes + c.percpu_bytes;
@@ -173,6 +186,10 @@ fn fill(status: &mut InventoryStatus, c: &TruthCounters) {
     status.unattributable_percpu_bytes = status.host_percpu_bytes.saturating_sub(c.percpu_bytes);
     status.objects_added = c.added_objects;
     status.bytes_added = c.added_bytes;
+    if ledger {
+        status.objects_added += c.accounted_objects.saturating_sub(c.dropped);
+        status.bytes_added += c.accounted_bytes;
+    }
     status.already_tracked = c.already_tracked;
     status.replaced_stale = c.replaced_stale;
     status.unmapped_objects = c.unmapped_objects;

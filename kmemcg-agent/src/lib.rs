@@ -4,7 +4,7 @@
 //! (uncharge what was freed unseen) -> collector (read the counters in use, in place) ->
 //! cgroups (id -> path) -> report (per-cgroup usage) -> sampler (snapshots) -> limits (decide,
 //! act) and watch (limit budgets in the programs, for an early sample) -> server (HTTP API,
-//! metrics) -> cli.
+//! metrics) -> cli. Beside it, leaks: per-call-site recording of opted-in cgroups' objects.
 //! Daemon concerns beside the path: config (file, env, flags), pin (bpffs), metadata (pod and
 //! container from a cgroup path), metrics (Prometheus exposition).
 mod access;
@@ -23,12 +23,15 @@ pub mod history;
 mod inventory;
 pub mod kernel;
 mod kernel_figures;
+mod kernel_memcgs;
+pub mod leaks;
 pub mod limits;
 mod listener;
 mod mapped;
 mod metadata;
 mod metrics;
 mod pin;
+mod recount;
 mod report;
 pub mod sampler;
 mod server;

@@ -8,10 +8,10 @@
 //! pinned: a stopped agent traces nothing.
 //!
 //! bpffs is usually mounted world-writable (mode 1777), so `<pin_dir>` and its layout directory
-//! must be the agent's user's (or root's) and closed to others (0700, made so if they are the
-//! agent's and only readable by others): no other user may lock them, replace the layout
-//! directory or plant one beforehand. The lock is a flock on the layout directory, which only
-//! the agent's user can open.
+//! must be owned by the agent's user or by root and closed to every other user: one of the
+//! agent's user that others may only read or enter (as older versions made them) is made 0700,
+//! anything else open to others is refused. So no other user can open them to take the lock
+//! (a flock on the layout directory), replace the layout directory or plant one beforehand.
 use std::{
     fs::File,
     os::{fd::AsRawFd, unix::ffi::OsStrExt},

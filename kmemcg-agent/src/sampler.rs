@@ -3,17 +3,24 @@
 //! cgroups no longer hold, so that memory stays bounded under cgroup churn.
 use std::{
     collections::{HashMap, HashSet},
+    sync::Arc,
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
 use crate::{
-    api::{CgroupUsage, DyingCgroup, Snapshot, Status},
+    api::{
+        CgroupUsage, Correction, Corrections, DyingCgroup, InventoryStatus, Snapshot, Status,
+        SweepStatus,
+    },
     cgroups::CgroupTree,
     collector::RawSnapshot,
     error::ReadError,
     kernel,
     kernel_figures::{KernelFigures, KernelFiguresCache},
+    kernel_memcgs::KernelMemcgs,
+    leaks::Leaks,
     limits::Headroom,
+    recount::Recount,
     report::{self, Report},
     slab_names::SlabNames,
     sweep::Sweeper,
@@ -36,15 +43,21 @@ pub struct Sampler {
     unreliable: Unreliable,
     slab_names: SlabNames,
     sweeper: Sweeper,
+    /// The ledger's periodic recount (None when the ledger is off).
+    recount: Option<Recount>,
     watch: Watch,
     /// Counter slots in use at the last sample.
     slots: Vec<(u32, StatsKey)>,
     samples: u64,
+    /// Told of cgroup events (recorded subtrees grow, end with their cgroup).
+    leaks: Option<Arc<Leaks>>,
+    kernel_memcgs: KernelMemcgs,
 }
 
 impl Sampler {
     pub fn new(tracer: Tracer) -> Self {
         let sweeper = Sweeper::start(&tracer);
+        let recount = Recount::new(&tracer);
         let tree = CgroupTree::new(tracer.cgroup2_mount());
         let kernel_figures = KernelFiguresCache::new(KernelFigures::detect(tracer.cgroup2_mount()));
         Self {
@@ -59,10 +72,18 @@ impl Sampler {
             max_sample_ms: 0.0,
             lost_cgroup_events: 0,
             sweeper,
+            recount,
             watch: Watch::default(),
             slots: Vec::new(),
             samples: 0,
+            leaks: None,
+            kernel_memcgs: KernelMemcgs::new(),
         }
+    }
+
+    /// Has the leak recordings follow the cgroup tree and end on time.
+    pub fn set_leaks(&mut self, leaks: Arc<Leaks>) {
+        self.leaks = Some(leaks);
     }
 
     pub fn tracer(&self) -> &Tracer {
@@ -77,6 +98,10 @@ impl Sampler {
     pub fn poll_cgroup_events(&mut self, limited: impl Fn(&str) -> bool) -> bool {
         let events = self.tracer.take_cgroup_events();
         self.tree.apply(&events);
+        if let Some(leaks) = &self.leaks {
+            leaks.follow(&events, self.tracer.collector().cache_names());
+        }
+        self.kernel_memcgs.note_events(&events);
         let new = self.tracer.take_new_slots();
         let nodes = self.tree.nodes();
         let (crossed, unwatched) = self
@@ -119,6 +144,9 @@ impl Sampler {
     pub fn sample(&mut self) -> Result<Snapshot, ReadError> {
         let started = Instant::now();
         self.poll_cgroup_events(|_| false);
+        if let Some(recount) = &mut self.recount {
+            recount.poll(&mut self.tracer);
+        }
         let raw = self.tracer.read()?;
         // What the sweep needs to know of the caches charged so far.
         self.sweeper
@@ -148,6 +176,7 @@ impl Sampler {
             .kernel_figures
             .annotate(&mut cgroups, self.tree.root_id());
         self.release_removed(&raw);
+        let kernel_memcgs = self.kernel_memcgs.scan(&self.tracer);
         // Hand the reading's transient buffers back to the OS, so that the agent's resident
         // memory follows the current state rather than its largest burst.
         // SAFETY: malloc_trim has no preconditions.
@@ -155,7 +184,11 @@ impl Sampler {
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
         self.max_sample_ms = self.max_sample_ms.max(elapsed_ms);
         self.samples += 1;
-        let status = self.status(&raw, &cgroups, &dying, elapsed_ms, kernel_drift);
+        let mut status = self.status(&raw, &cgroups, &dying, elapsed_ms, kernel_drift);
+        status.kernel_dying_memcgs = kernel_memcgs.dying.len() as u64;
+        status.kernel_dying_memcg_bytes = kernel_memcgs.dying_bytes;
+        kernel_memcgs.merge_into(&mut dying);
+        status.kernel_memcgs = kernel_memcgs.status;
         Ok(Snapshot {
             cgroups,
             dying,
@@ -224,6 +257,8 @@ impl Sampler {
         let config = self.tracer.config();
         let c = &raw.counters;
         let truth = self.tracer.truth_counters().unwrap_or_default();
+        let inventory = self.tracer.inventory().clone();
+        let sweep = self.sweeper.status(&self.tracer, &truth);
         Status {
             version: env!("CARGO_PKG_VERSION").into(),
             kernel_version: self.kernel_version.clone(),
@@ -244,6 +279,8 @@ impl Sampler {
             stats_capacity: config.max_stats.next_power_of_two().into(),
             attached_hooks: self.tracer.hooks().to_vec(),
             raw_tracepoint_hooks: self.tracer.raw_hooks().to_vec(),
+            ledger: self.tracer.ledger(),
+            recount: self.recount.as_ref().map(|r| r.status().clone()),
             root_cgroup_mode: config.root_mode.as_str().into(),
             cgroup2_mount: self.tracer.cgroup2_mount().display().to_string(),
             cgroups: cgroups.len() as u64,
@@ -261,8 +298,28 @@ impl Sampler {
             updated_at: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
-            inventory: self.tracer.inventory().clone(),
-            sweep: self.sweeper.status(&self.tracer, &truth),
+            corrections: corrections(&self.tracer, &inventory, &sweep),
+            inventory,
+            sweep,
+            // Filled by `sample` from the walk of the kernel's memcgs.
+            kernel_dying_memcgs: 0,
+            kernel_dying_memcg_bytes: 0,
+            kernel_memcgs: Default::default(),
         }
+    }
+}
+
+/// Which corrections are in force: the tracer's addresses, the inventory's and sweep's own.
+fn corrections(tracer: &Tracer, inventory: &InventoryStatus, sweep: &SweepStatus) -> Corrections {
+    let addresses = tracer.kernel_addresses();
+    let own = |available: bool, reason: &Option<String>| Correction {
+        in_force: available,
+        reason: reason.clone(),
+    };
+    Corrections {
+        owner_vectors_excluded: (&addresses.owner_vector_allocator).into(),
+        memory_map_bases: (&addresses.memory_map_bases).into(),
+        inventory: own(inventory.available, &inventory.reason),
+        sweep: own(sweep.available, &sweep.reason),
     }
 }

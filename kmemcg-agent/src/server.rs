@@ -31,6 +31,8 @@ use crate::{
     metrics::{self, Exporter, MetricsConfig, gzip::GzipPrefix},
 };
 
+mod leaks;
+
 pub type Snapshots = watch::Receiver<Arc<Snapshot>>;
 
 /// Settings the handlers read and SIGHUP may change; the sampling loop reads the interval.
@@ -81,6 +83,8 @@ pub struct AppState {
     exporter: Arc<Exporter>,
     encoded: Arc<Encodings>,
     history: Arc<History>,
+    /// Leak recordings (the agent's; None where nothing records).
+    leaks: Option<Arc<crate::leaks::Leaks>>,
 }
 
 impl AppState {
@@ -92,12 +96,19 @@ impl AppState {
             exporter: Arc::new(Exporter::default()),
             encoded: Arc::default(),
             history: Arc::default(),
+            leaks: None,
         }
     }
 
     /// Serves the history the sampling loop records.
     pub fn with_history(self, history: Arc<History>) -> Self {
         Self { history, ..self }
+    }
+
+    /// Serves `/api/v1/leaks` with these recordings.
+    pub fn with_leaks(mut self, leaks: Arc<crate::leaks::Leaks>) -> Self {
+        self.leaks = Some(leaks);
+        self
     }
 
     fn snapshot(&self) -> Arc<Snapshot> {
@@ -204,6 +215,8 @@ pub fn router(state: AppState, access: WriteAccess) -> Router {
         )
         .route("/api/v1/enforcement", get(enforcement))
         .route("/api/v1/history", get(history))
+        .route("/api/v1/leaks", get(leaks::list).post(leaks::start))
+        .route("/api/v1/leaks/{id}", get(leaks::view).delete(leaks::stop))
         .route("/metrics", get(prometheus))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

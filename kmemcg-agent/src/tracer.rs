@@ -9,10 +9,11 @@ use aya::{
 };
 use kmemcg_common::{
     CGROUP_CACHE_STATS, CGROUP_EVENTS, CPU_OFFSET_PROGRAM, CgroupEvent, HOOKS, Hook, HookKind,
-    INVENTORY_PROGRAM, LIMIT_EVENTS, LIVE_OBJECTS, MEMCG_CGROUP_IDS, PERCPU_CHUNKS,
-    PERCPU_INVENTORY_PROGRAM, PERCPU_LAYOUT, RootCgroupMode, SLAB_LAYOUT, STATS_KEYS,
-    SWEEP_PROGRAM, SWEEP_SHEAVES_PROGRAM, SlabLayout, StatsKey, TRUTH_COUNTERS, TruthCounters,
-    VMALLOC_LAYOUT, VMAP_AREA_CACHE, VMAP_AREA_CACHE_NAME, VmallocLayout, globals,
+    INVENTORY_PROGRAM, LEDGER_STATE, LIMIT_EVENTS, LIVE_OBJECTS, LedgerState, MEMCG_CGROUP_IDS,
+    PERCPU_CHUNKS, PERCPU_INVENTORY_PROGRAM, PERCPU_LAYOUT, RootCgroupMode, SLAB_LAYOUT,
+    STATS_KEYS, SWEEP_PROGRAM, SWEEP_SHEAVES_PROGRAM, SlabLayout, StatsKey, TRUTH_COUNTERS,
+    TruthCounters, VMALLOC_LAYOUT, VMAP_AREA_CACHE, VMAP_AREA_CACHE_NAME, VmallocLayout, globals,
+    zombies::{KERNEL_MEMCGS_PROGRAM, MEMCG_LAYOUT, MEMCG_LRU_PROGRAM},
 };
 
 use crate::{
@@ -20,14 +21,22 @@ use crate::{
     collector::{Collector, RawSnapshot, map_error},
     error::{ReadError, StartError},
     inventory,
-    kernel::{self, btf::KernelLayout, caps, cgroupfs, percpu_layout, slab_layout, vmalloc_layout},
+    kernel::{
+        self,
+        btf::KernelLayout,
+        caps, cgroupfs,
+        kallsyms::KernelAddresses,
+        memcg_layout::{self, MemcgFacts},
+        percpu_layout, slab_layout, vmalloc_layout,
+    },
     pin::{self, PinnedMaps},
 };
 
 /// The eBPF object, built by build.rs and embedded so that one binary is all there is to ship.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/kmemcg-ebpf"));
 
-/// Default capacity of the live-object table: 2^20 slots of 16 bytes (16 MiB of kernel memory).
+/// Default capacity of the live-object table: 2^20 slots of 16 bytes (a [`kmemcg_common::LiveObject`]
+/// each: 16 MiB of kernel memory).
 /// An object takes one of the 8 slots its address hashes to, so the table holds about 80% of
 /// its slots before allocations start being dropped.
 pub const DEFAULT_MAX_OBJECTS: u32 = 1 << 20;
@@ -56,6 +65,10 @@ pub struct TracerConfig {
     /// Pin the live-object and counter maps under this bpffs directory and reuse what a
     /// previous agent pinned there (see [`crate::pin`]); `None`: maps die with the agent.
     pub pin_dir: Option<PathBuf>,
+    /// Count accounted slab objects from the kernel's owner records (see
+    /// [`kmemcg_common::LEDGER_STATE`]) where the kernel allows it, rather than one live-object
+    /// entry each.
+    pub ledger: bool,
 }
 
 impl Default for TracerConfig {
@@ -65,6 +78,7 @@ impl Default for TracerConfig {
             max_stats: default_max_stats(),
             root_mode: RootCgroupMode::Count,
             pin_dir: None,
+            ledger: true,
         }
     }
 }
@@ -73,6 +87,8 @@ impl Default for TracerConfig {
 pub struct Tracer {
     ebpf: Ebpf,
     config: TracerConfig,
+    /// Accounted slab objects are counted in the ledger.
+    ledger: bool,
     hooks: Vec<String>,
     /// Hooks attached as plain raw tracepoints (see [`attach_hooks`]).
     raw_hooks: Vec<String>,
@@ -92,6 +108,10 @@ pub struct Tracer {
     vmap_area_cache_known: bool,
     /// Whether the sweep can look at slab sheaves, or why not.
     sheaves: Result<(), String>,
+    /// The kernel addresses the programs were loaded with, or why one is unknown.
+    addresses: KernelAddresses,
+    /// The layout the walk of the kernel's memory cgroups runs with, or why it cannot run.
+    kernel_memcgs: Result<MemcgFacts, String>,
     /// Dropped after `ebpf` (field order): the lock outlives the attached programs.
     pinned: Option<PinnedMaps>,
 }
@@ -129,32 +149,33 @@ impl Tracer {
             None => None,
         };
         let root_mode = config.root_mode as u32;
-        let kallsyms = kernel::kallsyms::read();
-        // memcg_alloc_slab_cgroups before Linux 6.10.
-        let obj_exts_allocator = ["alloc_slab_obj_exts", "memcg_alloc_slab_cgroups"]
-            .into_iter()
-            .find_map(|name| kernel::kallsyms::function_range(&kallsyms, name))
-            .unwrap_or_else(|| {
-                tracing::info!(
-                    "alloc_slab_obj_exts not in /proc/kallsyms (or hidden): slab owner-record \
-                         vectors are charged to the cgroup whose allocation needed a new slab"
+        let addresses = kernel::kallsyms::kernel_addresses();
+        let obj_exts_allocator = addresses
+            .owner_vector_allocator
+            .clone()
+            .unwrap_or_else(|why| {
+                tracing::warn!(
+                    why,
+                    "slab owner-record vectors are charged to the cgroup whose allocation needed \
+                 a new slab"
                 );
                 0..0
             });
-        let slab_walk = slab_layout::from_running_kernel(&vmlinux).and_then(|layout| {
-            // Linux 7.x (caches without CPU slabs): with the walk programs loaded, a 7.3 test
-            // VM froze before they had run; tracing alone works there. Off until understood.
-            if layout.cpu_slabs == 0 {
-                return Err(
-                    "the inventory and the sweep are off on Linux 7.x (caches without \
+        let slab_walk = slab_layout::from_running_kernel(&vmlinux, &addresses.memory_map_bases)
+            .and_then(|layout| {
+                // Linux 7.x (caches without CPU slabs): with the walk programs loaded, a 7.3 test
+                // VM froze before they had run; tracing alone works there. Off until understood.
+                if layout.cpu_slabs == 0 {
+                    return Err(
+                        "the inventory and the sweep are off on Linux 7.x (caches without \
                             CPU slabs): loading their programs froze a Linux 7.3 test VM. \
                             Objects made before the start are not seen, and objects freed \
                             without a free tracepoint stay charged"
-                        .into(),
-                );
-            }
-            Ok(layout)
-        });
+                            .into(),
+                    );
+                }
+                Ok(layout)
+            });
         let slab_layout_global = slab_walk.clone().unwrap_or_default();
         let percpu_walk = slab_walk
             .clone()
@@ -164,6 +185,16 @@ impl Tracer {
             tracing::info!(why, "the sweep will not look at vmap_area objects");
             VmallocLayout::default()
         });
+        let kernel_memcgs = memcg_layout::from_btf(
+            &vmlinux,
+            &kernel::kallsyms::read(),
+            possible_cpus,
+            memcg_layout::possible_nodes(),
+        );
+        let memcg_layout_global = kernel_memcgs
+            .as_ref()
+            .map(|facts| facts.layout)
+            .unwrap_or_default();
         let mut loader = EbpfLoader::new();
         if let Some(pinned) = &pinned {
             for map in pin::PINNED_MAPS {
@@ -220,6 +251,7 @@ impl Tracer {
             .override_global(SLAB_LAYOUT, &slab_layout_global, true)
             .override_global(PERCPU_LAYOUT, &percpu_layout_global, true)
             .override_global(VMALLOC_LAYOUT, &vmalloc_layout, true)
+            .override_global(MEMCG_LAYOUT, &memcg_layout_global, true)
             .override_global(globals::LIVE_SLOT_MASK, &live_slot_mask, true)
             .override_global(globals::STATS_SLOT_MASK, &stats_slot_mask, true)
             .map_max_entries(STATS_KEYS, stats_slots)
@@ -235,12 +267,6 @@ impl Tracer {
             .map(|h| h.name)
             .collect();
         drop(vmlinux);
-        let AttachedHooks {
-            tracepoints: hooks,
-            raw: raw_hooks,
-        } = attach_hooks(&mut ebpf, &unavailable)?;
-        // After the hooks: an object allocated from now on is theirs, one allocated before is
-        // the inventory's, and one allocated in between is found by both and taken once.
         let with_sheaves = slab_walk
             .as_ref()
             .is_ok_and(|layout| layout.sheaves.present != 0);
@@ -248,6 +274,14 @@ impl Tracer {
             Ok(_) => load_walk_programs(&mut ebpf, with_sheaves),
             Err(_) => HashMap::new(),
         };
+        // The ledger needs its recount; it is on from the hooks' first event or not at all,
+        // so that an object's allocation and its free are counted the same way.
+        let ledger = config.ledger && matches!(loaded.get(INVENTORY_PROGRAM), Some(Ok(())));
+        set_ledger_state(&mut ebpf, ledger)?;
+        let AttachedHooks {
+            tracepoints: hooks,
+            raw: raw_hooks,
+        } = attach_hooks(&mut ebpf, &unavailable)?;
         let mut take = |name: &str| {
             loaded
                 .remove(name)
@@ -278,6 +312,15 @@ impl Tracer {
             ),
             Err(why) => Err(why.clone()),
         };
+        let kernel_memcgs = kernel_memcgs.and_then(|facts| {
+            for name in [KERNEL_MEMCGS_PROGRAM, MEMCG_LRU_PROGRAM] {
+                let program = ebpf
+                    .program_mut(name)
+                    .ok_or_else(|| format!("the {name} program is not in the object"))?;
+                load_program(name, program)?;
+            }
+            Ok(facts)
+        });
         let cgroup_events = take_ring(&mut ebpf, CGROUP_EVENTS)?;
         let limit_events = take_ring(&mut ebpf, LIMIT_EVENTS)?;
         let collector = Collector::new(&mut ebpf, stats_slots as usize, possible_cpus as usize)?;
@@ -301,16 +344,51 @@ impl Tracer {
             collector,
             percpu_walk,
             slab_walk,
+            ledger,
             inventory: InventoryStatus::default(),
             cpu_freelists: Err("not looked for yet".into()),
             vmap_area_cache_known: false,
             sheaves,
+            addresses,
+            kernel_memcgs,
             pinned,
         };
         tracer.cpu_freelists = crate::sweep::find_cpu_offsets(&mut tracer);
         tracing::info!("taking the inventory of objects allocated before start");
         tracer.inventory = inventory::run(&mut tracer);
         Ok(tracer)
+    }
+
+    /// True when accounted slab objects are counted from the kernel's owner records.
+    pub fn ledger(&self) -> bool {
+        self.ledger
+    }
+
+    /// Sets the page frame below which the ledger's recount has counted (0: no recount).
+    pub fn set_recount_cursor(&mut self, cursor: u64) -> Result<(), ReadError> {
+        let map = self
+            .ebpf
+            .map_mut(LEDGER_STATE)
+            .ok_or(ReadError::MissingMap(LEDGER_STATE))?;
+        let mut state: Array<&mut MapData, LedgerState> =
+            Array::try_from(map).map_err(map_error(LEDGER_STATE))?;
+        let mut value = state.get(&0, 0).map_err(map_error(LEDGER_STATE))?;
+        value.recount_cursor = cursor;
+        state.set(0, value, 0).map_err(map_error(LEDGER_STATE))
+    }
+
+    pub fn collector_mut(&mut self) -> &mut Collector {
+        &mut self.collector
+    }
+
+    /// The kernel addresses the programs were loaded with, or why one is unknown.
+    pub fn kernel_addresses(&self) -> &KernelAddresses {
+        &self.addresses
+    }
+
+    /// Takes a map of the programs for a module that owns it from then on (leak recording).
+    pub fn take_map(&mut self, name: &str) -> Option<aya::maps::Map> {
+        self.ebpf.take_map(name)
     }
 
     /// Why the inventory and the sweep cannot run on this kernel, if they cannot.
@@ -343,6 +421,24 @@ impl Tracer {
         self.sheaves.as_ref().copied().map_err(String::as_str)
     }
 
+    /// The layout the walk of the kernel's memory cgroups runs with, or why it cannot run.
+    pub fn kernel_memcgs(&self) -> Result<&MemcgFacts, &str> {
+        self.kernel_memcgs.as_ref().map_err(String::as_str)
+    }
+
+    /// The first `count` values of an array map.
+    pub fn read_array<T: aya::Pod>(
+        &self,
+        name: &'static str,
+        count: u32,
+    ) -> Result<Vec<T>, ReadError> {
+        let map = self.ebpf.map(name).ok_or(ReadError::MissingMap(name))?;
+        let array: Array<&MapData, T> = Array::try_from(map).map_err(map_error(name))?;
+        (0..count.min(array.len()))
+            .map(|index| array.get(&index, 0).map_err(map_error(name)))
+            .collect()
+    }
+
     /// What the inventory at start found.
     pub fn inventory(&self) -> &InventoryStatus {
         &self.inventory
@@ -357,9 +453,9 @@ impl Tracer {
     fn slab_walk_program(&self, program: &'static str) -> Result<&RawTracePoint, ReadError> {
         self.ebpf
             .program(program)
-            .ok_or(ReadError::MissingMap(program))?
+            .ok_or(ReadError::MissingProgram(program))?
             .try_into()
-            .map_err(|_| ReadError::MissingMap(program))
+            .map_err(|_| ReadError::MissingProgram(program))
     }
 
     /// A file descriptor of a slab walk program, for a thread of its own.
@@ -367,7 +463,10 @@ impl Tracer {
         self.slab_walk_program(program)?
             .fd()
             .and_then(|fd| fd.try_clone().map_err(Into::into))
-            .map_err(|_| ReadError::MissingMap(program))
+            .map_err(|e| ReadError::ProgramFd {
+                program,
+                reason: e.to_string(),
+            })
     }
 
     /// Runs a slab walk program once, on `cpu` if given.
@@ -381,16 +480,12 @@ impl Tracer {
         let fd = self
             .slab_walk_program(program)?
             .fd()
-            .map_err(|_| ReadError::MissingMap(program))?;
-        crate::test_run::run_raw_tracepoint(fd.as_fd().as_raw_fd(), args, cpu).map_err(|io_error| {
-            ReadError::Map {
-                map: program,
-                source: Box::new(aya::maps::MapError::SyscallError(aya::sys::SyscallError {
-                    call: "bpf_prog_test_run",
-                    io_error,
-                })),
-            }
-        })
+            .map_err(|e| ReadError::ProgramFd {
+                program,
+                reason: e.to_string(),
+            })?;
+        crate::test_run::run_raw_tracepoint(fd.as_fd().as_raw_fd(), args, cpu)
+            .map_err(|source| ReadError::TestRun { program, source })
     }
 
     /// What the inventory and the sweep did so far.
@@ -748,6 +843,22 @@ fn verify_hooks(
         what: format!("tracepoint {hook}"),
         reason: "verifying its program failed".into(),
     })
+}
+
+/// Turns the ledger on or off for the hooks about to attach, with a recount not running.
+fn set_ledger_state(ebpf: &mut Ebpf, enabled: bool) -> Result<(), StartError> {
+    let map = ebpf
+        .map_mut(LEDGER_STATE)
+        .ok_or(StartError::MissingMap(LEDGER_STATE))?;
+    let mut state: Array<&mut MapData, LedgerState> = Array::try_from(map)
+        .map_err(|e| StartError::Load(Box::new(aya::EbpfError::MapError(e))))?;
+    let value = LedgerState {
+        enabled: enabled as u64,
+        ..LedgerState::default()
+    };
+    state
+        .set(0, value, 0)
+        .map_err(|e| StartError::Load(Box::new(aya::EbpfError::MapError(e))))
 }
 
 fn take_ring(ebpf: &mut Ebpf, name: &'static str) -> Result<RingBuf<MapData>, StartError> {

@@ -66,7 +66,7 @@ pub const fn stats_probe_offset(probe: u32) -> u32 {
 pub const fn stats_slot_hash(key: &StatsKey) -> u32 {
     // splitmix64's finalizer over both halves: cgroup ids are consecutive, cache ids are
     // addresses with common high bits.
-    let mut x = key.cgroup_id ^ key.cache_id.rotate_left(32);
+    let mut x = key.owner ^ key.cache_id.rotate_left(32);
     x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     (x ^ (x >> 31)) as u32
@@ -277,10 +277,31 @@ pub const OBJECT_FLAGS: u32 = OBJECT_ACCOUNTED | OBJECT_OWNER_SEEN;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StatsKey {
-    /// cgroup v2 id of the allocating task.
-    pub cgroup_id: u64,
+    /// What the programs find the slot by, with the cache: the cgroup v2 id of the allocating
+    /// task, or for the ledger's counts the `struct obj_cgroup` address that the kernel's owner
+    /// records name (see [`LEDGER_STATE`]). 0: a free slot.
+    pub owner: u64,
     /// See [`CacheKind`].
     pub cache_id: u64,
+    /// The cgroup v2 id the counts belong to: the owner itself for a cgroup, the memcg's cgroup
+    /// (when the slot was claimed) for an `obj_cgroup`; written after the owner and the cache.
+    pub cgroup_id: u64,
+}
+
+impl StatsKey {
+    /// A key whose owner is a cgroup.
+    pub const fn of_cgroup(cgroup_id: u64, cache_id: u64) -> Self {
+        Self {
+            owner: cgroup_id,
+            cache_id,
+            cgroup_id,
+        }
+    }
+
+    /// True when the slot's counts come from the kernel's owner records (the ledger).
+    pub const fn is_ledger(&self) -> bool {
+        self.owner >= KERNEL_ADDRESS_MIN
+    }
 }
 
 /// One live object and its owner, a slot of [`LIVE_OBJECTS`] (free when `ptr` is 0).
@@ -310,6 +331,8 @@ impl LiveObject {
 
 pub mod truth;
 pub use truth::*;
+pub mod leaks;
+pub mod zombies;
 
 /// Per-CPU counters of one (cgroup, cache). Live figures are signed: an object allocated on one
 /// CPU and freed on another makes one CPU's value negative; the sum over CPUs is what counts.
@@ -329,6 +352,10 @@ pub struct CacheStats {
     /// Indexes of the [`LIMIT_BUDGETS`] this slot's allocations spend from (16 bits each, 0
     /// for none); written by the agent, the same on every CPU. Not a counter.
     pub budgets: u64,
+    /// The ledger's recount (see [`LedgerState::recount_cursor`]): what it found live, plus
+    /// what the hooks saw allocated and freed on slabs it had already counted.
+    pub shadow_objects: i64,
+    pub shadow_bytes: i64,
 }
 
 impl CacheStats {
@@ -340,6 +367,8 @@ impl CacheStats {
         self.accounted_objects += other.accounted_objects;
         self.allocs += other.allocs;
         self.frees += other.frees;
+        self.shadow_objects += other.shadow_objects;
+        self.shadow_bytes += other.shadow_bytes;
     }
 
     /// The `k`th budget index of a [`Self::budgets`] word (0: none, and none after it).
@@ -443,12 +472,36 @@ impl CacheName {
     }
 }
 
-const _: () = assert!(core::mem::size_of::<StatsKey>() == 16);
+/// The ledger's one [`LedgerState`] (an array map of one entry, not pinned).
+///
+/// The ledger counts accounted slab objects per (`obj_cgroup`, cache) from the owner record the
+/// kernel keeps for each (`slab->obj_exts`, `memcg_data` before 6.10): read at allocation and
+/// at free, it needs no entry per object. A recount of every slab's records (the truth walk)
+/// finds the objects made before the start and corrects what was freed without a tracepoint.
+pub const LEDGER_STATE: &str = "LEDGER_STATE";
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LedgerState {
+    /// 1 when the hooks count accounted slab objects in the ledger (set by the agent before
+    /// the hooks attach, and only where the recount can run).
+    pub enabled: u64,
+    /// Base of the `struct page` array and of the direct map, learnt by the first hook.
+    pub vmemmap: u64,
+    pub page_offset: u64,
+    /// Page frames below this one have been recounted: the hooks add what they see on those
+    /// slabs to the shadow counters too. 0 outside a recount; `u64::MAX` once it has walked
+    /// every page, until the agent takes the difference (shadow - live) as its correction.
+    pub recount_cursor: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<LedgerState>() == 32);
+const _: () = assert!(core::mem::size_of::<StatsKey>() == 24);
 const _: () = assert!(core::mem::size_of::<LiveObject>() == 16);
 // The sweep sets OBJECT_OWNER_SEEN with a 64-bit atomic OR on the word at stats_slot.
 const _: () = assert!(core::mem::offset_of!(LiveObject, stats_slot) == 8);
 const _: () = assert!(core::mem::offset_of!(LiveObject, size_and_flags) == 12);
-const _: () = assert!(core::mem::size_of::<CacheStats>() == 56);
+const _: () = assert!(core::mem::size_of::<CacheStats>() == 72);
 const _: () = assert!(core::mem::size_of::<GlobalCounters>() == 48);
 const _: () = assert!(core::mem::size_of::<CgroupEvent>() == 16 + CGROUP_PATH_LEN);
 const _: () = assert!(core::mem::size_of::<CacheName>() == CACHE_NAME_LEN);
@@ -459,6 +512,7 @@ mod user {
 
     // SAFETY: plain #[repr(C)] integers without padding (sizes asserted above).
     unsafe impl aya::Pod for StatsKey {}
+    unsafe impl aya::Pod for LedgerState {}
     unsafe impl aya::Pod for LiveObject {}
     unsafe impl aya::Pod for CacheStats {}
     unsafe impl aya::Pod for GlobalCounters {}
@@ -572,8 +626,9 @@ mod tests {
         for cgroup in 0..5000u64 {
             for cache in 0..12u64 {
                 let key = StatsKey {
-                    cgroup_id: 10_000 + cgroup,
+                    owner: 10_000 + cgroup,
                     cache_id: 0xffff_8880_0100_0000 + 0x200 * cache,
+                    cgroup_id: 10_000 + cgroup,
                 };
                 let first = stats_slot_hash(&key);
                 let free = (0..STATS_PROBES)
@@ -604,8 +659,9 @@ mod tests {
         let mut slots = [0u32; 256];
         for (i, slot) in slots.iter_mut().enumerate() {
             let key = StatsKey {
-                cgroup_id: 5000 + i as u64 / 8,
+                owner: 5000 + i as u64 / 8,
                 cache_id: 0xffff_8880_0100_0000 + 0x100 * (i as u64 % 8),
+                cgroup_id: 5000 + i as u64 / 8,
             };
             *slot = stats_slot_hash(&key) & 4095;
         }

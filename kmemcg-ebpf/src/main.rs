@@ -34,7 +34,10 @@ use kmemcg_common::{
     live_slot_hash, stats_probe_offset, stats_slot_hash,
 };
 
+mod leaks;
+mod ledger;
 mod truth;
+mod zombies;
 
 // Load-time configuration, written by the agent (EbpfLoader::set_global). Read-only and frozen,
 // so the verifier treats them as constants.
@@ -169,19 +172,43 @@ pub fn kmem_cache_alloc(ctx: BtfTracePointContext) -> i32 {
     let Some(cache_id) = address_of(cache) else {
         return 0;
     };
-    on_cache_alloc(ptr, cache_id, size, flags, gfp);
+    let known = ledger::CacheInfo {
+        cache: cache_id,
+        size,
+        red_left_pad: typed_red_left_pad(cache),
+    };
+    on_cache_alloc(ptr, &known, flags, gfp);
+    leaks::on_alloc(ctx.arg(0), ptr, cache_id, size as u64);
     0
 }
 
+/// `kmem_cache::red_left_pad` through a BTF-typed cache pointer.
 #[inline(always)]
-fn on_cache_alloc(ptr: u64, cache_id: u64, size: u32, flags: u32, gfp: u64) {
+fn typed_red_left_pad(cache: *const u8) -> u32 {
+    let offset = truth::layout_red_left_pad_offset();
+    // SAFETY: as for the cache's size in `kmem_cache_alloc`: the verifier checks the offset.
+    unsafe { core::ptr::read_volatile(cache.add(offset as usize) as *const u32) }
+}
+
+#[inline(always)]
+fn on_cache_alloc(ptr: u64, known: &ledger::CacheInfo, flags: u32, gfp: u64) {
+    let accounted = gfp & global(&GFP_ACCOUNT) != 0 || flags & global(&SLAB_ACCOUNT) != 0;
+    if accounted && ledger::count(ptr, known, 1) {
+        return;
+    }
     on_alloc(Allocation {
         ptr,
-        cache_id,
-        bytes: size as u64,
-        accounted: gfp & global(&GFP_ACCOUNT) != 0 || flags & global(&SLAB_ACCOUNT) != 0,
+        cache_id: known.cache,
+        bytes: known.size as u64,
+        accounted,
         slab: true,
     });
+}
+
+#[inline(always)]
+fn current_cgroup() -> u64 {
+    // SAFETY: a helper without preconditions.
+    unsafe { bpf_get_current_cgroup_id() }
 }
 
 #[btf_tracepoint(function = "kmalloc")]
@@ -189,6 +216,7 @@ pub fn kmalloc(ctx: BtfTracePointContext) -> i32 {
     // TP_PROTO(unsigned long call_site, const void *ptr, size_t bytes_req, size_t bytes_alloc,
     //          gfp_t gfp_flags, int node)
     on_kmalloc(ctx.arg(0), ctx.arg(1), ctx.arg(3), ctx.arg(4));
+    leaks::on_kmalloc(ctx.arg(0), ctx.arg(1), ctx.arg(3), ctx.arg(4));
     0
 }
 
@@ -204,6 +232,9 @@ fn on_kmalloc(call_site: u64, ptr: u64, bytes: u64, gfp: u64) {
         return;
     }
     let accounted = gfp & global(&GFP_ACCOUNT) != 0;
+    if accounted && ledger::count(ptr, &ledger::CacheInfo::UNKNOWN, 1) {
+        return;
+    }
     on_alloc(Allocation {
         ptr,
         cache_id: kmalloc_cache_id(bytes, accounted),
@@ -237,20 +268,47 @@ pub fn percpu_alloc_percpu(ctx: BtfTracePointContext) -> i32 {
         accounted: gfp & global(&GFP_ACCOUNT) != 0,
         slab: false,
     });
+    leaks::on_alloc(ctx.arg(0), ptr, CACHE_ID_PERCPU, bytes);
     0
 }
 
 #[btf_tracepoint(function = "kmem_cache_free")]
 pub fn kmem_cache_free(ctx: BtfTracePointContext) -> i32 {
     // TP_PROTO(unsigned long call_site, const void *ptr, const struct kmem_cache *s)
-    on_free(ctx.arg(1));
+    let ptr: u64 = ctx.arg(1);
+    let cache: *const u8 = ctx.arg(2);
+    if ptr <= ZERO_SIZE_PTR || cache.is_null() {
+        return 0;
+    }
+    // SAFETY: as in `kmem_cache_alloc`.
+    let size = unsafe {
+        core::ptr::read_volatile(cache.add(global(&KMEM_CACHE_SIZE_OFFSET) as usize) as *const u32)
+    };
+    let known = ledger::CacheInfo {
+        cache: address_of(cache).unwrap_or(0),
+        size,
+        red_left_pad: typed_red_left_pad(cache),
+    };
+    on_slab_free(ptr, &known);
+    leaks::on_free(ctx.arg(1));
     0
+}
+
+/// A slab object's free: the ledger's when the kernel's owner record names its owner, else
+/// the live-object table's.
+#[inline(always)]
+fn on_slab_free(ptr: u64, known: &ledger::CacheInfo) {
+    if ptr <= ZERO_SIZE_PTR || ledger::count(ptr, known, -1) {
+        return;
+    }
+    on_free(ptr);
 }
 
 #[btf_tracepoint(function = "kfree")]
 pub fn kfree(ctx: BtfTracePointContext) -> i32 {
     // TP_PROTO(unsigned long call_site, const void *ptr)
-    on_free(ctx.arg(1));
+    on_slab_free(ctx.arg(1), &ledger::CacheInfo::UNKNOWN);
+    leaks::on_free(ctx.arg(1));
     0
 }
 
@@ -258,6 +316,7 @@ pub fn kfree(ctx: BtfTracePointContext) -> i32 {
 pub fn percpu_free_percpu(ctx: BtfTracePointContext) -> i32 {
     // TP_PROTO(void *base_addr, int off, void __percpu *ptr)
     on_free(ctx.arg(2));
+    leaks::on_free(ctx.arg(2));
     0
 }
 
@@ -285,13 +344,20 @@ pub fn kmem_cache_alloc_raw(ctx: RawTracePointContext) -> i32 {
         // SAFETY: the fault-safe helper.
         unsafe { bpf_probe_read_kernel((cache + offset as u64) as *const u32) }
     };
-    let (Ok(size), Ok(flags)) = (
+    let (Ok(size), Ok(flags), Ok(red_left_pad)) = (
         field(global(&KMEM_CACHE_SIZE_OFFSET)),
         field(global(&KMEM_CACHE_FLAGS_OFFSET)),
+        field(truth::layout_red_left_pad_offset()),
     ) else {
         return 0;
     };
-    on_cache_alloc(ptr, cache, size, flags, gfp);
+    let known = ledger::CacheInfo {
+        cache,
+        size,
+        red_left_pad,
+    };
+    on_cache_alloc(ptr, &known, flags, gfp);
+    leaks::on_alloc(raw_arg(&ctx, 0), ptr, cache, size as u64);
     0
 }
 
@@ -303,18 +369,26 @@ pub fn kmalloc_raw(ctx: RawTracePointContext) -> i32 {
         raw_arg(&ctx, 3),
         raw_arg(&ctx, 4),
     );
+    leaks::on_kmalloc(
+        raw_arg(&ctx, 0),
+        raw_arg(&ctx, 1),
+        raw_arg(&ctx, 3),
+        raw_arg(&ctx, 4),
+    );
     0
 }
 
 #[raw_tracepoint(tracepoint = "kmem_cache_free")]
 pub fn kmem_cache_free_raw(ctx: RawTracePointContext) -> i32 {
-    on_free(raw_arg(&ctx, 1));
+    on_slab_free(raw_arg(&ctx, 1), &ledger::CacheInfo::UNKNOWN);
+    leaks::on_free(raw_arg(&ctx, 1));
     0
 }
 
 #[raw_tracepoint(tracepoint = "kfree")]
 pub fn kfree_raw(ctx: RawTracePointContext) -> i32 {
-    on_free(raw_arg(&ctx, 1));
+    on_slab_free(raw_arg(&ctx, 1), &ledger::CacheInfo::UNKNOWN);
+    leaks::on_free(raw_arg(&ctx, 1));
     0
 }
 
@@ -408,11 +482,8 @@ fn on_alloc(alloc: Allocation) {
             with_global_counters(|c| c.stale_objects += 1);
         }
     }
-    let key = StatsKey {
-        cgroup_id,
-        cache_id: alloc.cache_id,
-    };
-    let Some((slot, stats)) = stats_slot(&key, alloc.slab) else {
+    let key = StatsKey::of_cgroup(cgroup_id, alloc.cache_id);
+    let Some((slot, stats)) = stats_slot(&key, alloc.slab, SlotCgroup::Is(cgroup_id)) else {
         with_global_counters(|c| c.dropped_stats_full += 1);
         return;
     };
@@ -429,9 +500,9 @@ fn on_alloc(alloc: Allocation) {
             | if alloc.accounted { OBJECT_ACCOUNTED } else { 0 },
     };
     match remember(&object) {
-        Remembered::New => charge(stats, &object, 1),
+        Remembered::New => charge_object(stats, &object, 1),
         Remembered::Replaced(stale) => {
-            charge(stats, &object, 1);
+            charge_object(stats, &object, 1);
             uncharge_owner(&stale);
             with_global_counters(|c| c.stale_objects += 1);
         }
@@ -604,7 +675,7 @@ fn uncharge_owner(object: &LiveObject) {
         // SAFETY: this CPU's counters.
         let stats = unsafe { &mut *stats };
         stats.frees += 1;
-        charge(stats, object, -1);
+        charge_object(stats, object, -1);
     }
 }
 
@@ -629,11 +700,18 @@ fn atomic_add(target: &mut i64, delta: i64) {
 }
 
 #[inline(always)]
-fn charge(stats: &mut CacheStats, object: &LiveObject, sign: i64) {
-    let bytes = object.bytes() as i64 * sign;
+fn charge_object(stats: &mut CacheStats, object: &LiveObject, sign: i64) {
+    charge(stats, object.bytes() as u64, object.accounted(), sign);
+}
+
+/// Adds `sign` objects of `size` bytes to a slot's counters (on this CPU) and spends them
+/// from the slot's limit budgets.
+#[inline(always)]
+fn charge(stats: &mut CacheStats, size: u64, accounted: bool, sign: i64) {
+    let bytes = size as i64 * sign;
     atomic_add(&mut stats.live_bytes, bytes);
     atomic_add(&mut stats.live_objects, sign);
-    if object.accounted() {
+    if accounted {
         atomic_add(&mut stats.accounted_bytes, bytes);
         atomic_add(&mut stats.accounted_objects, sign);
     }
@@ -681,28 +759,63 @@ fn cpu_counters(slot: u32) -> Option<*mut CacheStats> {
     CGROUP_CACHE_STATS.get_ptr_mut(cpu * slots + (slot & (slots - 1)))
 }
 
-/// The slot of `key` and this CPU's counters there; the slot is claimed when the key is new
-/// (and, for a slab cache seen for the first time, its name recorded for the agent).
+/// The cgroup a new counter slot's counts belong to.
+#[derive(Clone, Copy)]
+enum SlotCgroup {
+    Is(u64),
+    /// The memcg's of an `obj_cgroup`; where the programs know no cgroup v2 counterpart for
+    /// it, the allocating task's cgroup (`current_task`) or the root cgroup.
+    OfObjcg {
+        objcg: u64,
+        current_task: bool,
+    },
+}
+
+impl SlotCgroup {
+    #[inline(always)]
+    fn resolve(self) -> u64 {
+        match self {
+            Self::Is(id) => id,
+            Self::OfObjcg {
+                objcg,
+                current_task,
+            } => match truth::cgroup_of_objcg(objcg) {
+                Some(id) if id != 0 => id,
+                _ if current_task => current_cgroup(),
+                _ => global(&ROOT_CGROUP_ID),
+            },
+        }
+    }
+}
+
+/// The slot of `key` (by owner and cache) and this CPU's counters there; the slot is claimed
+/// when the key is new, with the cgroup `cgroup_of` names (and, for a slab cache seen for the
+/// first time, its name recorded for the agent).
 #[inline(always)]
-fn stats_slot(key: &StatsKey, is_slab: bool) -> Option<(u32, *mut CacheStats)> {
+fn stats_slot(
+    key: &StatsKey,
+    is_slab: bool,
+    cgroup_of: SlotCgroup,
+) -> Option<(u32, *mut CacheStats)> {
     let mask = global(&STATS_SLOT_MASK);
     let first = stats_slot_hash(key);
     let mut free = STATS_PROBES;
     for probe in 0..STATS_PROBES {
         let index = first.wrapping_add(stats_probe_offset(probe)) & mask;
         let slot = STATS_KEYS.get_ptr_mut(index)?;
-        // SAFETY: a slot of the array map. A claim writes the cgroup first (atomically) and
-        // the cache next; cache ids are never 0, so a half-written slot matches nothing.
-        let (cgroup_id, cache_id) = unsafe {
+        // SAFETY: a slot of the array map. A claim writes the owner first (atomically), the
+        // cache next and the cgroup last; cache ids are never 0, so a half-written slot
+        // matches nothing.
+        let (owner, cache_id) = unsafe {
             (
-                core::ptr::read_volatile(&raw const (*slot).cgroup_id),
+                core::ptr::read_volatile(&raw const (*slot).owner),
                 core::ptr::read_volatile(&raw const (*slot).cache_id),
             )
         };
-        if cgroup_id == key.cgroup_id && cache_id == key.cache_id {
+        if owner == key.owner && cache_id == key.cache_id {
             return Some((index, cpu_counters(index)?));
         }
-        if cgroup_id == 0 && free == STATS_PROBES {
+        if owner == 0 && free == STATS_PROBES {
             free = probe;
         }
     }
@@ -712,9 +825,10 @@ fn stats_slot(key: &StatsKey, is_slab: bool) -> Option<(u32, *mut CacheStats)> {
         let slot = STATS_KEYS.get_ptr_mut(index)?;
         // SAFETY: as above; the claim is atomic.
         unsafe {
-            let claim = &raw mut (*slot).cgroup_id;
-            if core::ptr::read_volatile(claim) == 0 && compare_and_swap(claim, 0, key.cgroup_id) {
+            let claim = &raw mut (*slot).owner;
+            if core::ptr::read_volatile(claim) == 0 && compare_and_swap(claim, 0, key.owner) {
                 core::ptr::write_volatile(&raw mut (*slot).cache_id, key.cache_id);
+                core::ptr::write_volatile(&raw mut (*slot).cgroup_id, cgroup_of.resolve());
                 if is_slab {
                     record_cache_name(key.cache_id);
                 }

@@ -31,11 +31,11 @@ use kmemcg_common::{
 use crate::{
     CGROUP_KN_OFFSET, CGROUP_ROOT_HIERARCHY_ID_OFFSET, CGROUP_ROOT_OFFSET, Inventoried,
     KERNFS_NODE_ID_OFFSET, KMEM_CACHE_FLAGS_OFFSET, KMEM_CACHE_SIZE_OFFSET, ROOT_CGROUP_ID,
-    ROOT_CGROUP_MODE, charge, global, remember_new, stats_slot,
+    ROOT_CGROUP_MODE, charge_object, global, remember_new, stats_slot,
 };
 
 #[unsafe(no_mangle)]
-static SLAB_LAYOUT: SlabLayout = unsafe { core::mem::zeroed() };
+pub(crate) static SLAB_LAYOUT: SlabLayout = unsafe { core::mem::zeroed() };
 
 #[map]
 static MEMCG_CGROUP_IDS: HashMap<u64, u64> = HashMap::with_max_entries(1 << 16, 0);
@@ -52,6 +52,12 @@ macro_rules! layout {
         // SAFETY: a field of a static of the program.
         unsafe { core::ptr::read_volatile(&raw const SLAB_LAYOUT.$field) }
     };
+}
+
+/// `kmem_cache::red_left_pad`'s offset.
+#[inline(always)]
+pub(crate) fn layout_red_left_pad_offset() -> u32 {
+    layout!(kmem_cache_red_left_pad_offset)
 }
 
 #[inline(always)]
@@ -242,6 +248,10 @@ struct SlabWalk {
     first_object: u64,
     size: u64,
     cache_id: u64,
+    /// The `struct kmem_cache` (the ledger's cache id, also for kmalloc caches).
+    cache: u64,
+    /// 1: count owned objects in the ledger, not into the live-object table.
+    ledger: u64,
     last_objcg: u64,
     last_cgroup: u64,
 }
@@ -269,7 +279,11 @@ pub fn inventory(ctx: RawTracePointContext) -> i32 {
 extern "C" fn inventory_page(index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: the caller's PfnWalk.
     let walk = unsafe { &*(ctx as *const PfnWalk) };
-    let _ = inventory_slab(walk, walk.start + index);
+    let pfn = walk.start + index;
+    let _ = inventory_slab(walk, pfn);
+    if crate::ledger::enabled() {
+        crate::ledger::advance_cursor(pfn + 1);
+    }
     0
 }
 
@@ -314,6 +328,8 @@ fn inventory_slab(walk: &PfnWalk, pfn: u64) -> Option<()> {
         first_object: walk.page_offset + (pfn << layout!(page_shift)) + red_left_pad as u64,
         size: size as u64,
         cache_id,
+        cache,
+        ledger: crate::ledger::enabled() as u64,
         last_objcg: 0,
         last_cgroup: 0,
     };
@@ -330,6 +346,15 @@ extern "C" fn inventory_object(index: u64, ctx: *mut c_void) -> i64 {
         return 0;
     };
     if objcg == 0 {
+        return 0;
+    }
+    if slab.ledger != 0 {
+        bump(1, |c| &mut c.accounted_objects);
+        bump(slab.size, |c| &mut c.accounted_bytes);
+        // Not among the added objects: those are the live-object table's (percpu ones).
+        if !crate::ledger::recount_object(objcg, slab.cache, slab.size) {
+            bump(1, |c| &mut c.dropped);
+        }
         return 0;
     }
     // Neighbouring objects mostly share an owner.
@@ -351,7 +376,7 @@ extern "C" fn inventory_object(index: u64, ctx: *mut c_void) -> i64 {
 
 /// The cgroup v2 id that kmemcg charges for the memcg behind `objcg` (0: none).
 #[inline(always)]
-fn cgroup_of_objcg(objcg: u64) -> Option<u64> {
+pub(crate) fn cgroup_of_objcg(objcg: u64) -> Option<u64> {
     let memcg: u64 = read(objcg + layout!(objcg_memcg_offset) as u64)?;
     let cgroup: u64 =
         read(memcg + layout!(memcg_css_offset) as u64 + layout!(css_cgroup_offset) as u64)?;
@@ -382,11 +407,12 @@ fn take_object(budget: u64, cgroup_id: u64, cache_id: u64, ptr: u64, size: u64) 
         bump(size, |c| &mut c.unmapped_bytes);
         return false;
     }
-    let key = StatsKey {
-        cgroup_id,
-        cache_id,
-    };
-    let Some((slot, stats)) = stats_slot(&key, cache_id >= KERNEL_ADDRESS_MIN) else {
+    let key = StatsKey::of_cgroup(cgroup_id, cache_id);
+    let Some((slot, stats)) = stats_slot(
+        &key,
+        cache_id >= KERNEL_ADDRESS_MIN,
+        crate::SlotCgroup::Is(cgroup_id),
+    ) else {
         bump(1, |c| &mut c.dropped);
         return false;
     };
@@ -398,7 +424,7 @@ fn take_object(budget: u64, cgroup_id: u64, cache_id: u64, ptr: u64, size: u64) 
     match remember_new(&object) {
         result @ (Inventoried::Taken | Inventoried::ReplacedStale) => {
             // SAFETY: this CPU's counters.
-            charge(unsafe { &mut *stats }, &object, 1);
+            charge_object(unsafe { &mut *stats }, &object, 1);
             bump(1, |c| &mut c.added_objects);
             bump(size, |c| &mut c.added_bytes);
             if matches!(result, Inventoried::ReplacedStale) {

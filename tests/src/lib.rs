@@ -436,7 +436,16 @@ impl AgentProcess {
     /// state directory of its own is given unless `args` name one with --state-dir (agents on
     /// the same state directory refuse to run together).
     pub fn try_start_with(args: &[&str]) -> Result<Self, String> {
-        Self::spawn(args, None)
+        Self::spawn(&[], args, None)
+    }
+
+    /// [`AgentProcess::try_start`] with the binary run by `wrapper` (e.g. `setpriv ... --`),
+    /// which must exec it so that the agent keeps the wrapper's pid.
+    pub fn try_start_wrapped(wrapper: &[&str], extra: &[&str]) -> Result<Self, String> {
+        let interval = sample_interval();
+        let mut args = vec!["--interval", interval.as_str()];
+        args.extend_from_slice(extra);
+        Self::spawn(wrapper, &args, None)
     }
 
     /// [`AgentProcess::try_start`] on the state directory `dir` (KMEMCG_STATE_DIR), which
@@ -445,10 +454,10 @@ impl AgentProcess {
         let interval = sample_interval();
         let mut args = vec!["--interval", interval.as_str()];
         args.extend_from_slice(extra);
-        Self::spawn(&args, Some(dir))
+        Self::spawn(&[], &args, Some(dir))
     }
 
-    fn spawn(args: &[&str], state: Option<&Path>) -> Result<Self, String> {
+    fn spawn(wrapper: &[&str], args: &[&str], state: Option<&Path>) -> Result<Self, String> {
         let addr = free_addr();
         let log = std::env::temp_dir().join(format!("{}.log", unique("agent")));
         let log_file = std::fs::File::create(&log).expect("agent log file");
@@ -462,7 +471,14 @@ impl AgentProcess {
         {
             own.extend(["--socket".to_string(), socket.display().to_string()]);
         }
-        let mut command = Command::new(kmemcg_bin());
+        let mut command = match wrapper.split_first() {
+            Some((program, wrapper_args)) => {
+                let mut c = Command::new(program);
+                c.args(wrapper_args).arg(kmemcg_bin());
+                c
+            }
+            None => Command::new(kmemcg_bin()),
+        };
         // Through the environment, which a flag in `args` overrides.
         let own_state = state.is_none().then(|| scratch("state"));
         command.env(

@@ -22,6 +22,10 @@ fn bad_flags_are_rejected_with_clear_errors() {
             "possible values: ignore, count, track",
         ),
         (&["agent", "--interval", "0"], "between 0.05 and 3600"),
+        (
+            &["agent", "--on-unreliable", "guess"],
+            "possible values: kernel, kmemcg",
+        ),
         (&["stat", "--bogus"], "unexpected argument '--bogus'"),
         (&["frobnicate"], "unrecognized subcommand"),
     ];

@@ -171,24 +171,32 @@ fn a_full_live_object_map_counts_drops_and_breaks_nothing() {
     agent.settle();
     let status = agent.status();
     assert_eq!(status.map_capacity, 1024);
-    assert!(status.dropped_live_map_full > 0, "{status:#?}");
     assert_eq!(
         status.dropped,
         status.dropped_live_map_full + status.dropped_stats_map_full
     );
-    assert!(status.tracked_objects <= 1024, "{status:#?}");
     let usage = agent.cgroup(cgroup.path()).expect("usage");
-    assert!(
-        usage.slab_objects > 0 && usage.slab_objects <= 1024,
-        "{usage:#?}"
-    );
+    if status.ledger {
+        // The files' dentries and inodes are accounted: the ledger counts them from the
+        // kernel's owner records, and a full live-object table drops none of them.
+        assert!(cache_objects(&usage, &["dentry"]) >= 3000, "{usage:#?}");
+    } else {
+        assert!(status.dropped_live_map_full > 0, "{status:#?}");
+        assert!(status.tracked_objects <= 1024, "{status:#?}");
+        assert!(
+            usage.slab_objects > 0 && usage.slab_objects <= 1024,
+            "{usage:#?}"
+        );
+    }
 
     // Frees of dropped objects are untracked; nothing goes negative and the API keeps working.
     cgroup.run(&["delete-files", &dir]);
     agent.wait_for(cgroup.path(), WAIT, "tracked objects freed", |u| {
         u.is_some_and(|u| cache_objects(u, &["dentry"]) < 50)
     });
-    assert!(agent.status().untracked_frees > 0);
+    if !status.ledger {
+        assert!(agent.status().untracked_frees > 0);
+    }
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::{
     process::{Command, Output},
 };
 
-use kmemcg_tests::{TestCgroup, kmemcg_bin, require_root};
+use kmemcg_tests::{AgentProcess, TestCgroup, kmemcg_bin, require_root};
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
@@ -60,7 +60,7 @@ fn manifests_validate_for_kubernetes_1_30_to_1_37() {
         let report = text(&out);
         assert_eq!(
             report.matches(" passed for resource ").count(),
-            9,
+            11,
             "Kubernetes 1.{minor}: {report}"
         );
     }
@@ -79,7 +79,11 @@ fn the_variants_grant_what_they_need_and_no_more() {
         "path: /run/kmemcg, type: DirectoryOrCreate",
         "path: /var/lib/kmemcg, type: DirectoryOrCreate",
         "readOnlyRootFilesystem: true",
-        "add: [\"BPF\", \"PERFMON\"]",
+        "add: [\"BPF\", \"PERFMON\", \"SYSLOG\"]",
+        "pod-security.kubernetes.io/enforce: privileged",
+        "kind: ResourceQuota",
+        "values: [\"system-node-critical\"]",
+        "priorityClassName: system-node-critical",
     ] {
         assert!(base.contains(needed), "kmemcg.yaml lacks `{needed}`");
     }
@@ -91,7 +95,7 @@ fn the_variants_grant_what_they_need_and_no_more() {
     assert!(!base.contains("hostPID"));
 
     let enforce = enforce_overlay();
-    for needed in ["hostPID: true", "- KILL", "readOnly: false"] {
+    for needed in ["hostPID: true", "- SYSLOG", "- KILL", "readOnly: false"] {
         assert!(
             enforce.contains(needed),
             "the overlay lacks `{needed}`: {enforce}"
@@ -111,6 +115,46 @@ fn the_variants_grant_what_they_need_and_no_more() {
             monitor.contains(referenced) && repo(referenced).exists(),
             "{referenced}"
         );
+    }
+}
+
+/// `to` as a path relative to `from` (kustomize refuses absolute resource paths).
+fn relative_from(from: &Path, to: &Path) -> PathBuf {
+    let (from, to) = (
+        from.canonicalize().expect("from"),
+        to.canonicalize().expect("to"),
+    );
+    let mut relative = PathBuf::new();
+    for _ in from.components().skip(1) {
+        relative.push("..");
+    }
+    relative.join(to.strip_prefix("/").expect("absolute"))
+}
+
+/// A private registry is one `images:` entry in an overlay of the operator's own: the image
+/// of the DaemonSet changes, in both variants, and nothing else names the old one.
+#[test]
+fn an_overlay_points_both_variants_at_a_private_registry() {
+    for variant in ["deploy/kubernetes", "deploy/kubernetes-enforce"] {
+        let dir = scratch("registry-overlay");
+        let overlay = format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  \
+             - {}\nimages:\n  - name: ghcr.io/kmemcg/kmemcg\n    \
+             newName: registry.example.com/infra/kmemcg\n    newTag: \"9.9.9\"\n",
+            relative_from(&dir, &repo(variant)).display()
+        );
+        std::fs::write(dir.join("kustomization.yaml"), overlay).expect("overlay");
+        let out = run(Command::new("kubectl").arg("kustomize").arg(&dir));
+        let rendered = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            rendered
+                .matches("image: registry.example.com/infra/kmemcg:9.9.9")
+                .count(),
+            1,
+            "{variant}: {rendered}"
+        );
+        assert!(!rendered.contains("ghcr.io"), "{variant}: {rendered}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 
@@ -246,4 +290,95 @@ fn in_a_private_cgroup_namespace_the_agent_protects_its_own_cgroup() {
         "{err}"
     );
     let _ = std::fs::remove_dir_all(config.parent().expect("dir"));
+}
+
+/// The capabilities the shipped deployments grant the agent (lower case, without `CAP_`): the
+/// systemd unit's ambient set, which must be the DaemonSet's.
+fn shipped_capabilities() -> Vec<String> {
+    let unit = std::fs::read_to_string(repo("deploy/systemd/kmemcg.service")).expect("unit");
+    let mut from_unit: Vec<String> = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("AmbientCapabilities="))
+        .expect("AmbientCapabilities= in the unit")
+        .split_whitespace()
+        .map(|c| c.trim_start_matches("CAP_").to_lowercase())
+        .collect();
+    let base = std::fs::read_to_string(repo("deploy/kubernetes/kmemcg.yaml")).expect("base");
+    let mut from_daemonset: Vec<String> = base
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("add: ["))
+        .expect("capabilities to add in the DaemonSet")
+        .trim_end_matches(']')
+        .split(',')
+        .map(|c| c.trim().trim_matches('"').to_lowercase())
+        .collect();
+    from_unit.sort();
+    from_daemonset.sort();
+    assert_eq!(
+        from_unit, from_daemonset,
+        "the unit and the DaemonSet differ"
+    );
+    from_unit
+}
+
+/// The agent as uid 0 with exactly `caps` (bounding set, nothing inheritable), as the unit
+/// and the DaemonSet run it.
+fn agent_with(caps: &[String]) -> AgentProcess {
+    let bounding = format!(
+        "--bounding-set=-all{}",
+        caps.iter().map(|c| format!(",+{c}")).collect::<String>()
+    );
+    let agent =
+        AgentProcess::try_start_wrapped(&["setpriv", &bounding, "--inh-caps=-all", "--"], &[])
+            .unwrap_or_else(|log| panic!("the agent with {caps:?}: {log}"));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).expect("status");
+    let effective = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .expect("CapEff");
+    assert_eq!(
+        effective.count_ones() as usize,
+        caps.len(),
+        "{caps:?}: CapEff {effective:x}"
+    );
+    agent
+}
+
+/// With the shipped capabilities every correction that depends on kernel addresses is in
+/// force; without CAP_SYSLOG (the addresses read as 0) the status says which one is off and
+/// what to grant.
+#[test]
+fn with_the_shipped_capabilities_the_corrections_are_in_force() {
+    require_root();
+    let shipped = shipped_capabilities();
+    assert!(shipped.iter().any(|c| c == "syslog"), "{shipped:?}");
+    let agent = agent_with(&shipped);
+    let corrections = agent.status().corrections;
+    let log = agent.log_text();
+    drop(agent);
+    for (name, correction) in [
+        (
+            "owner_vectors_excluded",
+            &corrections.owner_vectors_excluded,
+        ),
+        ("memory_map_bases", &corrections.memory_map_bases),
+        ("inventory", &corrections.inventory),
+        ("sweep", &corrections.sweep),
+    ] {
+        assert!(correction.in_force, "{name}: {correction:?}\n{log}");
+        assert_eq!(correction.reason, None, "{name}");
+    }
+
+    let without_syslog: Vec<String> = shipped.into_iter().filter(|c| c != "syslog").collect();
+    let agent = agent_with(&without_syslog);
+    let corrections = agent.status().corrections;
+    let off = corrections.owner_vectors_excluded;
+    assert!(!off.in_force, "{off:?}");
+    let why = off.reason.unwrap_or_default();
+    assert!(
+        why.contains("/proc/kallsyms") && why.contains("CAP_SYSLOG"),
+        "{why}"
+    );
+    assert!(agent.log_text().contains(&why), "the log does not say it");
 }

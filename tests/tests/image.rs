@@ -1,10 +1,10 @@
 //! The OCI image, run as the DaemonSet runs it: built by `cargo xtask image`, started by podman
 //! (runc) with the privileges, mounts and namespaces that deploy/kubernetes (and the
 //! enforcement overlay) give the pod, translated flag by flag from the manifests. Checks
-//! /healthz, /readyz and /metrics over loopback, the state directory under a read-only root,
-//! what the read-only and the enforcing variants can do to a cgroup, the agent's protection of
-//! its own container in a private cgroup namespace, and the hint under a seccomp profile that
-//! refuses bpf().
+//! /healthz, /readyz and /metrics over loopback, the corrections in force, the state directory
+//! under a read-only root, what the read-only and the enforcing variants can do to a cgroup,
+//! the agent's protection of its own container in a private cgroup namespace, the hint under a
+//! seccomp profile that refuses bpf(), and the image's documented size.
 //!
 //! Substitutions, so that a test touches only what it made: the hostPaths that hold state
 //! (/sys/fs/bpf, /run/kmemcg, /var/lib/kmemcg) become a private bpffs and scratch directories;
@@ -42,7 +42,31 @@ fn build() -> String {
         tag,
         format!("ghcr.io/kmemcg/kmemcg:{}", env!("CARGO_PKG_VERSION"))
     );
+    check_documented_size(&tag);
     tag
+}
+
+/// The size docs/daemon.md gives ("No shell, no package manager; N MB.") is the image's, within
+/// 10% (what podman reports, in MB of 10^6 bytes).
+fn check_documented_size(tag: &str) {
+    let out = run(Command::new("podman").args(["image", "inspect", "--format", "{{.Size}}", tag]));
+    let bytes: f64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("the image's size");
+    let docs = std::fs::read_to_string(pod::repo("docs/daemon.md")).expect("docs/daemon.md");
+    let documented: f64 = docs
+        .split("No shell, no package manager; ")
+        .nth(1)
+        .and_then(|rest| rest.split(" MB").next())
+        .and_then(|n| n.parse().ok())
+        .expect("the image's size in docs/daemon.md");
+    let measured = bytes / 1e6;
+    eprintln!("image size: {measured:.1} MB (documented: {documented} MB)");
+    assert!(
+        (measured - documented).abs() <= documented * 0.1,
+        "docs/daemon.md says {documented} MB, the image is {measured:.1} MB"
+    );
 }
 
 fn frozen(cgroup: &TestCgroup) -> bool {
@@ -101,6 +125,18 @@ fn the_image_runs_with_the_daemonsets_privileges_and_mounts() {
     pod.start();
     pod.wait_ready();
     assert_eq!(pod.text("/healthz").trim(), "ok");
+    // The DaemonSet's capabilities are enough for every correction.
+    let status: serde_json::Value =
+        serde_json::from_str(&pod.text("/api/v1/status")).expect("status JSON");
+    for correction in [
+        "owner_vectors_excluded",
+        "memory_map_bases",
+        "inventory",
+        "sweep",
+    ] {
+        let state = &status["corrections"][correction];
+        assert_eq!(state["in_force"], true, "{correction}: {state}");
+    }
 
     let tmpfs = Tmpfs::new();
     let _held = victim.hold(&["idle"]);

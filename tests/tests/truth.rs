@@ -617,8 +617,10 @@ fn a_pinned_restart_counts_nothing_twice() {
         "accounted {} vs kernel {kernel}",
         usage.accounted_bytes
     );
+    // Without the ledger, the first agent's entries stay in the pinned table; with it, the
+    // recount counts every object once whatever the pinned counters say.
     assert!(
-        status.inventory.already_tracked >= first_files,
+        status.ledger || status.inventory.already_tracked >= first_files,
         "{:#?}",
         status.inventory
     );
@@ -680,7 +682,11 @@ fn a_pinned_restart_charges_reused_addresses_to_their_new_owner() {
          tracked already",
         inventory.objects_added, inventory.replaced_stale, inventory.already_tracked
     );
-    assert!(inventory.replaced_stale > 0, "{inventory:#?}");
+    // The ledger keeps no entry per accounted object, so none is left to replace.
+    assert!(
+        agent.status().ledger || inventory.replaced_stale > 0,
+        "{inventory:#?}"
+    );
     assert!(agent.stop().success());
     let unpinned = kmemcg(&["agent", "--unpin", "--pin-dir", &pin_dir]);
     assert!(unpinned.status.success());

@@ -7,9 +7,12 @@ use std::{
 use anyhow::{Context as _, bail};
 
 /// The toolchain that builds the eBPF programs (it needs `-Z build-std`), named once in
-/// .cargo/config.toml.
-fn ebpf_toolchain() -> String {
-    std::env::var("KMEMCG_EBPF_TOOLCHAIN").unwrap_or_else(|_| "nightly".into())
+/// .cargo/config.toml, which cargo passes on to `cargo xtask`.
+fn ebpf_toolchain() -> anyhow::Result<String> {
+    std::env::var("KMEMCG_EBPF_TOOLCHAIN").context(
+        "KMEMCG_EBPF_TOOLCHAIN is unset: run this as `cargo xtask setup` inside the kmemcg \
+         workspace (its .cargo/config.toml names the eBPF toolchain)",
+    )
 }
 
 /// Debian packages the tests use, by the command that shows they are there: tmux drives
@@ -56,7 +59,7 @@ pub fn path_with_cargo_bin() -> String {
 }
 
 pub fn run() -> anyhow::Result<()> {
-    let toolchain = ebpf_toolchain();
+    let toolchain = ebpf_toolchain()?;
     ensure_rust_src(&toolchain)?;
     ensure_bpf_linker(&toolchain)?;
     ensure_apt_packages()?;
@@ -109,6 +112,7 @@ fn run_checked(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The pinned eBPF toolchain with `rust-src`, installed if missing.
 fn ensure_rust_src(toolchain: &str) -> anyhow::Result<()> {
     let installed = output(Command::new("rustup").args([
         "component",
@@ -116,13 +120,25 @@ fn ensure_rust_src(toolchain: &str) -> anyhow::Result<()> {
         "--installed",
         "--toolchain",
         toolchain,
-    ]))
-    .with_context(|| {
-        format!(
-            "the {toolchain} toolchain is not installed; install it with \
-             `rustup toolchain install {toolchain}`"
-        )
-    })?;
+    ]));
+    let installed = match installed {
+        Some(installed) => installed,
+        None => {
+            run_checked(
+                Command::new("rustup").args([
+                    "toolchain",
+                    "install",
+                    toolchain,
+                    "--profile",
+                    "minimal",
+                    "--component",
+                    "rust-src",
+                ]),
+                &format!("installing the {toolchain} toolchain"),
+            )?;
+            return Ok(());
+        }
+    };
     if installed.lines().any(|l| l.starts_with("rust-src")) {
         return Ok(());
     }

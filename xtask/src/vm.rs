@@ -59,6 +59,11 @@ impl Kernel {
 /// compares with is not explained there yet (the v1 host passes it).
 const CHURN_UNEXPLAINED_ON_V2: &[&str] = &["churn_leaves_no_phantoms"];
 
+/// On 6.1 the memcgs kept by the test's tmpfs files are listed, charged 1 MiB, but their LRU
+/// walk and statistics show no shmem pages: not explained yet.
+const ZOMBIE_SHMEM_UNEXPLAINED_ON_6_1: &[&str] =
+    &["removed_cgroups_kept_by_their_tmpfs_files_are_listed_until_the_files_go"];
+
 /// Tests that need the inventory and the sweep, which are off on Linux 7.x (see
 /// `kmemcg-agent/src/tracer.rs`).
 const NEEDS_SLAB_WALK: &[&str] = &[
@@ -74,7 +79,7 @@ const FOUR_LEVEL: &str = "max,la57=off";
 
 /// The kernels the tests run on: (name, Debian series, CPU model).
 pub const MATRIX: &[Kernel] = &[
-    Kernel::new("6.1-la57", "6.1", LA57),
+    Kernel::new("6.1-la57", "6.1", LA57).skipping(ZOMBIE_SHMEM_UNEXPLAINED_ON_6_1),
     Kernel::new("6.12-la57", "6.12", LA57),
     Kernel::new("6.18-la57", "6.18", LA57).skipping(CHURN_UNEXPLAINED_ON_V2),
     Kernel::new("6.18-4level", "6.18", FOUR_LEVEL).skipping(CHURN_UNEXPLAINED_ON_V2),
@@ -86,7 +91,8 @@ pub const MATRIX: &[Kernel] = &[
 /// One or two tests per feature, chosen to fit the VM budget (a few minutes per kernel under
 /// TCG): attribution against the kernel's memory.stat, cache names, percpu, objects from
 /// before the start (inventory), phantoms after churn (sweep), a pinned restart, a removed
-/// cgroup's objects moving to its parent (dying), and a freeze limit.
+/// cgroup's objects moving to its parent (dying), a freeze limit, and the memory cgroups the
+/// kernel keeps after removal (zombies).
 pub const TESTS: &[(&str, &[&str])] = &[
     (
         "core",
@@ -109,6 +115,10 @@ pub const TESTS: &[(&str, &[&str])] = &[
         &["a_removed_cgroups_objects_move_to_its_parent_until_freed"],
     ),
     ("limits", &["a_cgroup_past_its_limit_is_frozen"]),
+    (
+        "zombies",
+        &["removed_cgroups_kept_by_their_tmpfs_files_are_listed_until_the_files_go"],
+    ),
 ];
 
 /// How long a VM may run (boot and tests) before it is killed and counted as failed.

@@ -43,7 +43,7 @@ pub struct LimitArgs {
 
 /// Where reads and changes go: exactly the endpoints given (see [`LimitArgs`]). Environment
 /// variables count only when neither --addr nor --socket is on the command line.
-fn endpoints(
+pub(super) fn endpoints(
     addr: Option<String>,
     socket: Option<PathBuf>,
     env: impl Fn(&str) -> Option<String>,

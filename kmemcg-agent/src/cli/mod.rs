@@ -1,10 +1,12 @@
 //! The `kmemcg` command line: one module per subcommand.
 mod agent;
+mod leaks;
 mod limit;
 mod stat;
 mod top;
 
 use clap::{Parser, Subcommand};
+pub use leaks::text as leaks_text;
 
 /// kmemcg: per-cgroup kernel memory (slab and percpu), traced with eBPF.
 #[derive(Debug, Parser)]
@@ -26,6 +28,9 @@ pub enum Command {
     Top(top::TopArgs),
     /// Kernel-memory limits: notify, signal, freeze or kill a cgroup past a size.
     Limit(limit::LimitArgs),
+    /// Which kernel code holds a cgroup's new kernel memory, and since when: record its (and
+    /// its descendants') slab and percpu objects by call site and age for a while.
+    Leaks(leaks::LeaksArgs),
 }
 
 impl Cli {
@@ -41,5 +46,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Stat(args) => stat::run(args).await,
         Command::Top(args) => top::run(args).await,
         Command::Limit(args) => limit::run(args).await,
+        Command::Leaks(args) => leaks::run(args).await,
     }
 }

@@ -5,6 +5,8 @@ use anyhow::bail;
 use clap::Args;
 use comfy_table::{Cell, CellAlignment, Table, presets::NOTHING};
 
+mod dying;
+
 use crate::{
     api::{CgroupUsage, DEFAULT_LISTEN},
     client::Client,
@@ -23,12 +25,19 @@ pub struct StatArgs {
     /// Full cgroup paths: no shortened container ids, no fitting to the terminal's width.
     #[arg(long)]
     pub full: bool,
+    /// Removed cgroups instead: those whose objects kmemcg still tracks and those whose
+    /// memory cgroup the kernel still keeps, with what charges it and why.
+    #[arg(long, conflicts_with = "cgroup")]
+    pub dying: bool,
     /// Address of the agent.
     #[arg(long, default_value = DEFAULT_LISTEN, env = "KMEMCG_ADDR")]
     pub addr: String,
 }
 
 pub async fn run(args: StatArgs) -> anyhow::Result<()> {
+    if args.dying {
+        return dying::run(&args).await;
+    }
     let mut cgroups = Client::new(&args.addr).cgroups().await?;
     if let Some(path) = &args.cgroup {
         let path = crate::cgroup_path::normalize(path).map_err(anyhow::Error::msg)?;

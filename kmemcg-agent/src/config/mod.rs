@@ -9,6 +9,10 @@ use std::{
 
 use kmemcg_common::RootCgroupMode;
 use serde::Deserialize;
+use settings::{
+    AUDIT_FILE, CACHE_MIN_BYTES, DRY_RUN, INTERVAL, LISTEN, MAX_OBJECTS, MAX_STATS, ON_UNRELIABLE,
+    PIN_DIR, ROOT_CGROUP, SOCKET, STATE_DIR, STATE_FILE, TOP_CACHES, WRITE_TOKEN_FILE,
+};
 use thiserror::Error;
 
 use crate::{
@@ -16,7 +20,7 @@ use crate::{
     agent::AgentConfig,
     api::DEFAULT_LISTEN,
     cgroup_path,
-    limits::{LimitsConfig, Rule, RuleSpec},
+    limits::{LimitsConfig, OnUnreliable, Rule, RuleSpec},
     metrics::MetricsConfig,
     tracer::{DEFAULT_MAX_OBJECTS, TracerConfig, default_max_stats},
 };
@@ -90,7 +94,7 @@ pub struct FileApi {
 #[serde(deny_unknown_fields)]
 pub struct FileLimits {
     pub dry_run: Option<bool>,
-    pub on_unreliable: Option<String>,
+    pub on_unreliable: Option<OnUnreliable>,
     pub state_dir: Option<PathBuf>,
     pub state_file: Option<PathBuf>,
     pub audit_file: Option<PathBuf>,
@@ -106,27 +110,70 @@ pub struct FileMetrics {
     pub container_labels: Option<bool>,
 }
 
-/// Values given on the command line or in the environment (clap merges the two, flags first).
-#[derive(Clone, Debug, Default)]
+/// Values given on the command line or in the environment (clap merges the two, flags
+/// first). Flags, variables and help come from [`settings`]; ranges from the constants above.
+#[derive(Clone, Debug, Default, clap::Args)]
 pub struct Overrides {
+    #[arg(long = LISTEN.flag, env = LISTEN.env, help = LISTEN.flag_help())]
     pub listen: Option<SocketAddr>,
+    #[arg(long = INTERVAL.flag, env = INTERVAL.env, help = INTERVAL.flag_help(),
+          value_name = "SECONDS", value_parser = parse_interval)]
     pub interval_seconds: Option<f64>,
+    #[arg(long = MAX_OBJECTS.flag, env = MAX_OBJECTS.env, help = MAX_OBJECTS.flag_help(),
+          value_parser = clap::value_parser!(u32)
+              .range(MAX_OBJECTS_RANGE.0..=MAX_OBJECTS_RANGE.1))]
     pub max_objects: Option<u32>,
+    #[arg(long = MAX_STATS.flag, env = MAX_STATS.env, help = MAX_STATS.flag_help(),
+          value_parser = clap::value_parser!(u32)
+              .range(MAX_STATS_RANGE.0..=MAX_STATS_RANGE.1))]
     pub max_stats: Option<u32>,
+    #[arg(long = ROOT_CGROUP.flag, env = ROOT_CGROUP.env, help = ROOT_CGROUP.flag_help(),
+          value_parser = settings::names_parser(&RootCgroupMode::ALL, RootCgroupMode::as_str))]
     pub root_cgroup: Option<RootCgroupMode>,
+    #[arg(long = PIN_DIR.flag, env = PIN_DIR.env, help = PIN_DIR.flag_help(),
+          value_name = "DIR", conflicts_with = "no_pin")]
     pub pin_dir: Option<PathBuf>,
+    /// Do not pin maps, even if the config file says so.
+    #[arg(long)]
     pub no_pin: bool,
-    pub top_caches: Option<usize>,
+    #[arg(long = TOP_CACHES.flag, env = TOP_CACHES.env, help = TOP_CACHES.flag_help(),
+          value_parser = clap::value_parser!(u64).range(0..=TOP_CACHES_MAX as u64))]
+    pub top_caches: Option<u64>,
+    #[arg(long = CACHE_MIN_BYTES.flag, env = CACHE_MIN_BYTES.env,
+          help = CACHE_MIN_BYTES.flag_help())]
     pub cache_min_bytes: Option<u64>,
-    /// Enforcement in dry-run mode, whatever the config file says.
+    // Enforcement in dry-run mode, whatever the config file says.
+    #[arg(long = DRY_RUN.flag, env = DRY_RUN.env, help = DRY_RUN.flag_help())]
     pub dry_run: bool,
+    #[arg(long = STATE_DIR.flag, env = STATE_DIR.env, help = STATE_DIR.flag_help(),
+          value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    #[arg(long = STATE_FILE.flag, env = STATE_FILE.env, help = STATE_FILE.flag_help(),
+          value_name = "FILE")]
     pub limits_file: Option<PathBuf>,
+    #[arg(long = AUDIT_FILE.flag, env = AUDIT_FILE.env, help = AUDIT_FILE.flag_help(),
+          value_name = "FILE")]
     pub audit_file: Option<PathBuf>,
-    pub on_unreliable: Option<crate::limits::OnUnreliable>,
+    #[arg(long = ON_UNRELIABLE.flag, env = ON_UNRELIABLE.env, help = ON_UNRELIABLE.flag_help(),
+          value_parser = settings::names_parser(&OnUnreliable::ALL, OnUnreliable::as_str))]
+    pub on_unreliable: Option<OnUnreliable>,
+    #[arg(long = SOCKET.flag, env = SOCKET.env, help = SOCKET.flag_help(),
+          value_name = "PATH", conflicts_with = "no_socket")]
     pub socket: Option<PathBuf>,
+    /// Serve no unix socket: limits can then only be changed with the write token, or in the
+    /// config file.
+    #[arg(long)]
     pub no_socket: bool,
+    #[arg(long = WRITE_TOKEN_FILE.flag, env = WRITE_TOKEN_FILE.env,
+          help = WRITE_TOKEN_FILE.flag_help(), value_name = "FILE")]
     pub write_token_file: Option<PathBuf>,
+}
+
+fn parse_interval(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    check_interval(v).map(|_| v)
 }
 
 /// Reads and parses a config file.
@@ -306,6 +353,7 @@ pub fn resolve(
             max_stats: max_stats as u32,
             root_mode,
             pin_dir,
+            ledger: true,
         },
         metrics: MetricsConfig {
             top_caches: top_caches as usize,
@@ -371,13 +419,7 @@ fn resolve_limits(
                 .map_err(|r| bad(&format!("limits.rule[{i}] (path {})", spec.path), r))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let from_file = f
-        .on_unreliable
-        .as_deref()
-        .map(str::parse)
-        .transpose()
-        .map_err(|r| bad("limits.on_unreliable", r))?;
-    let on_unreliable = over.on_unreliable.or(from_file).unwrap_or_default();
+    let on_unreliable = over.on_unreliable.or(f.on_unreliable).unwrap_or_default();
     Ok(LimitsConfig {
         dry_run: over.dry_run || f.dry_run.unwrap_or(false),
         state_dir,
@@ -479,5 +521,6 @@ pub fn load(path: Option<&Path>, over: &Overrides) -> Result<AgentConfig, Config
     }
 }
 
+pub mod settings;
 #[cfg(test)]
 mod tests;

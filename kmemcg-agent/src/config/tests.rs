@@ -207,9 +207,12 @@ fn the_unreliable_fallback_is_read_and_checked() {
     let file = parse(Path::new(FILE), "[limits]\non_unreliable = \"kmemcg\"\n").expect("valid");
     let c = resolve(Some((Path::new(FILE), &file)), &Overrides::default()).expect("valid");
     assert_eq!(c.limits.on_unreliable, crate::limits::OnUnreliable::Kmemcg);
-    let e = resolve_err("[limits]\non_unreliable = \"guess\"\n");
+    // Typed in the file: rejected with its line when read.
+    let e = parse_err("[limits]\non_unreliable = \"guess\"\n");
     assert!(
-        e.contains("limits.on_unreliable") && e.contains("kernel or kmemcg"),
+        e.contains("line 2")
+            && e.contains("limits.on_unreliable")
+            && e.contains("kernel or kmemcg"),
         "{e}"
     );
 }

@@ -4,6 +4,7 @@ pub mod btf;
 pub mod caps;
 pub mod cgroupfs;
 pub mod kallsyms;
+pub mod memcg_layout;
 pub mod percpu_layout;
 pub mod slab_layout;
 pub mod vmalloc_layout;

@@ -6,38 +6,26 @@
 use btf_rs::{Btf, Type};
 use kmemcg_common::{SheafLayout, SlabLayout};
 
-use super::btf::enum_value;
+use super::{btf::enum_value, kallsyms::BaseSymbols};
 
 /// Bases of the 4-level x86_64 memory map without randomization (Documentation/arch/x86/
-/// x86_64/mm.rst); randomized kernels have variables holding them, found in /proc/kallsyms.
+/// x86_64/mm.rst); randomized kernels have variables holding them (see [`BaseSymbols`]).
 const DEFAULT_VMEMMAP_BASE: u64 = 0xffff_ea00_0000_0000;
 const DEFAULT_PAGE_OFFSET_BASE: u64 = 0xffff_8880_0000_0000;
 
-/// Reads the layout from the running kernel (its BTF given), or says why it cannot.
-pub fn from_running_kernel(btf: &Btf) -> Result<SlabLayout, String> {
+/// Reads the layout from the running kernel (its BTF and where its base variables are, from
+/// [`super::kallsyms::kernel_addresses`]), or says why it cannot.
+pub fn from_running_kernel(
+    btf: &Btf,
+    bases: &Result<BaseSymbols, String>,
+) -> Result<SlabLayout, String> {
     if !cfg!(target_arch = "x86_64") {
         return Err("the slab walk knows only the x86_64 memory map".into());
     }
     let mut layout = from_btf(btf)?;
-    let symbols = super::kallsyms::read();
-    let (vmemmap_symbol, page_offset_symbol) = (
-        super::kallsyms::address(&symbols, "vmemmap_base"),
-        super::kallsyms::address(&symbols, "page_offset_base"),
-    );
-    match (vmemmap_symbol, page_offset_symbol) {
-        (Some(0), _) | (_, Some(0)) => {
-            return Err(
-                "this kernel randomizes its memory map and /proc/kallsyms hides the \
-                        addresses of vmemmap_base and page_offset_base (give kmemcg \
-                        CAP_SYSLOG or run it as root)"
-                    .into(),
-            );
-        }
-        (vmemmap, page_offset) => {
-            layout.vmemmap_base_symbol = vmemmap.unwrap_or(0);
-            layout.page_offset_base_symbol = page_offset.unwrap_or(0);
-        }
-    }
+    let symbols = bases.clone()?;
+    layout.vmemmap_base_symbol = symbols.vmemmap_base;
+    layout.page_offset_base_symbol = symbols.page_offset_base;
     layout.vmemmap_base = DEFAULT_VMEMMAP_BASE;
     layout.page_offset_base = DEFAULT_PAGE_OFFSET_BASE;
     let zoneinfo = std::fs::read_to_string("/proc/zoneinfo")

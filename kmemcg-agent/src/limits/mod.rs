@@ -53,9 +53,10 @@ pub struct LimitsConfig {
     pub on_unreliable: OnUnreliable,
 }
 
-/// Where a cgroup's figures are unreliable (allocations dropped while it allocated).
+/// Where a cgroup's figures are unreliable (allocations dropped while it allocated). Spelled
+/// by [`OnUnreliable::as_str`] everywhere: flags, the config file, the API.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(try_from = "String", into = "&'static str")]
 pub enum OnUnreliable {
     /// The kernel's own charge where it is larger (memory.stat slab + percpu, or the v1 kmem
     /// counter, which also counts stacks and page tables): the limit is not evaded.
@@ -66,7 +67,9 @@ pub enum OnUnreliable {
 }
 
 impl OnUnreliable {
-    pub fn as_str(self) -> &'static str {
+    pub const ALL: [OnUnreliable; 2] = [Self::Kernel, Self::Kmemcg];
+
+    pub const fn as_str(self) -> &'static str {
         match self {
             OnUnreliable::Kernel => "kernel",
             OnUnreliable::Kmemcg => "kmemcg",
@@ -74,14 +77,26 @@ impl OnUnreliable {
     }
 }
 
+impl From<OnUnreliable> for &'static str {
+    fn from(value: OnUnreliable) -> Self {
+        value.as_str()
+    }
+}
+
+impl TryFrom<String> for OnUnreliable {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
 impl std::str::FromStr for OnUnreliable {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "kernel" => Ok(OnUnreliable::Kernel),
-            "kmemcg" => Ok(OnUnreliable::Kmemcg),
-            _ => Err(format!("`{s}` is not a fallback: use kernel or kmemcg")),
-        }
+        Self::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| format!("`{s}` is not a fallback: use kernel or kmemcg"))
     }
 }
 

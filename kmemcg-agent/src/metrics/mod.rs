@@ -411,6 +411,22 @@ fn agent_families(snapshot: &Snapshot) -> Vec<MetricFamily> {
         ),
         single(
             Family::gauge(
+                "kmemcg_kernel_dying_memcgs",
+                "Memory cgroups the kernel keeps after their removal (offline, not freed), as \
+                 its memcg tree shows them (0 where kmemcg cannot walk it, see the status).",
+            ),
+            s.kernel_dying_memcgs as f64,
+        ),
+        single(
+            Family::gauge(
+                "kmemcg_kernel_dying_memcg_bytes",
+                "Bytes still charged to the memory cgroups the kernel keeps after their removal \
+                 (page cache, tmpfs, anonymous and kernel memory; nested ones counted once).",
+            ),
+            s.kernel_dying_memcg_bytes as f64,
+        ),
+        single(
+            Family::gauge(
                 "kmemcg_known_cgroups",
                 "cgroups in the agent's tree: live ones, and removed ones still holding objects.",
             ),

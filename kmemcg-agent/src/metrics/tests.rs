@@ -219,6 +219,11 @@ fn a_gone_cgroup_loses_its_series_and_dying_totals_are_exported() {
     assert!(!text.contains("cgroup=\"/kmemcg-test-x\""));
     assert!(text.contains("kmemcg_dying_cgroups 1"));
     assert!(text.contains("kmemcg_dying_cgroup_bytes 1048576"));
+    gone.status.kernel_dying_memcgs = 20;
+    gone.status.kernel_dying_memcg_bytes = 20 << 20;
+    let text = render(&gone, &MetricsConfig::default());
+    assert!(text.contains("kmemcg_kernel_dying_memcgs 20"));
+    assert!(text.contains("kmemcg_kernel_dying_memcg_bytes 20971520"));
 
     // Two entries with one path (never both live, but a scrape must not fail): one series.
     let mut again = alive.clone();

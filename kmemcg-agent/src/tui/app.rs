@@ -7,6 +7,7 @@ use crossterm::event::{KeyCode, KeyEvent, KeyEventKind};
 
 use super::{
     keys::{self, Action},
+    leaks::{LeakPanel, Reading},
     model::{Model, Row},
     view::{Detail, Layout, Line, Mode, Shape, ViewState, lines},
 };
@@ -43,6 +44,7 @@ pub(crate) struct App {
     error: Option<String>,
     /// The drilled-in cgroup's history (path, history or why there is none).
     history: Option<(String, Result<CgroupHistory, String>)>,
+    leaks: LeakPanel,
 }
 
 impl App {
@@ -56,6 +58,7 @@ impl App {
             shape,
             error: None,
             history: None,
+            leaks: LeakPanel::default(),
         }
     }
 
@@ -74,6 +77,19 @@ impl App {
     pub(crate) fn history(&self) -> Option<&Result<CgroupHistory, String>> {
         let (path, history) = self.history.as_ref()?;
         (self.view.detail.as_ref()).and_then(|d| (d.path == *path).then_some(history))
+    }
+
+    pub(crate) fn leak_panel(&self) -> &LeakPanel {
+        &self.leaks
+    }
+
+    /// The cgroup the user asked to record, once.
+    pub(crate) fn take_leak_request(&mut self) -> Option<String> {
+        self.leaks.take_request()
+    }
+
+    pub(crate) fn set_leak_reading(&mut self, reading: Reading) {
+        self.leaks.update(reading);
     }
 
     pub(crate) fn settings(&self) -> &Settings {
@@ -205,6 +221,11 @@ impl App {
             Action::ToggleDyingOnly => shape.dying_only = !shape.dying_only,
             Action::ToggleBytes => v.exact = !v.exact,
             Action::TogglePause => v.paused = !v.paused,
+            Action::RecordLeaks => {
+                if let Some(d) = &v.detail {
+                    self.leaks.request(d.path.clone());
+                }
+            }
         }
         if self.view.shape != self.shape {
             self.relayout(selected);

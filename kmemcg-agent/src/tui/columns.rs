@@ -212,10 +212,18 @@ pub(crate) fn figures(model: &Model, exact: bool) -> [Figure; 7] {
             alarming: s.dropped > 0,
             ..figure("dropped", dropped(s.dropped, model))
         },
-        figure(
-            "dying",
-            format!("{} ({})", t.dying, fmt::size(t.dying_bytes, exact)),
-        ),
+        figure("dying", {
+            let mut value = format!("{} ({})", t.dying, fmt::size(t.dying_bytes, exact));
+            // The memory cgroups the kernel keeps, where kmemcg can list them.
+            if s.kernel_memcgs.available {
+                value.push_str(&format!(
+                    ", kernel keeps {} ({})",
+                    s.kernel_dying_memcgs,
+                    fmt::size(s.kernel_dying_memcg_bytes, exact)
+                ));
+            }
+            value
+        }),
     ]
 }
 

@@ -82,6 +82,8 @@ pub(crate) enum Action {
     ToggleDyingOnly,
     ToggleBytes,
     TogglePause,
+    /// Record the drilled-in cgroup's new objects by call site (`kmemcg leaks`).
+    RecordLeaks,
 }
 
 pub(crate) struct Binding {
@@ -148,6 +150,7 @@ const SORT_BY: &str = "sort by path, slab, percpu, total, change, allocs";
 const MOVE: &str = "move the selection";
 const JUMP: &str = "move by a page, to the first or last line";
 const SORT_SIDE: &str = "sort by the next column left or right (caches too)";
+const FILTER_ERASE: &str = "while filtering: delete a character, or all typed";
 const FOLD: &str = "collapse, expand or toggle a subtree (tree view)";
 
 /// Looked up in order: the first binding of the mode that has the key wins. The help lists
@@ -168,6 +171,8 @@ pub(crate) const BINDINGS: &[Binding] = &[
     bind(LISTS, &[ch('>'), ch('.')], Action::SortRight, SORT_SIDE).footer("sort", LISTS),
     bind(DETAIL, &[ESC, BACKSPACE, LEFT, ch('h')], Action::Back, "back from the caches to the table")
         .footer("back", DETAIL),
+    bind(DETAIL, &[ch('l')], Action::RecordLeaks, "record the cgroup's call sites for 60 s (leaks)")
+        .footer("leaks", DETAIL),
     bind(TABLE, &[ch('P')], Action::SortBy(SortKey::Path), SORT_BY),
     bind(TABLE, &[ch('S')], Action::SortBy(SortKey::Slab), SORT_BY),
     bind(TABLE, &[ch('C')], Action::SortBy(SortKey::Percpu), SORT_BY),
@@ -189,8 +194,9 @@ pub(crate) const BINDINGS: &[Binding] = &[
     bind(LISTS, &[ch('p')], Action::TogglePause, "pause or resume updates").footer("pause", LISTS),
     bind(FILTER, &[ENTER], Action::ApplyFilter, "while filtering: apply the filter").footer("apply", FILTER),
     bind(FILTER, &[ESC], Action::ClearFilter, "while filtering: clear the filter").footer("clear", FILTER),
-    bind(FILTER, &[BACKSPACE], Action::FilterBackspace, "while filtering: delete a character"),
-    bind(FILTER, &[Key::Ctrl('u')], Action::FilterErase, "while filtering: erase what was typed"),
+    // One help line for both, so that the help fits 24 lines.
+    bind(FILTER, &[BACKSPACE], Action::FilterBackspace, FILTER_ERASE),
+    bind(FILTER, &[Key::Ctrl('u')], Action::FilterErase, FILTER_ERASE),
     bind(FILTER, &[Key::Text], Action::FilterType, "while filtering: typed into the filter"),
 ];
 
@@ -383,7 +389,7 @@ mod tests {
         );
         assert_eq!(
             words(Mode::Detail),
-            "q quit ? help ↑↓ move <> sort Esc back b bytes p pause"
+            "q quit ? help ↑↓ move <> sort Esc back l leaks b bytes p pause"
         );
         assert_eq!(words(Mode::Help), "any key back");
         assert_eq!(words(Mode::Filter), "Enter apply Esc clear");

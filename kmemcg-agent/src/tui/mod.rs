@@ -4,11 +4,13 @@
 //! chose to see and the table's lines, [`app`] joins them for the live view, [`keys`] is the
 //! one table of keys, [`columns`] what is shown, [`render`] draws (generic over the ratatui
 //! backend), [`terminal`] owns and restores the terminal, [`source`] reads an agent or
-//! standalone eBPF programs, [`once`] prints readings for scripts.
+//! standalone eBPF programs, [`once`] prints readings for scripts, [`leaks`] records a
+//! drilled-in cgroup's call sites through the agent.
 pub(crate) mod app;
 mod columns;
 mod fmt;
 mod keys;
+mod leaks;
 mod model;
 pub(crate) mod once;
 mod render;
@@ -55,6 +57,8 @@ pub(crate) async fn run_live(mut source: Source, mut app: App) -> anyhow::Result
     // With a first snapshot already on screen, the next reading is one delay away, so that
     // rates are not taken over a few milliseconds.
     let seeded = app.model().received();
+    let leak_endpoints = source.agent_addr().map(leaks::endpoints);
+    let (leak_tx, mut leak_rx) = mpsc::channel::<leaks::Reading>(4);
     let fetcher = tokio::spawn(async move {
         if seeded {
             tokio::time::sleep(delay).await;
@@ -108,6 +112,14 @@ pub(crate) async fn run_live(mut source: Source, mut app: App) -> anyhow::Result
                         if app.handle_key(key) == Outcome::Quit {
                             return Ok(());
                         }
+                        if let Some(path) = app.take_leak_request() {
+                            match &leak_endpoints {
+                                Some(endpoints) => {
+                                    tokio::spawn(leaks::record(endpoints.clone(), path, leak_tx.clone()));
+                                }
+                                None => app.set_leak_reading((path, Err("leak recording needs the agent (not --standalone)".into()))),
+                            }
+                        }
                     }
                     Some(Ok(Event::Resize(..))) => {}
                     Some(Ok(_)) => continue,
@@ -120,6 +132,7 @@ pub(crate) async fn run_live(mut source: Source, mut app: App) -> anyhow::Result
                     None => anyhow::bail!("reading data stopped"),
                 },
                 Some((path, history)) = history_rx.recv() => app.set_history(path, history),
+                Some(reading) = leak_rx.recv() => app.set_leak_reading(reading),
                 _ = term.recv() => return Ok(()),
                 _ = hangup.recv() => return Ok(()),
             }

@@ -49,6 +49,14 @@ impl Source {
         })
     }
 
+    /// The agent's address, when reading one.
+    pub(crate) fn agent_addr(&self) -> Option<&str> {
+        match self {
+            Self::Agent { addr, .. } => Some(addr),
+            Self::Standalone { .. } => None,
+        }
+    }
+
     pub(crate) fn is_standalone(&self) -> bool {
         matches!(self, Self::Standalone { .. })
     }

@@ -50,6 +50,7 @@ pub(crate) fn dying(id: u64, path: &str, residual: u64, percpu: u64, ancestor: u
         removed_at: Some(1),
         charged_ancestor_id: ancestor,
         charged_ancestor_path: String::new(),
+        kernel_memcg: None,
     }
 }
 

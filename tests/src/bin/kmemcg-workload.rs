@@ -29,6 +29,9 @@ enum Work {
     CreateFiles { dir: PathBuf, count: u32 },
     /// Remove every file in DIR, then exit.
     DeleteFiles { dir: PathBuf },
+    /// Write BYTES bytes to the file PATH (its pages are charged to this process's memory
+    /// cgroup, and stay charged to it after the process exits), then exit.
+    WriteFile { path: PathBuf, bytes: usize },
     /// Create directories d0..d(COUNT-1) in DIR, then exit. In a cgroup v1 memory directory
     /// each is a memory cgroup whose percpu statistics the kernel charges to this process's
     /// memory cgroup.
@@ -82,6 +85,18 @@ enum Work {
         dir: PathBuf,
         count: u32,
     },
+    /// In phases PAUSE seconds apart: keep FILES files open (/dev/null: a `struct file`
+    /// each), create TMPFS_FILES files in DIR (a dentry and an inode each), open SOCKETPAIRS
+    /// Unix socketpairs and close half of them; then print `ready` and hold what is left until
+    /// stdin closes. For leak recording tests.
+    LeakPhases {
+        dir: PathBuf,
+        files: u32,
+        tmpfs_files: u32,
+        socketpairs: u32,
+        #[arg(long, default_value_t = 2.0)]
+        pause: f64,
+    },
     /// Allocation-heavy mix for the benchmark for SECONDS: open/close, create/unlink,
     /// sockets, pipes and percpu maps in DIR. Prints operations per second.
     Mix { dir: PathBuf, seconds: f64 },
@@ -95,6 +110,8 @@ fn main() -> anyhow::Result<()> {
     match args.work {
         Work::CreateFiles { dir, count } => create_files(&dir, count),
         Work::DeleteFiles { dir } => delete_files(&dir),
+        Work::WriteFile { path, bytes } => std::fs::write(&path, vec![0x5a; bytes])
+            .with_context(|| format!("writing {bytes} bytes to {}", path.display())),
         Work::MakeDirs { dir, count } => (0..count).try_for_each(|i| {
             let path = dir.join(format!("d{i}"));
             std::fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))
@@ -132,6 +149,19 @@ fn main() -> anyhow::Result<()> {
             mappings(count)?;
             hold(|| Ok(()))
         }
+        Work::LeakPhases {
+            dir,
+            files,
+            tmpfs_files,
+            socketpairs,
+            pause,
+        } => leak_phases(
+            &dir,
+            files,
+            tmpfs_files,
+            socketpairs,
+            Duration::from_secs_f64(pause),
+        ),
         Work::ChurnMix { dir, seconds } => churn_mix(&dir, Duration::from_secs_f64(seconds)),
         Work::ChurnUse {
             parents,
@@ -154,6 +184,42 @@ fn create_files(dir: &Path, count: u32) -> anyhow::Result<()> {
         let path = dir.join(format!("f{i}"));
         std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
     }
+    Ok(())
+}
+
+fn leak_phases(
+    dir: &Path,
+    files: u32,
+    tmpfs_files: u32,
+    socketpairs: u32,
+    pause: Duration,
+) -> anyhow::Result<()> {
+    let descriptors = (files + 2 * socketpairs + 64) as u64;
+    let limit = libc::rlimit {
+        rlim_cur: descriptors,
+        rlim_max: descriptors,
+    };
+    // SAFETY: a valid rlimit; raising the hard limit needs root, which the tests have.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        bail!(
+            "raising the open file limit to {descriptors}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    let open = (0..files)
+        .map(|_| std::fs::File::open("/dev/null"))
+        .collect::<Result<Vec<_>, _>>()
+        .context("opening /dev/null")?;
+    std::thread::sleep(pause);
+    create_files(dir, tmpfs_files)?;
+    std::thread::sleep(pause);
+    let mut pairs = (0..socketpairs)
+        .map(|_| std::os::unix::net::UnixStream::pair())
+        .collect::<Result<Vec<_>, _>>()
+        .context("creating socketpairs")?;
+    pairs.truncate((socketpairs - socketpairs / 2) as usize);
+    hold(|| Ok(()))?;
+    drop((open, pairs));
     Ok(())
 }
 

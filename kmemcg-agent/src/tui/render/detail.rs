@@ -16,18 +16,26 @@ use crate::tui::{
 };
 
 pub(super) fn render(frame: &mut Frame, area: Rect, app: &mut App) {
-    // The chart where there is room for it and the caches below.
-    let chart_height = if area.height >= history::HEIGHT + 6 {
+    // Below the heading: the leak panel while there is one, the chart where there is room
+    // for it, and the caches.
+    let panel = (app.view().detail.as_ref()).and_then(|d| app.leak_panel().lines(&d.path));
+    let panel_height = panel.as_ref().map_or(0, |l| l.len() as u16 + 1);
+    let chart_height = if area.height.saturating_sub(panel_height) >= history::HEIGHT + 6 {
         history::HEIGHT
     } else {
         0
     };
-    let [info, chart_area, table_area] = Layout::vertical([
+    let [info, leaks_area, chart_area, table_area] = Layout::vertical([
         Constraint::Length(2),
+        Constraint::Length(panel_height),
         Constraint::Length(chart_height),
         Constraint::Min(1),
     ])
     .areas(area);
+    if let Some(lines) = panel {
+        let text: Vec<Line> = lines.into_iter().map(Line::from).collect();
+        frame.render_widget(Paragraph::new(text), leaks_area);
+    }
     let height = table_area.height.saturating_sub(1) as usize;
     app.fit(height);
     let (view, model) = (app.view(), app.model());
@@ -106,10 +114,26 @@ pub(super) fn render(frame: &mut Frame, area: Rect, app: &mut App) {
             label("  unaccounted ".into()),
             Span::raw(fmt::size(u.unaccounted_bytes, exact)),
         ]),
-        Cgroup::Dying(d) => facts.extend([
-            label("  charged to ".into()),
-            Span::raw(d.charged_ancestor_path.clone()),
-        ]),
+        Cgroup::Dying(d) => {
+            facts.extend([
+                label("  charged to ".into()),
+                Span::raw(d.charged_ancestor_path.clone()),
+            ]);
+            // What the kernel still keeps of it, and why.
+            if let Some(k) = &d.kernel_memcg {
+                let kept = if k.alive_in_kernel {
+                    format!("kept, {} charged", fmt::size(k.charged_bytes, exact))
+                } else {
+                    "freed".into()
+                };
+                facts.extend([
+                    label("  kernel memcg ".into()),
+                    Span::raw(kept),
+                    label("  why ".into()),
+                    Span::raw(k.reason.clone()),
+                ]);
+            }
+        }
     }
     frame.render_widget(
         Paragraph::new(vec![Line::from(title), Line::from(facts)]),
@@ -306,6 +330,39 @@ mod tests {
         );
         // The caches table stays below the chart.
         assert!(find(&s, "BYTES▼").is_some_and(|l| l > growth), "{text}");
+    }
+
+    #[test]
+    fn a_memcg_the_kernel_keeps_says_why() {
+        let mut snap = snapshot(sample(), 1);
+        let mut gone = dying(9, "/gone", 0, 0, 2);
+        gone.caches.clear();
+        gone.kernel_memcg = Some(crate::api::KernelMemcgState {
+            alive_in_kernel: true,
+            charged_bytes: 1 << 20,
+            reason: "tmpfs/shmem files still charged: /t/f".into(),
+            ..Default::default()
+        });
+        snap.dying.push(gone);
+        let mut app = app_of(snap);
+        act(
+            &mut app,
+            &[
+                Action::ToggleLayout,
+                Action::ToggleDyingOnly,
+                Action::DrillIn,
+            ],
+        );
+        let s = screen(&mut app, 200, 12);
+        let text = s.join("\n");
+        assert!(
+            s[4].contains("kernel memcg kept, 1.00 MiB charged"),
+            "{text}"
+        );
+        assert!(
+            s[4].contains("why tmpfs/shmem files still charged: /t/f"),
+            "{text}"
+        );
     }
 
     #[test]

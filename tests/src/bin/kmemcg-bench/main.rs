@@ -10,6 +10,7 @@ mod report;
 
 use std::{
     process::{Command, Stdio},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -17,6 +18,7 @@ use anyhow::{Context as _, bail};
 use clap::Parser;
 use kmemcg_agent::{
     baseline::EmptyPrograms,
+    leaks::Leaks,
     sampler::Sampler,
     tracer::{Tracer, TracerConfig},
 };
@@ -51,17 +53,26 @@ enum Mode {
     Untraced,
     Empty,
     Kmemcg,
+    /// kmemcg with the bench cgroup's objects recorded by call site (`kmemcg leaks`).
+    Leaks,
     Deploy,
 }
 
 impl Mode {
-    const ALL: [Mode; 4] = [Mode::Untraced, Mode::Empty, Mode::Kmemcg, Mode::Deploy];
+    const ALL: [Mode; 5] = [
+        Mode::Untraced,
+        Mode::Empty,
+        Mode::Kmemcg,
+        Mode::Leaks,
+        Mode::Deploy,
+    ];
 
     fn label(self) -> &'static str {
         match self {
             Mode::Untraced => "no tracing",
             Mode::Empty => "empty programs (6 BTF tracepoints)",
             Mode::Kmemcg => "kmemcg",
+            Mode::Leaks => "kmemcg, recording the cgroup's leaks",
             Mode::Deploy => "kmemcg agent (deploy config)",
         }
     }
@@ -72,6 +83,7 @@ impl Mode {
             Mode::Untraced => "untraced",
             Mode::Empty => "empty",
             Mode::Kmemcg => "kmemcg",
+            Mode::Leaks => "leaks",
             Mode::Deploy => "deploy",
         }
     }
@@ -141,12 +153,22 @@ fn run(
     let empty = (mode == Mode::Empty)
         .then(EmptyPrograms::attach)
         .transpose()?;
-    let mut sampler = if mode == Mode::Kmemcg {
+    let mut sampler = if matches!(mode, Mode::Kmemcg | Mode::Leaks) {
         let mut config = TracerConfig::default();
         if let Some(max) = args.max_objects {
             config.max_objects = max;
         }
-        Some(Sampler::new(Tracer::start(config)?))
+        let mut tracer = Tracer::start(config)?;
+        let leaks = (mode == Mode::Leaks).then(|| {
+            let mount = tracer.cgroup2_mount().to_path_buf();
+            Arc::new(Leaks::new(&mut |name| tracer.take_map(name), mount))
+        });
+        let mut sampler = Sampler::new(tracer);
+        if let Some(leaks) = leaks {
+            leaks.start(cgroup.path(), Duration::from_secs(3600))?;
+            sampler.set_leaks(leaks);
+        }
+        Some(sampler)
     } else {
         None
     };

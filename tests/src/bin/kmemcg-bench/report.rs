@@ -82,13 +82,15 @@ pub fn report(modes: &[Mode], results: &[Results]) {
         kmemcg * 100.0,
         times_empty(kmemcg)
     );
-    if let Some(deploy) = added(Mode::Deploy) {
-        println!(
-            "added cost: {} {:.1}% ({:.2}x the empty programs' cost)",
-            Mode::Deploy.label(),
-            deploy * 100.0,
-            times_empty(deploy)
-        );
+    for mode in [Mode::Leaks, Mode::Deploy] {
+        if let Some(cost) = added(mode) {
+            println!(
+                "added cost: {} {:.1}% ({:.2}x the empty programs' cost)",
+                mode.label(),
+                cost * 100.0,
+                times_empty(cost)
+            );
+        }
     }
     per_program(modes, results);
 }

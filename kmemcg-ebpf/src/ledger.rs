@@ -1,0 +1,284 @@
+//! The ledger: accounted slab objects counted per (`obj_cgroup`, cache) from the owner record
+//! the kernel keeps for each (`slab->obj_exts[i].objcg`, `slab->memcg_data` before 6.10). The
+//! record is set before the allocation tracepoints fire and still set when the free ones fire,
+//! and the allocator has just touched it, so both hooks find the owner in a few cached reads
+//! and no object needs an entry of its own. When a cgroup is removed the kernel moves its
+//! `obj_cgroup` to the parent; the agent does the same with the counts.
+//!
+//! A recount (the truth walk, `recount_slab`) finds the objects made before the hooks attached
+//! and corrects what was freed without a free tracepoint: it counts every record into the
+//! slots' shadow counters, page frame by page frame, while the hooks add what they see on
+//! slabs already counted (below the cursor) to the shadow counters too. Once it is done the
+//! shadow is exact, and the agent keeps (shadow - live) as the slot's correction.
+use aya_ebpf::{macros::map, maps::Array};
+use kmemcg_common::{LedgerState, StatsKey};
+
+use crate::{SlotCgroup, charge, global, stats_slot, truth::SLAB_LAYOUT};
+
+#[map]
+static LEDGER_STATE: Array<LedgerState> = Array::with_max_entries(1, 0);
+
+/// A field of the load-time slab layout.
+macro_rules! layout {
+    ($field:ident) => {
+        // SAFETY: a field of a static of the program.
+        unsafe { core::ptr::read_volatile(&raw const SLAB_LAYOUT.$field) }
+    };
+}
+
+#[inline(always)]
+fn read<T>(addr: u64) -> Option<T> {
+    // SAFETY: the fault-safe helper; a failed read yields None.
+    unsafe { aya_ebpf::helpers::bpf_probe_read_kernel(addr as *const T) }.ok()
+}
+
+/// What an allocation or free hook knows of the object's cache.
+pub struct CacheInfo {
+    /// `struct kmem_cache` address; 0 when the hook does not know it (kmalloc, kfree).
+    pub cache: u64,
+    pub size: u32,
+    pub red_left_pad: u32,
+}
+
+impl CacheInfo {
+    pub const UNKNOWN: Self = Self {
+        cache: 0,
+        size: 0,
+        red_left_pad: 0,
+    };
+}
+
+/// An accounted slab object: its owner and cache, and where its slab is.
+struct Owned {
+    objcg: u64,
+    cache: u64,
+    size: u64,
+    slab_pfn: u64,
+}
+
+/// The state, when the ledger is on.
+#[inline(always)]
+fn state() -> Option<*mut LedgerState> {
+    let state = LEDGER_STATE.get_ptr_mut(0)?;
+    // SAFETY: the map's only value.
+    (unsafe { core::ptr::read_volatile(&raw const (*state).enabled) } != 0).then_some(state)
+}
+
+/// Where the `struct page` array and the direct map start: read from the kernel's variables
+/// (randomized layouts) by the first hook that needs them, then kept.
+#[inline(always)]
+fn bases(state: *mut LedgerState) -> Option<(u64, u64)> {
+    // SAFETY: the map's only value; every CPU writes the same numbers.
+    unsafe {
+        let vmemmap = core::ptr::read_volatile(&raw const (*state).vmemmap);
+        if vmemmap != 0 {
+            return Some((
+                vmemmap,
+                core::ptr::read_volatile(&raw const (*state).page_offset),
+            ));
+        }
+        let (vmemmap, page_offset) = learn_bases()?;
+        core::ptr::write_volatile(&raw mut (*state).page_offset, page_offset);
+        core::ptr::write_volatile(&raw mut (*state).vmemmap, vmemmap);
+        Some((vmemmap, page_offset))
+    }
+}
+
+#[inline(never)]
+fn learn_bases() -> Option<(u64, u64)> {
+    let symbol = layout!(vmemmap_base_symbol);
+    let vmemmap = if symbol != 0 {
+        read::<u64>(symbol)?
+    } else {
+        layout!(vmemmap_base)
+    };
+    let symbol = layout!(page_offset_base_symbol);
+    let page_offset = if symbol != 0 {
+        read::<u64>(symbol)?
+    } else {
+        layout!(page_offset_base)
+    };
+    (vmemmap != 0).then_some((vmemmap, page_offset))
+}
+
+/// A little-endian field of `size` bytes at `offset` in a copy of a `struct slab`.
+#[inline(always)]
+fn field(block: &[u64; 8], offset: u32, size: u32) -> Option<u64> {
+    let word = *block.get((offset / 8) as usize)?;
+    let shift = (offset % 8) * 8;
+    let value = word >> shift;
+    Some(if size >= 8 {
+        value
+    } else {
+        value & ((1u64 << (size * 8)) - 1)
+    })
+}
+
+/// The owner record of the object at `ptr`, if it lies in a slab whose records name an
+/// `obj_cgroup` for it.
+#[inline(always)]
+fn owned(state: *mut LedgerState, ptr: u64, known: &CacheInfo) -> Option<Owned> {
+    let (vmemmap, page_offset) = bases(state)?;
+    let shift = layout!(page_shift);
+    let pfn = ptr.checked_sub(page_offset)? >> shift;
+    if pfn >= layout!(max_pfn) {
+        return None;
+    }
+    let page_size = layout!(struct_page_size) as u64;
+    // One read for the object's page; a second for its head page when it is a tail.
+    let mut block: [u64; 8] = read(vmemmap + pfn * page_size)?;
+    let info = field(&block, layout!(page_compound_head_offset), 8)?;
+    let mut slab_pfn = pfn;
+    if info & 1 != 0 {
+        let high = info & !1;
+        let is_mask = high != 0 && high | high.wrapping_sub(1) == u64::MAX;
+        let page = vmemmap + pfn * page_size;
+        let head = if is_mask { page & info } else { info - 1 };
+        slab_pfn = head.checked_sub(vmemmap)?.checked_div(page_size)?;
+        block = read(head)?;
+    }
+    let pg_slab = layout!(pg_slab_mask);
+    let is_slab = if pg_slab != 0 {
+        field(&block, layout!(page_flags_offset), 8)? & pg_slab != 0
+    } else {
+        field(&block, layout!(slab_page_type_offset), 4)? >> 24 == layout!(pgty_slab) as u64
+    };
+    if !is_slab {
+        return None;
+    }
+    let exts = field(&block, layout!(slab_obj_exts_offset), 8)? & !layout!(obj_exts_flags_mask);
+    if exts == 0 {
+        return None;
+    }
+    let cache = field(&block, layout!(slab_cache_offset), 8)?;
+    let (size, red_left_pad) = if known.cache != 0 {
+        if known.cache != cache {
+            return None;
+        }
+        (known.size as u64, known.red_left_pad as u64)
+    } else {
+        (
+            read::<u32>(cache + global(&crate::KMEM_CACHE_SIZE_OFFSET) as u64)? as u64,
+            read::<u32>(cache + layout!(kmem_cache_red_left_pad_offset) as u64)? as u64,
+        )
+    };
+    if size == 0 {
+        return None;
+    }
+    let first = page_offset + (slab_pfn << shift) + red_left_pad;
+    let index = ptr.checked_sub(first)?.checked_div(size)?;
+    let stride = record_stride(&block, size)?;
+    if stride == 0 {
+        return None;
+    }
+    let objcg: u64 = read(exts + index * stride + layout!(obj_ext_objcg_offset) as u64)?;
+    (objcg != 0).then_some(Owned {
+        objcg,
+        cache,
+        size,
+        slab_pfn,
+    })
+}
+
+/// Bytes between two owner records (see `truth::owner_record_stride`), from the slab's copy.
+#[inline(always)]
+fn record_stride(block: &[u64; 8], size: u64) -> Option<u64> {
+    let stride_offset = layout!(slab_stride_offset);
+    if stride_offset != 0 {
+        return field(block, stride_offset, 4);
+    }
+    let (in_object, needs_objcg) = (
+        layout!(slab_obj_exts_in_object_shift),
+        layout!(slab_obj_exts_needs_objcg_shift),
+    );
+    if in_object != 0 || needs_objcg != 0 {
+        let word = field(block, layout!(slab_counters_offset), 8)?;
+        if in_object != 0 && (word >> in_object) & 1 != 0 {
+            return Some(size);
+        }
+        if needs_objcg != 0 && (word >> needs_objcg) & 1 == 0 {
+            return Some(0);
+        }
+    }
+    Some(layout!(obj_ext_size) as u64)
+}
+
+/// Counts an allocation (`sign` 1) or a free (-1) of `ptr` in the ledger when the kernel's
+/// owner record names an `obj_cgroup` for it; false when it does not (the object is then the
+/// live-object table's).
+#[inline(always)]
+pub fn count(ptr: u64, known: &CacheInfo, sign: i64) -> bool {
+    let Some(state) = state() else {
+        return false;
+    };
+    let Some(owned) = owned(state, ptr, known) else {
+        return false;
+    };
+    let key = StatsKey {
+        owner: owned.objcg,
+        cache_id: owned.cache,
+        cgroup_id: 0,
+    };
+    let cgroup = SlotCgroup::OfObjcg {
+        objcg: owned.objcg,
+        current_task: sign > 0,
+    };
+    let Some((_, stats)) = stats_slot(&key, true, cgroup) else {
+        crate::with_global_counters(|c| c.dropped_stats_full += 1);
+        // Taken all the same: the table does not know the object either.
+        return true;
+    };
+    // SAFETY: this CPU's counters.
+    let stats = unsafe { &mut *stats };
+    if sign > 0 {
+        stats.allocs += 1;
+    } else {
+        stats.frees += 1;
+    }
+    // Live figures only: every object of a ledger slot is accounted, the agent knows.
+    charge(stats, owned.size, false, sign);
+    // SAFETY: the map's only value.
+    let cursor = unsafe { core::ptr::read_volatile(&raw const (*state).recount_cursor) };
+    if owned.slab_pfn < cursor {
+        crate::atomic_add(&mut stats.shadow_objects, sign);
+        crate::atomic_add(&mut stats.shadow_bytes, sign * owned.size as i64);
+    }
+    true
+}
+
+/// The recount's part for one owner record found set: counted into its slot's shadow.
+#[inline(always)]
+pub fn recount_object(objcg: u64, cache: u64, size: u64) -> bool {
+    let key = StatsKey {
+        owner: objcg,
+        cache_id: cache,
+        cgroup_id: 0,
+    };
+    let cgroup = SlotCgroup::OfObjcg {
+        objcg,
+        current_task: false,
+    };
+    let Some((_, stats)) = stats_slot(&key, true, cgroup) else {
+        return false;
+    };
+    // SAFETY: this CPU's counters.
+    let stats = unsafe { &mut *stats };
+    crate::atomic_add(&mut stats.shadow_objects, 1);
+    crate::atomic_add(&mut stats.shadow_bytes, size as i64);
+    true
+}
+
+/// Marks the page frames below `pfn` recounted.
+#[inline(always)]
+pub fn advance_cursor(pfn: u64) {
+    if let Some(state) = LEDGER_STATE.get_ptr_mut(0) {
+        // SAFETY: the map's only value; written by the recount only (one at a time).
+        unsafe { core::ptr::write_volatile(&raw mut (*state).recount_cursor, pfn) };
+    }
+}
+
+/// True when the ledger is on (the recount counts into it rather than into the table).
+#[inline(always)]
+pub fn enabled() -> bool {
+    state().is_some()
+}
