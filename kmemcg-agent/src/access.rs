@@ -176,7 +176,7 @@ pub async fn guard_writes(
             next.run(request).await
         }
         Err((status, message)) => {
-            tracing::warn!(peer = ?peer, method = %request.method(), path = %request.uri().path(), reason = %message, "write refused");
+            tracing::warn!(peer = %peer, method = %request.method(), path = %request.uri().path(), reason = %message, "write refused");
             let kind = refusal_kind(status);
             (status, Json(json!({"error": message, "kind": kind}))).into_response()
         }

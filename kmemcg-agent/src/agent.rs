@@ -18,6 +18,7 @@ use crate::{
     access::{ApiConfig, WriteAccess},
     api::Snapshot,
     error::StartError,
+    history::History,
     leaks::Leaks,
     limits::{self, Enforcer, LimitsConfig},
     listener::{self, Bounded, Peer},
@@ -101,11 +102,13 @@ pub async fn run_with_reload(
     let (tx, rx) = watch::channel(Arc::new(first));
     let stop = Arc::new(AtomicBool::new(false));
     let settings = Arc::new(Settings::new(config.metrics.clone(), config.interval));
+    let history = Arc::new(History::default());
     let sampling = spawn_sampling(
         sampler,
         tx,
         settings.clone(),
         enforcer.clone(),
+        history.clone(),
         stop.clone(),
     );
     let reloading = hup.map(|(hup, reload)| {
@@ -118,7 +121,9 @@ pub async fn run_with_reload(
         ))
     });
 
-    let state = AppState::new(rx, settings, enforcer).with_leaks(leaks);
+    let state = AppState::new(rx, settings, enforcer)
+        .with_history(history)
+        .with_leaks(leaks);
     let (closing, closed) = watch::channel(false);
     let stopped = move || {
         let mut closed = closed.clone();
@@ -137,7 +142,9 @@ pub async fn run_with_reload(
     });
     let app = server::router(state, WriteAccess::Tcp { token })
         .into_make_service_with_connect_info::<Peer>();
-    tracing::info!(listen = %config.listen, socket = ?config.api.socket, "kmemcg agent serving");
+    let socket =
+        (config.api.socket.as_ref()).map_or_else(|| "none".into(), |p| p.display().to_string());
+    tracing::info!(listen = %config.listen, socket = %socket, "kmemcg agent serving");
     let served = axum::serve(Bounded::new(tcp), app)
         .with_graceful_shutdown(async move {
             shutdown.await;
@@ -182,12 +189,18 @@ async fn reload_on_sighup(
         };
         let restart_only = restart_only_changes(&current, &new);
         if !restart_only.is_empty() {
-            tracing::warn!(keys = ?restart_only, "these settings take effect only at the next start");
+            tracing::warn!(keys = %restart_only.join(", "), "these settings take effect only at the next start");
         }
         settings.set_metrics_config(new.metrics.clone());
         settings.set_interval(new.interval);
         enforcer.reconfigure(&new.limits, protected);
-        tracing::info!(interval = ?new.interval, metrics = ?new.metrics, "configuration reloaded");
+        tracing::info!(
+            interval_seconds = new.interval.as_secs_f64(),
+            top_caches = new.metrics.top_caches,
+            cache_min_bytes = %crate::units::iec(new.metrics.cache_min_bytes),
+            container_labels = new.metrics.container_labels,
+            "configuration reloaded"
+        );
         current = AgentConfig {
             listen: current.listen,
             api: current.api.clone(),
@@ -261,6 +274,7 @@ fn spawn_sampling(
     tx: watch::Sender<Arc<Snapshot>>,
     settings: Arc<Settings>,
     enforcer: Arc<Enforcer>,
+    history: Arc<History>,
     stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
@@ -280,6 +294,9 @@ fn spawn_sampling(
                 Ok(snapshot) => {
                     let headroom = enforcer.evaluate(&snapshot.cgroups);
                     sampler.watch(&headroom);
+                    history.record(&snapshot, settings.interval(), History::now(), |path| {
+                        enforcer.covers(path)
+                    });
                     tx.send_replace(Arc::new(snapshot));
                 }
                 Err(e) => tracing::warn!(error = %e, "reading the eBPF maps failed"),

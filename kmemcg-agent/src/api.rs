@@ -131,6 +131,70 @@ pub struct CacheUsage {
     pub accounted_bytes: u64,
     pub allocs: u64,
     pub frees: u64,
+    /// Other caches the kernel merged into this one (`/sys/kernel/slab/<name>` links to the
+    /// same cache): their objects are counted here, e.g. `UNIX` in `signal_cache`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub merged: Vec<String>,
+    /// Size of one object, as `slabtop` shows it (`/sys/kernel/slab/<name>/object_size`);
+    /// null for percpu memory, `kmalloc-large` or where sysfs does not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_size: Option<u64>,
+}
+
+impl CacheUsage {
+    /// The name with the caches merged into it, as people look for them:
+    /// `signal_cache (UNIX, UNIX-STREAM)`.
+    pub fn display_name(&self) -> String {
+        if self.merged.is_empty() {
+            self.name.clone()
+        } else {
+            format!("{} ({})", self.name, self.merged.join(", "))
+        }
+    }
+}
+
+/// How a cgroup got where it is: `GET /api/v1/history?cgroup=PATH`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CgroupHistory {
+    pub id: u64,
+    pub path: String,
+    /// Milliseconds between points (the sampling interval), and the span kept, in seconds.
+    pub interval_ms: u64,
+    pub window_seconds: u64,
+    /// Oldest first.
+    pub points: Vec<HistoryPoint>,
+    /// The cgroup's largest caches at the last point, largest first, with their bytes a
+    /// minute apart (and at the latest sample) and how much they grew over the points kept.
+    pub caches: Vec<CacheHistory>,
+}
+
+/// One sample of a cgroup's history; figures recursive (it and its descendants), as the
+/// kernel's are.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryPoint {
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    pub slab_bytes: u64,
+    pub percpu_bytes: u64,
+    /// What the kernel's memcg charged (`kernel` of `KernelMemory`); null without a figure.
+    pub kernel_bytes: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheHistory {
+    pub name: String,
+    /// Bytes at the last point minus bytes at the first point that has the cache (0 bytes
+    /// where it was not among the cgroup's largest then).
+    pub growth_bytes: i64,
+    /// Oldest first.
+    pub points: Vec<CachePoint>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachePoint {
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    pub bytes: u64,
 }
 
 /// A removed cgroup whose objects are still alive: `GET /api/v1/dying`.
@@ -340,9 +404,7 @@ impl<T> From<&Result<T, String>> for Correction {
             reason: result.as_ref().err().cloned(),
         }
     }
-
 }
-
 
 /// The walk of the kernel's memory cgroups (for the dying ones it keeps).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

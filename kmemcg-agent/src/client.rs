@@ -7,7 +7,7 @@ use anyhow::{Context as _, anyhow};
 use serde::de::DeserializeOwned;
 
 use crate::{
-    api::{CgroupUsage, DyingCgroup, LeakRequest, LeakView, Status},
+    api::{CgroupHistory, CgroupUsage, DyingCgroup, LeakRequest, LeakView, Status},
     files::{self, Private},
     limits::{LimitRule, RuleSpec, audit::AuditRecord},
 };
@@ -100,6 +100,12 @@ impl Client {
 
     pub async fn limits(&self) -> anyhow::Result<Vec<LimitRule>> {
         self.get("/api/v1/limits").await
+    }
+
+    /// The cgroup's history, if the agent keeps one.
+    pub async fn history(&self, path: &str) -> anyhow::Result<CgroupHistory> {
+        let query = percent_encoding::utf8_percent_encode(path, percent_encoding::NON_ALPHANUMERIC);
+        self.get(&format!("/api/v1/history?cgroup={query}")).await
     }
 
     pub async fn enforcement(&self) -> anyhow::Result<Vec<AuditRecord>> {

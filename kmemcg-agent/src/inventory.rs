@@ -93,13 +93,22 @@ pub fn run(tracer: &mut Tracer) -> InventoryStatus {
         Err(e) => status.reason = Some(format!("cannot read the inventory's counters: {e}")),
     }
     status.available = status.reason.is_none();
+    // What was found but not taken is said too: objects of memory cgroups with no cgroup v2
+    // twin can be most of it.
+    let iec = crate::units::iec;
     tracing::info!(
-        duration_ms = status.duration_ms,
-        objects = status.objects_added,
-        bytes = status.bytes_added,
-        percpu_bytes = status.percpu_bytes_found,
+        seconds = %format!("{:.1}", status.duration_ms / 1000.0),
+        found = %format!("{} objects, {}", status.objects_found, iec(status.bytes_found)),
+        taken = %format!("{} objects, {}", status.objects_added, iec(status.bytes_added)),
+        percpu = %iec(status.percpu_bytes_found),
         already_tracked = status.already_tracked,
-        "inventory of objects allocated before start"
+        not_attributed = %format!(
+            "{} objects, {} (no cgroup v2 twin, or the root while untracked)",
+            status.unmapped_objects,
+            iec(status.unmapped_bytes)
+        ),
+        dropped = status.dropped,
+        "inventory of objects allocated before start done"
     );
     status
 }

@@ -62,6 +62,20 @@ pub enum Peer {
     },
 }
 
+/// For logs: `tcp 127.0.0.1:40312`, `unix uid 0 pid 1234`.
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Peer::Tcp(addr) => write!(f, "tcp {addr}"),
+            Peer::Unix {
+                uid,
+                pid: Some(pid),
+            } => write!(f, "unix uid {uid} pid {pid}"),
+            Peer::Unix { uid, pid: None } => write!(f, "unix uid {uid}"),
+        }
+    }
+}
+
 /// A TCP or unix listener with the bounds above.
 pub struct Bounded<L> {
     inner: L,

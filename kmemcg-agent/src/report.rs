@@ -315,13 +315,16 @@ mod tests {
             allocs: live_objects.max(0) as u64 + 1,
             frees: 1,
             budgets: 0,
+            shadow_objects: 0,
+            shadow_bytes: 0,
         }
     }
 
     fn key(cgroup_id: u64, cache_id: u64) -> StatsKey {
         StatsKey {
-            cgroup_id,
+            owner: cgroup_id,
             cache_id,
+            cgroup_id,
         }
     }
 

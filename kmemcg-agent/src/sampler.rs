@@ -17,11 +17,12 @@ use crate::{
     error::ReadError,
     kernel,
     kernel_figures::{KernelFigures, KernelFiguresCache},
-    leaks::Leaks,
     kernel_memcgs::KernelMemcgs,
+    leaks::Leaks,
     limits::Headroom,
     recount::Recount,
     report::{self, Report},
+    slab_names::SlabNames,
     sweep::Sweeper,
     tracer::Tracer,
     unreliable::Unreliable,
@@ -40,6 +41,7 @@ pub struct Sampler {
     lost_cgroup_events: u64,
     kernel_figures: KernelFiguresCache,
     unreliable: Unreliable,
+    slab_names: SlabNames,
     sweeper: Sweeper,
     /// The ledger's periodic recount (None when the ledger is off).
     recount: Option<Recount>,
@@ -61,6 +63,7 @@ impl Sampler {
         Self {
             kernel_figures,
             unreliable: Unreliable::default(),
+            slab_names: SlabNames::default(),
             tracer,
             tree,
             started: Instant::now(),
@@ -161,6 +164,10 @@ impl Sampler {
             self.tracer.collector().cache_names(),
             self.tree.nodes(),
             self.tree.root_id(),
+        );
+        self.slab_names.annotate(
+            (cgroups.iter_mut().flat_map(|c| c.caches.iter_mut()))
+                .chain(dying.iter_mut().flat_map(|d| d.caches.iter_mut())),
         );
         let c = &raw.counters;
         self.unreliable

@@ -26,6 +26,7 @@ use tokio::sync::watch;
 use crate::{
     access::{Caller, WriteAccess, guard_writes},
     api::Snapshot,
+    history::History,
     limits::{self, Enforcer, RuleSpec},
     metrics::{self, Exporter, MetricsConfig, gzip::GzipPrefix},
 };
@@ -81,6 +82,7 @@ pub struct AppState {
     enforcer: Arc<Enforcer>,
     exporter: Arc<Exporter>,
     encoded: Arc<Encodings>,
+    history: Arc<History>,
     /// Leak recordings (the agent's; None where nothing records).
     leaks: Option<Arc<crate::leaks::Leaks>>,
 }
@@ -93,8 +95,14 @@ impl AppState {
             enforcer,
             exporter: Arc::new(Exporter::default()),
             encoded: Arc::default(),
+            history: Arc::default(),
             leaks: None,
         }
+    }
+
+    /// Serves the history the sampling loop records.
+    pub fn with_history(self, history: Arc<History>) -> Self {
+        Self { history, ..self }
     }
 
     /// Serves `/api/v1/leaks` with these recordings.
@@ -206,6 +214,7 @@ pub fn router(state: AppState, access: WriteAccess) -> Router {
             get(limits).post(set_limit).delete(remove_limit),
         )
         .route("/api/v1/enforcement", get(enforcement))
+        .route("/api/v1/history", get(history))
         .route("/api/v1/leaks", get(leaks::list).post(leaks::start))
         .route("/api/v1/leaks/{id}", get(leaks::view).delete(leaks::stop))
         .route("/metrics", get(prometheus))
@@ -276,6 +285,39 @@ async fn remove_limit(
             json(&json!({"removed": q.path, "warning": e.to_string()}))
         }
         Err(e) => limits_error(&e),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct HistoryQuery {
+    cgroup: String,
+}
+
+/// `GET /api/v1/history?cgroup=/foo`: 404 for a cgroup whose history is not kept.
+async fn history(
+    State(state): State<AppState>,
+    query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let error = |status: StatusCode, text: String| (status, Json(json!({"error": text})));
+    let Ok(Query(q)) = query else {
+        let text = "say which cgroup: /api/v1/history?cgroup=/path/from/the/cgroup/root";
+        return error(StatusCode::BAD_REQUEST, text.into()).into_response();
+    };
+    let path = match crate::cgroup_path::normalize(&q.cgroup) {
+        Ok(path) => path,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e).into_response(),
+    };
+    match state.history.of(&path) {
+        Some(h) => json(&h),
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no history is kept for cgroup {path}: the agent keeps one for the {} largest \
+                 cgroups and those under limit rules, from when they became one of them",
+                crate::history::MAX_CGROUPS
+            ),
+        )
+        .into_response(),
     }
 }
 

@@ -22,7 +22,10 @@ use crate::{
     error::{ReadError, StartError},
     inventory,
     kernel::{
-        self, btf::KernelLayout, caps, cgroupfs, kallsyms::KernelAddresses,
+        self,
+        btf::KernelLayout,
+        caps, cgroupfs,
+        kallsyms::KernelAddresses,
         memcg_layout::{self, MemcgFacts},
         percpu_layout, slab_layout, vmalloc_layout,
     },
@@ -127,6 +130,8 @@ impl Tracer {
         if EBPF_OBJECT.is_empty() {
             return Err(StartError::NoProgramsEmbedded);
         }
+        let started = std::time::Instant::now();
+        tracing::info!("loading the eBPF programs (the kernel verifies them: a few seconds)");
         let live_slots = config.max_objects.next_power_of_two();
         let live_slot_mask = live_slots - 1;
         let stats_slots = config.max_stats.next_power_of_two();
@@ -319,9 +324,14 @@ impl Tracer {
         let cgroup_events = take_ring(&mut ebpf, CGROUP_EVENTS)?;
         let limit_events = take_ring(&mut ebpf, LIMIT_EVENTS)?;
         let collector = Collector::new(&mut ebpf, stats_slots as usize, possible_cpus as usize)?;
-        tracing::info!(hooks = ?hooks, root_mode = ?config.root_mode, "eBPF programs attached");
+        tracing::info!(
+            seconds = %format!("{:.1}", started.elapsed().as_secs_f64()),
+            hooks = hooks.len(),
+            root_mode = %config.root_mode.as_str(),
+            "eBPF programs verified and attached"
+        );
         if let Some(p) = &pinned {
-            tracing::info!(dir = %p.dir().display(), reused = ?p.reused(), "maps pinned");
+            tracing::info!(dir = %p.dir().display(), reused = %p.reused().join(","), "maps pinned");
         }
         let mut tracer = Self {
             ebpf,
@@ -344,6 +354,7 @@ impl Tracer {
             pinned,
         };
         tracer.cpu_freelists = crate::sweep::find_cpu_offsets(&mut tracer);
+        tracing::info!("taking the inventory of objects allocated before start");
         tracer.inventory = inventory::run(&mut tracer);
         Ok(tracer)
     }

@@ -2,15 +2,23 @@
 //! allocations were dropped (a full map) may be charged less than it holds, and so may its
 //! ancestors, whose totals include it. Once marked, a cgroup stays marked while the agent
 //! lists it: its untracked objects may live on.
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    time::{Duration, Instant},
+};
 
 use crate::api::CgroupUsage;
+
+/// Drops are logged at most this often: a full map drops on every sample.
+const WARN_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Default)]
 pub struct Unreliable {
     dropped: u64,
     allocs: HashMap<u64, u64>,
     marked: HashSet<u64>,
+    /// When drops were last logged, and the host's drops then.
+    warned: Option<(Instant, u64)>,
 }
 
 impl Unreliable {
@@ -42,6 +50,25 @@ impl Unreliable {
         }
         for c in cgroups.iter_mut() {
             c.unreliable = with_ancestors.contains(&c.id);
+        }
+        self.warn(dropped, with_ancestors.len());
+    }
+
+    /// Says in the log that figures are short, when drops start and then once a minute while
+    /// they go on.
+    fn warn(&mut self, dropped: u64, marked: usize) {
+        let before = self.warned.map_or(0, |(_, d)| d);
+        let due = self.warned.is_none_or(|(at, _)| at.elapsed() >= WARN_EVERY);
+        if dropped > before && due {
+            tracing::warn!(
+                dropped = dropped - before,
+                dropped_total = dropped,
+                cgroups = marked,
+                "allocations were dropped because a map is full: the figures of the cgroups \
+                 that allocated meanwhile (and their ancestors) may be short, marked unreliable \
+                 (raise --max-objects or --max-stats)"
+            );
+            self.warned = Some((Instant::now(), dropped));
         }
     }
 }

@@ -626,8 +626,9 @@ mod tests {
         for cgroup in 0..5000u64 {
             for cache in 0..12u64 {
                 let key = StatsKey {
-                    cgroup_id: 10_000 + cgroup,
+                    owner: 10_000 + cgroup,
                     cache_id: 0xffff_8880_0100_0000 + 0x200 * cache,
+                    cgroup_id: 10_000 + cgroup,
                 };
                 let first = stats_slot_hash(&key);
                 let free = (0..STATS_PROBES)
@@ -658,8 +659,9 @@ mod tests {
         let mut slots = [0u32; 256];
         for (i, slot) in slots.iter_mut().enumerate() {
             let key = StatsKey {
-                cgroup_id: 5000 + i as u64 / 8,
+                owner: 5000 + i as u64 / 8,
                 cache_id: 0xffff_8880_0100_0000 + 0x100 * (i as u64 % 8),
+                cgroup_id: 5000 + i as u64 / 8,
             };
             *slot = stats_slot_hash(&key) & 4095;
         }

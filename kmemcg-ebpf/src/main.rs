@@ -34,8 +34,8 @@ use kmemcg_common::{
     live_slot_hash, stats_probe_offset, stats_slot_hash,
 };
 
-mod ledger;
 mod leaks;
+mod ledger;
 mod truth;
 mod zombies;
 

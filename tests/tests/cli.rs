@@ -126,3 +126,100 @@ fn stat_shows_a_cgroup_as_table_and_json() {
     assert_eq!(output.status.code(), Some(1));
     assert!(stderr(&output).contains("no data for cgroup /kmemcg-test-no-such-cgroup"));
 }
+
+#[test]
+fn a_limit_without_a_size_names_both_size_flags() {
+    let output = kmemcg(&["limit", "set", "/kmemcg-test-x", "--action", "notify"]);
+    assert_eq!(output.status.code(), Some(2));
+    let err = stderr(&output);
+    assert!(
+        err.contains("--max <MAX>|--max-kernel <MAX_KERNEL>"),
+        "{err}"
+    );
+    // Where to reach the agent is optional, and the usage line says so.
+    let usage = err
+        .lines()
+        .find(|l| l.starts_with("Usage:"))
+        .unwrap_or_default();
+    assert!(
+        !usage.contains("--addr") && !usage.contains("--socket"),
+        "{err}"
+    );
+}
+
+#[test]
+fn help_is_wrapped() {
+    for command in [
+        &["agent", "--help"][..],
+        &["limit", "set", "--help"],
+        &["top", "--help"],
+    ] {
+        let output = kmemcg(command);
+        assert!(output.status.success(), "{command:?}");
+        let text = String::from_utf8_lossy(&output.stdout);
+        // Not a terminal: clap wraps at 100 columns.
+        let widest = text.lines().map(|l| l.chars().count()).max().unwrap_or(0);
+        assert!(
+            widest <= 100,
+            "{command:?}: a line of {widest} characters:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn stat_names_the_caches_the_kernel_merged() {
+    require_root();
+    let Ok(target) = std::fs::read_link("/sys/kernel/slab/UNIX") else {
+        eprintln!("UNIX is a cache of its own on this kernel: nothing merged to show");
+        return;
+    };
+    let agent = AgentProcess::start(&[]);
+    let cgroup = TestCgroup::new("merged");
+    let sockets = cgroup.hold(&["socketpairs", "500"]);
+    let is_unix = |c: &kmemcg_agent::api::CacheUsage| {
+        c.name == "UNIX" || c.merged.iter().any(|m| m == "UNIX")
+    };
+    let usage = agent
+        .wait_for(
+            cgroup.path(),
+            Duration::from_secs(20),
+            "sockets charged",
+            |u| u.is_some_and(|u| u.caches.iter().any(|c| is_unix(c) && c.objects >= 500)),
+        )
+        .expect("usage");
+    let cache = usage
+        .caches
+        .iter()
+        .find(|c| is_unix(c))
+        .expect("the sockets' cache");
+    let size: u64 = std::fs::read_to_string("/sys/kernel/slab/UNIX/object_size")
+        .expect("object_size")
+        .trim()
+        .parse()
+        .expect("a number");
+    assert_eq!(cache.object_size, Some(size), "{cache:?}");
+    // Every name linking to the same cache is listed, the cache's own name aside.
+    for entry in std::fs::read_dir("/sys/kernel/slab").expect("sysfs") {
+        let entry = entry.expect("entry");
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if std::fs::read_link(entry.path()).ok().as_ref() == Some(&target) && name != cache.name {
+            assert!(cache.merged.contains(&name), "{name} missing: {cache:?}");
+        }
+    }
+    let output = kmemcg(&[
+        "stat",
+        "--addr",
+        &agent.addr().to_string(),
+        "--cgroup",
+        cgroup.path(),
+    ]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with(&cache.name))
+        .unwrap_or_else(|| panic!("no {} line: {text}", cache.name));
+    if cache.name != "UNIX" {
+        assert!(line.contains("UNIX"), "{text}");
+    }
+    sockets.release();
+}

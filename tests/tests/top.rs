@@ -57,6 +57,13 @@ impl Tmux {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
+    /// The screen with lines the terminal wrapped joined again: a line longer than the pane
+    /// is output that did not fit.
+    fn unwrapped_screen(&self) -> String {
+        let output = self.tmux(&["capture-pane", "-p", "-J", "-t", &self.name]);
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
     /// True while the program in the pane uses the alternate screen.
     fn alternate_screen(&self) -> bool {
         let output = self.tmux(&["display-message", "-p", "-t", &self.name, "#{alternate_on}"]);
@@ -305,7 +312,7 @@ fn top_standalone_loads_its_own_programs() {
     );
     let err = String::from_utf8_lossy(&output.stderr);
     assert!(
-        err.contains("only allocations since kmemcg top started"),
+        err.contains("standalone: since start, plus what the inventory found"),
         "{err}"
     );
     let text = String::from_utf8_lossy(&output.stdout);
@@ -385,4 +392,187 @@ fn top_lists_a_removed_cgroup_under_the_ancestor_it_is_charged_to() {
         .and_then(|d| d.split_whitespace().next()?.parse().ok())
         .unwrap_or(0);
     assert!(dying >= 1, "{text}");
+}
+
+/// Starts `kmemcg top` against `agent` in the pane, refreshing every half second.
+fn start_top(tmux: &Tmux, agent: &AgentProcess, flags: &str) {
+    tmux.wait_for("the shell prompt", |s| s.contains('$'));
+    tmux.type_text(&format!(
+        "{} top --addr {} --delay 0.5 {flags}; echo top-exited-$?",
+        kmemcg_bin().display(),
+        agent.addr()
+    ));
+    tmux.press("Enter");
+    tmux.wait_for("the table", |s| s.contains("CGROUP"));
+}
+
+/// Types a filter and applies it (Enter), which selects the first match.
+fn filter(tmux: &Tmux, text: &str) {
+    tmux.type_text("/");
+    tmux.wait_for("the filter prompt", |s| s.contains("filter: "));
+    tmux.type_text(text);
+    tmux.press("Enter");
+    tmux.wait_for("the applied filter", |s| {
+        s.contains(&format!("filter \"{text}\""))
+    });
+}
+
+/// Bytes of a size as top draws it (`48.8 KiB`, `0 B`).
+fn bytes_of(number: &str, unit: &str) -> Option<f64> {
+    let scale = match unit {
+        "B" => 1.0,
+        "KiB" => 1024.0,
+        "MiB" => 1024.0 * 1024.0,
+        "GiB" => 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    let number = number.trim_start_matches('≥');
+    number.parse::<f64>().ok().map(|n| n * scale)
+}
+
+/// The sizes of a table line, left to right (SLAB, PERCPU, TOTAL; rates are not sizes).
+fn sizes(line: &str) -> Vec<f64> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    words
+        .windows(2)
+        .filter_map(|w| bytes_of(w[0], w[1]))
+        .collect()
+}
+
+#[test]
+fn top_tree_shows_a_parents_subtree_total() {
+    require_root();
+    let agent = AgentProcess::start(&[]);
+    let tmpfs = Tmpfs::new();
+    let parent = TestCgroup::new("tree");
+    let leaf = TestCgroup::under(&parent, "leaf");
+    leaf.run(&["create-files", &tmpfs.sub("tree"), "1000"]);
+    agent.wait_for(leaf.path(), Duration::from_secs(20), "files charged", |u| {
+        u.is_some_and(|u| cache_objects(u, &["dentry"]) >= 1000)
+    });
+    let parent_name = parent.path().trim_start_matches('/').to_string();
+
+    let tmux = Tmux::new(140, 30);
+    start_top(&tmux, &agent, "");
+    filter(&tmux, &parent_name);
+    // The leaf's row once its files are on it (the largest cache may be the inodes').
+    let screen = tmux.wait_for("the parent and its leaf", |s| {
+        s.contains(&parent_name)
+            && s.lines().any(|l| {
+                l.contains("leaf") && sizes(l).get(2).is_some_and(|t| *t >= 1000.0 * 192.0)
+            })
+    });
+    let line = |needle: &str| {
+        screen
+            .lines()
+            .find(|l| l.contains(needle) && !l.contains("filter \""))
+            .unwrap_or_else(|| panic!("no line with {needle}: {screen}"))
+    };
+    let (parent_sizes, leaf_sizes) = (sizes(line(&parent_name)), sizes(line("leaf")));
+    assert!(parent_sizes.len() >= 3 && leaf_sizes.len() >= 3, "{screen}");
+    // TOTAL is the third size: the parent allocated nothing itself, yet adds up its leaf.
+    let (parent_total, leaf_total) = (parent_sizes[2], leaf_sizes[2]);
+    assert!(leaf_total >= 1000.0 * 192.0, "{screen}");
+    assert!(
+        parent_total >= leaf_total,
+        "the parent's row is its subtree's total: {screen}"
+    );
+
+    // Flat, the parent's row is its own figures: less than its leaf's.
+    tmux.type_text("t");
+    let screen = tmux.wait_for("the flat list", |s| s.contains("  flat"));
+    let own = screen
+        .lines()
+        .find(|l| l.contains(&parent_name) && !l.contains("leaf") && !l.contains("filter"))
+        .map(sizes);
+    if let Some(own) = own.filter(|o| o.len() >= 3) {
+        assert!(own[2] < leaf_total, "{screen}");
+    }
+    tmux.type_text("q");
+    tmux.wait_for("the shell after quitting", |s| s.contains("top-exited-0"));
+}
+
+#[test]
+fn top_drill_in_charts_the_history() {
+    require_root();
+    let agent = AgentProcess::start(&[]);
+    let tmpfs = Tmpfs::new();
+    let cgroup = files_cgroup(&agent, &tmpfs, "chart");
+    let name = cgroup.path().trim_start_matches('/').to_string();
+    // More files while the history is kept: the dentries grow.
+    cgroup.run(&["create-files", &tmpfs.sub("chart-more"), "2000"]);
+
+    let tmux = Tmux::new(120, 40);
+    start_top(&tmux, &agent, "");
+    filter(&tmux, &name);
+    tmux.press("Enter");
+    let screen = tmux.wait_for("the history chart", |s| {
+        s.contains("history, last") && s.contains("growth of the top caches")
+    });
+    let braille = screen
+        .chars()
+        .filter(|c| ('\u{2801}'..='\u{28ff}').contains(c))
+        .count();
+    assert!(braille >= 10, "{braille} braille dots: {screen}");
+    for word in ["slab", "percpu", "kernel", "now"] {
+        assert!(screen.contains(word), "{word}: {screen}");
+    }
+    // The dentries' growth beside the chart.
+    let growth = screen
+        .lines()
+        .skip_while(|l| !l.contains("growth of the top caches"))
+        .find(|l| l.contains("dentry"))
+        .unwrap_or_else(|| panic!("no dentry growth: {screen}"));
+    assert!(growth.contains("+"), "{screen}");
+    // The caches below it, as before.
+    assert!(
+        screen.contains("CACHE") && screen.contains("OBJ SIZE"),
+        "{screen}"
+    );
+    tmux.type_text("q");
+    tmux.wait_for("the shell after quitting", |s| s.contains("top-exited-0"));
+}
+
+#[test]
+fn stat_fits_an_80_column_terminal() {
+    require_root();
+    let agent = AgentProcess::start(&[]);
+    let tmpfs = Tmpfs::new();
+    let cgroup = files_cgroup(
+        &agent,
+        &tmpfs,
+        "stat-with-a-rather-long-name-for-80-columns",
+    );
+    let tmux = Tmux::new(80, 50);
+    tmux.wait_for("the shell prompt", |s| s.contains('$'));
+    tmux.type_text(&format!(
+        "clear; {} stat --addr {}; echo stat-exited-$?",
+        kmemcg_bin().display(),
+        agent.addr()
+    ));
+    tmux.press("Enter");
+    tmux.wait_for("stat's table", |s| s.contains("stat-exited-0"));
+    let screen = tmux.unwrapped_screen();
+    let table: Vec<&str> = screen
+        .lines()
+        .skip_while(|l| !l.contains("CGROUP"))
+        .take_while(|l| !l.contains("stat-exited"))
+        .collect();
+    assert!(table.len() >= 2, "{screen}");
+    for line in &table {
+        assert!(
+            line.chars().count() <= 80,
+            "{} columns: {line}\n{screen}",
+            line.chars().count()
+        );
+    }
+    assert!(
+        table[0].contains("SLAB") && table[0].contains("PERCPU"),
+        "{screen}"
+    );
+    // The long path is shortened in the middle, its end kept.
+    let name = cgroup.path().trim_start_matches('/');
+    let tail: String = name.chars().skip(name.chars().count() - 8).collect();
+    assert!(table.iter().any(|l| l.contains(&tail)), "{tail}: {screen}");
+    assert!(table.iter().any(|l| l.contains("TOTAL (")), "{screen}");
 }

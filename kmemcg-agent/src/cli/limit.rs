@@ -108,13 +108,16 @@ pub enum LimitCommand {
 }
 
 #[derive(Debug, Args)]
+#[command(group(
+    clap::ArgGroup::new("size").required(true).multiple(true).args(["max", "max_kernel"])
+))]
 pub struct SetArgs {
     /// cgroup path from the cgroup v2 root (/kubepods.slice/foo), or a glob whose * stays
     /// within one component (/kubepods.slice/*/*).
     pub path: String,
     /// Limit on the recursive slab + percpu bytes kmemcg traces, e.g. 8M, 512K, 1G (powers
     /// of 1024).
-    #[arg(long, value_parser = size, required_unless_present = "max_kernel")]
+    #[arg(long, value_parser = size)]
     pub max: Option<u64>,
     /// Limit on all of the cgroup's kernel memory: what the kernel's memcg charges it (slab,
     /// percpu, kernel stacks, page tables, vmalloc) plus kmemcg's unaccounted bytes.
@@ -218,13 +221,14 @@ pub async fn run(args: LimitArgs) -> anyhow::Result<()> {
                 let mut t = Table::new();
                 t.load_preset(NOTHING).set_header(vec![
                     "TIME", "CGROUP", "RULE", "USAGE", "LIMIT", "ACTION", "DRY RUN", "OUTCOME",
+                    "BY",
                 ]);
                 for r in &records {
                     t.add_row(vec![
                         crate::timefmt::local_datetime(r.time),
                         r.cgroup.clone(),
                         r.rule.clone(),
-                        iec(r.usage_bytes),
+                        usage_cell(r),
                         iec(r.limit_bytes),
                         match &r.signal {
                             Some(s) => format!("{} {s}", r.action),
@@ -232,6 +236,7 @@ pub async fn run(args: LimitArgs) -> anyhow::Result<()> {
                         },
                         r.dry_run.to_string(),
                         r.outcome.clone(),
+                        r.by.clone().unwrap_or_else(|| "-".into()),
                     ]);
                 }
                 println!("{t}");
@@ -239,6 +244,18 @@ pub async fn run(args: LimitArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A rule change measured nothing: no usage. A usage that dropped allocations may leave
+/// short says so (`≥`).
+fn usage_cell(r: &limits::audit::AuditRecord) -> String {
+    if r.action.starts_with("limit-") {
+        "-".into()
+    } else if r.unreliable {
+        format!("≥{}", iec(r.usage_bytes))
+    } else {
+        iec(r.usage_bytes)
+    }
 }
 
 pub fn rules_table(rules: &[LimitRule]) -> Table {

@@ -63,6 +63,9 @@ pub async fn run(args: StatArgs) -> anyhow::Result<()> {
             .flatten()
             .map(|(columns, _)| usize::from(columns));
         println!("{}", fitted_cgroups_table(&cgroups, !args.full, width));
+        if let Some(note) = short_note(&cgroups) {
+            println!("{note}");
+        }
         if args.cgroup.is_some() {
             println!();
             println!("{}", caches_table(&cgroups[0]));
@@ -125,8 +128,102 @@ fn ellipsize(path: &str, max: usize) -> String {
     out
 }
 
-/// The cgroups table with container ids shortened (`shorten`) and the paths ellipsized so that
-/// it fits `width` columns, when given.
+/// A column of the cgroups table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StatColumn {
+    Cgroup,
+    Slab,
+    Objects,
+    Percpu,
+    Accounted,
+    Unaccounted,
+    Allocs,
+    Frees,
+    TopCache,
+}
+
+impl StatColumn {
+    const ALL: [StatColumn; 9] = [
+        StatColumn::Cgroup,
+        StatColumn::Slab,
+        StatColumn::Objects,
+        StatColumn::Percpu,
+        StatColumn::Accounted,
+        StatColumn::Unaccounted,
+        StatColumn::Allocs,
+        StatColumn::Frees,
+        StatColumn::TopCache,
+    ];
+
+    /// Left out first when the terminal is narrow (`--full` or `--json` give them all).
+    const DROP_ORDER: [StatColumn; 6] = [
+        StatColumn::Frees,
+        StatColumn::Allocs,
+        StatColumn::Unaccounted,
+        StatColumn::Objects,
+        StatColumn::Accounted,
+        StatColumn::TopCache,
+    ];
+
+    fn title(self) -> &'static str {
+        match self {
+            StatColumn::Cgroup => "CGROUP",
+            StatColumn::Slab => "SLAB",
+            StatColumn::Objects => "OBJECTS",
+            StatColumn::Percpu => "PERCPU",
+            StatColumn::Accounted => "ACCOUNTED",
+            StatColumn::Unaccounted => "UNACCOUNTED",
+            StatColumn::Allocs => "ALLOCS",
+            StatColumn::Frees => "FREES",
+            StatColumn::TopCache => "TOP CACHE",
+        }
+    }
+
+    /// The cell of `c`; byte figures that may be short are marked.
+    fn cell(self, c: &CgroupUsage) -> String {
+        let bytes = |b: u64| {
+            let mark = if c.unreliable { SHORT_MARK } else { "" };
+            format!("{mark}{}", iec(b))
+        };
+        match self {
+            StatColumn::Cgroup => c.path.clone(),
+            StatColumn::Slab => bytes(c.slab_bytes),
+            StatColumn::Objects => c.slab_objects.to_string(),
+            StatColumn::Percpu => bytes(c.percpu_bytes),
+            StatColumn::Accounted => bytes(c.accounted_bytes),
+            StatColumn::Unaccounted => bytes(c.unaccounted_bytes),
+            StatColumn::Allocs => c.allocs.to_string(),
+            StatColumn::Frees => c.frees.to_string(),
+            StatColumn::TopCache => c.top_cache().map_or("-".into(), |t| t.display_name()),
+        }
+    }
+
+    /// The total row's cell: the sum of the rows.
+    fn total(self, cgroups: &[CgroupUsage]) -> String {
+        let sum = |f: fn(&CgroupUsage) -> u64| cgroups.iter().map(f).sum::<u64>();
+        match self {
+            StatColumn::Cgroup => format!("TOTAL ({} cgroups)", cgroups.len()),
+            StatColumn::Slab => iec(sum(|c| c.slab_bytes)),
+            StatColumn::Objects => sum(|c| c.slab_objects).to_string(),
+            StatColumn::Percpu => iec(sum(|c| c.percpu_bytes)),
+            StatColumn::Accounted => iec(sum(|c| c.accounted_bytes)),
+            StatColumn::Unaccounted => iec(sum(|c| c.unaccounted_bytes)),
+            StatColumn::Allocs => sum(|c| c.allocs).to_string(),
+            StatColumn::Frees => sum(|c| c.frees).to_string(),
+            StatColumn::TopCache => String::new(),
+        }
+    }
+}
+
+/// Put before byte figures that allocations dropped (a full map) may leave short.
+const SHORT_MARK: &str = "≥";
+
+/// The paths give up characters down to this before columns are left out.
+const MIN_PATH: usize = 24;
+
+/// The cgroups table with container ids shortened (`shorten`), fitted to `width` columns when
+/// given: paths ellipsized down to [`MIN_PATH`] characters, then the least needed columns left
+/// out.
 pub fn fitted_cgroups_table(cgroups: &[CgroupUsage], shorten: bool, width: Option<usize>) -> Table {
     let mut rows = cgroups.to_vec();
     if shorten {
@@ -134,70 +231,71 @@ pub fn fitted_cgroups_table(cgroups: &[CgroupUsage], shorten: bool, width: Optio
             c.path = shorten_ids(&c.path);
         }
     }
-    let table = cgroups_table(&rows);
+    let mut columns = StatColumn::ALL.to_vec();
+    let table = cgroups_table_of(&rows, &columns);
     let Some(width) = width else {
         return table;
     };
-    let widest = table.lines().map(|l| l.chars().count()).max().unwrap_or(0);
-    if widest <= width {
+    let widest = |t: &Table| t.lines().map(|l| l.chars().count()).max().unwrap_or(0);
+    if widest(&table) <= width {
         return table;
     }
-    let longest = rows
-        .iter()
-        .map(|c| c.path.chars().count())
+    let longest = (rows.iter().map(|c| c.path.chars().count()))
         .max()
         .unwrap_or(0);
-    // The paths give up what is missing, down to 24 characters.
-    let max = longest.saturating_sub(widest - width).max(24);
-    for c in &mut rows {
-        c.path = ellipsize(&c.path, max);
+    let mut drop = StatColumn::DROP_ORDER.iter();
+    loop {
+        let table = cgroups_table_of(&rows, &columns);
+        let over = widest(&table).saturating_sub(width);
+        let max = longest.saturating_sub(over).max(MIN_PATH);
+        let fitted: Vec<CgroupUsage> = (rows.iter())
+            .map(|c| CgroupUsage {
+                path: ellipsize(&c.path, max),
+                ..c.clone()
+            })
+            .collect();
+        let table = cgroups_table_of(&fitted, &columns);
+        match drop.next() {
+            Some(column) if widest(&table) > width => columns.retain(|c| c != column),
+            _ => return table,
+        }
     }
-    cgroups_table(&rows)
+}
+
+#[cfg(test)]
+fn cgroups_table(cgroups: &[CgroupUsage]) -> Table {
+    cgroups_table_of(cgroups, &StatColumn::ALL)
 }
 
 /// One row per cgroup and, for more than one, a total: the own figures of different cgroups
 /// never overlap, so their sum is what the listed cgroups hold.
-pub fn cgroups_table(cgroups: &[CgroupUsage]) -> Table {
-    let mut t = table(&[
-        "CGROUP",
-        "SLAB",
-        "OBJECTS",
-        "PERCPU",
-        "ACCOUNTED",
-        "UNACCOUNTED",
-        "ALLOCS",
-        "FREES",
-        "TOP CACHE",
-    ]);
+fn cgroups_table_of(cgroups: &[CgroupUsage], columns: &[StatColumn]) -> Table {
+    let titles: Vec<&str> = columns.iter().map(|c| c.title()).collect();
+    let mut t = table(&titles);
+    if let Some(i) = columns.iter().position(|c| *c == StatColumn::TopCache)
+        && let Some(col) = t.column_mut(i)
+    {
+        col.set_cell_alignment(CellAlignment::Left);
+    }
     for c in cgroups {
-        t.add_row(vec![
-            Cell::new(&c.path),
-            Cell::new(iec(c.slab_bytes)),
-            Cell::new(c.slab_objects),
-            Cell::new(iec(c.percpu_bytes)),
-            Cell::new(iec(c.accounted_bytes)),
-            Cell::new(iec(c.unaccounted_bytes)),
-            Cell::new(c.allocs),
-            Cell::new(c.frees),
-            Cell::new(c.top_cache().map_or("-", |t| t.name.as_str()))
-                .set_alignment(CellAlignment::Left),
-        ]);
+        t.add_row(columns.iter().map(|col| Cell::new(col.cell(c))));
     }
     if cgroups.len() > 1 {
-        let sum = |f: fn(&CgroupUsage) -> u64| cgroups.iter().map(f).sum::<u64>();
-        t.add_row(vec![
-            Cell::new(format!("TOTAL ({} cgroups)", cgroups.len())),
-            Cell::new(iec(sum(|c| c.slab_bytes))),
-            Cell::new(sum(|c| c.slab_objects)),
-            Cell::new(iec(sum(|c| c.percpu_bytes))),
-            Cell::new(iec(sum(|c| c.accounted_bytes))),
-            Cell::new(iec(sum(|c| c.unaccounted_bytes))),
-            Cell::new(sum(|c| c.allocs)),
-            Cell::new(sum(|c| c.frees)),
-            Cell::new(""),
-        ]);
+        t.add_row(columns.iter().map(|col| Cell::new(col.total(cgroups))));
     }
     t
+}
+
+/// Says what the mark on short figures means, when a listed cgroup has them.
+fn short_note(cgroups: &[CgroupUsage]) -> Option<String> {
+    let short = cgroups.iter().filter(|c| c.unreliable).count();
+    (short > 0).then(|| {
+        format!(
+            "{SHORT_MARK} {short} of {} cgroups may hold more than shown: allocations were \
+             dropped (a full map) while they or their descendants allocated",
+            cgroups.len()
+        )
+    })
 }
 
 /// The caches holding something now; those with no live object (only past allocations) are
@@ -220,13 +318,22 @@ fn kernel_line(c: &CgroupUsage) -> String {
 }
 
 pub fn caches_table(cgroup: &CgroupUsage) -> Table {
-    let mut t = table(&["CACHE", "BYTES", "OBJECTS", "ACCOUNTED", "ALLOCS", "FREES"]);
+    let mut t = table(&[
+        "CACHE",
+        "BYTES",
+        "OBJECTS",
+        "OBJ SIZE",
+        "ACCOUNTED",
+        "ALLOCS",
+        "FREES",
+    ]);
     let empty = cgroup.caches.iter().filter(|c| c.bytes == 0).count();
     for c in cgroup.caches.iter().filter(|c| c.bytes > 0) {
         t.add_row(vec![
-            Cell::new(&c.name),
+            Cell::new(c.display_name()),
             Cell::new(iec(c.bytes)),
             Cell::new(c.objects),
+            Cell::new(c.object_size.map_or("-".into(), iec)),
             Cell::new(iec(c.accounted_bytes)),
             Cell::new(c.allocs),
             Cell::new(c.frees),
@@ -336,6 +443,44 @@ mod tests {
         );
         let one = fitted_cgroups_table(&rows[..1], true, None).to_string();
         assert!(!one.contains("TOTAL"), "{one}");
+    }
+
+    #[test]
+    fn eighty_columns_leave_out_columns_rather_than_wrap() {
+        let mut rows = vec![
+            usage(POD, 2 << 30),
+            usage("/system.slice/systemd-journald.service", 123_456_789),
+        ];
+        rows[0].caches = vec![CacheUsage {
+            name: "kmalloc-cg-1k".into(),
+            bytes: 2 << 30,
+            ..Default::default()
+        }];
+        rows[0].allocs = 123_456_789_012;
+        rows[0].frees = 123_456_789_000;
+        rows[0].unreliable = true;
+        let text = fitted_cgroups_table(&rows, true, Some(80)).to_string();
+        for line in text.lines() {
+            assert!(line.chars().count() <= 80, "{line}\n{text}");
+        }
+        let head = text.lines().next().expect("header");
+        for kept in ["CGROUP", "SLAB", "PERCPU", "TOP CACHE"] {
+            assert!(head.contains(kept), "{kept}: {text}");
+        }
+        assert!(!head.contains("FREES"), "{text}");
+        assert!(
+            text.contains("≥2 GiB") && text.contains("kmalloc-cg-1k"),
+            "{text}"
+        );
+        let note = short_note(&rows).expect("a note");
+        assert!(note.starts_with("≥ 1 of 2 cgroups"), "{note}");
+        assert!(short_note(&rows[1..]).is_none());
+        // Wide enough: everything.
+        let wide = fitted_cgroups_table(&rows, true, Some(300)).to_string();
+        assert!(
+            wide.contains("FREES") && wide.contains("UNACCOUNTED"),
+            "{wide}"
+        );
     }
 
     #[test]

@@ -24,8 +24,9 @@ pub struct TopArgs {
     /// Address of the agent to read.
     #[arg(long, default_value = DEFAULT_LISTEN, env = "KMEMCG_ADDR")]
     addr: String,
-    /// Load the eBPF programs in this process instead of reading an agent (needs root). Only
-    /// allocations made since it started are shown.
+    /// Load the eBPF programs in this process instead of reading an agent (needs root). Objects
+    /// allocated before it started are counted as far as its inventory finds them (accounted
+    /// slab objects, on kernels that allow it).
     #[arg(long)]
     standalone: bool,
     /// Seconds between refreshes (0.1 to 3600).
@@ -130,7 +131,7 @@ pub(crate) async fn run(args: TopArgs) -> anyhow::Result<()> {
     let batch = args.batch_mode();
     let mut first = None;
     let mut source = if args.standalone {
-        Source::standalone()?
+        Source::standalone(Duration::from_secs_f64(args.delay))?
     } else {
         let mut source = Source::agent(&args.addr);
         match source.fetch().await {
@@ -180,13 +181,14 @@ fn no_agent(error: anyhow::Error, args: &TopArgs, batch: bool) -> anyhow::Result
     if !interactive {
         return Err(error.context(
             "kmemcg top reads a running agent; use --standalone to load the eBPF programs in \
-             this process instead (needs root; only allocations made since it started are shown)",
+             this process instead (needs root; objects allocated before it started are counted \
+             as far as its inventory finds them)",
         ));
     }
     eprintln!("kmemcg top: {error:#}");
     eprint!(
-        "Load the eBPF programs in this process instead? This needs root, and only allocations \
-         made from now on are shown. [y/N] "
+        "Load the eBPF programs in this process instead? This needs root, and objects \
+         allocated before now are counted as far as its inventory finds them. [y/N] "
     );
     let _ = std::io::stderr().flush();
     let mut answer = String::new();
@@ -195,7 +197,7 @@ fn no_agent(error: anyhow::Error, args: &TopArgs, batch: bool) -> anyhow::Result
         .read_line(&mut answer)
         .context("reading the answer")?;
     if matches!(answer.trim(), "y" | "Y" | "yes" | "Yes") {
-        Source::standalone()
+        Source::standalone(Duration::from_secs_f64(args.delay))
     } else {
         bail!(
             "no agent to read at {} (start one with `kmemcg agent`)",

@@ -285,7 +285,7 @@ impl Enforcer {
         }
         inner.audit_change(&rule.spec, "limit-set", by);
         self.changed();
-        tracing::info!(path = %path, max = rule.limit(), action = rule.spec.action.as_str(), dry_run = rule.spec.dry_run, by, "limit set");
+        tracing::info!(path = %path, max = %crate::units::iec(rule.limit()), measures = %if rule.spec.max.is_some() { "slab+percpu" } else { "kernel" }, action = rule.spec.action.as_str(), dry_run = rule.spec.dry_run, by, "limit set");
         Ok(LimitRule {
             source: "runtime".into(),
             rule: rule.spec,
@@ -683,7 +683,7 @@ impl Inner {
                 tracing::error!(cgroup = %d.cgroup, rule = %d.rule, action, error = %e, "enforcement action failed; retrying while the cgroup stays over its limit")
             }
             _ => {
-                tracing::warn!(cgroup = %d.cgroup, rule = %d.rule, action, usage = d.usage, limit = d.limit, dry_run = d.dry_run, outcome = %outcome.text(), "kernel-memory limit enforced")
+                tracing::warn!(cgroup = %d.cgroup, rule = %d.rule, action, usage = %crate::units::iec(d.usage), limit = %crate::units::iec(d.limit), dry_run = d.dry_run, outcome = %outcome.text(), "kernel-memory limit enforced")
             }
         }
         *self

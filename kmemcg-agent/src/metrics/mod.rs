@@ -305,6 +305,11 @@ fn per_cgroup(snapshot: &Snapshot, config: &MetricsConfig) -> Vec<MetricFamily> 
         "Bytes of the cgroup's live objects per slab cache (percpu: cache=\"percpu\"); only the \
          cgroup's largest caches are exported.",
     );
+    let mut unreliable = Family::gauge(
+        "kmemcg_cgroup_figures_unreliable",
+        "1 for each cgroup whose figures may be short: allocations were dropped (a full map) \
+         while it or a descendant allocated. Cgroups with complete figures have no series.",
+    );
     let mut omitted = 0u64;
     let mut seen = HashSet::new();
     // snapshot.cgroups are live cgroups: what removed ones hold is charged to their nearest
@@ -327,6 +332,9 @@ fn per_cgroup(snapshot: &Snapshot, config: &MetricsConfig) -> Vec<MetricFamily> 
         reparented.add(&l, usage.reparented_bytes as f64);
         recursive_slab.add(&l, usage.total_slab_bytes as f64);
         recursive_percpu.add(&l, usage.total_percpu_bytes as f64);
+        if usage.unreliable {
+            unreliable.add(&l, 1.0);
+        }
         // `caches` is sorted largest first.
         let exported = usage
             .caches
@@ -361,6 +369,7 @@ fn per_cgroup(snapshot: &Snapshot, config: &MetricsConfig) -> Vec<MetricFamily> 
         reparented,
         recursive_slab,
         recursive_percpu,
+        unreliable,
         cache_bytes,
         omitted_family,
     ]

@@ -250,6 +250,22 @@ fn hierarchy_figures_are_exported() {
 }
 
 #[test]
+fn cgroups_with_dropped_allocations_are_flagged() {
+    let mut short = cgroup(5, "/a", true, vec![cache("dentry", 4096)]);
+    short.unreliable = true;
+    let complete = cgroup(6, "/b", true, vec![cache("dentry", 4096)]);
+    let text = render(&snapshot(vec![short, complete]), &MetricsConfig::default());
+    assert!(
+        text.contains("kmemcg_cgroup_figures_unreliable{cgroup=\"/a\"} 1"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("kmemcg_cgroup_figures_unreliable{cgroup=\"/b\"}"),
+        "{text}"
+    );
+}
+
+#[test]
 fn label_values_are_escaped() {
     let s = snapshot(vec![cgroup(5, "/odd\"name\\with\nnewline", true, vec![])]);
     let text = render(&s, &MetricsConfig::default());

@@ -11,7 +11,7 @@ use super::{
     model::{Model, Row},
     view::{Detail, Layout, Line, Mode, Shape, ViewState, lines},
 };
-use crate::api::Snapshot;
+use crate::api::{CgroupHistory, Snapshot};
 
 /// What the event loop does after a key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,6 +42,8 @@ pub(crate) struct App {
     shape: Shape,
     /// The last failure to read data; cleared by the next reading.
     error: Option<String>,
+    /// The drilled-in cgroup's history (path, history or why there is none).
+    history: Option<(String, Result<CgroupHistory, String>)>,
     leaks: LeakPanel,
 }
 
@@ -55,8 +57,26 @@ impl App {
             lines: Vec::new(),
             shape,
             error: None,
+            history: None,
             leaks: LeakPanel::default(),
         }
+    }
+
+    /// The path whose history the drill-in shows, if it is open.
+    pub(crate) fn history_wanted(&self) -> Option<String> {
+        (self.view.mode == Mode::Detail || self.view.help_back == Mode::Detail)
+            .then(|| self.view.detail.as_ref().map(|d| d.path.clone()))
+            .flatten()
+    }
+
+    pub(crate) fn set_history(&mut self, path: String, history: Result<CgroupHistory, String>) {
+        self.history = Some((path, history));
+    }
+
+    /// The history read for the drilled-in cgroup; none until it was read.
+    pub(crate) fn history(&self) -> Option<&Result<CgroupHistory, String>> {
+        let (path, history) = self.history.as_ref()?;
+        (self.view.detail.as_ref()).and_then(|d| (d.path == *path).then_some(history))
     }
 
     pub(crate) fn leak_panel(&self) -> &LeakPanel {

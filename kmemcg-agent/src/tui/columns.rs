@@ -9,6 +9,9 @@ use super::{
 /// Said after the path of a removed cgroup.
 pub(crate) const DYING_MARK: &str = " (dying)";
 
+/// Put before the byte figures of a cgroup whose allocations were dropped: at least this.
+pub(crate) const SHORT_MARK: &str = "≥";
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Column {
     Path,
@@ -77,18 +80,21 @@ impl Column {
         }
     }
 
-    /// The cell for `row`: the path in full (marked when dying), or a number.
-    pub(crate) fn cell(self, row: &Row, exact: bool) -> String {
+    /// The cell for `row`: the path in full (marked when dying), or a number; `subtree`
+    /// figures in the tree. Byte figures that may be short say so.
+    pub(crate) fn cell(self, row: &Row, exact: bool, subtree: bool) -> String {
         let c = &row.cgroup;
+        let f = row.figures(subtree);
+        let short = if c.unreliable() { SHORT_MARK } else { "" };
         match self {
-            Column::Path if c.is_dying() => format!("{}{DYING_MARK}", c.path()),
+            Column::Path if c.is_dying() => format!("{}{}", c.path(), dying_mark(c.id())),
             Column::Path => c.path().to_string(),
-            Column::Slab => fmt::size(c.slab_bytes(), exact),
-            Column::Percpu => fmt::size(c.percpu_bytes(), exact),
-            Column::Total => fmt::size(c.total_bytes(), exact),
-            Column::Change => fmt::byte_rate(row.change, exact),
-            Column::Allocs => fmt::count_rate(row.alloc_rate, exact),
-            Column::TopCache => c.top_cache().map_or("-", |t| t.name.as_str()).to_string(),
+            Column::Slab => format!("{short}{}", fmt::size(f.slab, exact)),
+            Column::Percpu => format!("{short}{}", fmt::size(f.percpu, exact)),
+            Column::Total => format!("{short}{}", fmt::size(f.total(), exact)),
+            Column::Change => fmt::byte_rate(f.change, exact),
+            Column::Allocs => fmt::count_rate(f.alloc_rate, exact),
+            Column::TopCache => c.top_cache().map_or("-".into(), |t| t.display_name()),
         }
     }
 
@@ -103,6 +109,12 @@ impl Column {
     }
 }
 
+/// After a removed cgroup's path: several removed cgroups can have one path (a unit
+/// restarted), told apart by their ids.
+pub(crate) fn dying_mark(id: u64) -> String {
+    format!("{DYING_MARK} #{id}")
+}
+
 fn arrow(descending: bool) -> &'static str {
     if descending { "▼" } else { "▲" }
 }
@@ -112,15 +124,17 @@ fn arrow(descending: bool) -> &'static str {
 pub(crate) enum CacheColumn {
     Name,
     Objects,
+    ObjectSize,
     Bytes,
     Share,
     Change,
 }
 
 impl CacheColumn {
-    pub(crate) const ALL: [CacheColumn; 5] = [
+    pub(crate) const ALL: [CacheColumn; 6] = [
         CacheColumn::Name,
         CacheColumn::Objects,
+        CacheColumn::ObjectSize,
         CacheColumn::Bytes,
         CacheColumn::Share,
         CacheColumn::Change,
@@ -129,6 +143,7 @@ impl CacheColumn {
     fn sort(self) -> Option<CacheSort> {
         match self {
             CacheColumn::Name => Some(CacheSort::Name),
+            CacheColumn::ObjectSize => None,
             CacheColumn::Objects => Some(CacheSort::Objects),
             CacheColumn::Bytes => Some(CacheSort::Bytes),
             CacheColumn::Share => None,
@@ -141,6 +156,7 @@ impl CacheColumn {
     pub(crate) fn heading(self, sort: CacheSort) -> String {
         let title = match self {
             CacheColumn::Name => "CACHE",
+            CacheColumn::ObjectSize => "OBJ SIZE",
             CacheColumn::Objects => "OBJECTS",
             CacheColumn::Bytes => "BYTES",
             CacheColumn::Share => "SHARE",
@@ -154,7 +170,10 @@ impl CacheColumn {
 
     pub(crate) fn cell(self, line: &CacheLine<'_>, exact: bool) -> String {
         match self {
-            CacheColumn::Name => line.cache.name.clone(),
+            CacheColumn::Name => line.cache.display_name(),
+            CacheColumn::ObjectSize => {
+                (line.cache.object_size).map_or("-".into(), |b| fmt::size(b, exact))
+            }
             CacheColumn::Objects => fmt::count(line.cache.objects as f64, exact),
             CacheColumn::Bytes => fmt::size(line.cache.bytes, exact),
             CacheColumn::Share => format!("{:.1}%", line.share * 100.0),
@@ -191,7 +210,7 @@ pub(crate) fn figures(model: &Model, exact: bool) -> [Figure; 7] {
         ),
         Figure {
             alarming: s.dropped > 0,
-            ..figure("dropped", s.dropped.to_string())
+            ..figure("dropped", dropped(s.dropped, model))
         },
         figure("dying", {
             let mut value = format!("{} ({})", t.dying, fmt::size(t.dying_bytes, exact));
@@ -208,6 +227,18 @@ pub(crate) fn figures(model: &Model, exact: bool) -> [Figure; 7] {
     ]
 }
 
+/// The host's drops, and how many cgroups' figures they leave short.
+fn dropped(dropped: u64, model: &Model) -> String {
+    let short = (model.rows().iter())
+        .filter(|r| r.cgroup.unreliable())
+        .count();
+    match short {
+        0 => dropped.to_string(),
+        1 => format!("{dropped} ({SHORT_MARK}: 1 cgroup's figures may be short)"),
+        n => format!("{dropped} ({SHORT_MARK}: {n} cgroups' figures may be short)"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,7 +248,9 @@ mod tests {
     fn cells_and_headings() {
         let model = model_of(sample());
         let foo = &model.rows()[2];
-        let cells: Vec<String> = Column::ALL.iter().map(|c| c.cell(foo, false)).collect();
+        let cells: Vec<String> = (Column::ALL.iter())
+            .map(|c| c.cell(foo, false, false))
+            .collect();
         assert_eq!(
             cells,
             [
@@ -239,5 +272,28 @@ mod tests {
         let f = figures(&model, true);
         assert_eq!((f[0].label, f[0].value.as_str()), ("slab", "84000"));
         assert_eq!(f[6].value, "0 (0)");
+        // The tree shows /system.slice's subtree: its own 4.0 KiB plus its children's.
+        let system = &model.rows()[1];
+        assert_eq!(Column::Total.cell(system, true, false), "4100");
+        assert_eq!(Column::Total.cell(system, true, true), "71300");
+    }
+
+    #[test]
+    fn figures_that_may_be_short_say_so() {
+        let mut cgroups = sample();
+        cgroups[2].unreliable = true;
+        let mut snap = crate::tui::testdata::snapshot(cgroups, 1);
+        snap.status.dropped = 7;
+        let model = crate::tui::testdata::model_from(snap);
+        let foo = &model.rows()[2];
+        assert_eq!(Column::Total.cell(foo, false, false), "≥49.0 KiB");
+        assert_eq!(Column::Slab.cell(foo, false, false), "≥48.8 KiB");
+        assert_eq!(
+            Column::Total.cell(&model.rows()[3], false, false),
+            "16.6 KiB"
+        );
+        let f = figures(&model, false);
+        assert_eq!(f[5].value, "7 (≥: 1 cgroup's figures may be short)");
+        assert!(f[5].alarming);
     }
 }

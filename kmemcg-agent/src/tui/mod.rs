@@ -22,7 +22,7 @@ pub(crate) mod view;
 
 use std::{
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
@@ -47,8 +47,12 @@ pub(crate) async fn run_live(mut source: Source, mut app: App) -> anyhow::Result
     let delay = app.settings().delay;
     let paused = Arc::new(AtomicBool::new(false));
 
-    // Readings on their own task, so a slow agent never blocks the keys.
+    // Readings on their own task, so a slow agent never blocks the keys; with them, the
+    // history of the cgroup drilled into.
     let (data_tx, mut data_rx) = mpsc::channel::<anyhow::Result<_>>(1);
+    let (history_tx, mut history_rx) = mpsc::channel(1);
+    let wanted: Arc<Mutex<Option<String>>> = Arc::default();
+    let fetch_wanted = wanted.clone();
     let fetch_paused = paused.clone();
     // With a first snapshot already on screen, the next reading is one delay away, so that
     // rates are not taken over a few milliseconds.
@@ -64,6 +68,13 @@ pub(crate) async fn run_live(mut source: Source, mut app: App) -> anyhow::Result
                 let reading = source.fetch().await;
                 if data_tx.send(reading).await.is_err() {
                     break;
+                }
+                let path = fetch_wanted.lock().ok().and_then(|w| w.clone());
+                if let Some(path) = path {
+                    let history = source.history(&path).await;
+                    if history_tx.send((path, history)).await.is_err() {
+                        break;
+                    }
                 }
             }
             tokio::time::sleep(delay).await;
@@ -120,11 +131,15 @@ pub(crate) async fn run_live(mut source: Source, mut app: App) -> anyhow::Result
                     Some(Err(e)) => app.set_error(format!("{e:#}")),
                     None => anyhow::bail!("reading data stopped"),
                 },
+                Some((path, history)) = history_rx.recv() => app.set_history(path, history),
                 Some(reading) = leak_rx.recv() => app.set_leak_reading(reading),
                 _ = term.recv() => return Ok(()),
                 _ = hangup.recv() => return Ok(()),
             }
             paused.store(app.view().paused, Ordering::Relaxed);
+            if let Ok(mut w) = wanted.lock() {
+                *w = app.history_wanted();
+            }
             render::draw(&mut guard.terminal, &mut app).context("drawing the screen")?;
         }
     }

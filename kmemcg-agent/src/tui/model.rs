@@ -99,6 +99,37 @@ impl Cgroup {
     pub(crate) fn top_cache(&self) -> Option<&CacheUsage> {
         self.caches().first().filter(|c| c.bytes > 0)
     }
+
+    /// Allocations were dropped while it (or a descendant) allocated: its figures may be short.
+    pub(crate) fn unreliable(&self) -> bool {
+        matches!(self, Cgroup::Live(u) if u.unreliable)
+    }
+}
+
+/// Bytes and rates of a row: its own, or its subtree's.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct Figures {
+    pub(crate) slab: u64,
+    pub(crate) percpu: u64,
+    pub(crate) change: Option<f64>,
+    pub(crate) alloc_rate: Option<f64>,
+}
+
+impl Figures {
+    pub(crate) fn total(&self) -> u64 {
+        self.slab + self.percpu
+    }
+
+    fn add(&mut self, other: &Figures) {
+        self.slab += other.slab;
+        self.percpu += other.percpu;
+        let sum = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(0.0) + b.unwrap_or(0.0)),
+        };
+        self.change = sum(self.change, other.change);
+        self.alloc_rate = sum(self.alloc_rate, other.alloc_rate);
+    }
 }
 
 /// One cgroup of the latest reading, with rates against the previous one.
@@ -109,6 +140,29 @@ pub(crate) struct Row {
     pub(crate) change: Option<f64>,
     /// Allocations per second; `None` until two readings were seen.
     pub(crate) alloc_rate: Option<f64>,
+    /// This cgroup and its descendants, as the tree shows a parent (like systemd-cgtop).
+    pub(crate) subtree: Figures,
+}
+
+impl Row {
+    /// Its own figures.
+    pub(crate) fn own(&self) -> Figures {
+        Figures {
+            slab: self.cgroup.slab_bytes(),
+            percpu: self.cgroup.percpu_bytes(),
+            change: self.change,
+            alloc_rate: self.alloc_rate,
+        }
+    }
+
+    /// What a layout shows: the subtree's figures in the tree, its own when flat.
+    pub(crate) fn figures(&self, subtree: bool) -> Figures {
+        if subtree {
+            self.subtree.clone()
+        } else {
+            self.own()
+        }
+    }
 }
 
 /// Host-wide figures.
@@ -204,6 +258,7 @@ impl Model {
                     cgroup,
                     change,
                     alloc_rate,
+                    subtree: Figures::default(),
                 }
             })
             .collect();
@@ -215,6 +270,8 @@ impl Model {
         let live_before = self.totals.slab + self.totals.percpu;
         let totals = totals(&rows, dt.map(|dt| (live_before, dt)));
         let tree = Tree::build(&rows, &index);
+        let mut rows = rows;
+        add_up_subtrees(&mut rows, &tree);
         let previous = dt.map(|dt| Previous {
             rows: self.rows,
             index: self.index,
@@ -287,6 +344,7 @@ impl Model {
     }
 
     /// Every row, children before their parents.
+    #[cfg(test)]
     pub(crate) fn post_order(&self) -> &[usize] {
         &self.tree.post_order
     }
@@ -329,6 +387,24 @@ impl Model {
                 }
             })
             .collect()
+    }
+}
+
+/// Sets each row's subtree figures: its own plus its live descendants' subtrees. A removed
+/// cgroup adds nothing to its ancestor, whose own bytes already hold what it holds.
+fn add_up_subtrees(rows: &mut [Row], tree: &Tree) {
+    let mut sums: Vec<Figures> = rows.iter().map(Row::own).collect();
+    for &i in &tree.post_order {
+        if rows[i].cgroup.is_dying() {
+            continue;
+        }
+        if let Some(p) = tree.parent[i] {
+            let child = sums[i].clone();
+            sums[p].add(&child);
+        }
+    }
+    for (row, sum) in rows.iter_mut().zip(sums) {
+        row.subtree = sum;
     }
 }
 
@@ -544,6 +620,28 @@ mod tests {
             false,
         );
         assert_eq!(m.rows()[0].change, Some(0.0));
+    }
+
+    #[test]
+    fn a_parent_adds_up_its_live_subtree() {
+        let mut snap = snapshot(sample(), 1);
+        snap.dying.push(dying(9, "/system.slice/gone", 4096, 0, 2));
+        let model = model_from(snap);
+        let own: u64 = (model.rows().iter())
+            .filter(|r| !r.cgroup.is_dying())
+            .map(|r| r.cgroup.total_bytes())
+            .sum();
+        let root = model.row_by_id(1).expect("root");
+        // Everything live, once: the removed cgroup's bytes are in /system.slice's own.
+        assert_eq!(root.subtree.total(), own);
+        let system = model.row_by_id(2).expect("system.slice");
+        let kids: u64 = [3, 4]
+            .iter()
+            .map(|id| model.row_by_id(*id).expect("child").cgroup.total_bytes())
+            .sum();
+        assert_eq!(system.subtree.total(), system.cgroup.total_bytes() + kids);
+        let gone = model.row_by_id(9).expect("dying");
+        assert_eq!(gone.subtree.total(), 4096);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use super::{
     fmt,
     model::{Cgroup, Model, Row},
     source::Source,
-    view::{Shape, lines},
+    view::{Layout, Shape, lines},
 };
 use crate::api::CgroupUsage;
 
@@ -150,8 +150,9 @@ fn table(model: &Model, settings: &Settings, options: &Options) -> String {
             col.set_cell_alignment(CellAlignment::Right);
         }
     }
+    let subtree = options.shape.layout == Layout::Tree;
     for row in rows(model, options) {
-        table.add_row(Column::ALL.iter().map(|c| c.cell(row, options.exact)));
+        table.add_row((Column::ALL.iter()).map(|c| c.cell(row, options.exact, subtree)));
     }
     format!("{summary}\n{table}")
 }
@@ -163,7 +164,7 @@ mod tests {
     use super::*;
     use crate::tui::{
         testdata::{dying, model_from, sample, settings, snapshot},
-        view::{Layout, SortKey},
+        view::SortKey,
     };
 
     fn options() -> Options {

@@ -63,15 +63,17 @@ impl SortKey {
         }
     }
 
-    /// The value a numeric sort compares (0 for the path and for unknown rates).
-    fn value(self, row: &Row) -> f64 {
+    /// The value a numeric sort compares (0 for the path and for unknown rates): the figure
+    /// shown, the subtree's in the tree.
+    fn value(self, row: &Row, subtree: bool) -> f64 {
+        let f = row.figures(subtree);
         match self {
             SortKey::Path => 0.0,
-            SortKey::Slab => row.cgroup.slab_bytes() as f64,
-            SortKey::Percpu => row.cgroup.percpu_bytes() as f64,
-            SortKey::Total => row.cgroup.total_bytes() as f64,
-            SortKey::Change => row.change.unwrap_or(0.0),
-            SortKey::Allocs => row.alloc_rate.unwrap_or(0.0),
+            SortKey::Slab => f.slab as f64,
+            SortKey::Percpu => f.percpu as f64,
+            SortKey::Total => f.total() as f64,
+            SortKey::Change => f.change.unwrap_or(0.0),
+            SortKey::Allocs => f.alloc_rate.unwrap_or(0.0),
         }
     }
 }
@@ -224,7 +226,7 @@ pub(crate) fn lines(model: &Model, shape: &Shape) -> Vec<Line> {
 fn flat_lines(model: &Model, shape: &Shape) -> Vec<Line> {
     let needle = shape.filter.to_lowercase();
     let rows = model.rows();
-    let values: Vec<f64> = rows.iter().map(|r| shape.sort.value(r)).collect();
+    let values: Vec<f64> = rows.iter().map(|r| shape.sort.value(r, false)).collect();
     let mut idx: Vec<usize> = (0..rows.len())
         .filter(|i| shape.matches_lowercase(&rows[*i], &needle))
         .collect();
@@ -242,13 +244,8 @@ fn flat_lines(model: &Model, shape: &Shape) -> Vec<Line> {
 fn tree_lines(model: &Model, shape: &Shape) -> Vec<Line> {
     let rows = model.rows();
     let n = rows.len();
-    // A parent ranks by its whole subtree, so a heavy child pulls its parent up.
-    let mut values: Vec<f64> = rows.iter().map(|r| shape.sort.value(r)).collect();
-    for &i in model.post_order() {
-        if let Some(p) = model.parent(i) {
-            values[p] += values[i];
-        }
-    }
+    // A parent ranks by its whole subtree, the figure it shows.
+    let values: Vec<f64> = rows.iter().map(|r| shape.sort.value(r, true)).collect();
     // With a filter, matches and their ancestors are shown.
     let needle = shape.filter.to_lowercase();
     let filtering = !needle.is_empty() || shape.dying_only;

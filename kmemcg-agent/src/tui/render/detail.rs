@@ -7,15 +7,28 @@ use ratatui::{
     widgets::{Cell, Paragraph, Row as TableRow, Table},
 };
 
-use super::{heading_style, label, right};
-use crate::tui::{app::App, columns::CacheColumn, fmt, model::Cgroup};
+use super::{heading_style, history, label, right};
+use crate::tui::{
+    app::App,
+    columns::{CacheColumn, dying_mark},
+    fmt,
+    model::Cgroup,
+};
 
 pub(super) fn render(frame: &mut Frame, area: Rect, app: &mut App) {
+    // Below the heading: the leak panel while there is one, the chart where there is room
+    // for it, and the caches.
     let panel = (app.view().detail.as_ref()).and_then(|d| app.leak_panel().lines(&d.path));
     let panel_height = panel.as_ref().map_or(0, |l| l.len() as u16 + 1);
-    let [info, leaks_area, table_area] = Layout::vertical([
+    let chart_height = if area.height.saturating_sub(panel_height) >= history::HEIGHT + 6 {
+        history::HEIGHT
+    } else {
+        0
+    };
+    let [info, leaks_area, chart_area, table_area] = Layout::vertical([
         Constraint::Length(2),
         Constraint::Length(panel_height),
+        Constraint::Length(chart_height),
         Constraint::Min(1),
     ])
     .areas(area);
@@ -41,7 +54,16 @@ pub(super) fn render(frame: &mut Frame, area: Rect, app: &mut App) {
     let c = &row.cgroup;
     let mut title = vec![Span::styled(c.path().to_string(), Style::new().bold())];
     if c.is_dying() {
-        title.push(Span::styled(" (dying)", Style::new().fg(Color::Red)));
+        title.push(Span::styled(
+            dying_mark(c.id()),
+            Style::new().fg(Color::Red),
+        ));
+    }
+    if c.unreliable() {
+        title.push(Span::styled(
+            "  figures may be short (allocations dropped)",
+            Style::new().fg(Color::Red),
+        ));
     }
     // The kernel's own charge beside kmemcg's figures, where it keeps one.
     if let Cgroup::Live(u) = c
@@ -73,6 +95,16 @@ pub(super) fn render(frame: &mut Frame, area: Rect, app: &mut App) {
         label("  change ".into()),
         Span::raw(format!("{}/s", fmt::byte_rate(row.change, exact))),
     ];
+    // What the tree shows for it, where descendants add to its own.
+    if row.subtree.total() != c.total_bytes() {
+        facts.splice(
+            6..6,
+            [
+                label("  subtree ".into()),
+                Span::raw(fmt::size(row.subtree.total(), exact)),
+            ],
+        );
+    }
     match c {
         Cgroup::Live(u) => facts.extend([
             label("  allocs ".into()),
@@ -107,6 +139,9 @@ pub(super) fn render(frame: &mut Frame, area: Rect, app: &mut App) {
         Paragraph::new(vec![Line::from(title), Line::from(facts)]),
         info,
     );
+    if chart_height > 0 {
+        history::render(frame, chart_area, app);
+    }
 
     let mut caches = model.cache_lines(detail.id);
     if caches.is_empty() {
@@ -249,6 +284,52 @@ mod tests {
         assert!(s[4].contains("slab 3.00 KiB (2 obj)"), "{text}");
         assert!(s[4].contains("charged to /system.slice"), "{text}");
         assert!(find(&s, "percpu").is_some(), "{text}");
+    }
+
+    #[test]
+    fn drill_in_draws_the_history_and_the_caches_growth() {
+        use crate::api::{CacheHistory, CgroupHistory, HistoryPoint};
+        let mut app = app_with(sample());
+        act(
+            &mut app,
+            &[Action::ToggleLayout, Action::First, Action::DrillIn],
+        );
+        let path = "/system.slice/foo.service".to_string();
+        assert_eq!(app.history_wanted().as_deref(), Some(path.as_str()));
+        let points = (0..300u64)
+            .map(|i| HistoryPoint {
+                at_ms: (1000 + i) * 1000,
+                slab_bytes: 1000 + i * 100,
+                percpu_bytes: 200,
+                kernel_bytes: Some(2000 + i * 100),
+            })
+            .collect();
+        let history = CgroupHistory {
+            path: path.clone(),
+            points,
+            caches: vec![CacheHistory {
+                name: "dentry".into(),
+                growth_bytes: 29_900,
+                points: vec![],
+            }],
+            ..Default::default()
+        };
+        app.set_history(path, Ok(history));
+        let s = screen(&mut app, 100, 30);
+        let text = s.join("\n");
+        assert!(find(&s, "history, last 4m59s").is_some(), "{text}");
+        let braille = text
+            .chars()
+            .filter(|c| ('\u{2801}'..='\u{28ff}').contains(c))
+            .count();
+        assert!(braille > 50, "{braille} braille dots: {text}");
+        let growth = find(&s, "growth of the top caches").expect("growth");
+        assert!(
+            s[growth + 1].contains("dentry") && s[growth + 1].contains("+29.2 KiB"),
+            "{text}"
+        );
+        // The caches table stays below the chart.
+        assert!(find(&s, "BYTES▼").is_some_and(|l| l > growth), "{text}");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! draw into a `TestBackend`. Only the lines on screen are formatted, whatever the number of
 //! cgroups.
 mod detail;
+mod history;
 mod table;
 
 use ratatui::{
@@ -160,8 +161,10 @@ fn render_help(frame: &mut Frame, area: Rect) {
         ])
     }));
     lines.push(Line::from(
-        "Sizes are slab and percpu bytes charged to each cgroup since kmemcg started; \
-         CHANGE/s and ALLOCS/s compare the last two readings.",
+        "Sizes are slab and percpu bytes charged to each cgroup; in the tree a parent's \
+         figures include its descendants' (its own are in its drill-in). ≥ marks figures that \
+         may be short: allocations were dropped. CHANGE/s and ALLOCS/s compare the last two \
+         readings.",
     ));
     frame.render_widget(Paragraph::new(lines).wrap(Wrap { trim: false }), area);
 }

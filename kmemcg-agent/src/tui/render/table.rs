@@ -9,7 +9,7 @@ use ratatui::{
 use super::{heading_style, right};
 use crate::tui::{
     app::App,
-    columns::{Column, DYING_MARK},
+    columns::{Column, dying_mark},
     fmt,
     view::Layout,
 };
@@ -33,6 +33,7 @@ pub(super) fn render(frame: &mut Frame, area: Rect, app: &mut App) {
         return;
     }
     let exact = view.exact;
+    let subtree = view.shape.layout == Layout::Tree;
     let offset = view.cursor.offset;
     let visible = &app.lines()[offset..(offset + height).min(app.lines().len())];
     // Cells of the other columns, formatted once for both widths and drawing.
@@ -44,7 +45,7 @@ pub(super) fn render(frame: &mut Frame, area: Rect, app: &mut App) {
                 .iter()
                 .map(|c| match c {
                     Column::Path => String::new(),
-                    c => c.cell(row, exact),
+                    c => c.cell(row, exact, subtree),
                 })
                 .collect()
         })
@@ -110,10 +111,14 @@ pub(super) fn render(frame: &mut Frame, area: Rect, app: &mut App) {
                 Layout::Flat => row.cgroup.path(),
             };
             let dying = row.cgroup.is_dying();
-            let suffix = if dying { DYING_MARK } else { "" };
-            let room = path_w.saturating_sub(name.chars().count() + suffix.len());
+            let suffix = if dying {
+                dying_mark(row.cgroup.id())
+            } else {
+                String::new()
+            };
+            let room = path_w.saturating_sub(name.chars().count() + suffix.chars().count());
             name.push_str(&fmt::keep_end(label, room));
-            name.push_str(suffix);
+            name.push_str(&suffix);
             let drawn = cols.iter().map(|c| {
                 let at = Column::ALL.iter().position(|x| x == c).unwrap_or(0);
                 match c {
