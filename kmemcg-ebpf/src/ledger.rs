@@ -264,9 +264,7 @@ pub fn recount_object(objcg: u64, cache: u64, size: u64) -> bool {
         objcg,
         current_task: false,
     };
-    // The cache's name is recorded once per slab by the walk (`truth::inventory_slab`): here,
-    // five calls deep, its stack frame would take the walk past the 512 bytes of stack that
-    // Linux 6.1's verifier allows.
+    // The cache's name is recorded once per slab by the walk (`truth::inventory_slab`).
     let Some((_, stats)) = stats_slot(&key, false, cgroup) else {
         return false;
     };

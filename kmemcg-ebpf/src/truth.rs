@@ -24,8 +24,8 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use kmemcg_common::{
-    KERNEL_ADDRESS_MIN, LiveObject, MAX_CPUS, OBJECT_ACCOUNTED, OBJECT_FLAGS, OBJECT_OWNER_SEEN,
-    RootCgroupMode, SlabLayout, StatsKey, TruthCounters, kmalloc_cache_id,
+    LiveObject, MAX_CPUS, OBJECT_ACCOUNTED, OBJECT_FLAGS, OBJECT_OWNER_SEEN, RootCgroupMode,
+    SlabLayout, StatsKey, TruthCounters, kmalloc_cache_id,
 };
 
 use crate::{
@@ -324,9 +324,10 @@ fn inventory_slab(walk: &PfnWalk, pfn: u64) -> Option<()> {
     // The ledger counts the `SLAB_ACCOUNT` caches; other owned objects (allocated with
     // `__GFP_ACCOUNT`) are the table's.
     let ledger = crate::ledger::enabled() && flags & global(&crate::SLAB_ACCOUNT) != 0;
-    if ledger {
-        crate::record_cache_name(cache);
-    }
+    // Once per slab, here rather than when an object's slot is claimed five calls deeper,
+    // where its stack frame would take the walk past the 512 bytes of stack that Linux 6.1's
+    // verifier allows.
+    crate::record_cache_name(cache);
     let mut slab = SlabWalk {
         budget: walk.budget,
         exts,
@@ -418,11 +419,8 @@ fn take_object(budget: u64, cgroup_id: u64, cache_id: u64, ptr: u64, size: u64) 
         return false;
     }
     let key = StatsKey::of_cgroup(cgroup_id, cache_id);
-    let Some((slot, stats)) = stats_slot(
-        &key,
-        cache_id >= KERNEL_ADDRESS_MIN,
-        crate::SlotCgroup::Is(cgroup_id),
-    ) else {
+    // The slab's cache name is recorded by `inventory_slab`.
+    let Some((slot, stats)) = stats_slot(&key, false, crate::SlotCgroup::Is(cgroup_id)) else {
         bump(1, |c| &mut c.dropped);
         return false;
     };
