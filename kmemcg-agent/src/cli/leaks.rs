@@ -5,7 +5,7 @@ use anyhow::Context as _;
 use clap::Args;
 use comfy_table::{Table, presets::NOTHING};
 
-use crate::{access::read_token, api::LeakView, client::Client, leaks::MAX_DURATION, units::iec};
+use crate::{api::LeakView, leaks::MAX_DURATION, units::iec};
 
 #[derive(Debug, Args)]
 pub struct LeaksArgs {
@@ -57,18 +57,12 @@ pub async fn run(args: LeaksArgs) -> anyhow::Result<()> {
     if args.for_duration.is_zero() {
         anyhow::bail!("--for must be longer than 0 s");
     }
-    let token = match &args.token_file {
-        Some(path) => Some(read_token(path).map_err(anyhow::Error::msg)?),
-        None => None,
-    };
-    let (reads, writes) = super::limit::endpoints(
+    let client = super::limit::write_client(
         args.addr,
         args.socket,
-        |name| std::env::var(name).ok().filter(|v| !v.is_empty()),
-        token,
-        args.socket_owner.into_iter().collect(),
+        args.token_file.as_deref(),
+        args.socket_owner,
     )?;
-    let client = Client::with_endpoints(reads, writes);
     let id = client
         .start_leaks(&args.path, args.for_duration)
         .await

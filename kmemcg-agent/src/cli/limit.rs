@@ -160,19 +160,35 @@ fn signal_arg(s: &str) -> Result<String, String> {
     limits::parse_signal(s).map(|_| s.to_string())
 }
 
-pub async fn run(args: LimitArgs) -> anyhow::Result<()> {
-    let token = match &args.token_file {
+/// The client of a command that changes the agent's state, through exactly the endpoint its
+/// flags (or environment) name.
+pub(super) fn write_client(
+    addr: Option<String>,
+    socket: Option<PathBuf>,
+    token_file: Option<&std::path::Path>,
+    socket_owner: Option<u32>,
+) -> anyhow::Result<Client> {
+    let token = match token_file {
         Some(path) => Some(read_token(path).map_err(anyhow::Error::msg)?),
         None => None,
     };
     let (reads, writes) = endpoints(
-        args.addr,
-        args.socket,
+        addr,
+        socket,
         |name| std::env::var(name).ok().filter(|v| !v.is_empty()),
         token,
-        args.socket_owner.into_iter().collect(),
+        socket_owner.into_iter().collect(),
     )?;
-    let client = Client::with_endpoints(reads, writes);
+    Ok(Client::with_endpoints(reads, writes))
+}
+
+pub async fn run(args: LimitArgs) -> anyhow::Result<()> {
+    let client = write_client(
+        args.addr,
+        args.socket,
+        args.token_file.as_deref(),
+        args.socket_owner,
+    )?;
     match args.command {
         LimitCommand::Set(set) => {
             let spec = RuleSpec {
