@@ -46,6 +46,13 @@ pub struct DyingMemcg {
     record: usize,
 }
 
+/// The kernel's memcgs as one walk read them, or why it could not.
+pub struct Walk {
+    started: Instant,
+    facts: Result<MemcgFacts, String>,
+    records: Result<Vec<KernelMemcg>, String>,
+}
+
 /// What one walk found.
 #[derive(Clone, Debug, Default)]
 pub struct KernelMemcgsScan {
@@ -100,15 +107,33 @@ impl KernelMemcgs {
         }
     }
 
-    /// Walks the kernel's memcgs and describes the dying ones.
-    pub fn scan(&mut self, tracer: &Tracer) -> KernelMemcgsScan {
+    /// Walks the kernel's memcgs. Their removals must be noted ([`Self::note_events`])
+    /// between this walk and [`Self::scan`]: the kernel sends a cgroup's rmdir event before
+    /// it takes its memcg offline, so the events taken after the walk name every removal the
+    /// walk saw.
+    pub fn walk(tracer: &Tracer) -> Walk {
         let started = Instant::now();
-        let facts = match tracer.kernel_memcgs() {
-            Ok(facts) => *facts,
-            Err(why) => return unavailable(why.to_string()),
-        };
-        let records = match walk(tracer) {
-            Ok(records) => records,
+        let facts = tracer
+            .kernel_memcgs()
+            .map(|facts| *facts)
+            .map_err(|why| why.to_string());
+        let records = facts.clone().and_then(|_| walk(tracer));
+        Walk {
+            started,
+            facts,
+            records,
+        }
+    }
+
+    /// Describes the dying memcgs of a walk.
+    pub fn scan(&mut self, tracer: &Tracer, walk: Walk) -> KernelMemcgsScan {
+        let Walk {
+            started,
+            facts,
+            records,
+        } = walk;
+        let (facts, records) = match facts.and_then(|f| Ok((f, records?))) {
+            Ok(walked) => walked,
             Err(why) => return unavailable(why),
         };
         let tree = Tree::new(&records, &facts);
@@ -116,11 +141,12 @@ impl KernelMemcgs {
             .dying()
             .map(|i| self.describe(&tree, i, &facts))
             .collect();
-        // Forget removals of cgroups the kernel has freed, or never kept.
+        // Forget removals of cgroups the kernel has freed, or never kept. A recent one is kept
+        // even while its memcg still walks as online: the kernel takes it offline from a
+        // workqueue after the rmdir.
         let kept: HashSet<String> = dying.iter().map(|d| d.path.clone()).collect();
-        let live: HashSet<&str> = tree.paths.iter().map(String::as_str).collect();
         self.removed
-            .retain(|path, at| kept.contains(path) || recent(*at) && !live.contains(path.as_str()));
+            .retain(|path, at| kept.contains(path) || recent(*at));
         dying.sort_by_key(|d| std::cmp::Reverse(d.state.charged_bytes));
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let mut lru_walks = 0;

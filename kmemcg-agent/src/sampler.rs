@@ -176,7 +176,10 @@ impl Sampler {
             .kernel_figures
             .annotate(&mut cgroups, self.tree.root_id());
         self.release_removed(&raw);
-        let kernel_memcgs = self.kernel_memcgs.scan(&self.tracer);
+        let walk = KernelMemcgs::walk(&self.tracer);
+        // The rmdir events of the memcgs the walk saw offline are in the ring by now.
+        self.poll_cgroup_events(|_| false);
+        let kernel_memcgs = self.kernel_memcgs.scan(&self.tracer, walk);
         // Hand the reading's transient buffers back to the OS, so that the agent's resident
         // memory follows the current state rather than its largest burst.
         // SAFETY: malloc_trim has no preconditions.
