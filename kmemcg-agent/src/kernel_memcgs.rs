@@ -115,7 +115,7 @@ impl KernelMemcgs {
         let started = Instant::now();
         let facts = tracer
             .kernel_memcgs()
-            .map(|facts| *facts)
+            .copied()
             .map_err(|why| why.to_string());
         let records = facts.clone().and_then(|_| walk(tracer));
         Walk {

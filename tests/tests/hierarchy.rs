@@ -2,7 +2,9 @@
 //! charges of a removed cgroup moving to its parent, and bounded state under cgroup churn.
 use std::time::{Duration, Instant};
 
-use kmemcg_tests::{AgentProcess, CgroupUsage, TestCgroup, Tmpfs, cache_objects, patience, require_root};
+use kmemcg_tests::{
+    AgentProcess, CgroupUsage, TestCgroup, Tmpfs, cache_objects, patience, require_root,
+};
 
 const WAIT: Duration = Duration::from_secs(20);
 
