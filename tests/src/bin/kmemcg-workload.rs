@@ -71,6 +71,10 @@ enum Work {
     Threads { count: u32 },
     /// Create COUNT Unix socketpairs, print `ready`, hold them until stdin closes.
     Socketpairs { count: u32 },
+    /// Queue COUNT 100-byte messages, unread, on Unix stream socketpairs (an skb each, whose
+    /// head comes from `skbuff_head_cache`, a cache without `SLAB_ACCOUNT`), print `ready`,
+    /// hold them until stdin closes.
+    QueuedMessages { count: u32 },
     /// Map COUNT one-page anonymous regions that cannot merge (a `vm_area_struct` each, and
     /// maple tree nodes), print `ready`, hold them until stdin closes.
     Mappings { count: u32 },
@@ -100,6 +104,11 @@ enum Work {
     /// Allocation-heavy mix for the benchmark for SECONDS: open/close, create/unlink,
     /// sockets, pipes and percpu maps in DIR. Prints operations per second.
     Mix { dir: PathBuf, seconds: f64 },
+    /// hackbench's pattern (`perf bench sched messaging`) for SECONDS: pairs of threads
+    /// passing 100-byte messages over unix stream sockets, each message an skb and its data
+    /// (unaccounted slab objects) allocated by one thread and freed by the other. Prints
+    /// messages per second.
+    Messaging { seconds: f64 },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -136,6 +145,7 @@ fn main() -> anyhow::Result<()> {
             file_loop(&dir, rate)
         }
         Work::Churn { parent, dir, count } => churn(&parent, &dir, count),
+        Work::QueuedMessages { count } => queued_messages(count),
         Work::Socketpairs { count } => {
             let pairs = (0..count)
                 .map(|_| std::os::unix::net::UnixStream::pair())
@@ -169,6 +179,7 @@ fn main() -> anyhow::Result<()> {
             count,
         } => churn_use(&parents, &dir, count),
         Work::Mix { dir, seconds } => mix(&dir, Duration::from_secs_f64(seconds)),
+        Work::Messaging { seconds } => messaging(Duration::from_secs_f64(seconds)),
     }
 }
 
@@ -475,5 +486,72 @@ fn mix(dir: &Path, duration: Duration) -> anyhow::Result<()> {
     }
     let rate = ops as f64 / start.elapsed().as_secs_f64();
     println!("{rate:.0} ops/s ({round} rounds)");
+    Ok(())
+}
+
+fn messaging(duration: Duration) -> anyhow::Result<()> {
+    use std::{
+        io::{Read as _, Write as _},
+        os::unix::net::UnixStream,
+        sync::{
+            Arc,
+            atomic::{AtomicBool, Ordering::Relaxed},
+        },
+    };
+    const PAIRS: usize = 8;
+    const MESSAGE: usize = 100;
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let mut readers = Vec::new();
+    for _ in 0..PAIRS {
+        let (mut tx, mut rx) = UnixStream::pair().context("socketpair")?;
+        let stop = stop.clone();
+        // The writer closes its end when told to stop; its reader then reads to the end.
+        std::thread::spawn(move || {
+            let message = [0u8; MESSAGE];
+            while !stop.load(Relaxed) && tx.write_all(&message).is_ok() {}
+        });
+        readers.push(std::thread::spawn(move || {
+            let mut message = [0u8; MESSAGE];
+            let mut received = 0u64;
+            while rx.read_exact(&mut message).is_ok() {
+                received += 1;
+            }
+            received
+        }));
+    }
+    std::thread::sleep(duration);
+    stop.store(true, Relaxed);
+    let mut messages = 0;
+    for reader in readers {
+        messages += reader
+            .join()
+            .map_err(|_| anyhow::anyhow!("a reader panicked"))?;
+    }
+    let rate = messages as f64 / start.elapsed().as_secs_f64();
+    println!("{rate:.0} messages/s ({PAIRS} socket pairs)");
+    Ok(())
+}
+
+fn queued_messages(count: u32) -> anyhow::Result<()> {
+    use std::{io::Write as _, os::unix::net::UnixStream};
+    let mut pairs: Vec<(UnixStream, UnixStream)> = Vec::new();
+    let mut queued = 0;
+    while queued < count {
+        let (mut tx, rx) = UnixStream::pair().context("socketpair")?;
+        tx.set_nonblocking(true)?;
+        // Until the socket's send buffer is full: one skb per write.
+        while queued < count {
+            match tx.write(&[0u8; 100]) {
+                Ok(100) => queued += 1,
+                Ok(n) => bail!("a short write of {n} bytes"),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e).context("queueing a message"),
+            }
+        }
+        pairs.push((tx, rx));
+    }
+    hold(|| Ok(()))?;
+    drop(pairs);
     Ok(())
 }

@@ -46,6 +46,17 @@ struct Args {
     /// by default it samples every second, as the kmemcg mode does.
     #[arg(long, default_value_t = 1.0)]
     deploy_interval: f64,
+    /// What the bench cgroup runs: `mix` (files, sockets, pipes, percpu maps: mostly
+    /// accounted objects) or `messaging` (hackbench's pattern: unaccounted skbs allocated and
+    /// freed on different CPUs).
+    #[arg(long, value_enum, default_value_t = Workload::Mix)]
+    workload: Workload,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum)]
+enum Workload {
+    Mix,
+    Messaging,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -191,8 +202,12 @@ fn run(
     for join in cgroup.join_dirs() {
         cmd.arg("--join").arg(join);
     }
+    match args.workload {
+        Workload::Mix => cmd.args(["mix", dir]),
+        Workload::Messaging => cmd.arg("messaging"),
+    };
     let mut child = cmd
-        .args(["mix", dir, &seconds.to_string()])
+        .arg(seconds.to_string())
         .stdout(Stdio::piped())
         .spawn()
         .context("starting the workload")?;

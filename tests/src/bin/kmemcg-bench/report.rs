@@ -10,9 +10,11 @@ use crate::{
 
 pub fn header(args: &Args, modes: &[Mode], deploy: Option<&DeploySetup>) {
     println!(
-        "kmemcg-bench: --rounds {} --seconds {}: each round runs the workload (kmemcg-workload \
-         mix) for that long under every mode once, in a rotating order",
-        args.rounds, args.seconds
+        "kmemcg-bench: --rounds {} --seconds {} --workload {}: each round runs the workload \
+         (kmemcg-workload) for that long under every mode once, in a rotating order",
+        args.rounds,
+        args.seconds,
+        format!("{:?}", args.workload).to_lowercase()
     );
     let labels: Vec<&str> = modes.iter().map(|m| m.label()).collect();
     println!("modes: {}", labels.join(" | "));
