@@ -314,6 +314,12 @@ pub struct Status {
     /// The ledger's recounts (absent when the ledger is off).
     #[serde(default)]
     pub recount: Option<crate::recount::RecountStatus>,
+    /// One unaccounted slab object in this many is tracked, chosen by address, and stands for
+    /// this many (1: every one). Sampled where the ledger is on: `unaccounted_bytes` and the
+    /// objects of caches without `SLAB_ACCOUNT` are then estimates, with a standard deviation
+    /// of `sqrt(n * (one_in - 1))` objects for `n` objects; accounted figures stay exact.
+    #[serde(default)]
+    pub unaccounted_sample_one_in: u64,
     /// `ignore`, `count` or `track`.
     pub root_cgroup_mode: String,
     pub cgroup2_mount: String,

@@ -284,6 +284,11 @@ impl Sampler {
             raw_tracepoint_hooks: self.tracer.raw_hooks().to_vec(),
             ledger: self.tracer.ledger(),
             recount: self.recount.as_ref().map(|r| r.status().clone()),
+            unaccounted_sample_one_in: if self.tracer.ledger() {
+                1 << kmemcg_common::SAMPLE_SHIFT
+            } else {
+                1
+            },
             root_cgroup_mode: config.root_mode.as_str().into(),
             cgroup2_mount: self.tracer.cgroup2_mount().display().to_string(),
             cgroups: cgroups.len() as u64,

@@ -15,14 +15,33 @@ pub const LIVE_PROBES: u32 = 8;
 /// First slot of an address in [`LIVE_OBJECTS`] (before masking to the table's size).
 #[inline(always)]
 pub const fn live_slot_hash(ptr: u64) -> u32 {
-    // splitmix64's finalizer: every address bit reaches the low bits that pick the slot.
-    // Multiplying alone (Fibonacci hashing, kept in the middle bits) put objects at a
-    // power-of-two stride in consecutive pages on a few slot runs: 64- to 512-byte objects
-    // of fresh slabs were dropped with the table 14% full.
+    address_hash(ptr) as u32
+}
+
+/// splitmix64's finalizer of an object's address: every address bit reaches every hash bit.
+/// Multiplying alone (Fibonacci hashing, kept in the middle bits) put objects at a
+/// power-of-two stride in consecutive pages on a few slot runs: 64- to 512-byte objects of
+/// fresh slabs were dropped with the table 14% full.
+#[inline(always)]
+pub const fn address_hash(ptr: u64) -> u64 {
     let mut x = ptr;
     x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    (x ^ (x >> 31)) as u32
+    x ^ (x >> 31)
+}
+
+/// Where the ledger counts the accounted objects, the live-object table tracks one
+/// unaccounted slab object in `1 << SAMPLE_SHIFT`, chosen by address, each standing for
+/// `1 << SAMPLE_SHIFT` objects ([`OBJECT_SAMPLED`]). The same address is always chosen or
+/// never, so a free knows without a lookup whether its object can be in the table. For `n`
+/// objects the estimate's standard deviation is `sqrt(n * (2^SAMPLE_SHIFT - 1))` objects.
+pub const SAMPLE_SHIFT: u32 = 3;
+
+/// Whether the table tracks the unaccounted slab object at `ptr` when it samples. Uses the
+/// hash's top bits, which the slot index (its low bits) does not.
+#[inline(always)]
+pub const fn is_sampled_address(ptr: u64) -> bool {
+    address_hash(ptr) >> (64 - SAMPLE_SHIFT) == 0
 }
 /// (cgroup, cache) keys: an open-addressing table of [`StatsKey`] slots (an array map; a free
 /// slot has cgroup id 0), found through [`stats_slot_hash`].
@@ -265,13 +284,20 @@ impl CacheKind {
     }
 }
 
+/// Largest kmalloc served from a slab cache (`kmalloc-8k`, 4 KiB pages); larger ones take
+/// whole pages.
+pub const KMALLOC_MAX_CACHE_SIZE: u32 = 8192;
+
 /// Top bit of [`LiveObject::size_and_flags`]: the kernel's memcg charges the object too.
 pub const OBJECT_ACCOUNTED: u32 = 1 << 31;
 /// Bit 30 of [`LiveObject::size_and_flags`]: the kernel's owner record of the object
 /// (`slabobj_ext.objcg`) was seen set, so its clearing later means the object was freed.
 pub const OBJECT_OWNER_SEEN: u32 = 1 << 30;
+/// Bit 29 of [`LiveObject::size_and_flags`]: a sampled object, which stands for
+/// `1 << SAMPLE_SHIFT` objects of its kind (see [`SAMPLE_SHIFT`]).
+pub const OBJECT_SAMPLED: u32 = 1 << 29;
 /// Bits of [`LiveObject::size_and_flags`] that are flags, not size.
-pub const OBJECT_FLAGS: u32 = OBJECT_ACCOUNTED | OBJECT_OWNER_SEEN;
+pub const OBJECT_FLAGS: u32 = OBJECT_ACCOUNTED | OBJECT_OWNER_SEEN | OBJECT_SAMPLED;
 
 /// A slot of [`STATS_KEYS`].
 #[repr(C)]
@@ -326,6 +352,16 @@ impl LiveObject {
     #[inline(always)]
     pub const fn accounted(&self) -> bool {
         self.size_and_flags & OBJECT_ACCOUNTED != 0
+    }
+
+    /// How many objects the entry stands for.
+    #[inline(always)]
+    pub const fn weight(&self) -> i64 {
+        if self.size_and_flags & OBJECT_SAMPLED != 0 {
+            1 << SAMPLE_SHIFT
+        } else {
+            1
+        }
     }
 }
 
@@ -599,6 +635,36 @@ mod tests {
                     dropped_at[1] < slots / 4 / 5000,
                     "stride {stride}: {dropped_at:?}"
                 );
+            }
+        }
+    }
+
+    /// Objects of fresh slabs at each stride: one in `1 << SAMPLE_SHIFT` sampled, within 4
+    /// standard deviations, and the sampled ones spread over the whole table (the choice uses
+    /// other hash bits than the slot index).
+    #[test]
+    fn one_object_in_eight_is_sampled_at_every_stride_and_they_use_every_slot() {
+        extern crate std;
+        let n = 1u64 << 18;
+        let expected = n >> SAMPLE_SHIFT;
+        let sigma = ((n as f64) * (1.0 / 8.0) * (7.0 / 8.0)).sqrt();
+        for base in [0xffff_8880_1000_0000u64, 0xff11_0000_1000_0000] {
+            for stride in [8u64, 64, 192, 256, 1024, 4096] {
+                let mut slots = std::collections::BTreeSet::new();
+                let mut sampled = 0u64;
+                for i in 0..n {
+                    let ptr = base + i * stride;
+                    if is_sampled_address(ptr) {
+                        sampled += 1;
+                        slots.insert(live_slot_hash(ptr) & 1023);
+                    }
+                }
+                let off = (sampled as f64 - expected as f64).abs();
+                assert!(
+                    off <= 4.0 * sigma,
+                    "stride {stride} from {base:#x}: {sampled} of {n} sampled"
+                );
+                assert_eq!(slots.len(), 1024, "stride {stride}: slots used");
             }
         }
     }

@@ -29,9 +29,9 @@ use aya_ebpf::{
 };
 use kmemcg_common::{
     BUDGETS_PER_SLOT, CACHE_ID_PERCPU, CGROUP_EVENT_MKDIR, CGROUP_EVENT_RENAME, CGROUP_EVENT_RMDIR,
-    CacheName, CacheStats, CgroupEvent, GlobalCounters, LIVE_PROBES, LiveObject, MAX_WATCHED,
-    OBJECT_ACCOUNTED, OBJECT_FLAGS, RootCgroupMode, STATS_PROBES, StatsKey, kmalloc_cache_id,
-    live_slot_hash, stats_probe_offset, stats_slot_hash,
+    CacheName, CacheStats, CgroupEvent, GlobalCounters, KMALLOC_MAX_CACHE_SIZE, LIVE_PROBES,
+    LiveObject, MAX_WATCHED, OBJECT_ACCOUNTED, OBJECT_FLAGS, OBJECT_SAMPLED, RootCgroupMode,
+    STATS_PROBES, StatsKey, kmalloc_cache_id, live_slot_hash, stats_probe_offset, stats_slot_hash,
 };
 
 mod leaks;
@@ -144,6 +144,8 @@ struct Allocation {
     accounted: bool,
     /// From a `struct kmem_cache`, whose name is recorded the first time it is charged.
     slab: bool,
+    /// Tracked for `1 << SAMPLE_SHIFT` objects (see [`ledger::table_sample`]).
+    sampled: bool,
 }
 
 #[btf_tracepoint(function = "kmem_cache_alloc")]
@@ -195,16 +197,26 @@ fn on_cache_alloc(ptr: u64, known: &ledger::CacheInfo, flags: u32, gfp: u64) {
     let accounted_cache = flags & global(&SLAB_ACCOUNT) != 0;
     let accounted = accounted_cache || gfp & global(&GFP_ACCOUNT) != 0;
     // The ledger counts the caches whose every object is accounted (kmalloc-cg-* among them):
-    // a free knows such a cache by its flags, without reading the object's slab.
-    if accounted_cache && ledger::count(ptr, known, 1) {
-        return;
-    }
+    // a free knows such a cache by its flags, without reading the object's slab. The table
+    // samples the objects of the others, as their frees do.
+    let sampled = if accounted_cache {
+        if ledger::count(ptr, known, 1).is_ok() {
+            return;
+        }
+        false
+    } else {
+        let Some(sampled) = ledger::table_sample(ptr) else {
+            return;
+        };
+        sampled
+    };
     on_alloc(Allocation {
         ptr,
         cache_id: known.cache,
         bytes: known.size as u64,
         accounted,
         slab: true,
+        sampled,
     });
 }
 
@@ -235,15 +247,26 @@ fn on_kmalloc(call_site: u64, ptr: u64, bytes: u64, gfp: u64) {
         return;
     }
     let accounted = gfp & global(&GFP_ACCOUNT) != 0;
-    if accounted && ledger::count(ptr, &ledger::CacheInfo::UNKNOWN, 1) {
+    if accounted && ledger::count(ptr, &ledger::CacheInfo::UNKNOWN, 1).is_ok() {
         return;
     }
+    // A slab object (not a large kmalloc's pages) whose cache may lack `SLAB_ACCOUNT`: sampled
+    // as its free would be (a free samples no object that was not sampled here).
+    let sampled = if bytes <= KMALLOC_MAX_CACHE_SIZE as u64 {
+        let Some(sampled) = ledger::table_sample(ptr) else {
+            return;
+        };
+        sampled
+    } else {
+        false
+    };
     on_alloc(Allocation {
         ptr,
         cache_id: kmalloc_cache_id(bytes, accounted),
         bytes,
         accounted,
         slab: false,
+        sampled,
     });
 }
 
@@ -270,6 +293,7 @@ pub fn percpu_alloc_percpu(ctx: BtfTracePointContext) -> i32 {
         bytes,
         accounted: gfp & global(&GFP_ACCOUNT) != 0,
         slab: false,
+        sampled: false,
     });
     leaks::on_alloc(ctx.arg(0), ptr, CACHE_ID_PERCPU, bytes);
     0
@@ -296,7 +320,7 @@ pub fn kmem_cache_free(ctx: BtfTracePointContext) -> i32 {
     };
     if flags & global(&SLAB_ACCOUNT) == 0 {
         // Not a cache the ledger counts: the object is the table's, if anyone's.
-        on_free(ptr);
+        on_unaccounted_free(ptr);
     } else {
         let known = ledger::CacheInfo {
             cache: address_of(cache).unwrap_or(0),
@@ -313,10 +337,23 @@ pub fn kmem_cache_free(ctx: BtfTracePointContext) -> i32 {
 /// the live-object table's.
 #[inline(always)]
 fn on_slab_free(ptr: u64, known: &ledger::CacheInfo) {
-    if ptr <= ZERO_SIZE_PTR || ledger::count(ptr, known, -1) {
+    if ptr <= ZERO_SIZE_PTR {
         return;
     }
-    on_free(ptr);
+    match ledger::count(ptr, known, -1) {
+        Ok(()) => {}
+        Err(ledger::NotCounted::UnaccountedCache) => on_unaccounted_free(ptr),
+        Err(ledger::NotCounted::Other) => on_free(ptr),
+    }
+}
+
+/// The free of an object of a cache without `SLAB_ACCOUNT`: looked up only where the table
+/// may hold it (its address sampled, or no sampling).
+#[inline(always)]
+fn on_unaccounted_free(ptr: u64) {
+    if ledger::table_sample(ptr).is_some() {
+        on_free(ptr);
+    }
 }
 
 #[btf_tracepoint(function = "kfree")]
@@ -355,24 +392,11 @@ pub fn kmem_cache_alloc_raw(ctx: RawTracePointContext) -> i32 {
     if ptr == 0 || cache == 0 {
         return 0;
     }
-    let field = |offset: u32| {
-        // SAFETY: the fault-safe helper.
-        unsafe { bpf_probe_read_kernel((cache + offset as u64) as *const u32) }
-    };
-    let (Ok(size), Ok(flags), Ok(red_left_pad)) = (
-        field(global(&KMEM_CACHE_SIZE_OFFSET)),
-        field(global(&KMEM_CACHE_FLAGS_OFFSET)),
-        field(truth::layout_red_left_pad_offset()),
-    ) else {
+    let Some((flags, known)) = ledger::read_cache(cache) else {
         return 0;
     };
-    let known = ledger::CacheInfo {
-        cache,
-        size,
-        red_left_pad,
-    };
     on_cache_alloc(ptr, &known, flags, gfp);
-    leaks::on_alloc(raw_arg(&ctx, 0), ptr, cache, size as u64);
+    leaks::on_alloc(raw_arg(&ctx, 0), ptr, cache, known.size as u64);
     0
 }
 
@@ -502,18 +526,19 @@ fn on_alloc(alloc: Allocation) {
         with_global_counters(|c| c.dropped_stats_full += 1);
         return;
     };
-    // SAFETY: this CPU's counters.
-    let stats = unsafe { &mut *stats };
-    stats.allocs += 1;
-    if count_only {
-        return;
-    }
     let object = LiveObject {
         ptr: alloc.ptr,
         stats_slot: slot,
         size_and_flags: alloc.bytes as u32 & !OBJECT_FLAGS
-            | if alloc.accounted { OBJECT_ACCOUNTED } else { 0 },
+            | if alloc.accounted { OBJECT_ACCOUNTED } else { 0 }
+            | if alloc.sampled { OBJECT_SAMPLED } else { 0 },
     };
+    // SAFETY: this CPU's counters.
+    let stats = unsafe { &mut *stats };
+    stats.allocs += object.weight() as u64;
+    if count_only {
+        return;
+    }
     match remember(&object) {
         Remembered::New => charge_object(stats, &object, 1),
         Remembered::Replaced(stale) => {
@@ -689,7 +714,7 @@ fn uncharge_owner(object: &LiveObject) {
     if let Some(stats) = cpu_counters(object.stats_slot) {
         // SAFETY: this CPU's counters.
         let stats = unsafe { &mut *stats };
-        stats.frees += 1;
+        stats.frees += object.weight() as u64;
         charge_object(stats, object, -1);
     }
 }
@@ -716,19 +741,24 @@ fn atomic_add(target: &mut i64, delta: i64) {
 
 #[inline(always)]
 fn charge_object(stats: &mut CacheStats, object: &LiveObject, sign: i64) {
-    charge(stats, object.bytes() as u64, object.accounted(), sign);
+    charge(
+        stats,
+        object.bytes() as u64,
+        object.accounted(),
+        sign * object.weight(),
+    );
 }
 
-/// Adds `sign` objects of `size` bytes to a slot's counters (on this CPU) and spends them
-/// from the slot's limit budgets.
+/// Adds `objects` objects (taken away when negative) of `size` bytes to a slot's counters
+/// (on this CPU) and spends them from the slot's limit budgets.
 #[inline(always)]
-fn charge(stats: &mut CacheStats, size: u64, accounted: bool, sign: i64) {
-    let bytes = size as i64 * sign;
+fn charge(stats: &mut CacheStats, size: u64, accounted: bool, objects: i64) {
+    let bytes = size as i64 * objects;
     atomic_add(&mut stats.live_bytes, bytes);
-    atomic_add(&mut stats.live_objects, sign);
+    atomic_add(&mut stats.live_objects, objects);
     if accounted {
         atomic_add(&mut stats.accounted_bytes, bytes);
-        atomic_add(&mut stats.accounted_objects, sign);
+        atomic_add(&mut stats.accounted_objects, objects);
     }
     // SAFETY: a field of this CPU's counters, written by the agent only.
     let budgets = unsafe { core::ptr::read_volatile(&raw const stats.budgets) };

@@ -222,3 +222,44 @@ fn attribution_stays_with_the_allocating_cgroup_after_a_move() {
     assert!((1000..1100).contains(&dentries), "{first_usage:#?}");
     workload.release();
 }
+
+/// Objects of caches without `SLAB_ACCOUNT` are sampled where the ledger is on
+/// (`status.unaccounted_sample_one_in`): the estimate of 20,000 queued skbs is within four of
+/// its stated standard deviations, `sqrt(n * (one_in - 1))`; exact where nothing is sampled.
+/// Reading them frees them, and the cgroup is uncharged.
+#[test]
+fn sampled_unaccounted_objects_are_estimated_within_the_stated_error() {
+    require_root();
+    let agent = AgentProcess::start(&[]);
+    let one_in = agent.status().unaccounted_sample_one_in;
+    assert!(one_in >= 1, "status.unaccounted_sample_one_in is {one_in}");
+    let cgroup = TestCgroup::new("sampled");
+    let messages = 20_000u64;
+    let sigma = ((messages * (one_in - 1)) as f64).sqrt() as u64;
+    let margin = 4 * sigma + messages / 100;
+    let baseline = agent
+        .cgroup(cgroup.path())
+        .map_or(0, |u| cache_objects(&u, &["skbuff_head_cache"]));
+    let queued = cgroup.hold(&["queued-messages", &messages.to_string()]);
+    let usage = agent
+        .wait_for(cgroup.path(), WAIT, "the queued skbs", |u| {
+            u.is_some_and(|u| {
+                cache_objects(u, &["skbuff_head_cache"]) >= baseline + messages - margin
+            })
+        })
+        .expect("usage");
+    agent.settle();
+    let usage = agent.cgroup(cgroup.path()).unwrap_or(usage);
+    let estimate = cache_objects(&usage, &["skbuff_head_cache"]) - baseline;
+    eprintln!(
+        "{messages} skbs queued, estimated {estimate} (one in {one_in} sampled, sigma {sigma})"
+    );
+    assert!(
+        estimate.abs_diff(messages) <= margin,
+        "{estimate} skbs estimated for {messages} (one in {one_in}, margin {margin}): {usage:#?}"
+    );
+    drop(queued);
+    agent.wait_for(cgroup.path(), WAIT, "the skbs freed", |u| {
+        u.is_none_or(|u| cache_objects(u, &["skbuff_head_cache"]) <= baseline + margin / 4)
+    });
+}

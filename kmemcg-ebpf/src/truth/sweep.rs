@@ -3,15 +3,15 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{EbpfContext as _, macros::raw_tracepoint, programs::RawTracePointContext};
-use kmemcg_common::{KERNEL_ADDRESS_MIN, LiveObject, MAX_CPUS, OBJECT_OWNER_SEEN};
+use kmemcg_common::{
+    KERNEL_ADDRESS_MIN, KMALLOC_MAX_CACHE_SIZE, LiveObject, MAX_CPUS, OBJECT_OWNER_SEEN,
+};
 
 use super::{
     PERCPU_OFFSETS, PageKind, SLAB_LAYOUT, bases, bump, owner_record_stride, page_kind, read,
     run_loop, slab_counts,
 };
 
-/// Largest object of a kmalloc cache on x86_64 (two pages); larger ones are whole pages.
-const KMALLOC_MAX_CACHE_SIZE: u32 = 8192;
 use crate::{
     KMEM_CACHE_SIZE_OFFSET, LIVE_OBJECTS, LIVE_SLOT_MASK, POSSIBLE_CPUS, STATS_KEYS,
     compare_and_swap, global, uncharge_owner,
@@ -127,8 +127,10 @@ pub(super) fn release(slot: *mut LiveObject, object: &LiveObject, verdict: Verdi
             Verdict::InSheaf => bump(1, |c| &mut c.swept_by_sheaf),
             _ => bump(1, |c| &mut c.swept_by_freelist),
         }
-        bump(1, |c| &mut c.swept_objects);
-        bump(object.bytes() as u64, |c| &mut c.swept_bytes);
+        bump(object.weight() as u64, |c| &mut c.swept_objects);
+        bump(object.bytes() as u64 * object.weight() as u64, |c| {
+            &mut c.swept_bytes
+        });
     }
 }
 
