@@ -340,10 +340,14 @@ fn on_slab_free(ptr: u64, known: &ledger::CacheInfo) {
     if ptr <= ZERO_SIZE_PTR {
         return;
     }
-    match ledger::count(ptr, known, -1) {
-        Ok(()) => {}
-        Err(ledger::NotCounted::UnaccountedCache) => on_unaccounted_free(ptr),
-        Err(ledger::NotCounted::Other) => on_free(ptr),
+    // One call of `on_free` (the program's code stays small).
+    let in_table = match ledger::count(ptr, known, -1) {
+        Ok(()) => false,
+        Err(ledger::NotCounted::UnaccountedCache) => ledger::table_sample(ptr).is_some(),
+        Err(ledger::NotCounted::Other) => true,
+    };
+    if in_table {
+        on_free(ptr);
     }
 }
 
