@@ -350,9 +350,23 @@ impl HeldWorkload {
         self.finish();
     }
 
+    /// Closes its stdin and waits for it to exit; kills it after 20 s (a workload in a cgroup
+    /// left frozen by a failed test never exits by itself, and a test must not hang).
     fn finish(&mut self) {
         if let Some(mut stdin) = self.stdin.take() {
             let _ = stdin.flush();
+        }
+        let deadline = Instant::now() + patience(Duration::from_secs(20));
+        while matches!(self.child.try_wait(), Ok(None)) {
+            if Instant::now() > deadline {
+                eprintln!(
+                    "warning: kmemcg-workload {} did not exit: killed",
+                    self.child.id()
+                );
+                let _ = self.child.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
         let _ = self.child.wait();
     }

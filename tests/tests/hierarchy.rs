@@ -209,8 +209,19 @@ fn cgroup_churn_leaves_no_stale_state() {
     let churn_secs = started.elapsed().as_secs_f64();
     agent.settle();
 
-    // Every removed cgroup still holds its file's dentry and inode, and is listed as dying
-    // under its own path (the tree saw it created, however briefly it lived).
+    // Every removed cgroup still holding objects is listed as dying under its own path (the
+    // tree saw it created, however briefly it lived). Where each is a memory cgroup of its own
+    // (pure v2), or the table tracks every object, it holds its file's dentry and inode. On a
+    // hybrid host with the ledger on, the kernel charges the files to the memcg of the parent
+    // (the churned cgroups have none in v1), and so does kmemcg: each holds only the few
+    // unaccounted objects of its work, of which the table samples one in N.
+    let one_in = baseline.unaccounted_sample_one_in.max(1) as usize;
+    let files_charged_here = parent.memory_dir().is_none() || !baseline.ledger;
+    let expected = if files_charged_here {
+        count * 95 / 100
+    } else {
+        count / one_in / 2
+    };
     let deadline = Instant::now() + WAIT;
     loop {
         let dying = agent.dying();
@@ -218,12 +229,12 @@ fn cgroup_churn_leaves_no_stale_state() {
             .iter()
             .filter(|d| d.path.starts_with(parent.path()))
             .count();
-        if churned >= count * 95 / 100 {
+        if churned >= expected {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "{churned} dying of {count}; {} of unknown path; {:#?}",
+            "{churned} dying of {count} (expected {expected}); {} of unknown path; {:#?}",
             dying.iter().filter(|d| d.path.starts_with('<')).count(),
             agent.status()
         );
