@@ -161,3 +161,79 @@ mod tests {
         std::fs::remove_dir_all(d).expect("cleanup");
     }
 }
+
+/// Whether no `kmalloc-cg-*` cache keeps a red zone before its objects (`slub_debug=Z`): the
+/// programs then find an accounted kmalloc's owner record from the size the tracepoint gives,
+/// without reading the cache. False when sysfs does not say.
+pub fn kmalloc_cg_without_red_zones() -> bool {
+    kmalloc_cg_without_red_zones_in(Path::new(SLAB_SYSFS))
+}
+
+fn kmalloc_cg_without_red_zones_in(dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    let mut seen = 0;
+    for entry in entries.flatten() {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with("kmalloc-cg-")
+        {
+            continue;
+        }
+        match std::fs::read_to_string(entry.path().join("red_zone")) {
+            Ok(flag) if flag.trim() == "0" => seen += 1,
+            _ => return false,
+        }
+    }
+    seen > 0
+}
+
+#[cfg(test)]
+mod red_zone_tests {
+    use super::*;
+
+    fn slab_dir(case: &str, caches: &[(&str, Option<&str>)]) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("kmemcg-red-zones-{case}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for (name, red_zone) in caches {
+            let cache = dir.join(name);
+            std::fs::create_dir_all(&cache).expect("mkdir");
+            if let Some(flag) = red_zone {
+                std::fs::write(cache.join("red_zone"), flag).expect("write");
+            }
+        }
+        dir
+    }
+
+    #[test]
+    fn red_zones_are_ruled_out_only_when_every_kmalloc_cg_cache_says_so() {
+        let cases = [
+            (
+                "clean",
+                vec![("kmalloc-cg-64", Some("0\n")), ("dentry", Some("1\n"))],
+                true,
+            ),
+            (
+                "zoned",
+                vec![
+                    ("kmalloc-cg-64", Some("0\n")),
+                    ("kmalloc-cg-8", Some("1\n")),
+                ],
+                false,
+            ),
+            ("unreadable", vec![("kmalloc-cg-64", None)], false),
+            ("none", vec![("dentry", Some("0\n"))], false),
+        ];
+        for (case, caches, expected) in cases {
+            let dir = slab_dir(case, &caches);
+            assert_eq!(kmalloc_cg_without_red_zones_in(&dir), expected, "{case}");
+            std::fs::remove_dir_all(&dir).expect("cleanup");
+        }
+        assert!(!kmalloc_cg_without_red_zones_in(Path::new(
+            "/nonexistent/kmemcg"
+        )));
+    }
+}

@@ -195,6 +195,7 @@ impl Tracer {
             .as_ref()
             .map(|facts| facts.layout)
             .unwrap_or_default();
+        let kmalloc_cg_unpadded = u32::from(crate::slab_names::kmalloc_cg_without_red_zones());
         let mut loader = EbpfLoader::new();
         if let Some(pinned) = &pinned {
             for map in pin::PINNED_MAPS {
@@ -216,6 +217,7 @@ impl Tracer {
                 &layout.kmem_cache_size_offset,
                 true,
             )
+            .override_global(globals::KMALLOC_CG_UNPADDED, &kmalloc_cg_unpadded, true)
             .override_global(
                 globals::KMEM_CACHE_NAME_OFFSET,
                 &layout.kmem_cache_name_offset,

@@ -118,6 +118,10 @@ pub mod globals {
     pub const KMEM_CACHE_SIZE_OFFSET: &str = "KMEM_CACHE_SIZE_OFFSET";
     /// Byte offset of `struct kmem_cache::name`, from BTF.
     pub const KMEM_CACHE_NAME_OFFSET: &str = "KMEM_CACHE_NAME_OFFSET";
+    /// 1 when no `kmalloc-cg-*` cache has a red zone (u32): an accounted kmalloc's object
+    /// size is then the tracepoint's `bytes_alloc`, and its first object is at the slab's
+    /// start, with no read of the cache.
+    pub const KMALLOC_CG_UNPADDED: &str = "KMALLOC_CG_UNPADDED";
     /// Number of possible CPUs (u64): a percpu allocation of `size` takes `size` on each.
     pub const POSSIBLE_CPUS: &str = "POSSIBLE_CPUS";
     /// Slots of LIVE_OBJECTS minus one (u32); the table's size is a power of two.

@@ -13,7 +13,10 @@
 use aya_ebpf::{macros::map, maps::Array};
 use kmemcg_common::{LedgerState, StatsKey};
 
-use crate::{SlotCgroup, charge, global, stats_slot, truth::SLAB_LAYOUT};
+use crate::{
+    SlotCgroup, charge, global, stats_slot,
+    truth::{SLAB_LAYOUT, Stride, record_stride},
+};
 
 #[map]
 static LEDGER_STATE: Array<LedgerState> = Array::with_max_entries(1, 0);
@@ -41,12 +44,26 @@ pub struct CacheInfo {
     pub red_left_pad: u32,
 }
 
+/// [`CacheInfo::cache`] of an accounted kmalloc's: whichever cache its slab names.
+const ANY_KMALLOC_CG: u64 = u64::MAX;
+
 impl CacheInfo {
     pub const UNKNOWN: Self = Self {
         cache: 0,
         size: 0,
         red_left_pad: 0,
     };
+
+    /// An accounted kmalloc of `bytes_alloc` bytes, from a `kmalloc-cg-*` cache without red
+    /// zones.
+    #[inline(always)]
+    pub fn kmalloc_cg(bytes_alloc: u64) -> Self {
+        Self {
+            cache: ANY_KMALLOC_CG,
+            size: bytes_alloc as u32,
+            red_left_pad: 0,
+        }
+    }
 }
 
 /// An accounted slab object: its owner and cache, and where its slab is.
@@ -117,6 +134,16 @@ pub fn read_cache(cache: u64) -> Option<(u32, CacheInfo)> {
     ))
 }
 
+/// Copies 64 bytes of kernel memory into `block` in place: a copy returned by value takes
+/// another 72 bytes of the stack, of which Linux 6.1 to 6.15 allow the hooks 512 in all.
+#[inline(always)]
+fn read_block(addr: u64, block: &mut [u64; 8]) -> Option<()> {
+    // SAFETY: the block's 64 bytes, viewed as bytes.
+    let bytes = unsafe { core::slice::from_raw_parts_mut(block.as_mut_ptr().cast::<u8>(), 64) };
+    // SAFETY: the fault-safe helper; a failed read yields None.
+    unsafe { aya_ebpf::helpers::bpf_probe_read_kernel_buf(addr as *const u8, bytes) }.ok()
+}
+
 /// A little-endian field of `size` bytes at `offset` in a copy of a `struct slab`.
 #[inline(always)]
 fn field(block: &[u64; 8], offset: u32, size: u32) -> Option<u64> {
@@ -153,7 +180,8 @@ fn owned(state: *mut LedgerState, ptr: u64, known: &CacheInfo) -> Result<Owned, 
     }
     let page_size = layout!(struct_page_size) as u64;
     // One read for the object's page; a second for its head page when it is a tail.
-    let mut block: [u64; 8] = read(vmemmap + pfn * page_size).ok_or(Other)?;
+    let mut block = [0u64; 8];
+    read_block(vmemmap + pfn * page_size, &mut block).ok_or(Other)?;
     let info = field(&block, layout!(page_compound_head_offset), 8).ok_or(Other)?;
     let mut slab_pfn = pfn;
     if info & 1 != 0 {
@@ -165,7 +193,7 @@ fn owned(state: *mut LedgerState, ptr: u64, known: &CacheInfo) -> Result<Owned, 
             .checked_sub(vmemmap)
             .and_then(|offset| offset.checked_div(page_size))
             .ok_or(Other)?;
-        block = read(head).ok_or(Other)?;
+        read_block(head, &mut block).ok_or(Other)?;
     }
     let pg_slab = layout!(pg_slab_mask);
     let is_slab = if pg_slab != 0 {
@@ -180,7 +208,7 @@ fn owned(state: *mut LedgerState, ptr: u64, known: &CacheInfo) -> Result<Owned, 
     let cache = field(&block, layout!(slab_cache_offset), 8).ok_or(Other)?;
     let exts = field(&block, layout!(slab_obj_exts_offset), 8).ok_or(Other)?
         & !layout!(obj_exts_flags_mask);
-    let stride = record_stride(&block).ok_or(Other)?;
+    let stride = record_stride(|offset, bytes| field(&block, offset, bytes)).ok_or(Other)?;
     let read_info;
     let known = if known.cache == 0 {
         // The ledger counts `SLAB_ACCOUNT` caches only (see `on_cache_alloc`); the cache's
@@ -191,7 +219,7 @@ fn owned(state: *mut LedgerState, ptr: u64, known: &CacheInfo) -> Result<Owned, 
         }
         read_info = info;
         &read_info
-    } else if known.cache != cache {
+    } else if known.cache != cache && known.cache != ANY_KMALLOC_CG {
         return Err(Other);
     } else {
         known
@@ -221,37 +249,6 @@ fn owned(state: *mut LedgerState, ptr: u64, known: &CacheInfo) -> Result<Owned, 
         size,
         slab_pfn,
     })
-}
-
-/// Bytes between two owner records.
-enum Stride {
-    /// 0: the slab keeps no `obj_cgroup` in its records.
-    Bytes(u64),
-    /// Records inside the objects.
-    ObjectSize,
-}
-
-/// Bytes between two owner records (see `truth::owner_record_stride`), from the slab's copy.
-#[inline(always)]
-fn record_stride(block: &[u64; 8]) -> Option<Stride> {
-    let stride_offset = layout!(slab_stride_offset);
-    if stride_offset != 0 {
-        return field(block, stride_offset, 4).map(Stride::Bytes);
-    }
-    let (in_object, needs_objcg) = (
-        layout!(slab_obj_exts_in_object_shift),
-        layout!(slab_obj_exts_needs_objcg_shift),
-    );
-    if in_object != 0 || needs_objcg != 0 {
-        let word = field(block, layout!(slab_counters_offset), 8)?;
-        if in_object != 0 && (word >> in_object) & 1 != 0 {
-            return Some(Stride::ObjectSize);
-        }
-        if needs_objcg != 0 && (word >> needs_objcg) & 1 == 0 {
-            return Some(Stride::Bytes(0));
-        }
-    }
-    Some(Stride::Bytes(layout!(obj_ext_size) as u64))
 }
 
 /// Counts an allocation (`sign` 1) or a free (-1) of `ptr` in the ledger when the kernel's

@@ -60,6 +60,8 @@ static KMEM_CACHE_SIZE_OFFSET: u32 = 0;
 #[unsafe(no_mangle)]
 static KMEM_CACHE_NAME_OFFSET: u32 = 0;
 #[unsafe(no_mangle)]
+static KMALLOC_CG_UNPADDED: u32 = 0;
+#[unsafe(no_mangle)]
 static POSSIBLE_CPUS: u64 = 1;
 /// Slots of LIVE_OBJECTS minus one (a power of two minus one).
 #[unsafe(no_mangle)]
@@ -157,20 +159,7 @@ pub fn kmem_cache_alloc(ctx: BtfTracePointContext) -> i32 {
     if ptr == 0 || cache.is_null() {
         return 0;
     }
-    // Direct loads from the BTF-typed `struct kmem_cache *`: the verifier checks each offset
-    // (constants from BTF, in the frozen .rodata) against the struct's fields and turns the
-    // loads into fault-safe ones, several times cheaper than bpf_probe_read_kernel.
-    // SAFETY: see above; the verifier rejects the program rather than letting a load fault.
-    let (size, flags) = unsafe {
-        (
-            core::ptr::read_volatile(
-                cache.add(global(&KMEM_CACHE_SIZE_OFFSET) as usize) as *const u32
-            ),
-            core::ptr::read_volatile(
-                cache.add(global(&KMEM_CACHE_FLAGS_OFFSET) as usize) as *const u32
-            ),
-        )
-    };
+    let (size, flags) = typed_size_and_flags(cache);
     let Some(cache_id) = address_of(cache) else {
         return 0;
     };
@@ -182,6 +171,21 @@ pub fn kmem_cache_alloc(ctx: BtfTracePointContext) -> i32 {
     on_cache_alloc(ptr, &known, flags, gfp);
     leaks::on_alloc(ctx.arg(0), ptr, cache_id, size as u64);
     0
+}
+
+/// `kmem_cache::size` and `flags` through a BTF-typed cache pointer: the verifier checks each
+/// offset (constants from BTF, in the frozen .rodata) against the struct's fields and turns
+/// the loads into fault-safe ones, several times cheaper than bpf_probe_read_kernel.
+#[inline(always)]
+fn typed_size_and_flags(cache: *const u8) -> (u32, u32) {
+    let field = |offset: u32| {
+        // SAFETY: see above; the verifier rejects the program rather than letting a load fault.
+        unsafe { core::ptr::read_volatile(cache.add(offset as usize) as *const u32) }
+    };
+    (
+        field(global(&KMEM_CACHE_SIZE_OFFSET)),
+        field(global(&KMEM_CACHE_FLAGS_OFFSET)),
+    )
 }
 
 /// `kmem_cache::red_left_pad` through a BTF-typed cache pointer.
@@ -247,7 +251,14 @@ fn on_kmalloc(call_site: u64, ptr: u64, bytes: u64, gfp: u64) {
         return;
     }
     let accounted = gfp & global(&GFP_ACCOUNT) != 0;
-    if accounted && ledger::count(ptr, &ledger::CacheInfo::UNKNOWN, 1).is_ok() {
+    // An accounted kmalloc comes from a `kmalloc-cg-*` cache (`SLAB_ACCOUNT`) of object size
+    // `bytes`: without red zones its record is found without reading the cache.
+    let known = if global(&KMALLOC_CG_UNPADDED) != 0 {
+        ledger::CacheInfo::kmalloc_cg(bytes)
+    } else {
+        ledger::CacheInfo::UNKNOWN
+    };
+    if accounted && ledger::count(ptr, &known, 1).is_ok() {
         return;
     }
     // A slab object (not a large kmalloc's pages) whose cache may lack `SLAB_ACCOUNT`: sampled
@@ -307,17 +318,7 @@ pub fn kmem_cache_free(ctx: BtfTracePointContext) -> i32 {
     if ptr <= ZERO_SIZE_PTR || cache.is_null() {
         return 0;
     }
-    // SAFETY: as in `kmem_cache_alloc`.
-    let (size, flags) = unsafe {
-        (
-            core::ptr::read_volatile(
-                cache.add(global(&KMEM_CACHE_SIZE_OFFSET) as usize) as *const u32
-            ),
-            core::ptr::read_volatile(
-                cache.add(global(&KMEM_CACHE_FLAGS_OFFSET) as usize) as *const u32
-            ),
-        )
-    };
+    let (size, flags) = typed_size_and_flags(cache);
     if flags & global(&SLAB_ACCOUNT) == 0 {
         // Not a cache the ledger counts: the object is the table's, if anyone's.
         on_unaccounted_free(ptr);

@@ -142,24 +142,50 @@ fn page_kind(page: u64) -> Option<PageKind> {
 /// where its records hold no owner (7.3+, a slab of a cache that is never accounted).
 #[inline(always)]
 fn owner_record_stride(slab: u64, size: u64) -> Option<u64> {
+    let field = |offset: u32, bytes: u32| {
+        if bytes == 4 {
+            read::<u32>(slab + offset as u64).map(u64::from)
+        } else {
+            read::<u64>(slab + offset as u64)
+        }
+    };
+    Some(match record_stride(field)? {
+        Stride::Bytes(bytes) => bytes,
+        Stride::ObjectSize => size,
+    })
+}
+
+/// Bytes between two owner records.
+pub(crate) enum Stride {
+    /// 0: the slab keeps no `obj_cgroup` in its records.
+    Bytes(u64),
+    /// Records inside the objects: the cache's object size.
+    ObjectSize,
+}
+
+/// The stride of a slab's owner records, from its fields (`field(offset, bytes)` of its
+/// `struct slab`): the stride field (7.2+), else the counters word's in-object and
+/// needs-objcg bits (7.x), else `sizeof(struct slabobj_ext)`.
+#[inline(always)]
+pub(crate) fn record_stride(field: impl Fn(u32, u32) -> Option<u64>) -> Option<Stride> {
     let stride_offset = layout!(slab_stride_offset);
     if stride_offset != 0 {
-        return read::<u32>(slab + stride_offset as u64).map(u64::from);
+        return field(stride_offset, 4).map(Stride::Bytes);
     }
     let (in_object, needs_objcg) = (
         layout!(slab_obj_exts_in_object_shift),
         layout!(slab_obj_exts_needs_objcg_shift),
     );
     if in_object != 0 || needs_objcg != 0 {
-        let word: u64 = read(slab + layout!(slab_counters_offset) as u64)?;
+        let word = field(layout!(slab_counters_offset), 8)?;
         if in_object != 0 && (word >> in_object) & 1 != 0 {
-            return Some(size);
+            return Some(Stride::ObjectSize);
         }
         if needs_objcg != 0 && (word >> needs_objcg) & 1 == 0 {
-            return Some(0);
+            return Some(Stride::Bytes(0));
         }
     }
-    Some(layout!(obj_ext_size) as u64)
+    Some(Stride::Bytes(layout!(obj_ext_size) as u64))
 }
 
 /// (inuse, objects) of the slab whose `struct slab` (head page) is at `slab`.
