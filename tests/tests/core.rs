@@ -33,10 +33,20 @@ fn files_are_charged_as_dentries_and_inodes_and_uncharged_when_deleted() {
 
     // Another process in another cgroup deletes them; dentries and inodes are freed later
     // from RCU callbacks. The allocating cgroup is uncharged, the deleter is not charged.
+    // Where neither the sweep nor the ledger's recount runs (Linux 7.x), objects the kernel
+    // frees without a free tracepoint (RCU sheaves) stay charged, as the status says: up to
+    // 11% of these files' objects in one run of the kernel matrix, none in most.
+    let status = agent.status();
+    let untraced_frees_corrected = status.corrections.sweep.in_force || status.ledger;
+    let left = if untraced_frees_corrected {
+        k / 20
+    } else {
+        k / 5
+    };
     deleter.run(&["delete-files", &dir]);
     agent.wait_for(owner.path(), WAIT, "dentries and inodes freed", |u| {
         u.is_some_and(|u| {
-            cache_objects(u, &["dentry"]) < k / 20 && cache_objects(u, INODE_CACHES) < k / 20
+            cache_objects(u, &["dentry"]) < left && cache_objects(u, INODE_CACHES) < left
         })
     });
     let deleter_usage = agent.cgroup(deleter.path());
@@ -64,9 +74,11 @@ fn percpu_allocations_are_charged_at_size_times_possible_cpus() {
         &entries.to_string(),
         &value_size.to_string(),
     ]);
+    // Every allocation counted: a sample taken while the maps were being made can be served
+    // after the workload is ready.
     let usage = agent
-        .wait_for(cgroup.path(), WAIT, "percpu bytes", |u| {
-            u.is_some_and(|u| u.percpu_bytes as f64 >= expected as f64 * 0.9)
+        .wait_for(cgroup.path(), WAIT, "percpu allocations", |u| {
+            u.is_some_and(|u| u.percpu_objects >= maps * entries)
         })
         .expect("usage");
     let ratio = usage.percpu_bytes as f64 / expected as f64;
