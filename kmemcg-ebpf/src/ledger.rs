@@ -329,15 +329,35 @@ pub fn enabled() -> bool {
     state().is_some()
 }
 
-/// Whether the table tracks the unaccounted slab object at `ptr`, and for how many objects:
-/// every one where the ledger is off, one address in `1 << SAMPLE_SHIFT` where it is on.
+/// How the live-object table takes an unaccounted slab object.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum TableEntry {
+    /// Not tracked: where the ledger is on, only one address in `1 << SAMPLE_SHIFT` is.
+    None,
+    /// Tracked for itself (the ledger is off).
+    Exact,
+    /// Tracked for `1 << SAMPLE_SHIFT` objects.
+    Sampled,
+}
+
+impl TableEntry {
+    /// Whether the table may hold the object, so that its free must look it up.
+    #[inline(always)]
+    pub fn may_hold(self) -> bool {
+        self != Self::None
+    }
+}
+
+/// How the table takes the unaccounted slab object at `ptr`: every one where the ledger is
+/// off, one address in `1 << SAMPLE_SHIFT` where it is on. The same address always gets the
+/// same answer, so that a free looks up only what its allocation may have taken.
 #[inline(always)]
-pub fn table_sample(ptr: u64) -> Option<bool> {
+pub fn table_entry(ptr: u64) -> TableEntry {
     if !enabled() {
-        Some(false)
+        TableEntry::Exact
     } else if kmemcg_common::is_sampled_address(ptr) {
-        Some(true)
+        TableEntry::Sampled
     } else {
-        None
+        TableEntry::None
     }
 }

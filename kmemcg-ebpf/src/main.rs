@@ -146,7 +146,7 @@ struct Allocation {
     accounted: bool,
     /// From a `struct kmem_cache`, whose name is recorded the first time it is charged.
     slab: bool,
-    /// Tracked for `1 << SAMPLE_SHIFT` objects (see [`ledger::table_sample`]).
+    /// Tracked for `1 << SAMPLE_SHIFT` objects (see [`ledger::table_entry`]).
     sampled: bool,
 }
 
@@ -203,24 +203,24 @@ fn on_cache_alloc(ptr: u64, known: &ledger::CacheInfo, flags: u32, gfp: u64) {
     // The ledger counts the caches whose every object is accounted (kmalloc-cg-* among them):
     // a free knows such a cache by its flags, without reading the object's slab. The table
     // samples the objects of the others, as their frees do.
-    let sampled = if accounted_cache {
+    let entry = if accounted_cache {
         if ledger::count(ptr, known, 1).is_ok() {
             return;
         }
-        false
+        ledger::TableEntry::Exact
     } else {
-        let Some(sampled) = ledger::table_sample(ptr) else {
-            return;
-        };
-        sampled
+        ledger::table_entry(ptr)
     };
+    if !entry.may_hold() {
+        return;
+    }
     on_alloc(Allocation {
         ptr,
         cache_id: known.cache,
         bytes: known.size as u64,
         accounted,
         slab: true,
-        sampled,
+        sampled: entry == ledger::TableEntry::Sampled,
     });
 }
 
@@ -263,21 +263,21 @@ fn on_kmalloc(call_site: u64, ptr: u64, bytes: u64, gfp: u64) {
     }
     // A slab object (not a large kmalloc's pages) whose cache may lack `SLAB_ACCOUNT`: sampled
     // as its free would be (a free samples no object that was not sampled here).
-    let sampled = if bytes <= KMALLOC_MAX_CACHE_SIZE as u64 {
-        let Some(sampled) = ledger::table_sample(ptr) else {
-            return;
-        };
-        sampled
+    let entry = if bytes <= KMALLOC_MAX_CACHE_SIZE as u64 {
+        ledger::table_entry(ptr)
     } else {
-        false
+        ledger::TableEntry::Exact
     };
+    if !entry.may_hold() {
+        return;
+    }
     on_alloc(Allocation {
         ptr,
         cache_id: kmalloc_cache_id(bytes, accounted),
         bytes,
         accounted,
         slab: false,
-        sampled,
+        sampled: entry == ledger::TableEntry::Sampled,
     });
 }
 
@@ -321,7 +321,9 @@ pub fn kmem_cache_free(ctx: BtfTracePointContext) -> i32 {
     let (size, flags) = typed_size_and_flags(cache);
     if flags & global(&SLAB_ACCOUNT) == 0 {
         // Not a cache the ledger counts: the object is the table's, if anyone's.
-        on_unaccounted_free(ptr);
+        if ledger::table_entry(ptr).may_hold() {
+            on_free(ptr);
+        }
     } else {
         let known = ledger::CacheInfo {
             cache: address_of(cache).unwrap_or(0),
@@ -344,19 +346,10 @@ fn on_slab_free(ptr: u64, known: &ledger::CacheInfo) {
     // One call of `on_free` (the program's code stays small).
     let in_table = match ledger::count(ptr, known, -1) {
         Ok(()) => false,
-        Err(ledger::NotCounted::UnaccountedCache) => ledger::table_sample(ptr).is_some(),
+        Err(ledger::NotCounted::UnaccountedCache) => ledger::table_entry(ptr).may_hold(),
         Err(ledger::NotCounted::Other) => true,
     };
     if in_table {
-        on_free(ptr);
-    }
-}
-
-/// The free of an object of a cache without `SLAB_ACCOUNT`: looked up only where the table
-/// may hold it (its address sampled, or no sampling).
-#[inline(always)]
-fn on_unaccounted_free(ptr: u64) {
-    if ledger::table_sample(ptr).is_some() {
         on_free(ptr);
     }
 }

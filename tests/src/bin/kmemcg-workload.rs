@@ -109,6 +109,18 @@ enum Work {
     /// (unaccounted slab objects) allocated by one thread and freed by the other. Prints
     /// messages per second.
     Messaging { seconds: f64 },
+    /// hackbench itself (`perf bench sched messaging -g GROUPS`, process mode) for SECONDS:
+    /// GROUPS groups of 20 sender and 20 receiver processes; each sender writes 100-byte
+    /// messages to every receiver of its group over unix stream sockets. Prints messages per
+    /// second.
+    Hackbench {
+        seconds: f64,
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=50))]
+        groups: u32,
+    },
+    /// fork + exec of `/bin/true` and a wait, over and over for SECONDS (a task, its mm, its
+    /// files and credentials each time). Prints execs per second.
+    ForkExec { seconds: f64 },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -180,6 +192,8 @@ fn main() -> anyhow::Result<()> {
         } => churn_use(&parents, &dir, count),
         Work::Mix { dir, seconds } => mix(&dir, Duration::from_secs_f64(seconds)),
         Work::Messaging { seconds } => messaging(Duration::from_secs_f64(seconds)),
+        Work::Hackbench { seconds, groups } => hackbench(groups, Duration::from_secs_f64(seconds)),
+        Work::ForkExec { seconds } => fork_exec(Duration::from_secs_f64(seconds)),
     }
 }
 
@@ -530,6 +544,133 @@ fn messaging(duration: Duration) -> anyhow::Result<()> {
     }
     let rate = messages as f64 / start.elapsed().as_secs_f64();
     println!("{rate:.0} messages/s ({PAIRS} socket pairs)");
+    Ok(())
+}
+
+/// Processes per side of a hackbench group, as `perf bench sched messaging` has them.
+const HACKBENCH_FDS: usize = 20;
+
+fn hackbench(groups: u32, duration: Duration) -> anyhow::Result<()> {
+    use std::os::{
+        fd::{AsRawFd as _, OwnedFd},
+        unix::net::UnixStream,
+    };
+    const MESSAGE: usize = 100;
+    let deadline = Instant::now() + duration;
+    let start = Instant::now();
+    // Receivers report how many messages they read, 8 bytes each, through one pipe.
+    let (results_rx, results_tx) = std::io::pipe().context("pipe")?;
+    let mut children = Vec::new();
+    for _ in 0..groups {
+        let pairs = (0..HACKBENCH_FDS)
+            .map(|_| UnixStream::pair())
+            .collect::<Result<Vec<_>, _>>()
+            .context("socketpair")?;
+        let (ins, outs): (Vec<OwnedFd>, Vec<OwnedFd>) =
+            pairs.into_iter().map(|(a, b)| (a.into(), b.into())).unzip();
+        for receiver in &outs {
+            let fd = receiver.as_raw_fd();
+            let ins_fds: Vec<i32> = ins.iter().map(|f| f.as_raw_fd()).collect();
+            let report = results_tx.as_raw_fd();
+            children.push(fork_child(move || {
+                // Without this end, the socket reads end of file once every sender has exited.
+                for fd in ins_fds {
+                    // SAFETY: the child's copies of the senders' ends.
+                    unsafe { libc::close(fd) };
+                }
+                let mut message = [0u8; MESSAGE];
+                let mut received = 0u64;
+                while read_exact_fd(fd, &mut message) {
+                    received += 1;
+                }
+                write_all_fd(report, &received.to_ne_bytes());
+            })?);
+        }
+        for _ in 0..HACKBENCH_FDS {
+            let targets: Vec<i32> = ins.iter().map(|f| f.as_raw_fd()).collect();
+            children.push(fork_child(move || {
+                let message = [0u8; MESSAGE];
+                'send: while Instant::now() < deadline {
+                    for &fd in &targets {
+                        if !write_all_fd(fd, &message) {
+                            break 'send;
+                        }
+                    }
+                }
+            })?);
+        }
+    }
+    drop(results_tx);
+    let mut messages = 0u64;
+    let mut results = std::io::BufReader::new(results_rx);
+    let mut count = [0u8; 8];
+    while std::io::Read::read_exact(&mut results, &mut count).is_ok() {
+        messages += u64::from_ne_bytes(count);
+    }
+    for pid in children {
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+    }
+    let rate = messages as f64 / start.elapsed().as_secs_f64();
+    println!("{rate:.0} messages/s ({groups} groups of {HACKBENCH_FDS} senders and receivers)");
+    Ok(())
+}
+
+/// Forks a child that runs `work` and exits; returns its pid.
+fn fork_child(work: impl FnOnce()) -> anyhow::Result<i32> {
+    // SAFETY: the child runs `work`, which only reads, writes and closes file descriptors,
+    // and exits without unwinding.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        work();
+        // SAFETY: in the child.
+        unsafe { libc::_exit(0) };
+    }
+    anyhow::ensure!(pid > 0, "fork failed: {}", std::io::Error::last_os_error());
+    Ok(pid)
+}
+
+/// Reads exactly `buf.len()` bytes; false at end of file or on an error.
+fn read_exact_fd(fd: i32, buf: &mut [u8]) -> bool {
+    let mut done = 0;
+    while done < buf.len() {
+        // SAFETY: reads into the rest of `buf`.
+        let n = unsafe { libc::read(fd, buf[done..].as_mut_ptr().cast(), buf.len() - done) };
+        if n <= 0 {
+            return false;
+        }
+        done += n as usize;
+    }
+    true
+}
+
+/// Writes all of `buf`; false on an error.
+fn write_all_fd(fd: i32, buf: &[u8]) -> bool {
+    let mut done = 0;
+    while done < buf.len() {
+        // SAFETY: writes the rest of `buf`.
+        let n = unsafe { libc::write(fd, buf[done..].as_ptr().cast(), buf.len() - done) };
+        if n <= 0 {
+            return false;
+        }
+        done += n as usize;
+    }
+    true
+}
+
+fn fork_exec(duration: Duration) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let mut execs = 0u64;
+    while start.elapsed() < duration {
+        let status = std::process::Command::new("/bin/true")
+            .status()
+            .context("running /bin/true")?;
+        anyhow::ensure!(status.success(), "/bin/true failed: {status}");
+        execs += 1;
+    }
+    let rate = execs as f64 / start.elapsed().as_secs_f64();
+    println!("{rate:.0} execs/s");
     Ok(())
 }
 

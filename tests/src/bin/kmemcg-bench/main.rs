@@ -47,8 +47,9 @@ struct Args {
     #[arg(long, default_value_t = 1.0)]
     deploy_interval: f64,
     /// What the bench cgroup runs: `mix` (files, sockets, pipes, percpu maps: mostly
-    /// accounted objects) or `messaging` (hackbench's pattern: unaccounted skbs allocated and
-    /// freed on different CPUs).
+    /// accounted objects), `messaging` (hackbench's pattern in 8 thread pairs: unaccounted
+    /// skbs allocated and freed on different CPUs), `hackbench` (hackbench itself: 10 groups
+    /// of 20 sender and 20 receiver processes) or `fork-exec` (`/bin/true`, over and over).
     #[arg(long, value_enum, default_value_t = Workload::Mix)]
     workload: Workload,
 }
@@ -57,6 +58,8 @@ struct Args {
 enum Workload {
     Mix,
     Messaging,
+    Hackbench,
+    ForkExec,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -205,6 +208,8 @@ fn run(
     match args.workload {
         Workload::Mix => cmd.args(["mix", dir]),
         Workload::Messaging => cmd.arg("messaging"),
+        Workload::Hackbench => cmd.arg("hackbench"),
+        Workload::ForkExec => cmd.arg("fork-exec"),
     };
     let mut child = cmd
         .arg(seconds.to_string())
