@@ -380,6 +380,23 @@ pub struct Status {
     pub corrections: Corrections,
 }
 
+impl Status {
+    /// What people reading the figures should know of the sampling of unaccounted objects,
+    /// where it is in force.
+    pub fn sampling_note(&self) -> Option<String> {
+        let n = self.unaccounted_sample_one_in;
+        (n > 1).then(|| {
+            format!(
+                "~ slab objects of caches without SLAB_ACCOUNT are sampled, 1 in {n} by \
+                 address: UNACCOUNTED and those caches' figures are estimates (standard \
+                 deviation sqrt({}n) objects for n); caches with SLAB_ACCOUNT, percpu and \
+                 large kmallocs are exact",
+                n - 1
+            )
+        })
+    }
+}
+
 /// The corrections that make kmemcg's figures match the kernel's, each in force or not (a
 /// kernel without what one needs, or privileges that hide kernel addresses).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

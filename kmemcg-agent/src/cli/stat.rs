@@ -38,7 +38,8 @@ pub async fn run(args: StatArgs) -> anyhow::Result<()> {
     if args.dying {
         return dying::run(&args).await;
     }
-    let mut cgroups = Client::new(&args.addr).cgroups().await?;
+    let client = Client::new(&args.addr);
+    let mut cgroups = client.cgroups().await?;
     if let Some(path) = &args.cgroup {
         let path = crate::cgroup_path::normalize(path).map_err(anyhow::Error::msg)?;
         cgroups.retain(|c| c.path == path);
@@ -64,6 +65,10 @@ pub async fn run(args: StatArgs) -> anyhow::Result<()> {
             .map(|(columns, _)| usize::from(columns));
         println!("{}", fitted_cgroups_table(&cgroups, !args.full, width));
         if let Some(note) = short_note(&cgroups) {
+            println!("{note}");
+        }
+        // The table stands without it: an agent that cannot say leaves the note out.
+        if let Some(note) = client.status().await.ok().and_then(|s| s.sampling_note()) {
             println!("{note}");
         }
         if args.cgroup.is_some() {

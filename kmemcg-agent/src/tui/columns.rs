@@ -202,7 +202,16 @@ pub(crate) fn figures(model: &Model, exact: bool) -> [Figure; 7] {
     [
         figure("slab", fmt::size(t.slab, exact)),
         figure("percpu", fmt::size(t.percpu, exact)),
-        figure("objects", fmt::count(s.tracked_objects as f64, exact)),
+        figure("objects", {
+            let mut value = fmt::count(s.tracked_objects as f64, exact);
+            if s.unaccounted_sample_one_in > 1 {
+                value.push_str(&format!(
+                    " (unaccounted ~: 1 in {} sampled)",
+                    s.unaccounted_sample_one_in
+                ));
+            }
+            value
+        }),
         figure("growth", format!("{}/s", fmt::byte_rate(t.change, exact))),
         figure(
             "allocs",

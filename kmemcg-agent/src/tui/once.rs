@@ -207,6 +207,32 @@ mod tests {
     }
 
     #[test]
+    fn sampled_unaccounted_objects_are_said_in_the_header() {
+        let mut snap = snapshot(sample(), 1);
+        let text = table(&model_from(snap.clone()), &settings(), &options());
+        assert!(!text.contains("sampled"), "{text}");
+        snap.status.unaccounted_sample_one_in = 8;
+        let text = table(&model_from(snap), &settings(), &options());
+        assert!(
+            text.lines()
+                .next()
+                .unwrap()
+                .contains("(unaccounted ~: 1 in 8 sampled)"),
+            "{text}"
+        );
+        let mut status = crate::api::Status::default();
+        assert_eq!(status.sampling_note(), None);
+        status.unaccounted_sample_one_in = 1;
+        assert_eq!(status.sampling_note(), None);
+        status.unaccounted_sample_one_in = 8;
+        let note = status.sampling_note().expect("a note");
+        assert!(
+            note.contains("1 in 8") && note.contains("sqrt(7n)"),
+            "{note}"
+        );
+    }
+
+    #[test]
     fn exact_bytes_and_dying_rows() {
         let mut o = options();
         o.exact = true;

@@ -163,8 +163,10 @@ fn render_help(frame: &mut Frame, area: Rect) {
     lines.push(Line::from(
         "Sizes are slab and percpu bytes charged to each cgroup; in the tree a parent's \
          figures include its descendants' (its own are in its drill-in). ≥ marks figures that \
-         may be short: allocations were dropped. CHANGE/s and ALLOCS/s compare the last two \
-         readings.",
+         may be short: allocations were dropped. Where the header says \"unaccounted ~\", one \
+         unaccounted slab object in that many is tracked and stands for that many: figures of \
+         caches without SLAB_ACCOUNT are estimates, the others exact. CHANGE/s and \
+         ALLOCS/s compare the last two readings.",
     ));
     frame.render_widget(Paragraph::new(lines).wrap(Wrap { trim: false }), area);
 }
