@@ -13,12 +13,14 @@ fn in_zone(unix_seconds: f64, zone: &TimeZone) -> String {
     if !millis.is_finite() {
         return format!("{unix_seconds:.3}");
     }
-    match Timestamp::from_nanosecond(millis as i128 * 1_000_000) {
-        Ok(t) => t
+    // A float far out of range saturates as an integer; the product must not overflow.
+    let nanos = (millis as i128).checked_mul(1_000_000);
+    match nanos.map(Timestamp::from_nanosecond) {
+        Some(Ok(t)) => t
             .to_zoned(zone.clone())
             .strftime("%Y-%m-%d %H:%M:%S%.3f")
             .to_string(),
-        Err(_) => format!("{unix_seconds:.3}"),
+        _ => format!("{unix_seconds:.3}"),
     }
 }
 

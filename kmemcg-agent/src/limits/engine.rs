@@ -291,7 +291,8 @@ mod tests {
 
     /// A cgroup id per path (a re-created cgroup gets another: see [`recreated`]).
     fn id(path: &str) -> u64 {
-        path.bytes().fold(7, |h, b| h * 31 + u64::from(b))
+        path.bytes()
+            .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)))
     }
 
     fn recreated(usage: Usage<'_>) -> Usage<'_> {
