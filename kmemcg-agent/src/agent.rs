@@ -26,6 +26,7 @@ use crate::{
     sampler::Sampler,
     server::{self, AppState, Settings},
     tracer::{Tracer, TracerConfig},
+    truth::Truth,
     wake::{self, Wake},
 };
 
@@ -94,9 +95,10 @@ pub async fn run_with_reload(
         None => None,
     };
     let mut tracer = Tracer::start(config.tracer.clone())?;
+    let truth = Truth::start(&mut tracer);
     let cgroup2_mount = tracer.cgroup2_mount().to_path_buf();
     let leaks = Arc::new(Leaks::new(&mut |name| tracer.take_map(name), cgroup2_mount));
-    let mut sampler = Sampler::new(tracer);
+    let mut sampler = Sampler::new(tracer, truth);
     sampler.set_leaks(leaks.clone());
     let first = sampler.sample().context("reading the eBPF maps")?;
     let (tx, rx) = watch::channel(Arc::new(first));

@@ -10,6 +10,7 @@ use crate::{
     history::History,
     sampler::Sampler,
     tracer::{Tracer, TracerConfig},
+    truth::Truth,
 };
 
 /// Said wherever standalone data is shown.
@@ -40,10 +41,11 @@ impl Source {
     /// Loads and attaches the eBPF programs in this process (needs root); readings come
     /// `delay` apart.
     pub(crate) fn standalone(delay: Duration) -> anyhow::Result<Self> {
-        let tracer = Tracer::start(TracerConfig::default())
+        let mut tracer = Tracer::start(TracerConfig::default())
             .context("loading the eBPF programs for kmemcg top --standalone")?;
+        let truth = Truth::start(&mut tracer);
         Ok(Self::Standalone {
-            sampler: Some(Box::new(Sampler::new(tracer))),
+            sampler: Some(Box::new(Sampler::new(tracer, truth))),
             history: Box::default(),
             delay,
         })

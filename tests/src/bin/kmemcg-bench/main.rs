@@ -21,6 +21,7 @@ use kmemcg_agent::{
     leaks::Leaks,
     sampler::Sampler,
     tracer::{Tracer, TracerConfig},
+    truth::Truth,
 };
 use kmemcg_tests::{TestCgroup, Tmpfs, require_root, workload_bin};
 
@@ -170,11 +171,12 @@ fn run(
             config.max_objects = max;
         }
         let mut tracer = Tracer::start(config)?;
+        let truth = Truth::start(&mut tracer);
         let leaks = (mode == Mode::Leaks).then(|| {
             let mount = tracer.cgroup2_mount().to_path_buf();
             Arc::new(Leaks::new(&mut |name| tracer.take_map(name), mount))
         });
-        let mut sampler = Sampler::new(tracer);
+        let mut sampler = Sampler::new(tracer, truth);
         if let Some(leaks) = leaks {
             leaks.start(cgroup.path(), Duration::from_secs(3600))?;
             sampler.set_leaks(leaks);
