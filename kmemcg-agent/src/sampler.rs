@@ -53,8 +53,9 @@ pub struct Sampler {
 
 impl Sampler {
     pub fn new(tracer: Tracer, truth: Truth) -> Self {
-        let tree = CgroupTree::new(tracer.cgroup2_mount());
-        let kernel_figures = KernelFiguresCache::new(KernelFigures::detect(tracer.cgroup2_mount()));
+        let cgroups = tracer.cgroups();
+        let tree = CgroupTree::new(&cgroups.cgroup2, cgroups.root_id);
+        let kernel_figures = KernelFiguresCache::new(KernelFigures::detect(cgroups));
         Self {
             kernel_figures,
             unreliable: Unreliable::default(),

@@ -1,10 +1,6 @@
 //! Loads kmemcg's eBPF programs with this kernel's layout and attaches them to the hooks
 //! ([`kmemcg_common::HOOKS`]).
-use std::{
-    collections::HashMap,
-    os::{fd::AsFd as _, unix::fs::MetadataExt},
-    path::PathBuf,
-};
+use std::{collections::HashMap, os::fd::AsFd as _, path::PathBuf};
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
@@ -24,9 +20,10 @@ use crate::{
     collector::{Collector, RawSnapshot, map_error},
     error::{ReadError, StartError},
     kernel::{
-        self,
+        self, HostFacts,
         btf::KernelLayout,
-        caps, cgroupfs,
+        caps,
+        cgroupfs::CgroupMounts,
         kallsyms::KernelAddresses,
         memcg_layout::{self, MemcgFacts},
         percpu_layout, slab_layout, vmalloc_layout,
@@ -106,7 +103,8 @@ pub struct Tracer {
     hooks: Vec<String>,
     /// Hooks attached as plain raw tracepoints (see [`attach_hooks`]).
     raw_hooks: Vec<String>,
-    cgroup2_mount: PathBuf,
+    /// The cgroup mounts, whose v2 ids the programs record.
+    cgroups: CgroupMounts,
     cgroup_events: RingBuf<MapData>,
     /// Budgets taken below zero (see [`crate::watch`]).
     limit_events: RingBuf<MapData>,
@@ -123,15 +121,12 @@ pub struct Tracer {
 
 impl Tracer {
     /// Checks privileges and the kernel, then loads and attaches every program.
-    pub fn start(config: TracerConfig) -> Result<Self, StartError> {
+    pub fn start(config: TracerConfig, host: &HostFacts) -> Result<Self, StartError> {
         caps::check_can_trace()?;
         let vmlinux = kernel::btf::running_kernel()?;
         let layout = KernelLayout::from_btf(&vmlinux)?;
-        let cgroup2_mount = cgroupfs::find_cgroup2_mount()?;
-        // On cgroup v2 a cgroup's id is the inode number of its directory.
-        let root_cgroup_id = std::fs::metadata(&cgroup2_mount)
-            .map(|m| m.ino())
-            .unwrap_or(1);
+        let cgroups = host.cgroups.clone();
+        let root_cgroup_id = cgroups.root_id;
         if EBPF_OBJECT.is_empty() {
             return Err(StartError::NoProgramsEmbedded);
         }
@@ -154,7 +149,7 @@ impl Tracer {
             None => None,
         };
         let root_mode = config.root_mode as u32;
-        let addresses = kernel::kallsyms::kernel_addresses();
+        let addresses = host.addresses.clone();
         let obj_exts_allocator = addresses
             .owner_vector_allocator
             .clone()
@@ -166,21 +161,25 @@ impl Tracer {
                 );
                 0..0
             });
-        let slab_walk = slab_layout::from_running_kernel(&vmlinux, &addresses.memory_map_bases)
-            .and_then(|layout| {
-                // Linux 7.x (caches without CPU slabs): with the walk programs loaded, a 7.3 test
-                // VM froze before they had run; tracing alone works there. Off until understood.
-                if layout.cpu_slabs == 0 {
-                    return Err(
-                        "the inventory and the sweep are off on Linux 7.x (caches without \
+        let slab_walk = slab_layout::from_running_kernel(
+            &vmlinux,
+            &addresses.memory_map_bases,
+            &host.pfn_ranges,
+        )
+        .and_then(|layout| {
+            // Linux 7.x (caches without CPU slabs): with the walk programs loaded, a 7.3 test
+            // VM froze before they had run; tracing alone works there. Off until understood.
+            if layout.cpu_slabs == 0 {
+                return Err(
+                    "the inventory and the sweep are off on Linux 7.x (caches without \
                             CPU slabs): loading their programs froze a Linux 7.3 test VM. \
                             Objects made before the start are not seen, and objects freed \
                             without a free tracepoint stay charged"
-                            .into(),
-                    );
-                }
-                Ok(layout)
-            });
+                        .into(),
+                );
+            }
+            Ok(layout)
+        });
         let slab_layout_global = slab_walk.clone().unwrap_or_default();
         let percpu_walk = slab_walk
             .clone()
@@ -192,7 +191,7 @@ impl Tracer {
         });
         let kernel_memcgs = memcg_layout::from_btf(
             &vmlinux,
-            &kernel::kallsyms::read(),
+            &host.kallsyms,
             possible_cpus,
             memcg_layout::possible_nodes(),
         );
@@ -345,7 +344,7 @@ impl Tracer {
             config,
             hooks,
             raw_hooks,
-            cgroup2_mount,
+            cgroups,
             cgroup_events,
             limit_events,
             collector,
@@ -525,7 +524,12 @@ impl Tracer {
 
     /// Where the cgroup v2 hierarchy whose ids the programs record is mounted.
     pub fn cgroup2_mount(&self) -> &std::path::Path {
-        &self.cgroup2_mount
+        &self.cgroups.cgroup2
+    }
+
+    /// The cgroup mounts the programs were loaded for.
+    pub fn cgroups(&self) -> &CgroupMounts {
+        &self.cgroups
     }
 }
 

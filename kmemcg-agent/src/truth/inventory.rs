@@ -22,7 +22,7 @@ use kmemcg_common::{
 };
 
 use super::Truth;
-use crate::{api::InventoryStatus, collector::Collector, kernel::slab_layout};
+use crate::{api::InventoryStatus, collector::Collector, kernel::cgroupfs::CgroupMounts};
 
 /// Most memory cgroups mapped to a cgroup v2 id (the map's capacity).
 const MAX_MEMCG_PAIRS: usize = 1 << 16;
@@ -30,7 +30,7 @@ const MAX_MEMCG_PAIRS: usize = 1 << 16;
 pub(super) fn run(
     truth: &mut Truth,
     collector: &mut Collector,
-    cgroup2_mount: &Path,
+    cgroups: &CgroupMounts,
 ) -> InventoryStatus {
     let mut status = InventoryStatus {
         started_at: SystemTime::now()
@@ -46,8 +46,8 @@ pub(super) fn run(
     }
     let started = Instant::now();
     let before = truth.counters().unwrap_or_default();
-    if let Some(memory) = memcg_v1_mount() {
-        let pairs = memcg_pairs(&memory, cgroup2_mount);
+    if let Some(memory) = cgroups.memcg_v1() {
+        let pairs = memcg_pairs(memory, &cgroups.cgroup2);
         if let Err(e) = truth.set_memcg_cgroup_ids(&pairs) {
             tracing::warn!(error = %e, "memory cgroups not mapped to cgroup v2 ids");
         }
@@ -59,8 +59,7 @@ pub(super) fn run(
         let slots = collector.ledger_slots();
         collector.clear_shadows(&slots);
     }
-    let zoneinfo = std::fs::read_to_string("/proc/zoneinfo").unwrap_or_default();
-    for range in slab_layout::pfn_ranges(&zoneinfo) {
+    for range in truth.pfn_ranges.clone() {
         let mut start = range.start;
         while start < range.end {
             let count = INVENTORY_PFNS_PER_RUN.min(range.end - start);
@@ -241,25 +240,6 @@ fn parse_meminfo(text: &str, field: &str) -> Option<u64> {
     })
 }
 
-/// Where the cgroup v1 memory controller is mounted, on hybrid hosts.
-fn memcg_v1_mount() -> Option<PathBuf> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    parse_memcg_v1_mount(&mountinfo)
-}
-
-fn parse_memcg_v1_mount(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|line| {
-        let (left, right) = line.split_once(" - ")?;
-        let mut fields = left.split_whitespace();
-        let root = fields.nth(3)?;
-        let mount_point = fields.next()?;
-        let mut right = right.split_whitespace();
-        let (fstype, _source, options) = (right.next()?, right.next()?, right.next()?);
-        (fstype == "cgroup" && root == "/" && options.split(',').any(|o| o == "memory"))
-            .then(|| PathBuf::from(mount_point))
-    })
-}
-
 /// (memory cgroup id, cgroup v2 id) of every v1 memory cgroup with a v2 cgroup at the same
 /// path: the obj_cgroup's memcg is the v1 one, kmemcg charges the v2 one.
 fn memcg_pairs(memory: &Path, cgroup2: &Path) -> Vec<(u64, u64)> {
@@ -298,18 +278,6 @@ fn memcg_pairs(memory: &Path, cgroup2: &Path) -> Vec<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn finds_the_v1_memory_mount() {
-        let mountinfo = "35 24 0:30 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw\n\
-                         36 24 0:31 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu,cpuacct\n\
-                         37 24 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
-        assert_eq!(
-            parse_memcg_v1_mount(mountinfo),
-            Some(PathBuf::from("/sys/fs/cgroup/memory"))
-        );
-        assert_eq!(parse_memcg_v1_mount(&mountinfo[..100]), None);
-    }
 
     #[test]
     fn meminfo_in_bytes() {

@@ -4,7 +4,7 @@
 //! and the sweep uncharges what was freed without a tracepoint ([`sweep`]). Their programs load
 //! with the hooks (see [`crate::tracer::LoadedWalks`]); [`Truth`] takes them, with the maps
 //! only they use, from the tracer once it has attached, and owns what the walks found.
-use std::{collections::HashMap, os::fd::AsFd as _};
+use std::{collections::HashMap, ops::Range, os::fd::AsFd as _};
 
 use aya::{
     maps::{Array, HashMap as BpfHashMap, Map, MapData},
@@ -21,6 +21,7 @@ use crate::{
     api::{InventoryStatus, SweepStatus},
     collector::{Collector, map_error},
     error::ReadError,
+    kernel::HostFacts,
     tracer::{LoadedWalks, Tracer},
 };
 
@@ -72,6 +73,8 @@ pub struct Truth {
     ledger: bool,
     /// Slots of the live-object table.
     live_slots: u32,
+    /// Page frame ranges of the memory zones, which the inventory and the recount walk.
+    pfn_ranges: Vec<Range<u64>>,
     sweeper: Sweeper,
     /// The ledger's periodic recount (None when the ledger is off).
     recount: Option<Recount>,
@@ -81,7 +84,7 @@ impl Truth {
     /// Takes the walk programs and their maps from `tracer`, whose hooks are attached, finds
     /// the CPUs' percpu offsets, takes the inventory of what was allocated before the start,
     /// then starts the sweep and the ledger's recount.
-    pub fn start(tracer: &mut Tracer) -> Self {
+    pub fn start(tracer: &mut Tracer, host: &HostFacts) -> Self {
         let LoadedWalks {
             slab_walk,
             percpu_walk,
@@ -106,13 +109,13 @@ impl Truth {
             inventory: InventoryStatus::default(),
             ledger: tracer.ledger(),
             live_slots: tracer.config().max_objects.next_power_of_two(),
+            pfn_ranges: host.pfn_ranges.clone().unwrap_or_default(),
             sweeper: Sweeper::default(),
             recount: None,
         };
         truth.cpu_freelists = sweep::find_cpu_offsets(&mut truth);
         tracing::info!("taking the inventory of objects allocated before start");
-        let cgroup2_mount = tracer.cgroup2_mount().to_path_buf();
-        truth.inventory = inventory::run(&mut truth, tracer.collector_mut(), &cgroup2_mount);
+        truth.inventory = inventory::run(&mut truth, tracer.collector_mut(), &host.cgroups);
         truth.sweeper = Sweeper::start(&truth);
         truth.recount = Recount::new(&truth);
         truth

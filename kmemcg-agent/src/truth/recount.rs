@@ -20,7 +20,6 @@ use super::Truth;
 use crate::{
     collector::{Collector, Correction},
     error::ReadError,
-    kernel::slab_layout,
     test_run,
 };
 
@@ -64,11 +63,10 @@ impl Recount {
                 return None;
             }
         };
-        let zoneinfo = std::fs::read_to_string("/proc/zoneinfo").unwrap_or_default();
         let inventory = truth.inventory();
         Some(Self {
             fd,
-            ranges: slab_layout::pfn_ranges(&zoneinfo),
+            ranges: truth.pfn_ranges.clone(),
             walk: None,
             next_at: Instant::now() + RECOUNT_INTERVAL,
             status: RecountStatus {

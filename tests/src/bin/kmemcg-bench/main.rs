@@ -18,6 +18,7 @@ use anyhow::{Context as _, bail};
 use clap::Parser;
 use kmemcg_agent::{
     baseline::EmptyPrograms,
+    kernel::HostFacts,
     leaks::Leaks,
     sampler::Sampler,
     tracer::{Tracer, TracerConfig},
@@ -170,11 +171,16 @@ fn run(
         if let Some(max) = args.max_objects {
             config.max_objects = max;
         }
-        let mut tracer = Tracer::start(config)?;
-        let truth = Truth::start(&mut tracer);
+        let host = HostFacts::read()?;
+        let mut tracer = Tracer::start(config, &host)?;
+        let truth = Truth::start(&mut tracer, &host);
         let leaks = (mode == Mode::Leaks).then(|| {
             let mount = tracer.cgroup2_mount().to_path_buf();
-            Arc::new(Leaks::new(&mut |name| tracer.take_map(name), mount))
+            Arc::new(Leaks::new(
+                &mut |name| tracer.take_map(name),
+                mount,
+                &host.kallsyms,
+            ))
         });
         let mut sampler = Sampler::new(tracer, truth);
         if let Some(leaks) = leaks {
