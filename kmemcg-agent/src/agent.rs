@@ -19,6 +19,7 @@ use crate::{
     api::Snapshot,
     error::StartError,
     history::History,
+    kernel::HostFacts,
     leaks::Leaks,
     limits::{self, Enforcer, LimitsConfig},
     listener::{self, Bounded, Peer},
@@ -26,6 +27,7 @@ use crate::{
     sampler::Sampler,
     server::{self, AppState, Settings},
     tracer::{Tracer, TracerConfig},
+    truth::Truth,
     wake::{self, Wake},
 };
 
@@ -70,12 +72,13 @@ pub async fn run_with_reload(
     };
     // The limits (rules on protected cgroups are refused) and the listeners come first: a bad
     // rule or a taken port is reported before anything is loaded into the kernel.
-    let cgroup_root = crate::kernel::cgroupfs::find_cgroup2_mount()?;
-    limits::check(&config.limits).context("config file, [[limits.rule]]")?;
+    let host = HostFacts::read()?;
+    let cgroup_root = host.cgroups.cgroup2.clone();
+    limits::check(&config.limits, Some(&cgroup_root)).context("config file, [[limits.rule]]")?;
     // Held until the agent ends: no second agent reads or writes these rules meanwhile.
     let _state = limits::state::lock(&config.limits)?;
     let enforcer = Arc::new(
-        Enforcer::new(&config.limits, cgroup_root).context("config file, [[limits.rule]]")?,
+        Enforcer::new(&config.limits, &host.cgroups).context("config file, [[limits.rule]]")?,
     );
     let tcp = bind(config.listen).await?;
     let socket = match &config.api.socket {
@@ -93,10 +96,16 @@ pub async fn run_with_reload(
         Some(path) => Some(crate::access::read_token(path).map_err(anyhow::Error::msg)?),
         None => None,
     };
-    let mut tracer = Tracer::start(config.tracer.clone())?;
-    let cgroup2_mount = tracer.cgroup2_mount().to_path_buf();
-    let leaks = Arc::new(Leaks::new(&mut |name| tracer.take_map(name), cgroup2_mount));
-    let mut sampler = Sampler::new(tracer);
+    let mut tracer = Tracer::start(config.tracer.clone(), &host)?;
+    let truth = Truth::start(&mut tracer, &host);
+    let leaks = Arc::new(Leaks::new(
+        &mut |name| tracer.take_map(name),
+        cgroup_root.clone(),
+        &host.kallsyms,
+    ));
+    let mut sampler = Sampler::new(tracer, truth);
+    // Its copy of /proc/kallsyms is large and of no use from here on.
+    drop(host);
     sampler.set_leaks(leaks.clone());
     let first = sampler.sample().context("reading the eBPF maps")?;
     let (tx, rx) = watch::channel(Arc::new(first));
@@ -177,7 +186,8 @@ async fn reload_on_sighup(
 ) {
     while hup.recv().await.is_some() {
         let checked = reload().and_then(|new| {
-            let protected = limits::check(&new.limits).context("config file, [[limits.rule]]")?;
+            let protected = limits::check(&new.limits, Some(enforcer.cgroup_root()))
+                .context("config file, [[limits.rule]]")?;
             Ok((new, protected))
         });
         let (new, protected) = match checked {

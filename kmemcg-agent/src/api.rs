@@ -313,7 +313,7 @@ pub struct Status {
     pub ledger: bool,
     /// The ledger's recounts (absent when the ledger is off).
     #[serde(default)]
-    pub recount: Option<crate::recount::RecountStatus>,
+    pub recount: Option<crate::truth::recount::RecountStatus>,
     /// One unaccounted slab object in this many is tracked, chosen by address, and stands for
     /// this many (1: every one). Sampled where the ledger is on: `unaccounted_bytes` and the
     /// objects of caches without `SLAB_ACCOUNT` are then estimates, with a standard deviation

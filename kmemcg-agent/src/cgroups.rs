@@ -41,10 +41,10 @@ pub struct CgroupTree {
 }
 
 impl CgroupTree {
-    /// Scans the hierarchy at `mount`; events keep it current from then on.
-    pub fn new(mount: impl Into<PathBuf>) -> Self {
+    /// Scans the hierarchy at `mount`, whose root cgroup is `root_id`; events keep it current
+    /// from then on.
+    pub fn new(mount: impl Into<PathBuf>, root_id: u64) -> Self {
         let mount = mount.into();
-        let root_id = std::fs::metadata(&mount).map_or(1, |m| m.ino());
         let mut tree = Self {
             mount,
             root_id,
@@ -270,7 +270,7 @@ mod tests {
     fn scans_then_follows_mkdir_rmdir_and_rename_events() {
         let root = TempDir::new("events");
         std::fs::create_dir_all(root.0.join("a/b")).unwrap();
-        let mut tree = CgroupTree::new(&root.0);
+        let mut tree = CgroupTree::new(&root.0, ino(&root.0));
         let (a, b) = (ino(&root.0.join("a")), ino(&root.0.join("a/b")));
         assert_eq!(tree.nodes()[&b].path, "/a/b");
         assert_eq!(tree.nodes()[&b].parent, Some(a));
@@ -304,7 +304,7 @@ mod tests {
     fn rename_moves_descendants_and_unplaceable_events_rescan() {
         let root = TempDir::new("rename");
         std::fs::create_dir_all(root.0.join("x/y")).unwrap();
-        let mut tree = CgroupTree::new(&root.0);
+        let mut tree = CgroupTree::new(&root.0, ino(&root.0));
         let (x, y) = (ino(&root.0.join("x")), ino(&root.0.join("x/y")));
         tree.apply(&[event(CGROUP_EVENT_RENAME, x, "/z")]);
         assert_eq!(tree.nodes()[&y].path, "/z/y");
@@ -320,7 +320,7 @@ mod tests {
     fn rescan_marks_vanished_cgroups_dead() {
         let root = TempDir::new("rescan");
         std::fs::create_dir_all(root.0.join("x")).unwrap();
-        let mut tree = CgroupTree::new(&root.0);
+        let mut tree = CgroupTree::new(&root.0, ino(&root.0));
         let x = ino(&root.0.join("x"));
         std::fs::remove_dir(root.0.join("x")).unwrap();
         tree.rescan();

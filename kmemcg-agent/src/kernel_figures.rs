@@ -4,11 +4,14 @@
 //! (`memory.kmem.usage_in_bytes`, `memory.kmem.tcp.usage_in_bytes`), as on hybrid hosts.
 use std::{
     collections::HashMap,
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
-use crate::api::{CgroupUsage, KernelMemory};
+use crate::{
+    api::{CgroupUsage, KernelMemory},
+    kernel::cgroupfs::CgroupMounts,
+};
 
 /// Where the figures are read from on this host.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,15 +28,15 @@ pub const SOURCE_V2: &str = "memory.stat";
 pub const SOURCE_V1: &str = "memory.kmem.usage_in_bytes";
 
 impl KernelFigures {
-    /// Finds the memory controller: on the v2 hierarchy at `cgroup2`, else a v1 mount.
-    pub fn detect(cgroup2: &Path) -> Self {
+    /// Finds the memory controller: on the v2 hierarchy, else a v1 mount.
+    pub fn detect(cgroups: &CgroupMounts) -> Self {
+        let cgroup2 = &cgroups.cgroup2;
         let controllers = std::fs::read_to_string(cgroup2.join("cgroup.controllers"));
         if controllers.is_ok_and(|c| c.split_whitespace().any(|c| c == "memory")) {
             return KernelFigures::V2(cgroup2.to_path_buf());
         }
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        match v1_memory_mount(&mountinfo) {
-            Some(mount) => KernelFigures::V1(mount),
+        match cgroups.first_memcg_v1() {
+            Some(mount) => KernelFigures::V1(mount.to_path_buf()),
             None => KernelFigures::None,
         }
     }
@@ -117,20 +120,6 @@ pub fn charged_slab_percpu(kernel: &KernelMemory) -> Option<u64> {
 /// kmemcg's recursive accounted bytes minus [`charged_slab_percpu`].
 pub fn drift(accounted: u64, kernel: &KernelMemory) -> Option<i64> {
     Some(accounted as i64 - charged_slab_percpu(kernel)? as i64)
-}
-
-/// The mount point of the v1 hierarchy with the memory controller, from mountinfo text.
-fn v1_memory_mount(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|line| {
-        // "35 25 0:30 / /sys/fs/cgroup/memory rw,... shared:9 - cgroup cgroup rw,memory"
-        let (left, right) = line.split_once(" - ")?;
-        let mut right = right.split_whitespace();
-        let fstype = right.next()?;
-        let options = right.nth(1)?;
-        let mount = left.split_whitespace().nth(4)?;
-        (fstype == "cgroup" && options.split(',').any(|o| o == "memory"))
-            .then(|| PathBuf::from(mount))
-    })
 }
 
 /// Reading a figure costs a few file reads: each cgroup's is refreshed at most this often,
@@ -238,19 +227,5 @@ mod tests {
         };
         assert_eq!(drift(9_000, &v1), Some(-1000));
         assert_eq!(drift(1, &KernelMemory::default()), None);
-    }
-
-    #[test]
-    fn finds_the_v1_memory_mount() {
-        let info = "34 25 0:29 / /sys/fs/cgroup/cpu rw,relatime shared:8 - cgroup cgroup rw,cpu\n\
-            35 25 0:30 / /sys/fs/cgroup/memory rw,relatime shared:9 - cgroup cgroup rw,memory\n";
-        assert_eq!(
-            v1_memory_mount(info),
-            Some(PathBuf::from("/sys/fs/cgroup/memory"))
-        );
-        assert_eq!(
-            v1_memory_mount("1 2 0:1 / /x rw - cgroup2 cgroup2 rw\n"),
-            None
-        );
     }
 }

@@ -305,7 +305,7 @@ fn own_basis(facts: &MemcgFacts) -> String {
 
 fn walk(tracer: &Tracer) -> Result<Vec<KernelMemcg>, String> {
     let count = tracer
-        .run_slab_walk(KERNEL_MEMCGS_PROGRAM, &[])
+        .run_program(KERNEL_MEMCGS_PROGRAM, &[])
         .map_err(|e| format!("the walk of the kernel's memory cgroups failed: {e}"))?;
     if count == WALK_FAILED {
         return Err(
@@ -332,7 +332,7 @@ fn walk_lru(
         LRU_FOLIOS_PER_WALK,
     ];
     let result = tracer
-        .run_slab_walk(MEMCG_LRU_PROGRAM, &args)
+        .run_program(MEMCG_LRU_PROGRAM, &args)
         .map_err(|e| e.to_string())?;
     if result != 0 {
         return Ok(None);

@@ -1,7 +1,8 @@
 //! kmemcg's agent library: the data path from the kernel to the user, one module per step.
 //!
-//! kernel (facts) -> tracer (load, attach; inventory of what was there before) -> sweep
-//! (uncharge what was freed unseen) -> collector (read the counters in use, in place) ->
+//! kernel (facts; the host's read once at start) -> tracer (load, attach) -> truth (the walks:
+//! inventory of what was there before, sweep to uncharge what was freed unseen, the ledger's
+//! recount) -> collector (read the counters in use, in place) ->
 //! cgroups (id -> path) -> report (per-cgroup usage) -> sampler (snapshots) -> limits (decide,
 //! act) and watch (limit budgets in the programs, for an early sample) -> server (HTTP API,
 //! metrics) -> cli. Beside it, leaks: per-call-site recording of opted-in cgroups' objects.
@@ -20,7 +21,6 @@ mod config;
 mod error;
 mod files;
 pub mod history;
-mod inventory;
 pub mod kernel;
 mod kernel_figures;
 mod kernel_memcgs;
@@ -31,15 +31,14 @@ mod mapped;
 mod metadata;
 mod metrics;
 mod pin;
-mod recount;
 mod report;
 pub mod sampler;
 mod server;
 mod slab_names;
-mod sweep;
 mod test_run;
 mod timefmt;
 pub mod tracer;
+pub mod truth;
 mod tui;
 mod units;
 mod unreliable;

@@ -20,11 +20,10 @@ use crate::{
     kernel_memcgs::KernelMemcgs,
     leaks::Leaks,
     limits::Headroom,
-    recount::Recount,
     report::{self, Report},
     slab_names::SlabNames,
-    sweep::Sweeper,
     tracer::Tracer,
+    truth::Truth,
     unreliable::Unreliable,
     watch::Watch,
 };
@@ -32,6 +31,7 @@ use kmemcg_common::StatsKey;
 
 pub struct Sampler {
     tracer: Tracer,
+    truth: Truth,
     tree: CgroupTree,
     started: Instant,
     kernel_version: String,
@@ -42,9 +42,6 @@ pub struct Sampler {
     kernel_figures: KernelFiguresCache,
     unreliable: Unreliable,
     slab_names: SlabNames,
-    sweeper: Sweeper,
-    /// The ledger's periodic recount (None when the ledger is off).
-    recount: Option<Recount>,
     watch: Watch,
     /// Counter slots in use at the last sample.
     slots: Vec<(u32, StatsKey)>,
@@ -55,24 +52,22 @@ pub struct Sampler {
 }
 
 impl Sampler {
-    pub fn new(tracer: Tracer) -> Self {
-        let sweeper = Sweeper::start(&tracer);
-        let recount = Recount::new(&tracer);
-        let tree = CgroupTree::new(tracer.cgroup2_mount());
-        let kernel_figures = KernelFiguresCache::new(KernelFigures::detect(tracer.cgroup2_mount()));
+    pub fn new(tracer: Tracer, truth: Truth) -> Self {
+        let cgroups = tracer.cgroups();
+        let tree = CgroupTree::new(&cgroups.cgroup2, cgroups.root_id);
+        let kernel_figures = KernelFiguresCache::new(KernelFigures::detect(cgroups));
         Self {
             kernel_figures,
             unreliable: Unreliable::default(),
             slab_names: SlabNames::default(),
             tracer,
+            truth,
             tree,
             started: Instant::now(),
             kernel_version: kernel::release(),
             unknown_last_time: HashSet::new(),
             max_sample_ms: 0.0,
             lost_cgroup_events: 0,
-            sweeper,
-            recount,
             watch: Watch::default(),
             slots: Vec::new(),
             samples: 0,
@@ -144,14 +139,10 @@ impl Sampler {
     pub fn sample(&mut self) -> Result<Snapshot, ReadError> {
         let started = Instant::now();
         self.poll_cgroup_events(|_| false);
-        if let Some(recount) = &mut self.recount {
-            recount.poll(&mut self.tracer);
-        }
+        self.truth.poll_recount(self.tracer.collector_mut());
         let raw = self.tracer.read()?;
         // What the sweep needs to know of the caches charged so far.
-        self.sweeper
-            .learn_caches(self.tracer.collector().cache_names().keys());
-        self.tracer.tell_vmap_area_cache();
+        self.truth.learn_caches(self.tracer.collector());
         if raw.counters.lost_cgroup_events > self.lost_cgroup_events {
             self.lost_cgroup_events = raw.counters.lost_cgroup_events;
             self.tree.rescan();
@@ -259,9 +250,9 @@ impl Sampler {
     ) -> Status {
         let config = self.tracer.config();
         let c = &raw.counters;
-        let truth = self.tracer.truth_counters().unwrap_or_default();
-        let inventory = self.tracer.inventory().clone();
-        let sweep = self.sweeper.status(&self.tracer, &truth);
+        let truth = self.truth.counters().unwrap_or_default();
+        let inventory = self.truth.inventory().clone();
+        let sweep = self.truth.sweep_status(&truth);
         Status {
             version: env!("CARGO_PKG_VERSION").into(),
             kernel_version: self.kernel_version.clone(),
@@ -283,7 +274,7 @@ impl Sampler {
             attached_hooks: self.tracer.hooks().to_vec(),
             raw_tracepoint_hooks: self.tracer.raw_hooks().to_vec(),
             ledger: self.tracer.ledger(),
-            recount: self.recount.as_ref().map(|r| r.status().clone()),
+            recount: self.truth.recount_status().cloned(),
             unaccounted_sample_one_in: if self.tracer.ledger() {
                 1 << kmemcg_common::SAMPLE_SHIFT
             } else {

@@ -1,7 +1,13 @@
 //! Runs a program once, outside any event (`BPF_PROG_TEST_RUN`), on a CPU of choice: how the
 //! agent drives the inventory and the sweep. aya 0.14 cannot pass a raw tracepoint's
 //! arguments or a CPU, hence this small wrapper around bpf(2).
-use std::{io, mem::size_of, os::fd::RawFd};
+use std::{
+    io,
+    mem::size_of,
+    os::fd::{AsRawFd as _, BorrowedFd, RawFd},
+};
+
+use crate::error::ReadError;
 
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 
@@ -60,4 +66,16 @@ pub fn run_raw_tracepoint(fd: RawFd, args: &[u64], cpu: Option<u32>) -> io::Resu
     } else {
         Ok(attr.retval)
     }
+}
+
+/// Runs the loaded program `program` (file descriptor `fd`) once, as
+/// [`run_raw_tracepoint`] does, saying which program failed.
+pub fn run_program(
+    program: &'static str,
+    fd: BorrowedFd<'_>,
+    args: &[u64],
+    cpu: Option<u32>,
+) -> Result<u32, ReadError> {
+    run_raw_tracepoint(fd.as_raw_fd(), args, cpu)
+        .map_err(|source| ReadError::TestRun { program, source })
 }

@@ -1,30 +1,29 @@
 //! Loads kmemcg's eBPF programs with this kernel's layout and attaches them to the hooks
 //! ([`kmemcg_common::HOOKS`]).
-use std::{collections::HashMap, os::unix::fs::MetadataExt, path::PathBuf};
+use std::{collections::HashMap, os::fd::AsFd as _, path::PathBuf};
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{Array, HashMap as BpfHashMap, MapData, RingBuf},
+    maps::{Array, MapData, RingBuf},
     programs::{BtfTracePoint, ProgramFd, RawTracePoint},
 };
 use kmemcg_common::{
     CGROUP_CACHE_STATS, CGROUP_EVENTS, CPU_OFFSET_PROGRAM, CgroupEvent, HOOKS, Hook, HookKind,
-    INVENTORY_PROGRAM, LEDGER_STATE, LIMIT_EVENTS, LIVE_OBJECTS, LedgerState, MEMCG_CGROUP_IDS,
-    PERCPU_CHUNKS, PERCPU_INVENTORY_PROGRAM, PERCPU_LAYOUT, RootCgroupMode, SLAB_LAYOUT,
-    STATS_KEYS, SWEEP_PROGRAM, SWEEP_SHEAVES_PROGRAM, SlabLayout, StatsKey, TRUTH_COUNTERS,
-    TruthCounters, VMALLOC_LAYOUT, VMAP_AREA_CACHE, VMAP_AREA_CACHE_NAME, VmallocLayout, globals,
+    INVENTORY_PROGRAM, LEDGER_STATE, LIMIT_EVENTS, LIVE_OBJECTS, LedgerState,
+    PERCPU_INVENTORY_PROGRAM, PERCPU_LAYOUT, RootCgroupMode, SLAB_LAYOUT, STATS_KEYS,
+    SWEEP_PROGRAM, SWEEP_SHEAVES_PROGRAM, SlabLayout, StatsKey, VMALLOC_LAYOUT, VmallocLayout,
+    globals,
     zombies::{KERNEL_MEMCGS_PROGRAM, MEMCG_LAYOUT, MEMCG_LRU_PROGRAM},
 };
 
 use crate::{
-    api::InventoryStatus,
     collector::{Collector, RawSnapshot, map_error},
     error::{ReadError, StartError},
-    inventory,
     kernel::{
-        self,
+        self, HostFacts,
         btf::KernelLayout,
-        caps, cgroupfs,
+        caps,
+        cgroupfs::CgroupMounts,
         kallsyms::KernelAddresses,
         memcg_layout::{self, MemcgFacts},
         percpu_layout, slab_layout, vmalloc_layout,
@@ -83,6 +82,18 @@ impl Default for TracerConfig {
     }
 }
 
+/// What loading the walk programs (inventory, sweep, sheaves, CPU offsets; see
+/// [`crate::truth`]) gave: they load with the hooks, since the ledger is on only if the
+/// inventory program loaded, and their own owner runs them once the hooks are attached.
+pub struct LoadedWalks {
+    /// The slab layout the inventory and the sweep run with, or why they cannot run here.
+    pub slab_walk: Result<SlabLayout, String>,
+    /// Whether the inventory can read percpu chunks' owner records here, or why not.
+    pub percpu_walk: Result<(), String>,
+    /// Whether the sweep can look at slab sheaves, or why not.
+    pub sheaves: Result<(), String>,
+}
+
 /// Loaded and attached programs; detached when dropped.
 pub struct Tracer {
     ebpf: Ebpf,
@@ -92,22 +103,14 @@ pub struct Tracer {
     hooks: Vec<String>,
     /// Hooks attached as plain raw tracepoints (see [`attach_hooks`]).
     raw_hooks: Vec<String>,
-    cgroup2_mount: PathBuf,
+    /// The cgroup mounts, whose v2 ids the programs record.
+    cgroups: CgroupMounts,
     cgroup_events: RingBuf<MapData>,
     /// Budgets taken below zero (see [`crate::watch`]).
     limit_events: RingBuf<MapData>,
     collector: Collector,
-    /// The slab layout the inventory and the sweep run with, or why they cannot run here.
-    slab_walk: Result<SlabLayout, String>,
-    /// Whether the inventory can read percpu chunks' owner records here, or why not.
-    percpu_walk: Result<(), String>,
-    inventory: InventoryStatus,
-    /// CPUs whose freelists the sweep looks at, or why none.
-    cpu_freelists: Result<usize, String>,
-    /// Whether the sweep was told which cache holds `vmap_area` objects.
-    vmap_area_cache_known: bool,
-    /// Whether the sweep can look at slab sheaves, or why not.
-    sheaves: Result<(), String>,
+    /// The walk programs' load results, until handed over (see [`Self::take_walks`]).
+    walks: Option<LoadedWalks>,
     /// The kernel addresses the programs were loaded with, or why one is unknown.
     addresses: KernelAddresses,
     /// The layout the walk of the kernel's memory cgroups runs with, or why it cannot run.
@@ -118,15 +121,12 @@ pub struct Tracer {
 
 impl Tracer {
     /// Checks privileges and the kernel, then loads and attaches every program.
-    pub fn start(config: TracerConfig) -> Result<Self, StartError> {
+    pub fn start(config: TracerConfig, host: &HostFacts) -> Result<Self, StartError> {
         caps::check_can_trace()?;
         let vmlinux = kernel::btf::running_kernel()?;
         let layout = KernelLayout::from_btf(&vmlinux)?;
-        let cgroup2_mount = cgroupfs::find_cgroup2_mount()?;
-        // On cgroup v2 a cgroup's id is the inode number of its directory.
-        let root_cgroup_id = std::fs::metadata(&cgroup2_mount)
-            .map(|m| m.ino())
-            .unwrap_or(1);
+        let cgroups = host.cgroups.clone();
+        let root_cgroup_id = cgroups.root_id;
         if EBPF_OBJECT.is_empty() {
             return Err(StartError::NoProgramsEmbedded);
         }
@@ -149,7 +149,7 @@ impl Tracer {
             None => None,
         };
         let root_mode = config.root_mode as u32;
-        let addresses = kernel::kallsyms::kernel_addresses();
+        let addresses = host.addresses.clone();
         let obj_exts_allocator = addresses
             .owner_vector_allocator
             .clone()
@@ -161,21 +161,25 @@ impl Tracer {
                 );
                 0..0
             });
-        let slab_walk = slab_layout::from_running_kernel(&vmlinux, &addresses.memory_map_bases)
-            .and_then(|layout| {
-                // Linux 7.x (caches without CPU slabs): with the walk programs loaded, a 7.3 test
-                // VM froze before they had run; tracing alone works there. Off until understood.
-                if layout.cpu_slabs == 0 {
-                    return Err(
-                        "the inventory and the sweep are off on Linux 7.x (caches without \
+        let slab_walk = slab_layout::from_running_kernel(
+            &vmlinux,
+            &addresses.memory_map_bases,
+            &host.pfn_ranges,
+        )
+        .and_then(|layout| {
+            // Linux 7.x (caches without CPU slabs): with the walk programs loaded, a 7.3 test
+            // VM froze before they had run; tracing alone works there. Off until understood.
+            if layout.cpu_slabs == 0 {
+                return Err(
+                    "the inventory and the sweep are off on Linux 7.x (caches without \
                             CPU slabs): loading their programs froze a Linux 7.3 test VM. \
                             Objects made before the start are not seen, and objects freed \
                             without a free tracepoint stay charged"
-                            .into(),
-                    );
-                }
-                Ok(layout)
-            });
+                        .into(),
+                );
+            }
+            Ok(layout)
+        });
         let slab_layout_global = slab_walk.clone().unwrap_or_default();
         let percpu_walk = slab_walk
             .clone()
@@ -187,7 +191,7 @@ impl Tracer {
         });
         let kernel_memcgs = memcg_layout::from_btf(
             &vmlinux,
-            &kernel::kallsyms::read(),
+            &host.kallsyms,
             possible_cpus,
             memcg_layout::possible_nodes(),
         );
@@ -335,48 +339,42 @@ impl Tracer {
         if let Some(p) = &pinned {
             tracing::info!(dir = %p.dir().display(), reused = %p.reused().join(","), "maps pinned");
         }
-        let mut tracer = Self {
+        Ok(Self {
             ebpf,
             config,
             hooks,
             raw_hooks,
-            cgroup2_mount,
+            cgroups,
             cgroup_events,
             limit_events,
             collector,
-            percpu_walk,
-            slab_walk,
+            walks: Some(LoadedWalks {
+                slab_walk,
+                percpu_walk,
+                sheaves,
+            }),
             ledger,
-            inventory: InventoryStatus::default(),
-            cpu_freelists: Err("not looked for yet".into()),
-            vmap_area_cache_known: false,
-            sheaves,
             addresses,
             kernel_memcgs,
             pinned,
-        };
-        tracer.cpu_freelists = crate::sweep::find_cpu_offsets(&mut tracer);
-        tracing::info!("taking the inventory of objects allocated before start");
-        tracer.inventory = inventory::run(&mut tracer);
-        Ok(tracer)
+        })
+    }
+
+    /// Hands over the walk programs' load results (once; later calls say they were taken).
+    pub fn take_walks(&mut self) -> LoadedWalks {
+        self.walks.take().unwrap_or_else(|| {
+            let taken = "the walk programs were handed over already".to_string();
+            LoadedWalks {
+                slab_walk: Err(taken.clone()),
+                percpu_walk: Err(taken.clone()),
+                sheaves: Err(taken),
+            }
+        })
     }
 
     /// True when accounted slab objects are counted from the kernel's owner records.
     pub fn ledger(&self) -> bool {
         self.ledger
-    }
-
-    /// Sets the page frame below which the ledger's recount has counted (0: no recount).
-    pub fn set_recount_cursor(&mut self, cursor: u64) -> Result<(), ReadError> {
-        let map = self
-            .ebpf
-            .map_mut(LEDGER_STATE)
-            .ok_or(ReadError::MissingMap(LEDGER_STATE))?;
-        let mut state: Array<&mut MapData, LedgerState> =
-            Array::try_from(map).map_err(map_error(LEDGER_STATE))?;
-        let mut value = state.get(&0, 0).map_err(map_error(LEDGER_STATE))?;
-        value.recount_cursor = cursor;
-        state.set(0, value, 0).map_err(map_error(LEDGER_STATE))
     }
 
     pub fn collector_mut(&mut self) -> &mut Collector {
@@ -391,36 +389,6 @@ impl Tracer {
     /// Takes a map of the programs for a module that owns it from then on (leak recording).
     pub fn take_map(&mut self, name: &str) -> Option<aya::maps::Map> {
         self.ebpf.take_map(name)
-    }
-
-    /// Why the inventory and the sweep cannot run on this kernel, if they cannot.
-    pub fn slab_walk_unavailable(&self) -> Option<&str> {
-        self.slab_walk.as_ref().err().map(String::as_str)
-    }
-
-    /// Why the inventory cannot read percpu owner records on this kernel, if it cannot.
-    pub fn percpu_walk_unavailable(&self) -> Option<&str> {
-        self.percpu_walk.as_ref().err().map(String::as_str)
-    }
-
-    pub fn slab_layout(&self) -> Option<&SlabLayout> {
-        self.slab_walk.as_ref().ok()
-    }
-
-    /// How many CPUs' freelists the sweep looks at, or why none.
-    pub fn cpu_freelists(&self) -> Result<usize, &str> {
-        if self.slab_layout().is_some_and(|l| l.cpu_slabs == 0) {
-            return Err(
-                "this kernel's caches have no CPU slabs (Linux 7.0+): their free \
-                        objects wait in sheaves, which the sweep looks at",
-            );
-        }
-        self.cpu_freelists.as_ref().copied().map_err(String::as_str)
-    }
-
-    /// Whether the sweep can look at slab sheaves, or why not.
-    pub fn sheaves(&self) -> Result<(), &str> {
-        self.sheaves.as_ref().copied().map_err(String::as_str)
     }
 
     /// The layout the walk of the kernel's memory cgroups runs with, or why it cannot run.
@@ -441,18 +409,20 @@ impl Tracer {
             .collect()
     }
 
-    /// What the inventory at start found.
-    pub fn inventory(&self) -> &InventoryStatus {
-        &self.inventory
+    /// Runs a loaded, unattached raw tracepoint program once with these arguments.
+    pub fn run_program(&self, program: &'static str, args: &[u64]) -> Result<u32, ReadError> {
+        let fd = self
+            .raw_program(program)?
+            .fd()
+            .map_err(|e| ReadError::ProgramFd {
+                program,
+                reason: e.to_string(),
+            })?;
+        crate::test_run::run_program(program, fd.as_fd(), args, None)
     }
 
-    /// Runs the inventory or the sweep program once with these arguments.
-    pub fn run_slab_walk(&self, program: &'static str, args: &[u64]) -> Result<u32, ReadError> {
-        self.run_slab_walk_on(program, args, None)
-    }
-
-    /// A loaded (not attached) slab walk program.
-    fn slab_walk_program(&self, program: &'static str) -> Result<&RawTracePoint, ReadError> {
+    /// A loaded (not attached) raw tracepoint program.
+    fn raw_program(&self, program: &'static str) -> Result<&RawTracePoint, ReadError> {
         self.ebpf
             .program(program)
             .ok_or(ReadError::MissingProgram(program))?
@@ -460,121 +430,15 @@ impl Tracer {
             .map_err(|_| ReadError::MissingProgram(program))
     }
 
-    /// A file descriptor of a slab walk program, for a thread of its own.
-    pub fn slab_walk_fd(&self, program: &'static str) -> Result<ProgramFd, ReadError> {
-        self.slab_walk_program(program)?
+    /// A file descriptor of a loaded program, for an owner of its own.
+    pub fn program_fd(&self, program: &'static str) -> Result<ProgramFd, ReadError> {
+        self.raw_program(program)?
             .fd()
             .and_then(|fd| fd.try_clone().map_err(Into::into))
             .map_err(|e| ReadError::ProgramFd {
                 program,
                 reason: e.to_string(),
             })
-    }
-
-    /// Runs a slab walk program once, on `cpu` if given.
-    pub fn run_slab_walk_on(
-        &self,
-        program: &'static str,
-        args: &[u64],
-        cpu: Option<u32>,
-    ) -> Result<u32, ReadError> {
-        use std::os::fd::{AsFd as _, AsRawFd as _};
-        let fd = self
-            .slab_walk_program(program)?
-            .fd()
-            .map_err(|e| ReadError::ProgramFd {
-                program,
-                reason: e.to_string(),
-            })?;
-        crate::test_run::run_raw_tracepoint(fd.as_fd().as_raw_fd(), args, cpu)
-            .map_err(|source| ReadError::TestRun { program, source })
-    }
-
-    /// What the inventory and the sweep did so far.
-    pub fn truth_counters(&self) -> Result<TruthCounters, ReadError> {
-        let map = self
-            .ebpf
-            .map(TRUTH_COUNTERS)
-            .ok_or(ReadError::MissingMap(TRUTH_COUNTERS))?;
-        let array: Array<&MapData, TruthCounters> =
-            Array::try_from(map).map_err(|e| ReadError::Map {
-                map: TRUTH_COUNTERS,
-                source: Box::new(e),
-            })?;
-        array.get(&0, 0).map_err(|e| ReadError::Map {
-            map: TRUTH_COUNTERS,
-            source: Box::new(e),
-        })
-    }
-
-    /// The percpu chunks the inventory's page walk found: (address, owner-vector entries).
-    pub fn percpu_chunks(&self) -> Result<Vec<(u64, u64)>, ReadError> {
-        let map = self
-            .ebpf
-            .map(PERCPU_CHUNKS)
-            .ok_or(ReadError::MissingMap(PERCPU_CHUNKS))?;
-        let chunks: BpfHashMap<&MapData, u64, u64> =
-            BpfHashMap::try_from(map).map_err(map_error(PERCPU_CHUNKS))?;
-        chunks
-            .iter()
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(map_error(PERCPU_CHUNKS))
-    }
-
-    /// An array map of u64 of the slab walk programs, as a vector by index.
-    pub fn read_u64_array(&self, name: &'static str) -> Result<Vec<u64>, ReadError> {
-        let map = self.ebpf.map(name).ok_or(ReadError::MissingMap(name))?;
-        let array: Array<&MapData, u64> = Array::try_from(map).map_err(|e| ReadError::Map {
-            map: name,
-            source: Box::new(e),
-        })?;
-        array
-            .iter()
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| ReadError::Map {
-                map: name,
-                source: Box::new(e),
-            })
-    }
-
-    /// Writes `values` at indexes 0.. of an array map of u64 of the slab walk programs.
-    pub fn write_u64_array(&mut self, name: &'static str, values: &[u64]) -> Result<(), ReadError> {
-        let map = self.ebpf.map_mut(name).ok_or(ReadError::MissingMap(name))?;
-        let mut array: Array<&mut MapData, u64> =
-            Array::try_from(map).map_err(|e| ReadError::Map {
-                map: name,
-                source: Box::new(e),
-            })?;
-        for (index, value) in values.iter().enumerate() {
-            array
-                .set(index as u32, value, 0)
-                .map_err(|e| ReadError::Map {
-                    map: name,
-                    source: Box::new(e),
-                })?;
-        }
-        Ok(())
-    }
-
-    /// Tells the inventory which cgroup v2 id to charge for each memory cgroup (by the memory
-    /// cgroup's id); needed where the memory controller is on cgroup v1.
-    pub fn set_memcg_cgroup_ids(&mut self, pairs: &[(u64, u64)]) -> Result<(), ReadError> {
-        let map = self
-            .ebpf
-            .map_mut(MEMCG_CGROUP_IDS)
-            .ok_or(ReadError::MissingMap(MEMCG_CGROUP_IDS))?;
-        let mut ids: BpfHashMap<&mut MapData, u64, u64> =
-            BpfHashMap::try_from(map).map_err(|e| ReadError::Map {
-                map: MEMCG_CGROUP_IDS,
-                source: Box::new(e),
-            })?;
-        for (memcg, cgroup) in pairs {
-            ids.insert(memcg, cgroup, 0).map_err(|e| ReadError::Map {
-                map: MEMCG_CGROUP_IDS,
-                source: Box::new(e),
-            })?;
-        }
-        Ok(())
     }
 
     /// Kernel BPF statistics of the programs: (run time in ns, runs).
@@ -603,26 +467,6 @@ impl Tracer {
     /// Reads and sums the counters in use.
     pub fn read(&mut self) -> Result<RawSnapshot, ReadError> {
         self.collector.read(&self.ebpf)
-    }
-
-    /// Tells the sweep which cache holds `vmap_area` objects once a cache of that name has
-    /// been charged (see kmemcg-ebpf's `truth::vmalloc`); once told, does nothing.
-    pub fn tell_vmap_area_cache(&mut self) {
-        if self.vmap_area_cache_known {
-            return;
-        }
-        let Some(&cache) = self
-            .collector
-            .cache_names()
-            .iter()
-            .find_map(|(id, name)| (name == VMAP_AREA_CACHE_NAME).then_some(id))
-        else {
-            return;
-        };
-        match self.write_u64_array(VMAP_AREA_CACHE, &[cache]) {
-            Ok(()) => self.vmap_area_cache_known = true,
-            Err(e) => tracing::warn!(error = %e, "the sweep will not look at vmap_area objects"),
-        }
     }
 
     /// Counter slots claimed since the last call, with their keys.
@@ -680,7 +524,12 @@ impl Tracer {
 
     /// Where the cgroup v2 hierarchy whose ids the programs record is mounted.
     pub fn cgroup2_mount(&self) -> &std::path::Path {
-        &self.cgroup2_mount
+        &self.cgroups.cgroup2
+    }
+
+    /// The cgroup mounts the programs were loaded for.
+    pub fn cgroups(&self) -> &CgroupMounts {
+        &self.cgroups
     }
 }
 

@@ -40,7 +40,10 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let config = config::load(args.config.as_deref(), &overrides)?;
     if args.check_config {
         // Also refuses rules on protected cgroups, as a start would.
-        crate::limits::check(&config.limits).context("config file, [[limits.rule]]")?;
+        let cgroups = crate::kernel::cgroupfs::CgroupMounts::read().ok();
+        let cgroup_root = cgroups.as_ref().map(|c| c.cgroup2.as_path());
+        crate::limits::check(&config.limits, cgroup_root)
+            .context("config file, [[limits.rule]]")?;
         print_config(args.config.as_deref(), &config);
         return Ok(());
     }

@@ -8,7 +8,7 @@ use std::ops::Range;
 const OWNER_VECTOR_ALLOCATORS: [&str; 2] = ["alloc_slab_obj_exts", "memcg_alloc_slab_cgroups"];
 
 /// The kernel addresses kmemcg's corrections need, each with the reason when it is unknown.
-/// [`kernel_addresses`] is the one place they come from.
+/// [`read_with_addresses`] is the one place they come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KernelAddresses {
     /// The code of the function that allocates slab owner-record vectors: allocations made
@@ -32,26 +32,29 @@ pub fn read() -> String {
     std::fs::read_to_string("/proc/kallsyms").unwrap_or_default()
 }
 
-/// Reads /proc/kallsyms once and finds every address kmemcg needs.
-pub fn kernel_addresses() -> KernelAddresses {
+/// Reads /proc/kallsyms once: its text (empty when it cannot be read) and every address
+/// kmemcg needs.
+pub fn read_with_addresses() -> (String, KernelAddresses) {
     match std::fs::read_to_string("/proc/kallsyms") {
         Ok(text) => {
             let kptr_restrict = std::fs::read_to_string("/proc/sys/kernel/kptr_restrict")
                 .ok()
                 .and_then(|v| v.trim().parse().ok());
-            addresses_in(&text, kptr_restrict)
+            let addresses = addresses_in(&text, kptr_restrict);
+            (text, addresses)
         }
         Err(e) => {
             let why = format!("cannot read /proc/kallsyms: {e}");
-            KernelAddresses {
+            let addresses = KernelAddresses {
                 owner_vector_allocator: Err(why.clone()),
                 memory_map_bases: Err(why),
-            }
+            };
+            (String::new(), addresses)
         }
     }
 }
 
-/// [`kernel_addresses`] from the text of /proc/kallsyms and the `kernel.kptr_restrict` setting.
+/// [`read_with_addresses`] from the text of /proc/kallsyms and the `kernel.kptr_restrict` setting.
 pub fn addresses_in(kallsyms: &str, kptr_restrict: Option<u32>) -> KernelAddresses {
     let hidden = hidden_reason(kallsyms, kptr_restrict);
     let owner_vector_allocator = match OWNER_VECTOR_ALLOCATORS

@@ -1,13 +1,16 @@
 //! Facts about the running kernel that kmemcg checks before loading anything: privileges,
-//! BTF layout, the cgroup v2 mount.
+//! BTF layout, the cgroup mounts; [`HostFacts`] reads the host's once at start.
 pub mod btf;
 pub mod caps;
 pub mod cgroupfs;
+mod host;
 pub mod kallsyms;
 pub mod memcg_layout;
 pub mod percpu_layout;
 pub mod slab_layout;
 pub mod vmalloc_layout;
+
+pub use host::HostFacts;
 
 /// The kernel release (`uname -r`).
 pub fn release() -> String {

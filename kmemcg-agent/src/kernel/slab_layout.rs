@@ -13,11 +13,12 @@ use super::{btf::enum_value, kallsyms::BaseSymbols};
 const DEFAULT_VMEMMAP_BASE: u64 = 0xffff_ea00_0000_0000;
 const DEFAULT_PAGE_OFFSET_BASE: u64 = 0xffff_8880_0000_0000;
 
-/// Reads the layout from the running kernel (its BTF and where its base variables are, from
-/// [`super::kallsyms::kernel_addresses`]), or says why it cannot.
+/// Reads the layout from the running kernel (its BTF, where its base variables are and its
+/// memory zones' page frames, from [`super::HostFacts`]), or says why it cannot.
 pub fn from_running_kernel(
     btf: &Btf,
     bases: &Result<BaseSymbols, String>,
+    pfn_ranges: &Result<Vec<std::ops::Range<u64>>, String>,
 ) -> Result<SlabLayout, String> {
     if !cfg!(target_arch = "x86_64") {
         return Err("the slab walk knows only the x86_64 memory map".into());
@@ -28,9 +29,9 @@ pub fn from_running_kernel(
     layout.page_offset_base_symbol = symbols.page_offset_base;
     layout.vmemmap_base = DEFAULT_VMEMMAP_BASE;
     layout.page_offset_base = DEFAULT_PAGE_OFFSET_BASE;
-    let zoneinfo = std::fs::read_to_string("/proc/zoneinfo")
-        .map_err(|e| format!("cannot read /proc/zoneinfo: {e}"))?;
-    layout.max_pfn = pfn_ranges(&zoneinfo)
+    layout.max_pfn = pfn_ranges
+        .as_ref()
+        .map_err(Clone::clone)?
         .iter()
         .map(|r| r.end)
         .max()

@@ -89,14 +89,17 @@ struct Maps {
 }
 
 impl Maps {
-    fn take(take: &mut dyn FnMut(&'static str) -> Option<Map>) -> Result<Self, String> {
+    fn take(
+        take: &mut dyn FnMut(&'static str) -> Option<Map>,
+        kallsyms: &str,
+    ) -> Result<Self, String> {
         let mut map = |name: &'static str| {
             take(name).ok_or_else(|| format!("the eBPF object has no map {name}"))
         };
         let bad = |name: &str, e: aya::maps::MapError| format!("the map {name}: {e}");
         Ok(Self {
             switch: Array::try_from(map(LEAK_SWITCH)?).map_err(|e| bad(LEAK_SWITCH, e))?,
-            ignored: symbols::bpf_allocator_refills(&crate::kernel::kallsyms::read()),
+            ignored: symbols::bpf_allocator_refills(kallsyms),
             cgroups: BpfHashMap::try_from(map(LEAK_CGROUPS)?).map_err(|e| bad(LEAK_CGROUPS, e))?,
             objects: BpfHashMap::try_from(map(LEAK_OBJECTS)?).map_err(|e| bad(LEAK_OBJECTS, e))?,
             counters: PerCpuArray::try_from(map(LEAK_COUNTERS)?)
@@ -209,8 +212,13 @@ pub struct Leaks {
 impl Leaks {
     /// Takes the leak maps from the loaded programs (`take` is `Ebpf::take_map`); without them
     /// every request says why.
-    pub fn new(take: &mut dyn FnMut(&'static str) -> Option<Map>, cgroup_root: PathBuf) -> Self {
-        let maps = Maps::take(take);
+    /// `kallsyms`: the text of /proc/kallsyms.
+    pub fn new(
+        take: &mut dyn FnMut(&'static str) -> Option<Map>,
+        cgroup_root: PathBuf,
+        kallsyms: &str,
+    ) -> Self {
+        let maps = Maps::take(take, kallsyms);
         if let Err(why) = &maps {
             tracing::warn!(why, "leak recording is not available");
         }

@@ -2,7 +2,7 @@
 //! The sampling thread calls [`Enforcer::evaluate`] after each sample; the API reads and changes
 //! the rules.
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Mutex, MutexGuard},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -20,6 +20,7 @@ use super::{
 use crate::{
     api::CgroupUsage,
     cgroup_path,
+    kernel::cgroupfs::CgroupMounts,
     kernel_figures::{KernelFigures, charged_slab_percpu},
     wake::Wake,
 };
@@ -62,9 +63,11 @@ fn changes_wake() -> Option<Wake> {
         .ok()
 }
 
-/// Checks a configuration's rules: each valid, none on a protected cgroup, no path twice.
-pub fn check(config: &LimitsConfig) -> Result<Protected, Error> {
-    let protected = Protected::new(&config.protected, Protected::own_cgroup().as_deref());
+/// Checks a configuration's rules: each valid, none on a protected cgroup, no path twice
+/// (`cgroup_root`: the cgroup v2 mount, where the agent's own cgroup is looked for).
+pub fn check(config: &LimitsConfig, cgroup_root: Option<&Path>) -> Result<Protected, Error> {
+    let own = Protected::own_cgroup(cgroup_root);
+    let protected = Protected::new(&config.protected, own.as_deref());
     if config.rules.len() > MAX_RULES {
         return Err(Error::TooMany {
             count: config.rules.len(),
@@ -88,9 +91,10 @@ pub fn check(config: &LimitsConfig) -> Result<Protected, Error> {
 
 impl Enforcer {
     /// Checks the config rules (see [`check`]) and loads the persisted runtime rules.
-    /// `cgroup_root` is the cgroup v2 mount the rules' paths are relative to.
-    pub fn new(config: &LimitsConfig, cgroup_root: PathBuf) -> Result<Self, Error> {
-        let protected = check(config)?;
+    /// The rules' paths are relative to the cgroup v2 mount of `cgroups`.
+    pub fn new(config: &LimitsConfig, cgroups: &CgroupMounts) -> Result<Self, Error> {
+        let cgroup_root = cgroups.cgroup2.clone();
+        let protected = check(config, Some(&cgroup_root))?;
         let runtime_rules = match &config.state_file {
             Some(path) => restore(path, &protected, &config.rules),
             None => Vec::new(),
@@ -113,7 +117,7 @@ impl Enforcer {
                 audit: AuditLog::new(config.audit_file.clone()),
                 metrics: EnforcementMetrics::default(),
             }),
-            kernel_figures: KernelFigures::detect(&cgroup_root),
+            kernel_figures: KernelFigures::detect(cgroups),
             cgroup_root,
             started: Instant::now(),
             changes: changes_wake(),
@@ -251,7 +255,7 @@ impl Enforcer {
     pub fn set(&self, spec: RuleSpec, by: &str) -> Result<LimitRule, Error> {
         let rule = Rule::new(spec).map_err(Error::Invalid)?;
         let mut inner = self.lock();
-        inner.protected.refresh_agent();
+        inner.protected.refresh_agent(&self.cgroup_root);
         inner.protected.check_rule(&rule)?;
         workable(&rule)?;
         let path = rule.spec.path.clone();
@@ -359,7 +363,7 @@ impl Enforcer {
             .collect();
         let now = self.started.elapsed();
         let dry_run = inner.dry_run;
-        inner.protected.refresh_agent();
+        inner.protected.refresh_agent(&self.cgroup_root);
         self.look_at_frozen(&mut inner, cgroups);
         let Inner {
             engine,
@@ -548,6 +552,11 @@ impl Enforcer {
     fn whole(&self, c: &CgroupUsage) -> Option<u64> {
         let kernel = self.kernel_figures.read(&c.path)?.kernel_bytes?;
         Some(kernel + c.total_unaccounted_bytes)
+    }
+
+    /// The cgroup v2 mount the rules' paths are relative to.
+    pub fn cgroup_root(&self) -> &Path {
+        &self.cgroup_root
     }
 
     fn dir(&self, cgroup: &str) -> PathBuf {

@@ -151,7 +151,7 @@ pub struct EnforcementMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::CgroupUsage;
+    use crate::{api::CgroupUsage, kernel::cgroupfs::CgroupMounts};
 
     fn spec(path: &str, action: Action) -> RuleSpec {
         RuleSpec::new(path, 1 << 20, action)
@@ -166,6 +166,11 @@ mod tests {
         }
     }
 
+    /// Cgroup mounts where nothing is mounted.
+    fn nowhere() -> CgroupMounts {
+        CgroupMounts::new("/nonexistent".into(), Vec::new())
+    }
+
     fn in_memory(dry_run: bool) -> Enforcer {
         let config = LimitsConfig {
             dry_run,
@@ -173,7 +178,7 @@ mod tests {
             audit_file: None,
             ..Default::default()
         };
-        Enforcer::new(&config, "/nonexistent".into()).expect("valid")
+        Enforcer::new(&config, &nowhere()).expect("valid")
     }
 
     #[test]
@@ -187,7 +192,7 @@ mod tests {
             audit_file: None,
             ..Default::default()
         };
-        let e = Enforcer::new(&config, "/nonexistent".into()).expect("no rules");
+        let e = Enforcer::new(&config, &nowhere()).expect("no rules");
         let refused = e.set(spec("/", Action::Kill), "test").expect_err("root");
         assert!(matches!(refused, Error::Protected { .. }), "{refused}");
         assert!(refused.to_string().contains("root cgroup"), "{refused}");
@@ -200,7 +205,7 @@ mod tests {
             .expect("allowed");
         e.set(spec("/kmemcg-test-*", Action::Freeze), "test")
             .expect("a glob");
-        let again = Enforcer::new(&config, "/nonexistent".into()).expect("no rules");
+        let again = Enforcer::new(&config, &nowhere()).expect("no rules");
         assert_eq!(again.rules().len(), 2);
         again.remove("/kmemcg-test-a", "test").expect("removed");
         let gone = again.remove("/kmemcg-test-a", "test").expect_err("gone");
@@ -254,7 +259,7 @@ mod tests {
             audit_file: None,
             ..Default::default()
         };
-        let e = Enforcer::new(&config, "/nonexistent".into()).expect("valid");
+        let e = Enforcer::new(&config, &nowhere()).expect("valid");
         let err = e
             .set(spec("/kmemcg-test-a", Action::Kill), "test")
             .expect_err("not saved");
@@ -275,7 +280,7 @@ mod tests {
             ..Default::default()
         };
         config.rules = vec![Rule::new(spec("/kmemcg-test-c", Action::Notify)).expect("valid")];
-        let e = Enforcer::new(&config, "/nonexistent".into()).expect("valid");
+        let e = Enforcer::new(&config, &nowhere()).expect("valid");
         let err = e
             .set(spec("/kmemcg-test-c", Action::Kill), "test")
             .expect_err("config");
@@ -283,7 +288,7 @@ mod tests {
         let err = e.remove("/kmemcg-test-c", "test").expect_err("config");
         assert!(matches!(err, Error::FromConfig { .. }));
         config.rules.push(config.rules[0].clone());
-        let err = check(&config).expect_err("twice");
+        let err = check(&config, None).expect_err("twice");
         assert!(err.to_string().contains("two rules"), "{err}");
     }
 

@@ -8,7 +8,6 @@ use std::path::Path;
 use globset::GlobMatcher;
 
 use super::rules::{glob_matcher, is_glob};
-use crate::kernel::cgroupfs;
 
 /// Protected by default, besides the root and the agent's own cgroup.
 pub const DEFAULT_PROTECTED: &[&str] = &["/init.scope", "/system.slice"];
@@ -112,15 +111,16 @@ impl Protected {
         }
     }
 
-    /// Follows the agent if it was moved to another cgroup since.
-    pub fn refresh_agent(&mut self) {
+    /// Follows the agent if it was moved to another cgroup since (`root`: the cgroup v2
+    /// mount).
+    pub fn refresh_agent(&mut self, root: &Path) {
         let pid = std::process::id();
-        if let (Some(agent), Ok(root)) = (&self.agent, cgroupfs::find_cgroup2_mount())
-            && lists_pid(&root, agent, pid)
+        if let Some(agent) = &self.agent
+            && lists_pid(root, agent, pid)
         {
             return;
         }
-        if let Some(now) = Self::own_cgroup() {
+        if let Some(now) = Self::own_cgroup(Some(root)) {
             self.agent = Some(now);
         }
     }
@@ -133,22 +133,23 @@ impl Protected {
     /// process) and, where it does not match, found by walking the mount for the cgroup that
     /// does: cgroup.procs shows pids as seen from the reader's PID namespace, so only this
     /// process's cgroup lists its own pid.
-    pub fn own_cgroup() -> Option<String> {
+    /// `root`: the cgroup v2 mount, when there is one.
+    pub fn own_cgroup(root: Option<&Path>) -> Option<String> {
         let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
         let hint = text
             .lines()
             .find_map(|l| l.strip_prefix("0::"))
             .map(|p| p.trim().to_string());
-        let Ok(root) = cgroupfs::find_cgroup2_mount() else {
+        let Some(root) = root else {
             return hint;
         };
         let pid = std::process::id();
         if let Some(hint) = &hint
-            && lists_pid(&root, hint, pid)
+            && lists_pid(root, hint, pid)
         {
             return Some(hint.clone());
         }
-        find_cgroup_of(&root, pid).or(hint)
+        find_cgroup_of(root, pid).or(hint)
     }
 
     /// Why `path` must not be acted on, if it must not.

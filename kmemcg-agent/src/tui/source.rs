@@ -8,8 +8,10 @@ use crate::{
     api::{CgroupHistory, Snapshot},
     client::Client,
     history::History,
+    kernel::HostFacts,
     sampler::Sampler,
     tracer::{Tracer, TracerConfig},
+    truth::Truth,
 };
 
 /// Said wherever standalone data is shown.
@@ -40,10 +42,15 @@ impl Source {
     /// Loads and attaches the eBPF programs in this process (needs root); readings come
     /// `delay` apart.
     pub(crate) fn standalone(delay: Duration) -> anyhow::Result<Self> {
-        let tracer = Tracer::start(TracerConfig::default())
+        let (host, mut tracer) = HostFacts::read()
+            .and_then(|host| {
+                let tracer = Tracer::start(TracerConfig::default(), &host)?;
+                Ok((host, tracer))
+            })
             .context("loading the eBPF programs for kmemcg top --standalone")?;
+        let truth = Truth::start(&mut tracer, &host);
         Ok(Self::Standalone {
-            sampler: Some(Box::new(Sampler::new(tracer))),
+            sampler: Some(Box::new(Sampler::new(tracer, truth))),
             history: Box::default(),
             delay,
         })

@@ -18,9 +18,11 @@ use anyhow::{Context as _, bail};
 use clap::Parser;
 use kmemcg_agent::{
     baseline::EmptyPrograms,
+    kernel::HostFacts,
     leaks::Leaks,
     sampler::Sampler,
     tracer::{Tracer, TracerConfig},
+    truth::Truth,
 };
 use kmemcg_tests::{TestCgroup, Tmpfs, require_root, workload_bin};
 
@@ -172,12 +174,18 @@ fn run(
         if let Some(max) = args.max_objects {
             config.max_objects = max;
         }
-        let mut tracer = Tracer::start(config)?;
+        let host = HostFacts::read()?;
+        let mut tracer = Tracer::start(config, &host)?;
+        let truth = Truth::start(&mut tracer, &host);
         let leaks = (mode == Mode::Leaks).then(|| {
             let mount = tracer.cgroup2_mount().to_path_buf();
-            Arc::new(Leaks::new(&mut |name| tracer.take_map(name), mount))
+            Arc::new(Leaks::new(
+                &mut |name| tracer.take_map(name),
+                mount,
+                &host.kallsyms,
+            ))
         });
-        let mut sampler = Sampler::new(tracer);
+        let mut sampler = Sampler::new(tracer, truth);
         if let Some(leaks) = leaks {
             leaks.start(cgroup.path(), Duration::from_secs(3600))?;
             sampler.set_leaks(leaks);

@@ -21,7 +21,8 @@ use kmemcg_common::{
     SWEEP_SHEAVES_PROGRAM, SWEEP_SLOTS_PER_RUN, TruthCounters,
 };
 
-use crate::{api::SweepStatus, test_run, tracer::Tracer};
+use super::Truth;
+use crate::{api::SweepStatus, test_run};
 
 mod sheaves;
 
@@ -66,29 +67,29 @@ impl Drop for Sweeper {
 }
 
 impl Sweeper {
-    /// Starts sweeping `tracer`'s live-object table every [`SWEEP_INTERVAL`], unless this
-    /// kernel allows no slab walk.
-    pub fn start(tracer: &Tracer) -> Self {
+    /// Starts sweeping the live-object table every [`SWEEP_INTERVAL`], unless this kernel
+    /// allows no slab walk.
+    pub(super) fn start(truth: &Truth) -> Self {
         let mut sweeper = Self::default();
-        if tracer.slab_walk_unavailable().is_some() {
+        if truth.slab_walk_unavailable().is_some() {
             return sweeper;
         }
-        let fd = match tracer.slab_walk_fd(SWEEP_PROGRAM) {
+        let fd = match truth.program_fd(SWEEP_PROGRAM) {
             Ok(fd) => fd,
             Err(e) => {
                 sweeper.state.lock().expect("sweep state").error = Some(e.to_string());
                 return sweeper;
             }
         };
-        let sheaves = tracer
+        let sheaves = truth
             .sheaves()
             .ok()
-            .and_then(|()| tracer.slab_walk_fd(SWEEP_SHEAVES_PROGRAM).ok())
+            .and_then(|()| truth.program_fd(SWEEP_SHEAVES_PROGRAM).ok())
             .map(|fd| {
                 let possible = std::fs::read_to_string("/sys/devices/system/node/possible").ok();
                 SheafSweep::new(fd, sheaves::node_count(possible.as_deref()))
             });
-        let slots = tracer.config().max_objects.next_power_of_two();
+        let slots = truth.live_slots;
         let (state, stop, caches) = (
             sweeper.state.clone(),
             sweeper.stop.clone(),
@@ -109,21 +110,21 @@ impl Sweeper {
 
     /// Tells the sweep which caches kmemcg has charged (the collector's cache ids), whose
     /// sheaves it looks at.
-    pub fn learn_caches<'a>(&self, ids: impl ExactSizeIterator<Item = &'a u64>) {
+    pub(super) fn learn_caches<'a>(&self, ids: impl ExactSizeIterator<Item = &'a u64>) {
         let mut caches = self.caches.lock().expect("sweep caches");
         if caches.len() != ids.len() {
             *caches = ids.copied().collect();
         }
     }
 
-    pub fn status(&self, tracer: &Tracer, counters: &TruthCounters) -> SweepStatus {
+    pub(super) fn status(&self, truth: &Truth, counters: &TruthCounters) -> SweepStatus {
         let state = self.state.lock().expect("sweep state");
-        let reason = tracer
+        let reason = truth
             .slab_walk_unavailable()
             .map(str::to_string)
             .or_else(|| state.error.clone());
         SweepStatus {
-            available: tracer.slab_walk_unavailable().is_none(),
+            available: truth.slab_walk_unavailable().is_none(),
             reason,
             sweeps: state.sweeps,
             last_ms: state.last_ms,
@@ -135,11 +136,11 @@ impl Sweeper {
             by_page: counters.swept_by_page,
             by_freelist: counters.swept_by_freelist,
             by_vmalloc: counters.swept_by_vmalloc,
-            cpu_freelists: tracer.cpu_freelists().is_ok(),
-            cpu_freelists_reason: tracer.cpu_freelists().err().map(str::to_string),
+            cpu_freelists: truth.cpu_freelists().is_ok(),
+            cpu_freelists_reason: truth.cpu_freelists().err().map(str::to_string),
             by_sheaf: counters.swept_by_sheaf,
-            sheaves: tracer.sheaves().is_ok(),
-            sheaves_reason: tracer.sheaves().err().map(str::to_string),
+            sheaves: truth.sheaves().is_ok(),
+            sheaves_reason: truth.sheaves().err().map(str::to_string),
             sheaf_caches: state.sheaf_caches as u64,
         }
     }
@@ -149,8 +150,8 @@ impl Sweeper {
 /// freelists, and checks them: every CPU's percpu area less its offset must be the same
 /// address (the percpu section's start). Returns how many CPUs; on failure the sweep looks at
 /// slab freelists only.
-pub fn find_cpu_offsets(tracer: &mut Tracer) -> Result<usize, String> {
-    let layout = tracer.slab_layout().ok_or("no slab walk on this kernel")?;
+pub(super) fn find_cpu_offsets(truth: &mut Truth) -> Result<usize, String> {
+    let layout = truth.slab_layout().ok_or("no slab walk on this kernel")?;
     if layout.this_cpu_off_offset == 0 {
         return Err(
             "this kernel's BTF lacks what locates percpu data (see the agent's log)".into(),
@@ -160,19 +161,19 @@ pub fn find_cpu_offsets(tracer: &mut Tracer) -> Result<usize, String> {
         .map_err(|e| format!("cannot read the online CPUs: {e}"))?;
     let cpus = parse_cpu_list(text.trim());
     for &cpu in &cpus {
-        let ret = tracer
-            .run_slab_walk_on(CPU_OFFSET_PROGRAM, &[0], Some(cpu))
+        let ret = truth
+            .run_on(CPU_OFFSET_PROGRAM, &[0], Some(cpu))
             .map_err(|e| format!("finding CPU {cpu}'s percpu offset: {e}"))?;
         if ret != 0 {
             return Err(format!("CPU {cpu}'s percpu offset not found"));
         }
     }
-    let read = |name| tracer.read_u64_array(name).map_err(|e| e.to_string());
+    let read = |name| truth.read_u64_array(name).map_err(|e| e.to_string());
     let (offsets, areas) = (read(PERCPU_OFFSETS)?, read(PERCPU_AREAS)?);
     let consistent = check_offsets(&cpus, &offsets, &areas);
     if let Err(why) = &consistent {
         let zeros = vec![0; offsets.len()];
-        let _ = tracer.write_u64_array(PERCPU_OFFSETS, &zeros);
+        let _ = truth.write_u64_array(PERCPU_OFFSETS, &zeros);
         tracing::warn!(why, "CPU freelists will not be checked by the sweep");
     }
     consistent.map(|()| cpus.len())

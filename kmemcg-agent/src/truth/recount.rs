@@ -16,8 +16,11 @@ use aya::programs::ProgramFd;
 use kmemcg_common::{INVENTORY_PFNS_PER_RUN, INVENTORY_PROGRAM};
 use serde::{Deserialize, Serialize};
 
+use super::Truth;
 use crate::{
-    collector::Correction, error::ReadError, kernel::slab_layout, test_run, tracer::Tracer,
+    collector::{Collector, Correction},
+    error::ReadError,
+    test_run,
 };
 
 /// Shortest time between two recounts; a recount also waits [`RECOUNT_WAIT_FACTOR`] times
@@ -48,23 +51,22 @@ pub struct Recount {
 }
 
 impl Recount {
-    /// The recount of `tracer`'s ledger, or None when the ledger is off.
-    pub fn new(tracer: &Tracer) -> Option<Self> {
-        if !tracer.ledger() {
+    /// The recount of the ledger, or None when the ledger is off.
+    pub(super) fn new(truth: &Truth) -> Option<Self> {
+        if !truth.ledger {
             return None;
         }
-        let fd = match tracer.slab_walk_fd(INVENTORY_PROGRAM) {
+        let fd = match truth.program_fd(INVENTORY_PROGRAM) {
             Ok(fd) => fd,
             Err(e) => {
                 tracing::warn!(error = %e, "no recount of the ledger");
                 return None;
             }
         };
-        let zoneinfo = std::fs::read_to_string("/proc/zoneinfo").unwrap_or_default();
-        let inventory = tracer.inventory();
+        let inventory = truth.inventory();
         Some(Self {
             fd,
-            ranges: slab_layout::pfn_ranges(&zoneinfo),
+            ranges: truth.pfn_ranges.clone(),
             walk: None,
             next_at: Instant::now() + RECOUNT_INTERVAL,
             status: RecountStatus {
@@ -80,15 +82,15 @@ impl Recount {
     }
 
     /// Takes the result of a finished walk, or starts one when it is due.
-    pub fn poll(&mut self, tracer: &mut Tracer) {
+    pub(super) fn poll(&mut self, truth: &mut Truth, collector: &mut Collector) {
         match self.walk.take() {
             Some((started, walk)) if walk.is_finished() => {
                 let result = match walk.join() {
-                    Ok(Ok(())) => finish(tracer).map_err(|e| e.to_string()),
+                    Ok(Ok(())) => finish(truth, collector).map_err(|e| e.to_string()),
                     Ok(Err(e)) => Err(format!("the recount's walk failed: {e}")),
                     Err(_) => Err("the recount's walk panicked".to_string()),
                 };
-                let _ = tracer.set_recount_cursor(0);
+                let _ = truth.set_recount_cursor(0);
                 let elapsed = started.elapsed();
                 self.status.last_ms = elapsed.as_secs_f64() * 1000.0;
                 match result {
@@ -107,14 +109,14 @@ impl Recount {
                     Instant::now() + (elapsed * RECOUNT_WAIT_FACTOR).max(RECOUNT_INTERVAL);
             }
             Some(walk) => self.walk = Some(walk),
-            None if Instant::now() >= self.next_at => self.start(tracer),
+            None if Instant::now() >= self.next_at => self.start(collector),
             None => {}
         }
     }
 
-    fn start(&mut self, tracer: &mut Tracer) {
-        let slots = tracer.collector().ledger_slots();
-        tracer.collector().clear_shadows(&slots);
+    fn start(&mut self, collector: &Collector) {
+        let slots = collector.ledger_slots();
+        collector.clear_shadows(&slots);
         let (fd, ranges) = match self.fd.try_clone() {
             Ok(fd) => (fd, self.ranges.clone()),
             Err(e) => {
@@ -154,11 +156,14 @@ fn walk(fd: &ProgramFd, ranges: &[Range<u64>]) -> std::io::Result<()> {
 /// Ends a recount whose walk has counted every page: the hooks count into the shadows
 /// everywhere for the moment it takes to read them, each ledger slot keeps (shadow - live) as
 /// its correction, and the shadows are cleared for the next recount.
-pub fn finish(tracer: &mut Tracer) -> Result<Correction, ReadError> {
-    tracer.set_recount_cursor(u64::MAX)?;
-    let correction = tracer.collector_mut().take_recount();
-    tracer.set_recount_cursor(0)?;
-    let slots = tracer.collector().ledger_slots();
-    tracer.collector().clear_shadows(&slots);
+pub(super) fn finish(
+    truth: &mut Truth,
+    collector: &mut Collector,
+) -> Result<Correction, ReadError> {
+    truth.set_recount_cursor(u64::MAX)?;
+    let correction = collector.take_recount();
+    truth.set_recount_cursor(0)?;
+    let slots = collector.ledger_slots();
+    collector.clear_shadows(&slots);
     Ok(correction)
 }

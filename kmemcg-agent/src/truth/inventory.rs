@@ -1,6 +1,6 @@
 //! The inventory at start: kmemcg's hooks see only what is allocated after they attach, but
 //! the kernel keeps an owner record (`slab->obj_exts[i].objcg`) for every live accounted slab
-//! object. Right after attaching, the tracer runs the `inventory` program over every page
+//! object. Right after attaching, the agent runs the `inventory` program over every page
 //! frame, a slice at a time; it takes each owned object into the live-object table, charged to
 //! its memcg's cgroup, so that it shows at once and its later free uncharges it. Objects
 //! tracked already (allocated since the hooks attached, or kept in pinned maps across a
@@ -21,12 +21,17 @@ use kmemcg_common::{
     PERCPU_POINTER_DELTA, TruthCounters,
 };
 
-use crate::{api::InventoryStatus, kernel::slab_layout, tracer::Tracer};
+use super::Truth;
+use crate::{api::InventoryStatus, collector::Collector, kernel::cgroupfs::CgroupMounts};
 
 /// Most memory cgroups mapped to a cgroup v2 id (the map's capacity).
 const MAX_MEMCG_PAIRS: usize = 1 << 16;
 
-pub fn run(tracer: &mut Tracer) -> InventoryStatus {
+pub(super) fn run(
+    truth: &mut Truth,
+    collector: &mut Collector,
+    cgroups: &CgroupMounts,
+) -> InventoryStatus {
     let mut status = InventoryStatus {
         started_at: SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -34,37 +39,35 @@ pub fn run(tracer: &mut Tracer) -> InventoryStatus {
         host_percpu_bytes: meminfo_bytes("Percpu").unwrap_or(0),
         ..InventoryStatus::default()
     };
-    if let Some(reason) = tracer.slab_walk_unavailable() {
+    if let Some(reason) = truth.slab_walk_unavailable() {
         status.reason = Some(reason.to_string());
         tracing::warn!(reason, "no inventory of objects allocated before start");
         return status;
     }
     let started = Instant::now();
-    let before = tracer.truth_counters().unwrap_or_default();
-    if let Some(memory) = memcg_v1_mount() {
-        let pairs = memcg_pairs(&memory, tracer.cgroup2_mount());
-        if let Err(e) = tracer.set_memcg_cgroup_ids(&pairs) {
+    let before = truth.counters().unwrap_or_default();
+    if let Some(memory) = cgroups.memcg_v1() {
+        let pairs = memcg_pairs(memory, &cgroups.cgroup2);
+        if let Err(e) = truth.set_memcg_cgroup_ids(&pairs) {
             tracing::warn!(error = %e, "memory cgroups not mapped to cgroup v2 ids");
         }
     }
     // At most half the live-object table, so that new allocations still find room.
-    let budget =
-        before.added_objects + u64::from(tracer.config().max_objects.next_power_of_two() / 2);
-    let ledger = tracer.ledger();
+    let budget = before.added_objects + u64::from(truth.live_slots / 2);
+    let ledger = truth.ledger;
     if ledger {
-        let slots = tracer.collector_mut().ledger_slots();
-        tracer.collector().clear_shadows(&slots);
+        let slots = collector.ledger_slots();
+        collector.clear_shadows(&slots);
     }
-    let zoneinfo = std::fs::read_to_string("/proc/zoneinfo").unwrap_or_default();
-    for range in slab_layout::pfn_ranges(&zoneinfo) {
+    for range in truth.pfn_ranges.clone() {
         let mut start = range.start;
         while start < range.end {
             let count = INVENTORY_PFNS_PER_RUN.min(range.end - start);
-            if let Err(e) = tracer.run_slab_walk(INVENTORY_PROGRAM, &[start, count, budget]) {
+            if let Err(e) = truth.run(INVENTORY_PROGRAM, &[start, count, budget]) {
                 status.reason = Some(format!("the inventory stopped at page frame {start}: {e}"));
                 tracing::warn!(error = %e, "inventory stopped");
                 if ledger {
-                    let _ = tracer.set_recount_cursor(0);
+                    let _ = truth.set_recount_cursor(0);
                 }
                 return status;
             }
@@ -74,11 +77,11 @@ pub fn run(tracer: &mut Tracer) -> InventoryStatus {
             std::thread::yield_now();
         }
     }
-    if ledger && let Err(e) = crate::recount::finish(tracer) {
+    if ledger && let Err(e) = super::recount::finish(truth, collector) {
         status.reason = Some(format!("the ledger's recount could not finish: {e}"));
     }
     let percpu_started = Instant::now();
-    let percpu = inventory_percpu(tracer, budget);
+    let percpu = inventory_percpu(truth, budget);
     status.percpu_duration_ms = percpu_started.elapsed().as_secs_f64() * 1000.0;
     match percpu {
         Ok(()) => status.percpu_available = true,
@@ -88,7 +91,7 @@ pub fn run(tracer: &mut Tracer) -> InventoryStatus {
         }
     }
     status.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
-    match tracer.truth_counters() {
+    match truth.counters() {
         Ok(after) => fill(&mut status, &difference(&after, &before), ledger),
         Err(e) => status.reason = Some(format!("cannot read the inventory's counters: {e}")),
     }
@@ -114,19 +117,19 @@ pub fn run(tracer: &mut Tracer) -> InventoryStatus {
 }
 
 /// Takes the accounted allocations of every percpu chunk the page walk found.
-fn inventory_percpu(tracer: &mut Tracer, budget: u64) -> Result<(), String> {
-    if let Some(why) = tracer.percpu_walk_unavailable() {
+fn inventory_percpu(truth: &Truth, budget: u64) -> Result<(), String> {
+    if let Some(why) = truth.percpu_walk_unavailable() {
         return Err(why.to_string());
     }
-    learn_pointer_delta(tracer)?;
-    let chunks = tracer
+    learn_pointer_delta(truth)?;
+    let chunks = truth
         .percpu_chunks()
         .map_err(|e| format!("cannot read the percpu chunks found: {e}"))?;
     for (chunk, entries) in dynamic_chunks(chunks) {
         let mut first = 0;
         while first < entries {
             let count = PERCPU_ENTRIES_PER_RUN.min(entries - first);
-            match tracer.run_slab_walk(PERCPU_INVENTORY_PROGRAM, &[chunk, first, count, budget]) {
+            match truth.run(PERCPU_INVENTORY_PROGRAM, &[chunk, first, count, budget]) {
                 Ok(0) => {}
                 // Freed since the page walk, most likely.
                 Ok(_) => tracing::debug!(chunk, first, "percpu chunk not read"),
@@ -141,9 +144,9 @@ fn inventory_percpu(tracer: &mut Tracer, budget: u64) -> Result<(), String> {
 
 /// Makes sure the percpu allocation hook has seen one allocation, from which it learns how
 /// percpu pointers relate to chunk addresses: creating a one-entry percpu map makes one.
-fn learn_pointer_delta(tracer: &Tracer) -> Result<(), String> {
+fn learn_pointer_delta(truth: &Truth) -> Result<(), String> {
     let known = || {
-        tracer
+        truth
             .read_u64_array(PERCPU_POINTER_DELTA)
             .is_ok_and(|v| v.get(1) == Some(&1))
     };
@@ -237,25 +240,6 @@ fn parse_meminfo(text: &str, field: &str) -> Option<u64> {
     })
 }
 
-/// Where the cgroup v1 memory controller is mounted, on hybrid hosts.
-fn memcg_v1_mount() -> Option<PathBuf> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    parse_memcg_v1_mount(&mountinfo)
-}
-
-fn parse_memcg_v1_mount(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|line| {
-        let (left, right) = line.split_once(" - ")?;
-        let mut fields = left.split_whitespace();
-        let root = fields.nth(3)?;
-        let mount_point = fields.next()?;
-        let mut right = right.split_whitespace();
-        let (fstype, _source, options) = (right.next()?, right.next()?, right.next()?);
-        (fstype == "cgroup" && root == "/" && options.split(',').any(|o| o == "memory"))
-            .then(|| PathBuf::from(mount_point))
-    })
-}
-
 /// (memory cgroup id, cgroup v2 id) of every v1 memory cgroup with a v2 cgroup at the same
 /// path: the obj_cgroup's memcg is the v1 one, kmemcg charges the v2 one.
 fn memcg_pairs(memory: &Path, cgroup2: &Path) -> Vec<(u64, u64)> {
@@ -294,18 +278,6 @@ fn memcg_pairs(memory: &Path, cgroup2: &Path) -> Vec<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn finds_the_v1_memory_mount() {
-        let mountinfo = "35 24 0:30 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw\n\
-                         36 24 0:31 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu,cpuacct\n\
-                         37 24 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
-        assert_eq!(
-            parse_memcg_v1_mount(mountinfo),
-            Some(PathBuf::from("/sys/fs/cgroup/memory"))
-        );
-        assert_eq!(parse_memcg_v1_mount(&mountinfo[..100]), None);
-    }
 
     #[test]
     fn meminfo_in_bytes() {
