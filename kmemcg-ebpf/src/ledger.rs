@@ -14,7 +14,11 @@ use aya_ebpf::{macros::map, maps::Array};
 use kmemcg_common::{LedgerState, StatsKey};
 
 use crate::{
-    SlotCgroup, charge, global, stats_slot,
+    global,
+    tables::{
+        atomic_add,
+        counters::{SlotCgroup, charge, stats_slot, with_global_counters},
+    },
     truth::{SLAB_LAYOUT, Stride, record_stride},
 };
 
@@ -268,7 +272,7 @@ pub fn count(ptr: u64, known: &CacheInfo, sign: i64) -> Result<(), NotCounted> {
         current_task: sign > 0,
     };
     let Some((_, stats)) = stats_slot(&key, true, cgroup) else {
-        crate::with_global_counters(|c| c.dropped_stats_full += 1);
+        with_global_counters(|c| c.dropped_stats_full += 1);
         // Taken all the same: the table does not know the object either.
         return Ok(());
     };
@@ -284,8 +288,8 @@ pub fn count(ptr: u64, known: &CacheInfo, sign: i64) -> Result<(), NotCounted> {
     // SAFETY: the map's only value.
     let cursor = unsafe { core::ptr::read_volatile(&raw const (*state).recount_cursor) };
     if owned.slab_pfn < cursor {
-        crate::atomic_add(&mut stats.shadow_objects, sign);
-        crate::atomic_add(&mut stats.shadow_bytes, sign * owned.size as i64);
+        atomic_add(&mut stats.shadow_objects, sign);
+        atomic_add(&mut stats.shadow_bytes, sign * owned.size as i64);
     }
     Ok(())
 }
@@ -308,8 +312,8 @@ pub fn recount_object(objcg: u64, cache: u64, size: u64) -> bool {
     };
     // SAFETY: this CPU's counters.
     let stats = unsafe { &mut *stats };
-    crate::atomic_add(&mut stats.shadow_objects, 1);
-    crate::atomic_add(&mut stats.shadow_bytes, size as i64);
+    atomic_add(&mut stats.shadow_objects, 1);
+    atomic_add(&mut stats.shadow_bytes, size as i64);
     true
 }
 

@@ -5,11 +5,8 @@
 //! owner is remembered by address; on free, whichever task or context frees it, the owner found
 //! by address is uncharged. Names, paths, sums over CPUs and the hierarchy are the agent's job.
 //!
-//! Both tables are lock-free open-addressing arrays with slots claimed by compare-and-swap:
-//! live objects by address, and (cgroup, cache) keys whose counters sit at the same slot of
-//! each CPU's block of the counter array. A live object remembers its counters' slot, so a
-//! free needs no key lookup. Hash-map updates take a bucket lock with interrupts disabled and
-//! a freelist lock, which cost several times the rest of the programs.
+//! This file holds the hooks; the tables they share with the walks are in [`tables`], the
+//! ledger of accounted objects in [`ledger`], the walks in [`truth`].
 #![no_std]
 #![no_main]
 // Atomic compare-and-swap and add on map values (BPF_ATOMIC): the bpf target's `core` has no
@@ -18,26 +15,27 @@
 #![allow(internal_features)]
 
 use aya_ebpf::{
-    bindings::{BPF_F_MMAPABLE, BPF_NOEXIST, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{
-        bpf_get_current_cgroup_id, bpf_get_smp_processor_id, bpf_probe_read_kernel,
-        bpf_probe_read_kernel_str_bytes,
-    },
+    helpers::{bpf_get_current_cgroup_id, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes},
     macros::{btf_tracepoint, map, raw_tracepoint},
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, RawTracePointContext},
 };
 use kmemcg_common::{
-    BUDGETS_PER_SLOT, CACHE_ID_PERCPU, CGROUP_EVENT_MKDIR, CGROUP_EVENT_RENAME, CGROUP_EVENT_RMDIR,
-    CacheName, CacheStats, CgroupEvent, GlobalCounters, KMALLOC_MAX_CACHE_SIZE, LIVE_PROBES,
-    LiveObject, MAX_WATCHED, OBJECT_ACCOUNTED, OBJECT_FLAGS, OBJECT_SAMPLED, RootCgroupMode,
-    STATS_PROBES, StatsKey, kmalloc_cache_id, live_slot_hash, stats_probe_offset, stats_slot_hash,
+    CACHE_ID_PERCPU, CGROUP_EVENT_MKDIR, CGROUP_EVENT_RENAME, CGROUP_EVENT_RMDIR, CgroupEvent,
+    KMALLOC_MAX_CACHE_SIZE, LiveObject, OBJECT_ACCOUNTED, OBJECT_FLAGS, OBJECT_SAMPLED,
+    RootCgroupMode, StatsKey, kmalloc_cache_id,
 };
 
 mod leaks;
 mod ledger;
+mod tables;
 mod truth;
 mod zombies;
+
+use tables::{
+    counters::{SlotCgroup, charge_object, stats_slot, with_global_counters},
+    live_objects::{Remembered, remember, uncharge, uncharge_owner},
+};
 
 // Load-time configuration, written by the agent (EbpfLoader::set_global). Read-only and frozen,
 // so the verifier treats them as constants.
@@ -78,25 +76,6 @@ static KERNFS_NODE_ID_OFFSET: u32 = 0;
 #[unsafe(no_mangle)]
 static CGROUP_ROOT_HIERARCHY_ID_OFFSET: u32 = 0;
 
-// Sizes here are defaults; the agent sets the capacities it is configured with.
-#[map]
-static LIVE_OBJECTS: Array<LiveObject> = Array::with_max_entries(1 << 20, 0);
-// (cgroup, cache) keys and, at the same slot of each CPU's block, their counters. Sized by the
-// agent, which reads both in place (mmap).
-#[map]
-static STATS_KEYS: Array<StatsKey> = Array::with_max_entries(1 << 16, BPF_F_MMAPABLE);
-#[map]
-static CGROUP_CACHE_STATS: Array<CacheStats> = Array::with_max_entries(1 << 17, BPF_F_MMAPABLE);
-#[map]
-static STATS_SLOT_EVENTS: RingBuf = RingBuf::with_byte_size(256 << 10, 0);
-#[map]
-static LIMIT_BUDGETS: Array<i64> = Array::with_max_entries(MAX_WATCHED, BPF_F_MMAPABLE);
-#[map]
-static LIMIT_EVENTS: RingBuf = RingBuf::with_byte_size(4 << 10, 0);
-#[map]
-static CACHE_NAMES: HashMap<u64, CacheName> = HashMap::with_max_entries(4096, 0);
-#[map]
-static GLOBAL_COUNTERS: PerCpuArray<GlobalCounters> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static CGROUP_EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 
@@ -107,14 +86,6 @@ const ZERO_SIZE_PTR: u64 = 16;
 fn global<T: Copy>(value: &T) -> T {
     // SAFETY: a static of the program; volatile so that the compiler does not fold the default.
     unsafe { core::ptr::read_volatile(value) }
-}
-
-#[inline(always)]
-fn with_global_counters(update: impl FnOnce(&mut GlobalCounters)) {
-    if let Some(counters) = GLOBAL_COUNTERS.get_ptr_mut(0) {
-        // SAFETY: per-CPU value, and these programs do not nest on one CPU.
-        update(unsafe { &mut *counters });
-    }
 }
 
 // One u64 per CPU that a typed pointer goes through to come back as a plain number.
@@ -548,14 +519,6 @@ fn on_alloc(alloc: Allocation) {
     }
 }
 
-enum Remembered {
-    New,
-    /// The address was still held by a tracked object whose free no hook saw (bulk frees):
-    /// that object is gone, and its owner must be uncharged.
-    Replaced(LiveObject),
-    Full,
-}
-
 #[inline(always)]
 fn on_free(ptr: u64) {
     if ptr <= ZERO_SIZE_PTR {
@@ -564,351 +527,6 @@ fn on_free(ptr: u64) {
     if !uncharge(ptr) {
         with_global_counters(|c| c.untracked_frees += 1);
     }
-}
-
-/// Slot `probe` of `ptr`'s probe sequence.
-#[inline(always)]
-fn live_slot(ptr: u64, probe: u32) -> Option<*mut LiveObject> {
-    let index = live_slot_hash(ptr).wrapping_add(probe) & global(&LIVE_SLOT_MASK);
-    LIVE_OBJECTS.get_ptr_mut(index)
-}
-
-/// Puts `object` in its address's probe sequence: in place of a stale entry for the same
-/// address, else in the first free slot, claimed atomically so that two CPUs never share one.
-#[inline(always)]
-fn remember(object: &LiveObject) -> Remembered {
-    let mut free = LIVE_PROBES;
-    for probe in 0..LIVE_PROBES {
-        let Some(slot) = live_slot(object.ptr, probe) else {
-            return Remembered::Full;
-        };
-        // SAFETY: a slot of the array map.
-        let held = unsafe { core::ptr::read_volatile(&raw const (*slot).ptr) };
-        if held == object.ptr {
-            // SAFETY: the stale object cannot be freed any more: the slot is ours to rewrite.
-            unsafe {
-                let stale = *slot;
-                write_owner(slot, object);
-                return Remembered::Replaced(stale);
-            }
-        }
-        if held == 0 && free == LIVE_PROBES {
-            free = probe;
-        }
-    }
-    for probe in free..LIVE_PROBES {
-        let Some(slot) = live_slot(object.ptr, probe) else {
-            break;
-        };
-        // SAFETY: a slot of the array map, claimed atomically. The owner is written before the
-        // object can be freed (its free comes after this allocation hook returns).
-        unsafe {
-            let claim = &raw mut (*slot).ptr;
-            if core::ptr::read_volatile(claim) == 0 && compare_and_swap(claim, 0, object.ptr) {
-                write_owner(slot, object);
-                return Remembered::New;
-            }
-        }
-    }
-    Remembered::Full
-}
-
-/// What the inventory's insert did with an object.
-enum Inventoried {
-    Taken,
-    /// Tracked already, with this owner and cache (allocated since the hooks attached, or
-    /// kept in pinned maps).
-    Tracked,
-    /// Taken in place of an entry left by another object at the same address, freed while
-    /// nothing traced it (between two agents sharing pinned maps): that owner is uncharged.
-    ReplacedStale,
-    Full,
-}
-
-/// Puts `object` (found live by the inventory) in a free slot unless its address is tracked
-/// already for the same owner and cache.
-#[inline(always)]
-fn remember_new(object: &LiveObject) -> Inventoried {
-    let mut replaced = false;
-    for probe in 0..LIVE_PROBES {
-        let Some(slot) = live_slot(object.ptr, probe) else {
-            return Inventoried::Full;
-        };
-        // SAFETY: a slot of the array map; hooks may rewrite it meanwhile, which the
-        // compare-and-swap below detects for the address.
-        let held = unsafe { core::ptr::read_volatile(slot) };
-        if held.ptr != object.ptr {
-            continue;
-        }
-        if held.stats_slot == object.stats_slot {
-            return Inventoried::Tracked;
-        }
-        // Whoever swaps the address out owns the release, as in `uncharge`.
-        // SAFETY: as above.
-        if unsafe { compare_and_swap(&raw mut (*slot).ptr, object.ptr, 0) } {
-            uncharge_owner(&held);
-            replaced = true;
-        }
-        break;
-    }
-    for probe in 0..LIVE_PROBES {
-        let Some(slot) = live_slot(object.ptr, probe) else {
-            break;
-        };
-        // SAFETY: as in `remember`.
-        unsafe {
-            let claim = &raw mut (*slot).ptr;
-            if core::ptr::read_volatile(claim) == 0 && compare_and_swap(claim, 0, object.ptr) {
-                write_owner(slot, object);
-                return if replaced {
-                    Inventoried::ReplacedStale
-                } else {
-                    Inventoried::Taken
-                };
-            }
-        }
-    }
-    Inventoried::Full
-}
-
-/// Writes everything but the (already claimed) address.
-#[inline(always)]
-unsafe fn write_owner(slot: *mut LiveObject, object: &LiveObject) {
-    // SAFETY: the caller owns the slot.
-    unsafe {
-        (*slot).stats_slot = object.stats_slot;
-        (*slot).size_and_flags = object.size_and_flags;
-    }
-}
-
-/// Releases the slot of the object at `ptr` and uncharges its owner; false if untracked.
-#[inline(always)]
-fn uncharge(ptr: u64) -> bool {
-    for probe in 0..LIVE_PROBES {
-        let Some(slot) = live_slot(ptr, probe) else {
-            return false;
-        };
-        // SAFETY: a slot of the array map. Whoever swaps the address out owns the release, so
-        // an object is never uncharged twice.
-        let object = unsafe {
-            let claim = &raw mut (*slot).ptr;
-            if core::ptr::read_volatile(claim) != ptr {
-                continue;
-            }
-            let object = *slot;
-            if !compare_and_swap(claim, ptr, 0) {
-                continue;
-            }
-            object
-        };
-        uncharge_owner(&object);
-        return true;
-    }
-    false
-}
-
-#[inline(always)]
-fn uncharge_owner(object: &LiveObject) {
-    if let Some(stats) = cpu_counters(object.stats_slot) {
-        // SAFETY: this CPU's counters.
-        let stats = unsafe { &mut *stats };
-        stats.frees += object.weight() as u64;
-        charge_object(stats, object, -1);
-    }
-}
-
-/// Atomically replaces `*target` with `new` if it is `current`.
-#[inline(always)]
-unsafe fn compare_and_swap(target: *mut u64, current: u64, new: u64) -> bool {
-    use core::intrinsics::{AtomicOrdering::SeqCst, atomic_cxchg};
-    // SAFETY: the caller passes a valid, aligned map value field.
-    unsafe { atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(target, current, new).1 }
-}
-
-/// Adds to a per-CPU counter atomically: a program hooked in an interrupt (a kfree there) can
-/// run in the middle of another on the same CPU, and a plain read-modify-write would lose one
-/// of the two updates.
-#[inline(always)]
-fn atomic_add(target: &mut i64, delta: i64) {
-    use core::intrinsics::{AtomicOrdering::Relaxed, atomic_xadd};
-    // SAFETY: an aligned field of a map value.
-    unsafe {
-        atomic_xadd::<i64, i64, { Relaxed }>(target, delta);
-    }
-}
-
-#[inline(always)]
-fn charge_object(stats: &mut CacheStats, object: &LiveObject, sign: i64) {
-    charge(
-        stats,
-        object.bytes() as u64,
-        object.accounted(),
-        sign * object.weight(),
-    );
-}
-
-/// Adds `objects` objects (taken away when negative) of `size` bytes to a slot's counters
-/// (on this CPU) and spends them from the slot's limit budgets.
-#[inline(always)]
-fn charge(stats: &mut CacheStats, size: u64, accounted: bool, objects: i64) {
-    let bytes = size as i64 * objects;
-    atomic_add(&mut stats.live_bytes, bytes);
-    atomic_add(&mut stats.live_objects, objects);
-    if accounted {
-        atomic_add(&mut stats.accounted_bytes, bytes);
-        atomic_add(&mut stats.accounted_objects, objects);
-    }
-    // SAFETY: a field of this CPU's counters, written by the agent only.
-    let budgets = unsafe { core::ptr::read_volatile(&raw const stats.budgets) };
-    if budgets != 0 {
-        spend(budgets, bytes);
-    }
-}
-
-/// Takes `bytes` (given back when negative) from the budgets of the watched cgroups this
-/// slot counts for, and wakes the agent when one goes below zero: a cgroup crossing a limit
-/// is acted on at once, not at the next sample.
-#[inline(always)]
-fn spend(budgets: u64, bytes: i64) {
-    for k in 0..BUDGETS_PER_SLOT {
-        let index = CacheStats::budget_index(budgets, k);
-        if index == 0 {
-            break;
-        }
-        let Some(budget) = LIMIT_BUDGETS.get_ptr_mut(index) else {
-            continue;
-        };
-        // SAFETY: an element of the array map, shared by all CPUs: updated atomically.
-        let budget = unsafe { &mut *budget };
-        atomic_add(budget, -bytes);
-        // Read after the add (the BPF target's base instruction set has no fetching add): a
-        // crossing that another CPU's update hides here is seen at the next sample.
-        // SAFETY: as above.
-        let after = unsafe { core::ptr::read_volatile(budget) };
-        if bytes > 0 && after < 0 && after + bytes >= 0 {
-            // Lost only when 256 wake-ups are pending (4 KiB of 16-byte records): the agent
-            // samples anyway.
-            let _ = LIMIT_EVENTS.output::<u32>(&index, BPF_RB_FORCE_WAKEUP as u64);
-        }
-    }
-}
-
-/// This CPU's counters of a slot.
-#[inline(always)]
-fn cpu_counters(slot: u32) -> Option<*mut CacheStats> {
-    let slots = global(&STATS_SLOT_MASK) + 1;
-    // SAFETY: a helper without preconditions (inlined by the kernel).
-    let cpu = unsafe { bpf_get_smp_processor_id() };
-    CGROUP_CACHE_STATS.get_ptr_mut(cpu * slots + (slot & (slots - 1)))
-}
-
-/// The cgroup a new counter slot's counts belong to.
-#[derive(Clone, Copy)]
-enum SlotCgroup {
-    Is(u64),
-    /// The memcg's of an `obj_cgroup`; where the programs know no cgroup v2 counterpart for
-    /// it, the allocating task's cgroup (`current_task`) or the root cgroup.
-    OfObjcg {
-        objcg: u64,
-        current_task: bool,
-    },
-}
-
-impl SlotCgroup {
-    #[inline(always)]
-    fn resolve(self) -> u64 {
-        match self {
-            Self::Is(id) => id,
-            Self::OfObjcg {
-                objcg,
-                current_task,
-            } => match truth::cgroup_of_objcg(objcg) {
-                Some(id) if id != 0 => id,
-                _ if current_task => current_cgroup(),
-                _ => global(&ROOT_CGROUP_ID),
-            },
-        }
-    }
-}
-
-/// The slot of `key` (by owner and cache) and this CPU's counters there; the slot is claimed
-/// when the key is new, with the cgroup `cgroup_of` names (and, for a slab cache seen for the
-/// first time, its name recorded for the agent).
-#[inline(always)]
-fn stats_slot(
-    key: &StatsKey,
-    is_slab: bool,
-    cgroup_of: SlotCgroup,
-) -> Option<(u32, *mut CacheStats)> {
-    let mask = global(&STATS_SLOT_MASK);
-    let first = stats_slot_hash(key);
-    let mut free = STATS_PROBES;
-    for probe in 0..STATS_PROBES {
-        let index = first.wrapping_add(stats_probe_offset(probe)) & mask;
-        let slot = STATS_KEYS.get_ptr_mut(index)?;
-        // SAFETY: a slot of the array map. A claim writes the owner first (atomically), the
-        // cache next and the cgroup last; cache ids are never 0, so a half-written slot
-        // matches nothing.
-        let (owner, cache_id) = unsafe {
-            (
-                core::ptr::read_volatile(&raw const (*slot).owner),
-                core::ptr::read_volatile(&raw const (*slot).cache_id),
-            )
-        };
-        if owner == key.owner && cache_id == key.cache_id {
-            return Some((index, cpu_counters(index)?));
-        }
-        if owner == 0 && free == STATS_PROBES {
-            free = probe;
-        }
-    }
-    // New key. Two CPUs may claim two slots for one key at once: the agent sums them.
-    for probe in free..STATS_PROBES {
-        let index = first.wrapping_add(stats_probe_offset(probe)) & mask;
-        let slot = STATS_KEYS.get_ptr_mut(index)?;
-        // SAFETY: as above; the claim is atomic.
-        unsafe {
-            let claim = &raw mut (*slot).owner;
-            if core::ptr::read_volatile(claim) == 0 && compare_and_swap(claim, 0, key.owner) {
-                core::ptr::write_volatile(&raw mut (*slot).cache_id, key.cache_id);
-                core::ptr::write_volatile(&raw mut (*slot).cgroup_id, cgroup_of.resolve());
-                if is_slab {
-                    record_cache_name(key.cache_id);
-                }
-                if STATS_SLOT_EVENTS
-                    .output::<u32>(&index, BPF_RB_NO_WAKEUP as u64)
-                    .is_err()
-                {
-                    with_global_counters(|c| c.lost_slot_events += 1);
-                }
-                return Some((index, cpu_counters(index)?));
-            }
-        }
-    }
-    None
-}
-
-#[inline(never)]
-fn record_cache_name(cache_id: u64) {
-    if CACHE_NAMES.get_ptr(cache_id).is_some() {
-        return;
-    }
-    let mut name = CacheName {
-        bytes: [0; kmemcg_common::CACHE_NAME_LEN],
-    };
-    let cache = cache_id as *const u8;
-    // SAFETY: reads of kernel memory through the fault-safe helpers.
-    unsafe {
-        let Ok(name_ptr) = bpf_probe_read_kernel(
-            cache.add(global(&KMEM_CACHE_NAME_OFFSET) as usize) as *const *const u8,
-        ) else {
-            return;
-        };
-        if bpf_probe_read_kernel_str_bytes(name_ptr, &mut name.bytes).is_err() {
-            return;
-        }
-    }
-    let _ = CACHE_NAMES.insert(cache_id, name, BPF_NOEXIST as u64);
 }
 
 #[cfg(not(test))]

@@ -29,9 +29,12 @@ use kmemcg_common::{
 };
 
 use crate::{
-    CGROUP_KN_OFFSET, CGROUP_ROOT_HIERARCHY_ID_OFFSET, CGROUP_ROOT_OFFSET, Inventoried,
-    KERNFS_NODE_ID_OFFSET, KMEM_CACHE_FLAGS_OFFSET, KMEM_CACHE_SIZE_OFFSET, ROOT_CGROUP_ID,
-    ROOT_CGROUP_MODE, charge_object, global, remember_new, stats_slot,
+    CGROUP_KN_OFFSET, CGROUP_ROOT_HIERARCHY_ID_OFFSET, CGROUP_ROOT_OFFSET, KERNFS_NODE_ID_OFFSET,
+    KMEM_CACHE_FLAGS_OFFSET, KMEM_CACHE_SIZE_OFFSET, ROOT_CGROUP_ID, ROOT_CGROUP_MODE, global,
+    tables::{
+        counters::{SlotCgroup, charge_object, record_cache_name, stats_slot},
+        live_objects::{Inventoried, remember_new},
+    },
 };
 
 #[unsafe(no_mangle)]
@@ -353,7 +356,7 @@ fn inventory_slab(walk: &PfnWalk, pfn: u64) -> Option<()> {
     // Once per slab, here rather than when an object's slot is claimed five calls deeper,
     // where its stack frame would take the walk past the 512 bytes of stack that Linux 6.1's
     // verifier allows.
-    crate::record_cache_name(cache);
+    record_cache_name(cache);
     let mut slab = SlabWalk {
         budget: walk.budget,
         exts,
@@ -446,7 +449,7 @@ fn take_object(budget: u64, cgroup_id: u64, cache_id: u64, ptr: u64, size: u64) 
     }
     let key = StatsKey::of_cgroup(cgroup_id, cache_id);
     // The slab's cache name is recorded by `inventory_slab`.
-    let Some((slot, stats)) = stats_slot(&key, false, crate::SlotCgroup::Is(cgroup_id)) else {
+    let Some((slot, stats)) = stats_slot(&key, false, SlotCgroup::Is(cgroup_id)) else {
         bump(1, |c| &mut c.dropped);
         return false;
     };

@@ -17,7 +17,7 @@ use kmemcg_common::{
 };
 
 use super::{PfnWalk, bump, cgroup_of_objcg, read, run_loop, take_object};
-use crate::{POSSIBLE_CPUS, global, uncharge};
+use crate::{POSSIBLE_CPUS, global, tables::live_objects::uncharge};
 
 #[unsafe(no_mangle)]
 static PERCPU_LAYOUT: PercpuLayout = unsafe { core::mem::zeroed() };

@@ -11,7 +11,7 @@ use kmemcg_common::{
 };
 
 use super::{PERCPU_OFFSETS, SLAB_LAYOUT, read, run_loop};
-use crate::{KMEM_CACHE_SIZE_OFFSET, POSSIBLE_CPUS, global, live_slot};
+use crate::{KMEM_CACHE_SIZE_OFFSET, POSSIBLE_CPUS, global, tables::live_objects::live_slot};
 
 /// A field of the load-time sheaf layout.
 macro_rules! sheaf {

@@ -13,8 +13,12 @@ use super::{
 };
 
 use crate::{
-    KMEM_CACHE_SIZE_OFFSET, LIVE_OBJECTS, LIVE_SLOT_MASK, POSSIBLE_CPUS, STATS_KEYS,
-    compare_and_swap, global, uncharge_owner,
+    KMEM_CACHE_SIZE_OFFSET, LIVE_SLOT_MASK, POSSIBLE_CPUS, global,
+    tables::{
+        compare_and_swap,
+        counters::STATS_KEYS,
+        live_objects::{LIVE_OBJECTS, uncharge_owner},
+    },
 };
 
 #[repr(C)]
