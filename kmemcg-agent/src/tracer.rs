@@ -165,21 +165,7 @@ impl Tracer {
             &vmlinux,
             &addresses.memory_map_bases,
             &host.pfn_ranges,
-        )
-        .and_then(|layout| {
-            // Linux 7.x (caches without CPU slabs): with the walk programs loaded, a 7.3 test
-            // VM froze before they had run; tracing alone works there. Off until understood.
-            if layout.cpu_slabs == 0 {
-                return Err(
-                    "the inventory and the sweep are off on Linux 7.x (caches without \
-                            CPU slabs): loading their programs froze a Linux 7.3 test VM. \
-                            Objects made before the start are not seen, and objects freed \
-                            without a free tracepoint stay charged"
-                        .into(),
-                );
-            }
-            Ok(layout)
-        });
+        );
         let slab_layout_global = slab_walk.clone().unwrap_or_default();
         let percpu_walk = slab_walk
             .clone()

@@ -61,8 +61,10 @@ pub fn sweep(ctx: RawTracePointContext) -> i32 {
 }
 
 /// Slots one loop iteration looks at: most are free, and a loop callback costs more than
-/// looking at a free slot.
-const SWEEP_CHUNK: u64 = 64;
+/// looking at a free slot. The verifier checks `sweep_slot` once for each slot of a chunk:
+/// with 64, the sweep took 560k of its 1M instructions on Linux 6.18 and more than 1M on 7.3,
+/// which refused it.
+const SWEEP_CHUNK: u64 = 8;
 
 #[inline(never)]
 extern "C" fn sweep_chunk(index: u64, ctx: *mut c_void) -> i64 {
