@@ -382,15 +382,15 @@ pub struct Status {
 
 impl Status {
     /// What people reading the figures should know of the sampling of unaccounted objects,
-    /// where it is in force.
+    /// where it is in force: lines of at most 80 columns.
     pub fn sampling_note(&self) -> Option<String> {
         let n = self.unaccounted_sample_one_in;
         (n > 1).then(|| {
             format!(
-                "~ slab objects of caches without SLAB_ACCOUNT are sampled, 1 in {n} by \
-                 address: UNACCOUNTED and those caches' figures are estimates (standard \
-                 deviation sqrt({}n) objects for n); caches with SLAB_ACCOUNT, percpu and \
-                 large kmallocs are exact",
+                "~ 1 in {n} slab objects of caches without SLAB_ACCOUNT is tracked, chosen by\n  \
+                 address, and stands for {n}: UNACCOUNTED and those caches' figures are\n  \
+                 estimates (standard deviation sqrt({}n) objects for n). Caches with\n  \
+                 SLAB_ACCOUNT, percpu and large kmallocs are exact.",
                 n - 1
             )
         })
