@@ -64,9 +64,9 @@ const CHURN_UNEXPLAINED_ON_V2: &[&str] = &["churn_leaves_no_phantoms"];
 const ZOMBIE_SHMEM_UNEXPLAINED_ON_6_1: &[&str] =
     &["removed_cgroups_kept_by_their_tmpfs_files_are_listed_until_the_files_go"];
 
-/// On 7.3 (sheaves in every cache) the churn leaves one sampled unaccounted `radix_tree_node`
-/// (weight 16, 9344 B) charged 450 s after it ends, past the test's 4 KiB for caches with
-/// sheaves: whether it is live or a free the sweep misses is not known yet.
+/// On 7.3 (sheaves in every cache) the churn leaves sampled unaccounted `radix_tree_node`
+/// objects charged 450 s after it ends (16 objects' worth, 9344 B), past the test's 4 KiB for
+/// caches with sheaves: whether they are live or frees the sweep misses is not known yet.
 const CHURN_SAMPLED_LEFT_ON_7_3: &[&str] = &["churn_leaves_no_phantoms"];
 
 /// QEMU CPU models: `max` has LA57, so the guest uses 5-level paging (like recent Xeon and
