@@ -580,10 +580,11 @@ fn hackbench(groups: u32, duration: Duration) -> anyhow::Result<()> {
                 }
                 let mut message = [0u8; MESSAGE];
                 let mut received = 0u64;
-                while read_exact_fd(fd, &mut message) {
+                let (mut socket, mut report) = (shared_fd(fd), shared_fd(report));
+                while std::io::Read::read_exact(&mut *socket, &mut message).is_ok() {
                     received += 1;
                 }
-                write_all_fd(report, &received.to_ne_bytes());
+                let _ = report.write_all(&received.to_ne_bytes());
             })?);
         }
         for _ in 0..HACKBENCH_FDS {
@@ -592,7 +593,7 @@ fn hackbench(groups: u32, duration: Duration) -> anyhow::Result<()> {
                 let message = [0u8; MESSAGE];
                 'send: while Instant::now() < deadline {
                     for &fd in &targets {
-                        if !write_all_fd(fd, &message) {
+                        if shared_fd(fd).write_all(&message).is_err() {
                             break 'send;
                         }
                     }
@@ -631,32 +632,11 @@ fn fork_child(work: impl FnOnce()) -> anyhow::Result<i32> {
     Ok(pid)
 }
 
-/// Reads exactly `buf.len()` bytes; false at end of file or on an error.
-fn read_exact_fd(fd: i32, buf: &mut [u8]) -> bool {
-    let mut done = 0;
-    while done < buf.len() {
-        // SAFETY: reads into the rest of `buf`.
-        let n = unsafe { libc::read(fd, buf[done..].as_mut_ptr().cast(), buf.len() - done) };
-        if n <= 0 {
-            return false;
-        }
-        done += n as usize;
-    }
-    true
-}
-
-/// Writes all of `buf`; false on an error.
-fn write_all_fd(fd: i32, buf: &[u8]) -> bool {
-    let mut done = 0;
-    while done < buf.len() {
-        // SAFETY: writes the rest of `buf`.
-        let n = unsafe { libc::write(fd, buf[done..].as_ptr().cast(), buf.len() - done) };
-        if n <= 0 {
-            return false;
-        }
-        done += n as usize;
-    }
-    true
+/// A file descriptor this process shares with others, as a `File` that does not close it.
+fn shared_fd(fd: i32) -> std::mem::ManuallyDrop<std::fs::File> {
+    use std::os::fd::FromRawFd as _;
+    // SAFETY: `fd` is open for the whole process; ManuallyDrop never closes it.
+    std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) })
 }
 
 fn fork_exec(duration: Duration) -> anyhow::Result<()> {
